@@ -1,0 +1,1 @@
+"""The study definition: settings, tables, validation and the patient-level split."""

@@ -1,0 +1,297 @@
+"""``study.yaml``: the settings of every stage, validated into typed, frozen objects.
+
+A YAML file holding only ``patients:`` and ``slides:`` is a complete study with every setting at
+its default. Unknown keys are errors that name the key, its line and the closest valid key.
+Command-line overrides use dotted keys (``tiling.tile_size=256``) and are applied before
+validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_STAINS: tuple[str, ...] = ("HE", "PAS", "PASM", "MASSON")
+NORMALISERS = ("macenko", "vahadane", "reinhard", "none")
+
+
+class StudyConfigError(Exception):
+    """``study.yaml`` (or an override) is not a valid study; ``problems`` lists every one."""
+
+    def __init__(self, path: Path | None, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        where = f"{path}: " if path else ""
+        super().__init__(where + f"{len(problems)} problem(s) in the study settings:\n  - "
+                         + "\n  - ".join(problems))
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class MagnificationSettings(_Settings):
+    """Objective powers are physical resolutions: ``mpp(power) = reference_mpp ×
+    reference_power / power`` (40x = 0.25 µm/px, 20x = 0.5, 10x = 1.0 by default)."""
+
+    reference_power: float = Field(40.0, gt=0)
+    reference_mpp: float = Field(0.25, gt=0)
+    powers: tuple[float, ...] = (10.0, 20.0, 40.0)
+
+    @field_validator("powers")
+    @classmethod
+    def _positive_unique(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(p <= 0 for p in v) or len(set(v)) != len(v):
+            raise ValueError("must be a non-empty list of distinct positive objective powers")
+        return tuple(sorted(v))
+
+    def mpp(self, power: float) -> float:
+        return self.reference_mpp * self.reference_power / power
+
+    @staticmethod
+    def label(power: float) -> str:
+        return f"{power:g}x"
+
+
+class SplitSettings(_Settings):
+    """Patient-level train/validation split of the development cohort, used when
+    ``patients.csv`` has no ``split`` column; stratified by label."""
+
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+class TilingSettings(_Settings):
+    """``lncr tile``: grid, tissue rule, brightness/contrast and colour normalisation."""
+
+    tile_size: int = Field(512, ge=32, le=4096)
+    background_threshold: int = Field(225, ge=0, le=255)
+    max_background_fraction: float = Field(0.5, ge=0, le=1)
+    luminosity_standardise: bool = True
+    luminosity_percentile: float = Field(95.0, gt=50, le=100)
+    normalisation: dict[str, Literal["macenko", "vahadane", "reinhard", "none"]] = Field(
+        default_factory=lambda: {"HE": "macenko", "PAS": "macenko", "PASM": "reinhard",
+                                 "MASSON": "reinhard"})
+    encoding: Literal["jpeg", "png"] = "jpeg"
+    jpeg_quality: int = Field(90, ge=50, le=100)
+    workers: int = Field(1, ge=1)
+
+
+class TrainingSettings(_Settings):
+    """``lncr train``: the published attention-MIL model and its optimisation."""
+
+    architecture: str = "resnet50"
+    pretrained: bool = True
+    bag_size: int = Field(16, ge=1)
+    embedding_dim: int = Field(512, ge=1)
+    transformer_layers: int = Field(2, ge=0)
+    transformer_heads: int = Field(8, ge=1)
+    crop_size: int = Field(384, ge=8)
+    input_size: int = Field(299, ge=8)
+    eval_tiles: int = Field(128, ge=1)
+    augment: bool = True
+    epochs: int = Field(100, ge=1)
+    warmup_epochs: int = Field(5, ge=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    min_learning_rate: float = Field(1e-6, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    seed: int = 0
+
+
+class SweepSettings(_Settings):
+    """``lncr sweep``: architecture × bag size × repeats per stain and magnification."""
+
+    architectures: tuple[str, ...] = ("alexnet", "densenet121", "inception_v3", "resnet50",
+                                      "vgg11", "vit_b_16")
+    bag_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    repeats: int = Field(10, ge=1)
+    executor: Literal["local", "ray"] = "local"
+
+
+class EnsembleSettings(_Settings):
+    """Per stain, combine magnifications; across stains, combine stains."""
+
+    within_stain: Literal["mean", "max"] = "mean"
+    across_stains: Literal["mean", "max"] = "max"
+
+
+class EvaluationSettings(_Settings):
+    """``lncr evaluate``: threshold fixed on development data, CIs by DeLong and bootstrap."""
+
+    threshold: Literal["youden", "0.5"] = "youden"
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_resamples: int = Field(2000, ge=100)
+    seed: int = 0
+
+
+class ExplainSettings(_Settings):
+    """``lncr explain``: Grad-CAM, attention heatmaps, DCCS clustering."""
+
+    top_k: int = Field(8, ge=1)
+    cam_method: str = "gradcam"
+    clusters: int = Field(6, ge=2)
+    style_dim: int = Field(50, ge=1)
+
+
+class StudyConfig(_Settings):
+    """The whole study: where its tables are, and the settings of every stage."""
+
+    name: str = "study"
+    patients: Path
+    slides: Path
+    output_dir: Path = Path("lncr-output")
+    stains: tuple[str, ...] = DEFAULT_STAINS
+    magnification: MagnificationSettings = MagnificationSettings()
+    split: SplitSettings = SplitSettings()
+    tiling: TilingSettings = TilingSettings()
+    training: TrainingSettings = TrainingSettings()
+    sweep: SweepSettings = SweepSettings()
+    ensemble: EnsembleSettings = EnsembleSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    explain: ExplainSettings = ExplainSettings()
+
+    @field_validator("stains")
+    @classmethod
+    def _stain_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        names = [s.strip() for s in v]
+        if not names or any(not s for s in names) or len(set(names)) != len(names):
+            raise ValueError("must be a non-empty list of distinct stain names")
+        return tuple(names)
+
+    @model_validator(mode="after")
+    def _normalisers_for_known_stains(self) -> "StudyConfig":
+        unknown = sorted(set(self.tiling.normalisation) - set(self.stains))
+        if unknown and self.tiling.normalisation != TilingSettings().normalisation:
+            raise ValueError(f"tiling.normalisation names stain(s) {unknown} that are not in "
+                             f"stains {list(self.stains)}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Line number (1-based) of every mapping key, by its path."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = path + (str(key.value),)
+                lines[p] = key.start_mark.line + 1
+                walk(value, p)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = StudyConfig
+    for part in path:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _describe(errors: list[dict], lines: dict[tuple[str, ...], int], source: str) -> list[str]:
+    out = []
+    for err in errors:
+        loc = tuple(str(p) for p in err["loc"])
+        dotted = ".".join(loc)
+        line = lines.get(loc) or lines.get(loc[:-1])
+        where = f"{source} line {line}" if line else source
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            valid = sorted(model.model_fields) if model else []
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            prefix = ".".join(loc[:-1] + (close[0],)) if close else None
+            hint = f"did you mean '{prefix}'?" if close else f"valid keys here: {', '.join(valid)}"
+            out.append(f"{where}: unknown key '{dotted}' ({hint})")
+        elif err["type"] == "missing":
+            out.append(f"{where}: '{dotted}' is required (add '{loc[-1]}: <path>' to the YAML)")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            out.append(f"{where}: {dotted or 'study'}: {err['msg']}{shown}")
+    return out
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``'tiling.tile_size=256'`` → (('tiling', 'tile_size'), 256). Values are YAML scalars or
+    flow lists (``stains=[HE, PAS]``)."""
+    if "=" not in text:
+        raise StudyConfigError(None, [f"override '{text}' must look like section.key=value"])
+    key, _, value = text.partition("=")
+    path = tuple(p.strip() for p in key.strip().split("."))
+    if not all(path):
+        raise StudyConfigError(None, [f"override '{text}' has an empty key"])
+    return path, yaml.safe_load(value) if value.strip() else ""
+
+
+def apply_overrides(data: dict, overrides: list[str] | dict | None) -> dict:
+    """Deep-merge dotted-key overrides into a raw settings mapping (returns a new dict)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    if not overrides:
+        return out
+    items = (overrides.items() if isinstance(overrides, dict)
+             else (parse_override(o) for o in overrides))
+    for path, value in items:
+        path = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise StudyConfigError(None, [f"override {'.'.join(path)}: '{part}' is not a section"])
+        node[path[-1]] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> StudyConfig:
+    """Read and validate ``study.yaml``. Table and output paths are made absolute (relative
+    paths are relative to the YAML file's folder). Raises :class:`StudyConfigError` listing
+    every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise StudyConfigError(path, [f"file not found (expected a study YAML at {path})"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StudyConfigError(path, [f"not valid YAML: {exc}"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise StudyConfigError(path, ["the YAML must be a mapping with at least 'patients:' "
+                                      "and 'slides:'"])
+    data = apply_overrides(data, overrides)
+    try:
+        config = StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise StudyConfigError(path, _describe(exc.errors(), _yaml_lines(text), path.name)) from exc
+    base = path.resolve().parent
+    return config.model_copy(update={
+        "patients": (base / config.patients).resolve(),
+        "slides": (base / config.slides).resolve(),
+        "output_dir": (base / config.output_dir).resolve(),
+    })
+
+
+def config_to_dict(config: StudyConfig) -> dict:
+    """Plain, YAML-safe mapping of the effective settings."""
+    return config.model_dump(mode="json")

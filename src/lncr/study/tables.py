@@ -1,0 +1,227 @@
+"""Read ``patients.csv`` and ``slides.csv`` and check every row, collecting all problems.
+
+Both tables are read as text so that a bad value is reported as written, with its line number
+(the header is line 1, the first data row line 2). Column names are matched without regard to
+case or surrounding spaces.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lncr.study.report import Problems
+from lncr.slides.reader import PLAUSIBLE_MPP
+
+PATIENT_COLUMNS = ("patient_id", "cohort", "label")
+PATIENT_OPTIONAL = ("split",)
+SLIDE_COLUMNS = ("patient_id", "stain", "path")
+SLIDE_OPTIONAL = ("mpp",)
+COHORTS = ("development", "external")
+SPLITS = ("train", "val")
+
+
+@dataclass
+class Tables:
+    """The two tables after row checks. Rows with errors are kept (``ok`` is False) so that
+    every problem can be reported; later stages only run on a study without errors."""
+
+    patients: pd.DataFrame  # patient_id, cohort, label (int or <NA>), split, line, ok
+    slides: pd.DataFrame  # patient_id, stain, path (absolute), mpp (float or NaN), line, ok
+
+
+def _closest(value: str, options: list[str] | tuple[str, ...]) -> str | None:
+    match = difflib.get_close_matches(value, list(options), n=1, cutoff=0.6)
+    if not match:  # case-insensitive exact match counts as close
+        match = [o for o in options if o.lower() == value.lower()][:1]
+    return match[0] if match else None
+
+
+def _read_csv(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
+              problems: Problems) -> pd.DataFrame | None:
+    if not path.exists():
+        problems.error(path, None, f"file not found: {path}",
+                       "check the path in study.yaml (relative to the YAML's folder)",
+                       code="missing-table")
+        return None
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                         skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        problems.error(path, None, f"cannot be read as CSV ({exc})",
+                       "save it as comma-separated UTF-8 text with a header row",
+                       code="unreadable-table")
+        return None
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    for col in df.columns:
+        if col not in required + optional:
+            close = _closest(col, required + optional)
+            problems.warning(path, 1, f"unknown column '{col}' is ignored",
+                             f"rename it to '{close}'" if close else
+                             f"known columns: {', '.join(required + optional)}",
+                             code="unknown-column")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        problems.error(path, 1, f"missing required column(s): {', '.join(missing)}",
+                       f"the header must contain {', '.join(required)}", code="missing-column")
+        return None
+    df = df.apply(lambda s: s.str.strip())
+    df["line"] = range(2, len(df) + 2)
+    df["ok"] = True
+    if df.empty:
+        problems.error(path, None, "the table has no rows", "add one row per "
+                       + ("patient" if "cohort" in required else "slide"), code="empty-table")
+    return df
+
+
+def read_patients(path: Path, problems: Problems) -> pd.DataFrame | None:
+    """Check ``patients.csv`` row by row; labels become integers where valid."""
+    df = _read_csv(path, PATIENT_COLUMNS, PATIENT_OPTIONAL, problems)
+    if df is None:
+        return None
+    if "split" not in df.columns:
+        df["split"] = ""
+    first_line: dict[str, int] = {}
+    labels: list[object] = []
+    for row in df.itertuples():
+        bad = False
+        pid = row.patient_id
+        if not pid:
+            problems.error(path, row.line, "empty patient_id", "give every patient an identifier",
+                           code="empty-value")
+            bad = True
+        elif pid in first_line:
+            problems.error(path, row.line, f"duplicate patient '{pid}' (first on line "
+                           f"{first_line[pid]})", "keep one row per patient", code="duplicate-patient")
+            bad = True
+        else:
+            first_line[pid] = row.line
+        if row.cohort not in COHORTS:
+            close = _closest(row.cohort, COHORTS)
+            problems.error(path, row.line, f"cohort '{row.cohort}' of patient '{pid}' is not "
+                           f"allowed", f"write '{close}'" if close else
+                           f"use one of: {', '.join(COHORTS)}", code="bad-cohort")
+            bad = True
+        if row.label in ("0", "1"):
+            labels.append(int(row.label))
+        else:
+            labels.append(pd.NA)
+            problems.error(path, row.line, f"label '{row.label}' of patient '{pid}' is not 0 or 1",
+                           "write 1 for complete response at 12 months, 0 otherwise",
+                           code="bad-label")
+            bad = True
+        if row.split and row.split not in SPLITS:
+            close = _closest(row.split, SPLITS)
+            problems.error(path, row.line, f"split '{row.split}' of patient '{pid}' is not allowed",
+                           f"write '{close}'" if close else "use 'train', 'val' or leave it empty",
+                           code="bad-split")
+            bad = True
+        if row.split and row.cohort == "external":
+            problems.error(path, row.line, f"external patient '{pid}' has split '{row.split}'",
+                           "leave split empty for external patients: they are never used in "
+                           "training or validation", code="split-on-external")
+            bad = True
+        if bad:
+            df.loc[row.Index, "ok"] = False
+    df["label"] = pd.array(labels, dtype="Int64")
+    dev = df[df.cohort == "development"]
+    given = dev.split != ""
+    if given.any() and not given.all():
+        for row in dev[~given].itertuples():
+            problems.error(path, row.line, f"development patient '{row.patient_id}' has no split "
+                           "while others have one", "fill in 'train' or 'val' for every "
+                           "development patient, or leave the whole column empty for a seeded "
+                           "stratified split", code="partial-split")
+            df.loc[row.Index, "ok"] = False
+    return df
+
+
+def _parse_mpp(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def read_slides(path: Path, stains: tuple[str, ...], patient_ids: set[str] | None,
+                problems: Problems) -> pd.DataFrame | None:
+    """Check ``slides.csv`` row by row (file contents are checked separately)."""
+    df = _read_csv(path, SLIDE_COLUMNS, SLIDE_OPTIONAL, problems)
+    if df is None:
+        return None
+    if "mpp" not in df.columns:
+        df["mpp"] = ""
+    base = path.resolve().parent
+    seen_pair: dict[tuple[str, str], int] = {}
+    seen_path: dict[Path, int] = {}
+    absolute, mpps = [], []
+    for row in df.itertuples():
+        bad = False
+        for col in SLIDE_COLUMNS:
+            if not getattr(row, col):
+                problems.error(path, row.line, f"empty {col}", f"fill in {col} for this slide",
+                               code="empty-value")
+                bad = True
+        pid, stain = row.patient_id, row.stain
+        if pid and patient_ids is not None and pid not in patient_ids:
+            close = _closest(pid, sorted(patient_ids))
+            problems.error(path, row.line, f"slide of unknown patient '{pid}'",
+                           f"did you mean '{close}'? Otherwise add the patient to patients.csv"
+                           if close else "add the patient to patients.csv or remove the row",
+                           code="unknown-patient")
+            bad = True
+        if stain and stain not in stains:
+            close = _closest(stain, stains)
+            problems.error(path, row.line, f"unknown stain '{stain}'",
+                           f"write '{close}'" if close else
+                           f"use one of {', '.join(stains)} or add the stain to 'stains:' in "
+                           "study.yaml", code="unknown-stain")
+            bad = True
+        if pid and stain:
+            key = (pid, stain)
+            if key in seen_pair:
+                problems.error(path, row.line, f"second {stain} slide for patient '{pid}' (first "
+                               f"on line {seen_pair[key]})", "keep one slide per patient and "
+                               "stain", code="duplicate-slide")
+                bad = True
+            else:
+                seen_pair[key] = row.line
+        full = (base / row.path).resolve() if row.path else None
+        absolute.append(str(full) if full else "")
+        if full is not None:
+            if full in seen_path:
+                problems.error(path, row.line, f"file {row.path} is also listed on line "
+                               f"{seen_path[full]}", "each row must point to its own slide file",
+                               code="duplicate-path")
+                bad = True
+            else:
+                seen_path[full] = row.line
+        mpp = None
+        if row.mpp:
+            mpp = _parse_mpp(row.mpp)
+            lo, hi = PLAUSIBLE_MPP
+            if mpp is None:
+                problems.error(path, row.line, f"mpp '{row.mpp}' is not a number",
+                               "write µm per pixel at level 0, e.g. 0.25 for a 40x scan",
+                               code="bad-mpp")
+                bad = True
+            elif mpp <= 0:
+                problems.error(path, row.line, f"mpp {row.mpp} is not positive",
+                               "write µm per pixel at level 0, e.g. 0.25 for a 40x scan",
+                               code="bad-mpp")
+                bad, mpp = True, None
+            elif not lo <= mpp <= hi:
+                problems.error(path, row.line, f"mpp {row.mpp} µm/px is implausible for a "
+                               f"whole-slide scan (expected {lo}-{hi})",
+                               "check the unit: µm per pixel at level 0 (0.25 at 40x, 0.5 at 20x)",
+                               code="bad-mpp")
+                bad, mpp = True, None
+        mpps.append(mpp if mpp is not None else float("nan"))
+        if bad:
+            df.loc[row.Index, "ok"] = False
+    df["path"] = absolute
+    df["mpp"] = pd.array(mpps, dtype="float64")
+    return df

@@ -1,0 +1,195 @@
+"""``lncr validate``: load a study, check everything, report every problem at once.
+
+Checks, each reported with file, line and fix: the YAML settings; every row of both tables;
+cross-table consistency (slides of unknown patients, patients without slides, missing stains);
+every slide file (exists, opens, decodes, has a plausible µm/px in its metadata or the ``mpp``
+column). Errors make the study unusable; warnings (a patient lacking one stain, a label class
+missing from a cohort) do not.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from lncr import __version__
+from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.slides.reader import PLAUSIBLE_MPP, SlideReadError, probe_slide
+from lncr.study.config import StudyConfig, StudyConfigError, config_to_dict, load_config
+from lncr.study.report import Problems
+from lncr.study.split import resolve_split, write_split
+from lncr.study.tables import read_patients, read_slides
+
+
+@dataclass
+class Study:
+    """A loaded study: settings, both tables and what validation found."""
+
+    yaml_path: Path | None
+    config: StudyConfig | None
+    patients: pd.DataFrame | None
+    slides: pd.DataFrame | None
+    problems: Problems = field(default_factory=Problems)
+    split: pd.DataFrame | None = None
+    split_source: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems.errors
+
+    def summary(self) -> dict:
+        """Counts for the summary table (empty parts when a table could not be read)."""
+        out: dict = {}
+        if self.patients is not None:
+            p = self.patients
+            out["patients"] = {
+                cohort: {str(lbl): int((g.label == lbl).sum()) for lbl in (1, 0)}
+                for cohort, g in p.groupby("cohort") if cohort in ("development", "external")}
+        if self.slides is not None and self.config is not None and self.patients is not None:
+            s = self.slides
+            cohort_of = dict(zip(self.patients.patient_id, self.patients.cohort))
+            s = s.assign(cohort=s.patient_id.map(cohort_of))
+            out["slides"] = {stain: {c: int(((s.stain == stain) & (s.cohort == c)).sum())
+                                     for c in ("development", "external")}
+                             for stain in self.config.stains}
+            have = s.groupby("patient_id").stain.apply(set).to_dict()
+            out["missing_stains"] = {
+                pid: [st for st in self.config.stains if st not in have.get(pid, set())]
+                for pid in self.patients.patient_id if pid
+                if any(st not in have.get(pid, set()) for st in self.config.stains)}
+        if self.split is not None:
+            out["split"] = {"source": self.split_source,
+                            **{name: {str(lbl): int(((self.split.split == name)
+                                                     & (self.split.label == lbl)).sum())
+                                      for lbl in (1, 0)} for name in ("train", "val")}}
+        return out
+
+
+def _check_files(study: Study, workers: int) -> None:
+    """Open every slide (in threads: OpenSlide releases the GIL) and check its µm/px."""
+    slides, problems, src = study.slides, study.problems, study.config.slides
+    rows = [r for r in slides.itertuples() if r.path]
+
+    def probe(path: str):
+        try:
+            return probe_slide(path), None
+        except SlideReadError as exc:
+            return None, exc
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(probe, [r.path for r in rows]))
+    lo, hi = PLAUSIBLE_MPP
+    for row, (info, err) in zip(rows, results):
+        if err is not None:
+            missing = not Path(row.path).exists()
+            problems.error(src, row.line, f"slide file {row.path} " + (
+                "does not exist" if missing else f"cannot be read: {str(err).split(': ', 1)[-1]}"),
+                "check the path (relative to slides.csv's folder)" if missing else
+                "re-export the slide from the scanner software, or remove the row",
+                code="missing-file" if missing else "unreadable-file")
+            slides.loc[row.Index, "ok"] = False
+            continue
+        column_mpp = row.mpp if pd.notna(row.mpp) else None
+        if column_mpp is None:
+            if info.mpp is None:
+                problems.error(src, row.line, f"slide {Path(row.path).name} has no µm/px in its "
+                               "metadata", "add its level-0 µm per pixel in an 'mpp' column "
+                               "(0.25 for a 40x scan)", code="missing-mpp")
+                slides.loc[row.Index, "ok"] = False
+            elif not lo <= info.mpp <= hi:
+                problems.error(src, row.line, f"slide {Path(row.path).name} reports an implausible "
+                               f"{info.mpp:.4g} µm/px", "give the correct value in the 'mpp' column",
+                               code="bad-mpp")
+                slides.loc[row.Index, "ok"] = False
+        elif info.mpp is not None and abs(info.mpp - column_mpp) / info.mpp > 0.1:
+            problems.warning(src, row.line, f"mpp column {column_mpp:g} overrides the file's "
+                             f"{info.mpp:.4g} µm/px", "remove the mpp value if the file is right",
+                             code="mpp-override")
+
+
+def _check_coverage(study: Study) -> None:
+    patients, slides, problems = study.patients, study.slides, study.problems
+    cfg = study.config
+    have = slides.groupby("patient_id").stain.apply(set).to_dict()
+    for row in patients.itertuples():
+        if not row.patient_id:
+            continue
+        stains = have.get(row.patient_id, set())
+        if not stains:
+            problems.error(cfg.patients, row.line, f"patient '{row.patient_id}' has no slides",
+                           "add the patient's slides to slides.csv or remove the patient",
+                           code="patient-without-slides")
+            patients.loc[row.Index, "ok"] = False
+        else:
+            missing = [s for s in cfg.stains if s not in stains]
+            if missing:
+                problems.warning(cfg.patients, row.line, f"patient '{row.patient_id}' lacks "
+                                 f"stain(s) {', '.join(missing)}", "ensembles use the stains "
+                                 "that exist; add the slides if they were forgotten",
+                                 code="missing-stain")
+    for cohort in ("development", "external"):
+        labels = set(patients[patients.cohort == cohort].label.dropna().astype(int))
+        n = int((patients.cohort == cohort).sum())
+        if n and labels != {0, 1}:
+            problems.warning(cfg.patients, None, f"the {cohort} cohort has only label(s) "
+                             f"{sorted(labels)}", "AUC needs patients of both labels",
+                             code="one-class-cohort")
+    if not (patients.cohort == "development").any():
+        problems.error(cfg.patients, None, "no development patients",
+                       "models are trained on the development cohort: add some",
+                       code="no-development")
+
+
+def load_study(path: str | Path, overrides: list[str] | dict | None = None,
+               check_files: bool = True, workers: int = 4) -> Study:
+    """Load and check a study without raising on data problems: every problem found is in
+    ``study.problems``. Only an unreadable ``study.yaml`` leaves ``config`` empty."""
+    path = Path(path)
+    study = Study(path, None, None, None)
+    try:
+        study.config = load_config(path, overrides)
+    except StudyConfigError as exc:
+        for msg in exc.problems:
+            study.problems.error(path, None, msg, code="bad-config")
+        return study
+    cfg = study.config
+    study.patients = read_patients(cfg.patients, study.problems)
+    ids = set(study.patients.patient_id) - {""} if study.patients is not None else None
+    study.slides = read_slides(cfg.slides, cfg.stains, ids, study.problems)
+    if study.patients is not None and study.slides is not None:
+        _check_coverage(study)
+    if study.slides is not None and check_files:
+        _check_files(study, workers)
+    if study.patients is not None and not study.problems.errors:
+        study.split, study.split_source = resolve_split(
+            study.patients, cfg.split.val_fraction, cfg.split.seed)
+        val = study.split[study.split.split == "val"]
+        if len(study.split) and set(val.label) != {0, 1}:
+            study.problems.warning(cfg.patients, None, "the validation split does not hold "
+                                   "both labels", "raise split.val_fraction or add patients",
+                                   code="one-class-val")
+    return study
+
+
+def save_study_record(study: Study) -> Path:
+    """Write the split and the effective settings to ``<output_dir>/study/`` and return it.
+
+    Raises :class:`lncr.study.split.SplitMismatchError` if a different split is already there.
+    """
+    if not study.ok or study.config is None or study.split is None:
+        raise ValueError("only a study without errors can be recorded")
+    cfg = study.config
+    folder = cfg.output_dir / "study"
+    write_split(folder, study.split, study.split_source or "seeded", cfg.split.val_fraction,
+                cfg.split.seed)
+    effective = {"lncr_version": __version__, "study_yaml": str(study.yaml_path.resolve()),
+                 "settings": config_to_dict(cfg)}
+    atomic_write_text(folder / "config.yaml",
+                      "# Effective settings of this study (study.yaml + defaults + overrides)\n"
+                      + yaml.safe_dump(effective, sort_keys=False))
+    atomic_write_json(folder / "summary.json", study.summary())
+    return folder

@@ -1,0 +1,1 @@
+"""The phantom cohort: synthetic multi-stain renal biopsies with known ground truth."""

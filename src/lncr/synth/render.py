@@ -1,0 +1,306 @@
+"""Render a phantom section into RGB pixels by the Beer–Lambert law, strip by strip.
+
+Each strip of rows is built as an array of compartment amounts (see
+:data:`lncr.synth.stains.COMPARTMENTS`), turned into optical density by one matrix product with
+the slide's compartment colours, and into RGB by ``I0 * 10 ** -OD``. A lesion label map at a
+fixed downsample is produced alongside, from the same geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lncr.synth.cells import Cells, capillary_loops, in_lesion_sector, place_cells, stamp_bank
+from lncr.synth.geometry import PatientGeometry, Section, moved, radial_modulation
+from lncr.synth.stains import COMPARTMENTS
+
+NUC, CYTO, MEMB, MES, COL, ERY, BRUSH = (COMPARTMENTS.index(c) for c in (
+    "nucleus", "cytoplasm", "membrane", "mesangium", "collagen", "erythrocyte", "brush_border"))
+
+#: Codes of the lesion label map.
+MASK_CODES: dict[str, int] = {
+    "background": 0,
+    "tissue": 1,
+    "fibrosis_inflammation": 2,
+    "crescent": 3,
+    "sclerosis": 4,
+    "wire_loop": 5,
+}
+STRIP = 512  # rows per strip; a multiple of every mask downsample used
+
+
+@dataclass(frozen=True)
+class Rendered:
+    rgb: np.ndarray  # (H, W, 3) uint8, level 0
+    labels: np.ndarray  # (H // d, W // d) uint8 lesion codes, d = mask_downsample
+    mask_downsample: int
+
+
+def _periodic_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.ndarray:
+    """Smooth noise of unit standard deviation that tiles seamlessly (filtered in Fourier space)."""
+    white = rng.standard_normal((size, size))
+    f = np.fft.fftfreq(size)
+    gauss = np.exp(-2 * (np.pi * sigma_px) ** 2 * (f[:, None] ** 2 + f[None, :] ** 2))
+    field = np.fft.ifft2(np.fft.fft2(white) * gauss).real
+    return ((field - field.mean()) / (field.std() + 1e-12)).astype(np.float32)
+
+
+def _ramp(t: np.ndarray, soft: float) -> np.ndarray:
+    """0 below -soft/2, 1 above +soft/2, linear between: an antialiased step."""
+    out = t * np.float32(1.0 / soft)
+    out += np.float32(0.5)
+    np.maximum(out, 0.0, out=out)
+    np.minimum(out, 1.0, out=out)
+    return out
+
+
+class _Strip:
+    """Compartments of rows [y0, y0 + h) and columns [x0, x0 + w) of the canvas, with helpers to draw into windows."""
+
+    def __init__(self, y0: int, h: int, x0: int, w: int, mpp: float):
+        self.y0, self.h, self.x0, self.w, self.mpp = y0, h, x0, w, mpp
+        self.comp = np.zeros((len(COMPARTMENTS), h, w), np.float32)  # channel-first: contiguous
+        self.labels = np.zeros((h, w), np.uint8)
+
+    def window(self, x: float, y: float, r: float):
+        """Slices and local µm coordinates (xx, yy relative to (x, y)) of a disc's bounding box,
+        or None when it misses the strip."""
+        m = self.mpp
+        i0, i1 = max(int((y - r) / m) - self.y0, 0), min(int((y + r) / m) + 2 - self.y0, self.h)
+        j0, j1 = max(int((x - r) / m) - self.x0, 0), min(int((x + r) / m) + 2 - self.x0, self.w)
+        if i0 >= i1 or j0 >= j1:
+            return None
+        yy = ((np.arange(i0, i1, dtype=np.float32) + self.y0 + 0.5) * m - y)[:, None]
+        xx = ((np.arange(j0, j1, dtype=np.float32) + self.x0 + 0.5) * m - x)[None, :]
+        return (slice(i0, i1), slice(j0, j1)), xx, yy
+
+    def clear(self, win, inside: np.ndarray, channels: tuple[int, ...] = (COL, CYTO)) -> None:
+        """Remove what lies under a structure. Structures never overlap, so only the
+        interstitial background (collagen, cytoplasm) needs clearing unless told otherwise."""
+        keep = 1.0 - inside
+        for c in channels:
+            self.comp[(c,) + win] *= keep
+
+    def put(self, win, channel: int, amount: np.ndarray) -> None:
+        dst = self.comp[(channel,) + win]
+        np.maximum(dst, amount, out=dst)
+
+    def label(self, win, where: np.ndarray, code: int) -> None:
+        lab = self.labels[win]
+        lab[where & (lab < code)] = code
+
+
+def _draw_tubule(s: _Strip, t, tex: np.ndarray, m: float) -> None:
+    reach = max(t.a, t.b) + t.membrane + 1.0
+    w = s.window(t.x, t.y, reach)
+    if w is None:
+        return
+    win, xx, yy = w
+    c, sn = np.cos(t.theta), np.sin(t.theta)
+    u, v = c * xx + sn * yy, -sn * xx + c * yy
+    r = np.sqrt((u / t.a) ** 2 + (v / t.b) ** 2)
+    rho = (t.a + t.b) / 2
+    d_out = (1.0 - r) * rho  # µm inside the epithelium's outer edge
+    inside = _ramp(d_out + t.membrane, m)
+    s.clear(win, inside)
+    s.put(win, MEMB, _ramp(-d_out + 0.1, m) * inside * (0.85 if not t.atrophic else 1.0))
+    lumen_d = (r - t.lumen) * rho
+    epi = _ramp(lumen_d, m) * _ramp(d_out, m)
+    s.put(win, CYTO, epi * ((0.78 if t.proximal else 0.55) * (0.85 + 0.25 * tex[win])))
+    if t.proximal:
+        s.put(win, BRUSH, _ramp(lumen_d, m) * _ramp(2.2 - lumen_d, m) * 0.8)
+
+
+def _draw_glomerulus(s: _Strip, g, loops: np.ndarray, tex: np.ndarray, m: float) -> None:
+    thick = 2.0 if g.lesion != "sclerosis" else 3.2
+    w = s.window(g.x, g.y, g.capsule + thick + 1)
+    if w is None:
+        return
+    win, xx, yy = w
+    d = np.sqrt(xx ** 2 + yy ** 2)
+    ang = np.arctan2(yy, xx)
+    tuft_r = g.tuft * radial_modulation(ang, g.lobes)
+    sector = in_lesion_sector(g, ang) if g.lesion else np.zeros_like(d, bool)
+    if g.lesion == "crescent":  # the crescent compresses the tuft in its sector
+        tuft_r = np.where(sector, np.minimum(tuft_r, g.tuft * 0.72), tuft_r)
+    inside = _ramp(g.capsule + thick - d, m)
+    s.clear(win, inside)
+    s.put(win, MEMB, _ramp(d - g.capsule, m) * inside * 0.9)
+    s.put(win, CYTO, _ramp(d - (g.capsule - 1.4), m) * _ramp(g.capsule - d, m) * 0.35)
+    tuft = _ramp(tuft_r - d, m)
+    texw = 0.85 + 0.3 * tex[win]
+    s.put(win, MES, tuft * 0.30 * texw)
+    s.put(win, CYTO, tuft * 0.16)
+    if g.lesion == "sclerosis":
+        scl = tuft * sector
+        s.put(win, MES, scl * 0.85 * texw)
+        s.put(win, COL, scl * 0.30)
+        s.label(win, scl > 0.5, MASK_CODES["sclerosis"])
+    elif g.lesion == "crescent":
+        cres = sector * _ramp(d - tuft_r - 0.5, m) * _ramp(g.capsule - 0.5 - d, m)
+        s.put(win, CYTO, cres * 0.5 * texw)
+        s.put(win, COL, cres * 0.2)
+        s.label(win, cres > 0.5, MASK_CODES["crescent"])
+    elif g.lesion == "wire_loop":
+        s.label(win, tuft > 0.5, MASK_CODES["wire_loop"])
+    wall = 2.6 if g.lesion == "wire_loop" else 0.7
+    for lx, ly, lr in loops:
+        lw = s.window(lx, ly, lr + wall + 0.6)
+        if lw is None:
+            continue
+        lwin, lxx, lyy = lw
+        ld = np.sqrt(lxx ** 2 + lyy ** 2)
+        lumen = _ramp(lr - ld, m)
+        s.clear(lwin, lumen, (COL, CYTO, MES))
+        s.put(lwin, MEMB, _ramp(ld - lr, m) * _ramp(lr + wall - ld, m) * 0.9)
+        if g.lesion == "wire_loop":
+            s.put(lwin, MES, lumen * 0.35 * (lr < 4.0))  # hyaline thrombi in small loops
+
+
+def _draw_arteriole(s: _Strip, a, tex: np.ndarray, m: float) -> None:
+    outer = a.lumen + a.wall
+    w = s.window(a.x, a.y, outer + 6)
+    if w is None:
+        return
+    win, xx, yy = w
+    d = np.sqrt(xx ** 2 + yy ** 2)
+    s.clear(win, _ramp(outer + 0.5 - d, m))
+    s.put(win, MEMB, _ramp(d - a.lumen, m) * _ramp(a.lumen + 1.0 - d, m) * 0.9)
+    s.put(win, CYTO, _ramp(d - a.lumen - 1.0, m) * _ramp(outer - d, m) * 0.62 * (0.85 + 0.25 * tex[win]))
+    s.put(win, COL, _ramp(d - outer, m) * _ramp(outer + 6 - d, m) * 0.6)
+
+
+def _fibrosis_field(geom: PatientGeometry):
+    """``weight(x, y)``: fibrotic weight in [0, 1] at points (µm) given as any broadcastable
+    arrays, or, fast, as a row vector ``x`` (1, n) and a column vector ``y`` (m, 1)."""
+    def weight(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = np.zeros(np.broadcast(x, y).shape, np.float32)
+        grid = x.ndim == 2 and y.ndim == 2 and x.shape[0] == 1 and y.shape[1] == 1
+        for p in geom.patches:
+            reach = p.radius * (1 + sum(abs(a) for a, _, _ in p.shape)) + 25.0
+            if grid:  # evaluate only the patch's bounding box
+                j0, j1 = np.searchsorted(x[0], [p.x - reach, p.x + reach])
+                i0, i1 = np.searchsorted(y[:, 0], [p.y - reach, p.y + reach])
+                if j0 >= j1 or i0 >= i1:
+                    continue
+                dx, dy, dst = x[:, j0:j1] - p.x, y[i0:i1] - p.y, out[i0:i1, j0:j1]
+            else:
+                dx, dy, dst = x - p.x, y - p.y, out
+            r = p.radius * radial_modulation(np.arctan2(dy, dx), p.shape)
+            np.maximum(dst, np.clip((r - np.sqrt(dx ** 2 + dy ** 2)) / 25.0, 0, 1), out=dst)
+        return out
+    return weight
+
+
+def render_section(section: Section, compartment_od: np.ndarray, brightness: float,
+                   mpp: float, mask_downsample: int = 16) -> Rendered:
+    """Render one stain's section of a patient at ``mpp`` µm/px.
+
+    ``compartment_od`` is the (compartments × RGB) optical density of one unit of each
+    compartment on this slide (stain, cohort style and per-slide variation included);
+    ``brightness`` is the incident light of the scanner (0-255).
+    """
+    rng = np.random.default_rng(section.seed)
+    geom = moved(section)
+    width_px, height_px = int(round(geom.width / mpp)), int(round(geom.height / mpp))
+    loops = [capillary_loops(g, rng) for g in geom.glomeruli]
+    fibrosis = _fibrosis_field(geom)
+    cells = place_cells(section, geom, loops, fibrosis, rng, mpp)
+    bank = stamp_bank(mpp)
+
+    tex_a = _periodic_noise(rng, STRIP, 2.5)  # fine fibrous grain
+    tex_b = _periodic_noise(rng, STRIP, 9.0)  # coarser cytoplasm mottling
+    # Empty glass is the same for every strip (all fields tile with period STRIP): light through
+    # uneven mountant, then sensor noise. Precompute it once.
+    glass_od = _periodic_noise(rng, STRIP // 2, 40.0) * 0.0015 + 0.012
+    light = _tile_to(np.float32(brightness) * np.exp(-np.log(10.0) * glass_od), STRIP, width_px)
+    noise = _tile_to(rng.normal(0, 1.4, (STRIP // 2, STRIP // 2, 3)).astype(np.float32), STRIP, width_px)
+    empty = light[..., None] + noise
+    empty += 0.5
+    np.maximum(empty, 0, out=empty)
+    np.minimum(empty, 255, out=empty)
+    empty = empty.astype(np.uint8)
+    noise = np.ascontiguousarray(np.moveaxis(noise, -1, 0))  # channel-first like the OD planes
+
+    ln10 = np.float32(np.log(10.0))
+    rgb = np.empty((height_px, width_px, 3), np.uint8)
+    ds = mask_downsample
+    labels = np.zeros((height_px // ds, width_px // ds), np.uint8)
+    profile = section.geometry.core.profile(0.5, section.geometry.width)
+    reach = 12 / mpp  # stamps reach at most ~8 µm from their centre
+    coarse = 4  # the outline and fibrosis fields are smooth: evaluate them every 4 px
+    for y0 in range(0, height_px, STRIP):
+        h = min(STRIP, height_px - y0)
+        rgb[y0:y0 + h] = empty[:h]
+        ys = (np.arange(y0, y0 + h, coarse, dtype=np.float64) + coarse / 2) * mpp
+        xs = (np.arange(0, width_px, coarse, dtype=np.float64) + coarse / 2) * mpp
+        px, py = section.to_patient(xs[None, :], ys[:, None])
+        sd = profile.signed_distance(px.astype(np.float32), py.astype(np.float32))
+        cols = np.flatnonzero((sd > -2.0).any(axis=0))
+        if not len(cols):
+            continue
+        # Tissue columns only (plus a margin): everything else is bare glass.
+        c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, len(xs))
+        x0, w = c0 * coarse, min(c1 * coarse, width_px) - c0 * coarse
+        s = _Strip(y0, h, x0, w, mpp)
+
+        def fine(field: np.ndarray) -> np.ndarray:
+            return np.repeat(np.repeat(field, coarse, 0), coarse, 1)[:h, :w]
+
+        tissue = fine(_ramp(sd[:, c0:c1], 1.5))
+        fib = fine(fibrosis(xs[None, c0:c1].astype(np.float32), ys[:, None].astype(np.float32)))
+        fib *= tissue
+        ta = _tile_to(np.roll(tex_a, -x0, axis=1), h, w)
+        tb = _tile_to(np.roll(tex_b, -x0, axis=1), h, w)
+        col, cyto = s.comp[COL], s.comp[CYTO]
+        np.multiply(ta, 0.05 + 0.15 * fib, out=col)
+        col += 0.08 + 0.38 * fib
+        col *= tissue
+        np.multiply(tb, 0.02, out=cyto)
+        cyto += 0.04 + 0.08 * fib
+        cyto *= tissue
+        s.labels[tissue > 0.5] = MASK_CODES["tissue"]
+        s.labels[(fib > 0.5) & (tissue > 0.5)] = MASK_CODES["fibrosis_inflammation"]
+        for t in geom.tubules:
+            _draw_tubule(s, t, tb, mpp)
+        for a in geom.arterioles:
+            _draw_arteriole(s, a, tb, mpp)
+        for g, g_loops in zip(geom.glomeruli, loops):
+            _draw_glomerulus(s, g, g_loops, tb, mpp)
+        lo, hi = np.searchsorted(cells.y, [y0 - reach, y0 + h + reach])
+        for cx, cy, k in zip(cells.x[lo:hi], cells.y[lo:hi], cells.stamp[lo:hi]):
+            _paste(s.comp[int(bank.channel[k])], bank.stamps[k], int(round(cy)) - y0,
+                   int(round(cx)) - x0)
+        od = (compartment_od.T @ s.comp.reshape(len(COMPARTMENTS), -1)).reshape(3, h, w)
+        od *= -ln10
+        np.exp(od, out=od)
+        od *= light[None, :h, x0:x0 + w]
+        od += noise[:, :h, x0:x0 + w]
+        od += 0.5
+        np.maximum(od, 0, out=od)
+        np.minimum(od, 255, out=od)
+        rgb[y0:y0 + h, x0:x0 + w] = np.moveaxis(od, 0, -1)
+        lab = labels[y0 // ds:(y0 + h) // ds]
+        j0 = -(-(x0 - ds // 2) // ds)  # first label column whose sample pixel is in the window
+        sub = s.labels[ds // 2::ds, (j0 * ds + ds // 2 - x0)::ds]
+        lab[:sub.shape[0], j0:j0 + sub.shape[1]] = sub[:lab.shape[0], :lab.shape[1] - j0]
+    return Rendered(rgb=rgb, labels=labels, mask_downsample=ds)
+
+
+def _tile_to(field: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Repeat a periodic field to cover (h, w) (extra trailing axes kept)."""
+    reps = (-(-h // field.shape[0]), -(-w // field.shape[1])) + (1,) * (field.ndim - 2)
+    return np.tile(field, reps)[:h, :w]
+
+
+def _paste(plane: np.ndarray, stamp: np.ndarray, ci: int, cj: int) -> None:
+    """Max-composite ``stamp`` centred at (ci, cj) into the 2-D ``plane``, clipped."""
+    half = stamp.shape[0] // 2
+    i0, j0 = ci - half, cj - half
+    a0, b0 = max(i0, 0), max(j0, 0)
+    a1, b1 = min(i0 + stamp.shape[0], plane.shape[0]), min(j0 + stamp.shape[1], plane.shape[1])
+    if a0 < a1 and b0 < b1:
+        dst = plane[a0:a1, b0:b1]
+        np.maximum(dst, stamp[a0 - i0:a1 - i0, b0 - j0:b1 - j0], out=dst)
