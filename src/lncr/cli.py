@@ -23,8 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -157,16 +157,23 @@ def _run_synth(out: Path, settings, workers: int, force: bool):
 def demo(
     out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes.")] = Path("demo-output"),
     workers: Annotated[int, typer.Option(help="Processes to use.")] = 0,
+    patients: Annotated[int, typer.Option(help="Development patients of the phantom.")] = 16,
+    external: Annotated[int, typer.Option(help="External patients of the phantom.")] = 8,
+    size: Annotated[str, typer.Option(help="Phantom slide size (see lncr synth).")] = "demo",
 ) -> None:
     """Run every implemented stage on the built-in phantom cohort (synth → validate)."""
-    from lncr.synth.cohort import SynthSettings
+    from lncr.synth.cohort import SynthError, SynthSettings
     from lncr.study.validate import load_study, save_study_record
 
     workers = workers or _default_workers()
     timings: list[tuple[str, float]] = []
     t0 = time.perf_counter()
-    settings = SynthSettings(patients=16, external=8, seed=0, size="demo")
-    result = _run_synth(out / "study", settings, workers, force=False)
+    try:
+        settings = SynthSettings(patients=patients, external=external, seed=0, size=size)
+        result = _run_synth(out / "study", settings, workers, force=False)
+    except SynthError as exc:
+        err_console.print(f"[red]ERROR {exc}[/red]")
+        raise typer.Exit(2) from exc
     timings.append(("synth", time.perf_counter() - t0))
     t0 = time.perf_counter()
     study = load_study(result.study, workers=workers)

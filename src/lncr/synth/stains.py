@@ -126,17 +126,18 @@ class CohortStyle:
 
 DEVELOPMENT_STYLE = CohortStyle(dye_shift={}, intensity=1.0, brightness=243.0, jpeg_quality=90)
 
-#: Another hospital: bluer haematoxylin, more magenta eosin and Schiff, browner silver, greener
-#: blue; darker staining, dimmer light and stronger JPEG compression.
+#: Another hospital: bluer haematoxylin, more magenta eosin and Schiff, browner silver, a more
+#: orange fuchsin and a greener collagen counterstain (as labs using light green instead of
+#: aniline blue); darker staining, dimmer light and stronger JPEG compression.
 EXTERNAL_STYLE = CohortStyle(
     dye_shift={
         "haematoxylin": (0.12, -0.05, 0.18),
-        "iron_haematoxylin": (0.10, -0.04, 0.14),
+        "iron_haematoxylin": (0.14, -0.06, 0.20),
         "eosin": (0.14, 0.00, 0.12),
         "schiff_magenta": (0.12, -0.05, 0.14),
         "silver": (-0.08, 0.02, 0.10),
-        "acid_fuchsin": (0.10, 0.05, -0.12),
-        "aniline_blue": (-0.10, 0.10, 0.08),
+        "acid_fuchsin": (0.15, -0.08, -0.22),
+        "aniline_blue": (-0.30, 0.20, 0.25),
     },
     intensity=1.18,
     brightness=230.0,

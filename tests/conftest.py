@@ -1,0 +1,96 @@
+"""Shared fixtures: the small phantom cohort (made once per test run), the real slides in
+``../shared/data/real`` and a factory for tiny studies with chosen rows."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from filelock import FileLock
+
+from lncr.synth.cohort import SynthSettings, synthesize
+from lncr.synth.pyramid import write_pyramid
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The phantom most tests share: 6 development + 2 external patients × 4 stains, small size.
+PHANTOM = SynthSettings(patients=6, external=2, seed=7, size="small")
+
+
+def _shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary folder shared by all xdist workers of this run (and only this run)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of the shared phantom study (do not modify it; copy it first)."""
+    root = _shared_tmp(tmp_path_factory)
+    out = root / "phantom-small"
+    with FileLock(str(root / "phantom.lock")):
+        if not (out / "truth.json").exists():
+            synthesize(out, PHANTOM, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """``shared/data/real`` beside the repository (or $LNCR_REAL_DATA)."""
+    path = Path(os.environ.get("LNCR_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
+    if not (path / "CMU-1-Small-Region.svs").exists():
+        raise FileNotFoundError(
+            f"real test slides not found in {path}: the repository must sit beside shared/ "
+            "(or set LNCR_REAL_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_slide_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Write a small pyramidal TIFF (0.25 µm/px) under a given name and return its path."""
+    folder = tmp_path_factory.mktemp("tiny-slides")
+    rng = np.random.default_rng(0)
+    base = (200 + rng.integers(0, 40, (600, 800, 3))).astype(np.uint8)
+
+    def make(name: str) -> Path:
+        path = folder / name
+        if not path.exists():
+            write_pyramid(path, base, 0.25, 90)
+        return path
+
+    return make
+
+
+PATIENTS_OK = [
+    ("P1", "development", "1"), ("P2", "development", "0"), ("P3", "development", "1"),
+    ("P4", "development", "0"), ("E1", "external", "1"), ("E2", "external", "0"),
+]
+
+
+@pytest.fixture
+def make_study(tmp_path: Path, tiny_slide_factory) -> Callable[..., Path]:
+    """Write study.yaml, patients.csv and slides.csv with the given rows; slides are tiny
+    real TIFFs unless a row's path says otherwise. Returns the YAML path."""
+
+    def make(patients: list[tuple] | None = None, slides: list[tuple] | None = None,
+             patient_header: str = "patient_id,cohort,label",
+             slide_header: str = "patient_id,stain,path", yaml_extra: str = "",
+             stains: tuple[str, ...] = ("HE", "PAS")) -> Path:
+        patients = PATIENTS_OK if patients is None else patients
+        if slides is None:
+            ids = list(dict.fromkeys(row[0] for row in patients))  # unique, in order
+            slides = [(pid, stain, str(tiny_slide_factory(f"{pid}_{stain}.tiff")))
+                      for pid in ids for stain in stains]
+        (tmp_path / "patients.csv").write_text(
+            patient_header + "\n" + "".join(",".join(r) + "\n" for r in patients))
+        (tmp_path / "slides.csv").write_text(
+            slide_header + "\n" + "".join(",".join(r) + "\n" for r in slides))
+        study = tmp_path / "study.yaml"
+        study.write_text("patients: patients.csv\nslides: slides.csv\n"
+                         f"stains: [{', '.join(stains)}]\n" + yaml_extra)
+        return study
+
+    return make

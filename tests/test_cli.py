@@ -1,0 +1,76 @@
+"""Describe the lncr command line: help, version, validate's exit codes and messages, synth,
+demo."""
+
+from __future__ import annotations
+
+import shutil
+
+from typer.testing import CliRunner
+
+from lncr import __version__
+from lncr.cli import app
+
+runner = CliRunner()
+
+
+class DescribeHelp:
+    def it_lists_every_command_with_one_line(self):
+        result = runner.invoke(app, ["--help"])
+        assert result.exit_code == 0
+        for command in ("validate", "synth", "demo"):
+            assert command in result.output
+
+    def it_prints_the_version(self):
+        result = runner.invoke(app, ["--version"])
+        assert result.exit_code == 0 and result.output.strip() == f"lncr {__version__}"
+
+
+class DescribeValidateCommand:
+    def it_succeeds_and_records_the_split_for_a_good_study(self, phantom, tmp_path):
+        copy = tmp_path / "p"
+        shutil.copytree(phantom, copy)
+        result = runner.invoke(app, ["validate", str(copy / "study.yaml")])
+        assert result.exit_code == 0, result.output
+        assert "OK" in result.output and "Slides per stain" in result.output
+        assert (copy / "lncr-output" / "study" / "split.csv").exists()
+
+    def it_fails_naming_file_and_line_for_a_bad_row(self, make_study):
+        from conftest import PATIENTS_OK
+
+        rows = PATIENTS_OK[:2] + [("P3", "development", "maybe")] + PATIENTS_OK[3:]
+        result = runner.invoke(app, ["validate", str(make_study(rows))])
+        assert result.exit_code == 1
+        assert "patients.csv:4" in result.output and "'maybe'" in result.output
+
+    def it_fails_on_an_unknown_override(self, make_study):
+        result = runner.invoke(app, ["validate", str(make_study()), "--set", "tiling.tilesize=3"])
+        assert result.exit_code == 1 and "tiling.tile_size" in result.output
+
+    def it_refuses_to_silently_change_a_recorded_split(self, make_study):
+        rows = [(f"P{i:02d}", "development", str(i % 2)) for i in range(12)]
+        study = make_study(rows, stains=("HE",))
+        assert runner.invoke(app, ["validate", str(study)]).exit_code == 0
+        result = runner.invoke(app, ["validate", str(study), "--set", "split.seed=99"])
+        assert result.exit_code == 1 and "holds a split made from other" in result.output
+
+
+class DescribeSynthCommand:
+    def it_writes_a_study_that_validates(self, tmp_path):
+        out = tmp_path / "ph"
+        result = runner.invoke(app, ["synth", str(out), "--patients", "2", "--external", "0",
+                                     "--size", "1024x640", "--stains", "HE,PAS", "--workers", "1"])
+        assert result.exit_code == 0, result.output
+        assert runner.invoke(app, ["validate", str(out / "study.yaml")]).exit_code == 0
+
+    def it_exits_with_a_clear_error_on_a_bad_option(self, tmp_path):
+        result = runner.invoke(app, ["synth", str(tmp_path), "--signal", "5"])
+        assert result.exit_code == 2 and "--signal" in result.output
+
+
+class DescribeDemoCommand:
+    def it_runs_every_implemented_stage_and_says_what_is_missing(self, tmp_path):
+        result = runner.invoke(app, ["demo", str(tmp_path), "--patients", "2", "--external", "2",
+                                     "--size", "1024x640", "--workers", "1"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "study" / "lncr-output" / "study" / "split.csv").exists()
+        assert "not implemented yet" in result.output

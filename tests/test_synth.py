@@ -1,0 +1,220 @@
+"""Describe lncr synth: a phantom cohort that real readers open, with known, planted truth."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import openslide
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lncr.synth.cohort import SynthError, SynthSettings, parse_size, plan_cohort, synthesize
+from lncr.synth.render import MASK_CODES
+
+from conftest import PHANTOM
+
+
+def files_digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def tissue_od(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean optical density (R, G, B) of the pixels a mask marks as tissue."""
+    od = -np.log10(np.clip(rgb[..., :3].astype(float), 1, 255) / 255.0)
+    return od[mask].mean(axis=0)
+
+
+def stain_colour(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean OD direction (unit RGB absorbance) of tissue pixels: the stain's hue,
+    independent of how much tissue absorbs."""
+    od = -np.log10(np.clip(rgb[..., :3].astype(float), 1, 255) / 255.0)[mask]
+    return (od / np.linalg.norm(od, axis=1, keepdims=True).clip(1e-6)).mean(axis=0)
+
+
+class DescribePhantomFiles:
+    def it_writes_a_complete_study(self, phantom):
+        patients = pd.read_csv(phantom / "patients.csv")
+        slides = pd.read_csv(phantom / "slides.csv")
+        assert len(patients) == 8 and len(slides) == 32
+        assert set(slides.stain) == {"HE", "PAS", "PASM", "MASSON"}
+        assert (phantom / "study.yaml").read_text().count("patients: patients.csv") == 1
+
+    def it_opens_every_slide_with_openslide_at_quarter_micron(self, phantom):
+        slides = pd.read_csv(phantom / "slides.csv")
+        for path in slides.path:
+            with openslide.OpenSlide(str(phantom / path)) as s:
+                assert s.properties["openslide.vendor"] == "generic-tiff"
+                assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.25)
+                assert float(s.properties["openslide.mpp-y"]) == pytest.approx(0.25)
+                assert s.dimensions == (3200, 1920)
+                assert s.level_downsamples == (1.0, 2.0, 4.0)
+                assert s.level_dimensions[2] == (800, 480)
+
+    def it_uses_256_pixel_jpeg_tiles(self, phantom):
+        import tifffile
+
+        with tifffile.TiffFile(phantom / "slides" / "DEV-001_HE.tiff") as tif:
+            for page in tif.pages:
+                assert (page.tilewidth, page.tilelength) == (256, 256)
+                assert page.compression == tifffile.COMPRESSION.JPEG
+
+    def it_writes_masks_that_align_with_the_slides(self, phantom):
+        """The mask's tissue matches the slide's non-glass area (lumens and pale interstitium
+        filled in), and far better than the same mask moved by 5 cells (80 µm)."""
+        from scipy import ndimage
+
+        truth = json.loads((phantom / "truth.json").read_text())
+        ds = truth["generator"]["mask_downsample"]
+        for pid in ("DEV-001", "EXT-002"):
+            for stain in ("HE", "MASSON"):
+                mask = np.asarray(Image.open(phantom / "masks" / f"{pid}_{stain}.png"))
+                with openslide.OpenSlide(str(phantom / "slides" / f"{pid}_{stain}.tiff")) as s:
+                    assert mask.shape == (s.dimensions[1] // ds, s.dimensions[0] // ds)
+                    level = s.get_best_level_for_downsample(4)
+                    low = np.asarray(s.read_region((0, 0), level, s.level_dimensions[level]))
+                    factor = ds // int(round(s.level_downsamples[level]))
+                grey = low[..., :3].mean(axis=2)[factor // 2::factor, factor // 2::factor]
+                glass = np.percentile(grey, 99)  # the scanner's empty-glass brightness
+                stained = grey[: mask.shape[0], : mask.shape[1]] < glass - 12
+                stained = ndimage.binary_fill_holes(ndimage.binary_closing(stained, iterations=2))
+                tissue = mask > 0
+
+                def iou(a, b):
+                    return (a & b).sum() / (a | b).sum()
+
+                assert iou(stained, tissue) > 0.9, (pid, stain, iou(stained, tissue))
+                assert iou(stained, np.roll(tissue, 5, axis=1)) < iou(stained, tissue) - 0.05
+
+    def it_marks_planted_lesions_in_the_masks(self, phantom):
+        truth = json.loads((phantom / "truth.json").read_text())
+        for pid, rec in truth["patients"].items():
+            mask = np.asarray(Image.open(phantom / rec["slides"]["PAS"]["mask"]))
+            for lesion, count in rec["lesioned_glomeruli"].items():
+                assert (count > 0) == bool((mask == MASK_CODES[lesion]).any()), (pid, lesion)
+
+    def it_writes_thumbnails(self, phantom):
+        thumb = Image.open(phantom / "thumbnails" / "DEV-002_PASM.png")
+        assert thumb.size == (100, 60) and thumb.mode == "RGB"
+
+
+class DescribeStains:
+    def it_colours_each_stain_differently(self, phantom):
+        means = {}
+        for stain in ("HE", "PAS", "PASM", "MASSON"):
+            rgb = np.asarray(Image.open(phantom / "thumbnails" / f"DEV-001_{stain}.png"))
+            mask = np.asarray(Image.open(phantom / "masks" / f"DEV-001_{stain}.png"))[::2, ::2] > 0
+            means[stain] = tissue_od(rgb, mask[: rgb.shape[0], : rgb.shape[1]])
+        stains = list(means)
+        for i, a in enumerate(stains):
+            for b in stains[i + 1:]:
+                assert np.linalg.norm(means[a] - means[b]) > 0.03, (a, b)
+        assert means["MASSON"][0] > means["MASSON"][2]  # blue collagen absorbs red
+        assert means["HE"][1] > means["HE"][0]  # pink eosin absorbs green
+
+    def it_shifts_the_external_cohort_measurably(self, phantom):
+        """Per stain, the distance between the cohorts' mean stain colours exceeds twice the
+        root-mean-square spread of development slides around their mean."""
+        truth = json.loads((phantom / "truth.json").read_text())
+        for stain in ("HE", "PAS", "PASM", "MASSON"):
+            by_cohort = {"development": [], "external": []}
+            for rec in truth["patients"].values():
+                paths = rec["slides"][stain]
+                rgb = np.asarray(Image.open(phantom / paths["thumbnail"]))
+                mask = np.asarray(Image.open(phantom / paths["mask"]))[::2, ::2] > 0
+                by_cohort[rec["cohort"]].append(stain_colour(rgb, mask[: rgb.shape[0], : rgb.shape[1]]))
+            dev, ext = np.array(by_cohort["development"]), np.array(by_cohort["external"])
+            within = np.sqrt((np.linalg.norm(dev - dev.mean(axis=0), axis=1) ** 2).mean())
+            gap = np.linalg.norm(ext.mean(axis=0) - dev.mean(axis=0))
+            assert gap > 2 * within, (stain, gap, within)
+
+
+class DescribeLabels:
+    def it_balances_labels_within_each_cohort(self, phantom):
+        patients = pd.read_csv(phantom / "patients.csv")
+        for _, group in patients.groupby("cohort"):
+            assert abs((group.label == 1).sum() - (group.label == 0).sum()) <= 1
+
+    def it_gives_non_responders_a_higher_lesion_burden(self):
+        plans = plan_cohort(SynthSettings(patients=400, external=0, seed=1))
+        burden = pd.DataFrame([(p.label, p.burden) for p in plans], columns=["label", "b"])
+        means = burden.groupby("label").b.mean()
+        assert means[0] - means[1] > 0.35
+        # ... yet some responders carry lesions and some non-responders few.
+        assert (burden[burden.label == 1].b > 0.5).mean() > 0.02
+        assert (burden[burden.label == 0].b < 0.5).mean() > 0.02
+
+    def it_removes_the_link_with_signal_zero(self):
+        plans = plan_cohort(SynthSettings(patients=400, external=0, seed=1, signal=0.0))
+        burden = pd.DataFrame([(p.label, p.burden) for p in plans], columns=["label", "b"])
+        means = burden.groupby("label").b.mean()
+        assert abs(means[0] - means[1]) < 0.05
+
+    def it_records_burden_and_labels_in_truth(self, phantom):
+        truth = json.loads((phantom / "truth.json").read_text())
+        patients = pd.read_csv(phantom / "patients.csv").set_index("patient_id")
+        for pid, rec in truth["patients"].items():
+            assert rec["label"] == patients.loc[pid, "label"] == rec["label_rendered"]
+            assert 0 <= rec["burden"] <= 1
+        assert truth["generator"]["seed"] == PHANTOM.seed
+
+
+TINY = dict(patients=2, external=1, size="1024x640", stains=("HE", "PASM"))
+
+
+class DescribeReproducibility:
+    def it_writes_byte_identical_files_for_the_same_seed(self, tmp_path):
+        a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+        synthesize(a, SynthSettings(seed=3, **TINY))
+        synthesize(b, SynthSettings(seed=3, **TINY), workers=2)
+        synthesize(c, SynthSettings(seed=4, **TINY))
+        assert files_digest(a) == files_digest(b)
+        assert files_digest(a)["slides/DEV-001_HE.tiff"] != files_digest(c)["slides/DEV-001_HE.tiff"]
+
+    def it_resumes_without_redoing_finished_slides(self, tmp_path):
+        out = tmp_path / "p"
+        first = synthesize(out, SynthSettings(seed=3, **TINY))
+        before = files_digest(out)
+        (out / "slides" / "DEV-002_PASM.tiff").unlink()
+        (out / "slides" / ".DEV-001_HE.tiff.partial").write_bytes(b"half a file")
+        again = synthesize(out, SynthSettings(seed=3, **TINY))
+        assert first.rendered == 6 and again.rendered == 1 and again.reused == 5
+        after = files_digest(out)
+        after.pop("slides/.DEV-001_HE.tiff.partial")
+        assert after == before
+
+    def it_refuses_to_mix_settings_in_one_folder(self, tmp_path):
+        synthesize(tmp_path / "p", SynthSettings(seed=3, **TINY))
+        with pytest.raises(SynthError, match="other settings .*seed"):
+            synthesize(tmp_path / "p", SynthSettings(seed=4, **TINY))
+
+    def it_refuses_a_foreign_non_empty_folder(self, tmp_path):
+        (tmp_path / "notes.txt").write_text("mine")
+        with pytest.raises(SynthError, match="not empty"):
+            synthesize(tmp_path, SynthSettings(seed=3, **TINY))
+
+
+class DescribeOptions:
+    def it_permutes_labels_after_rendering(self, tmp_path):
+        settings = SynthSettings(patients=12, external=0, seed=2, size="1024x640", stains=("HE",),
+                                 permute_labels=True)
+        truth = synthesize(tmp_path, settings, workers=2).truth
+        recs = truth["patients"].values()
+        assert sorted(r["label"] for r in recs) == sorted(r["label_rendered"] for r in recs)
+        assert any(r["label"] != r["label_rendered"] for r in recs)
+
+    @pytest.mark.parametrize("size", ["huge", "10x10", "100000x100000"])
+    def it_rejects_a_bad_size(self, size):
+        with pytest.raises(SynthError, match="--size"):
+            parse_size(size)
+
+    def it_accepts_named_and_explicit_sizes(self):
+        assert parse_size("demo") == (2400.0, 960.0)
+        assert parse_size("2048x1024") == (512.0, 256.0)
+
+    def it_rejects_an_unknown_stain(self):
+        with pytest.raises(SynthError, match="IHC"):
+            SynthSettings(stains=("HE", "IHC"))
