@@ -51,8 +51,8 @@ class DescribePhantomFiles:
                 assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.25)
                 assert float(s.properties["openslide.mpp-y"]) == pytest.approx(0.25)
                 assert s.dimensions == (3200, 1920)
-                assert s.level_downsamples == (1.0, 2.0, 4.0)
-                assert s.level_dimensions[2] == (800, 480)
+                assert s.level_downsamples == (1.0, 2.0, 4.0, 8.0, 16.0)
+                assert s.level_dimensions[4] == (200, 120)
 
     def it_uses_256_pixel_jpeg_tiles(self, phantom):
         import tifffile
@@ -212,7 +212,7 @@ class DescribeOptions:
             parse_size(size)
 
     def it_accepts_named_and_explicit_sizes(self):
-        assert parse_size("demo") == (2400.0, 960.0)
+        assert parse_size("demo") == (2600.0, 1040.0)
         assert parse_size("2048x1024") == (512.0, 256.0)
 
     def it_rejects_an_unknown_stain(self):

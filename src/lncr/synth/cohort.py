@@ -45,7 +45,7 @@ from lncr.synth.stains import (COMPARTMENTS, DEVELOPMENT_STYLE, DYES, EXTERNAL_S
 #: Named canvas sizes in µm (width, height) of level 0.
 SIZES: dict[str, tuple[float, float]] = {
     "small": (800.0, 480.0),  # tests: 3200 × 1920 px, a few glomeruli
-    "demo": (2400.0, 960.0),  # demo: 9600 × 3840 px; 10x tiles of 512 px (512 µm) fit the core
+    "demo": (2600.0, 1040.0),  # demo: 10400 × 4160 px; two rows of 10x 512-px tiles (512 µm)
 }
 DEFAULT_STAINS: tuple[str, ...] = ("HE", "PAS", "PASM", "MASSON")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
@@ -170,8 +170,9 @@ def render_patient(out: Path, settings: SynthSettings, plan: PatientPlan) -> dic
             image = render_section(section, od, style.brightness, settings.mpp,
                                    settings.mask_downsample)
             levels = write_pyramid(paths["slide"], image.rgb, settings.mpp, style.jpeg_quality)
-            thumb = levels[-1]
-            for _ in range(int(np.log2(settings.thumbnail_downsample)) - (len(levels) - 1)):
+            want = int(np.log2(settings.thumbnail_downsample))
+            thumb = levels[min(want, len(levels) - 1)]
+            for _ in range(want - (len(levels) - 1)):
                 thumb = downsample2(thumb)
             _save_png(thumb, paths["thumbnail"])
             _save_png(image.labels, paths["mask"])

@@ -236,7 +236,7 @@ def make_patient_geometry(rng: np.random.Generator, width: float, height: float,
         return float(rng.uniform(core.x0, core.x1)), float(rng.uniform(0, height))
 
     glomeruli: list[Glomerulus] = []
-    n_glom = max(2, int(rng.poisson(2.2 * area_mm2)))
+    n_glom = max(2, int(rng.poisson(4.0 * area_mm2)))
     p_lesion = 0.05 + 0.8 * burden
     for _ in range(400 * n_glom):
         if len(glomeruli) == n_glom:

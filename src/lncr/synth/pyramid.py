@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from PIL import Image
 
 from lncr.fileio import partial_path
 
@@ -19,21 +20,17 @@ TILE = 256
 
 
 def downsample2(image: np.ndarray) -> np.ndarray:
-    """Halve an (H, W, C) uint8 image by averaging 2×2 blocks (odd edges dropped)."""
+    """Halve an (H, W, 3) uint8 image by averaging 2×2 blocks (odd edges dropped).
+
+    Pillow's box ``reduce`` is several times faster than the equivalent numpy slicing."""
     h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-    acc = image[0:h:2, 0:w:2].astype(np.uint16)
-    acc += image[1:h:2, 0:w:2]
-    acc += image[0:h:2, 1:w:2]
-    acc += image[1:h:2, 1:w:2]
-    acc += 2
-    acc >>= 2
-    return acc.astype(np.uint8)
+    return np.asarray(Image.fromarray(image[:h, :w]).reduce(2))
 
 
-def pyramid_levels(image: np.ndarray, min_size: int = TILE) -> list[np.ndarray]:
-    """Levels at downsample 1, 2, 4, … until the next would be smaller than ``min_size``."""
+def pyramid_levels(image: np.ndarray, tile: int = TILE) -> list[np.ndarray]:
+    """Levels at downsample 1, 2, 4, … until the whole level fits in one tile."""
     levels = [image]
-    while min(levels[-1].shape[:2]) // 2 >= min_size:
+    while max(levels[-1].shape[:2]) > tile and min(levels[-1].shape[:2]) >= 2:
         levels.append(downsample2(levels[-1]))
     return levels
 

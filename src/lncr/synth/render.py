@@ -29,6 +29,7 @@ MASK_CODES: dict[str, int] = {
     "wire_loop": 5,
 }
 STRIP = 512  # rows per strip; a multiple of every mask downsample used
+GLASS = 256  # period (px) of the glass and sensor-noise fields; divides STRIP
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,17 @@ def _draw_tubule(s: _Strip, t, tex: np.ndarray, m: float) -> None:
     if w is None:
         return
     win, xx, yy = w
+    # Normalised elliptic radius r = sqrt((u/a)² + (v/b)²) of the rotated coordinates, as a
+    # quadratic form in x and y (fewer full-size array operations).
     c, sn = np.cos(t.theta), np.sin(t.theta)
-    u, v = c * xx + sn * yy, -sn * xx + c * yy
-    r = np.sqrt((u / t.a) ** 2 + (v / t.b) ** 2)
-    rho = (t.a + t.b) / 2
-    d_out = (1.0 - r) * rho  # µm inside the epithelium's outer edge
+    qa = np.float32((c / t.a) ** 2 + (sn / t.b) ** 2)
+    qb = np.float32(2 * c * sn * (1 / t.a ** 2 - 1 / t.b ** 2))
+    qc = np.float32((sn / t.a) ** 2 + (c / t.b) ** 2)
+    r = qa * xx * xx + qc * yy * yy
+    r += (qb * yy) * xx
+    np.sqrt(r, out=r)
+    rho = np.float32((t.a + t.b) / 2)
+    d_out = rho - rho * r  # µm inside the epithelium's outer edge
     inside = _ramp(d_out + t.membrane, m)
     s.clear(win, inside)
     s.put(win, MEMB, _ramp(-d_out + 0.1, m) * inside * (0.85 if not t.atrophic else 1.0))
@@ -212,17 +219,13 @@ def render_section(section: Section, compartment_od: np.ndarray, brightness: flo
 
     tex_a = _periodic_noise(rng, STRIP, 2.5)  # fine fibrous grain
     tex_b = _periodic_noise(rng, STRIP, 9.0)  # coarser cytoplasm mottling
-    # Empty glass is the same for every strip (all fields tile with period STRIP): light through
-    # uneven mountant, then sensor noise. Precompute it once.
-    glass_od = _periodic_noise(rng, STRIP // 2, 40.0) * 0.0015 + 0.012
-    light = _tile_to(np.float32(brightness) * np.exp(-np.log(10.0) * glass_od), STRIP, width_px)
-    noise = _tile_to(rng.normal(0, 1.4, (STRIP // 2, STRIP // 2, 3)).astype(np.float32), STRIP, width_px)
-    empty = light[..., None] + noise
-    empty += 0.5
-    np.maximum(empty, 0, out=empty)
-    np.minimum(empty, 255, out=empty)
-    empty = empty.astype(np.uint8)
-    noise = np.ascontiguousarray(np.moveaxis(noise, -1, 0))  # channel-first like the OD planes
+    # Empty glass: light through uneven mountant, then sensor noise; both periodic with period
+    # GLASS px, so bare-glass pixels are copied from one precomputed uint8 tile.
+    glass_od = _periodic_noise(rng, GLASS, 40.0) * 0.0015 + 0.012
+    light = (np.float32(brightness) * np.exp(-np.log(10.0) * glass_od)).astype(np.float32)
+    noise = rng.normal(0, 1.4, (3, GLASS, GLASS)).astype(np.float32)  # channel-first
+    empty = np.clip(light[..., None] + np.moveaxis(noise, 0, -1) + 0.5, 0, 255).astype(np.uint8)
+    empty = _tile_to(empty, STRIP, width_px)
 
     ln10 = np.float32(np.log(10.0))
     rgb = np.empty((height_px, width_px, 3), np.uint8)
@@ -238,22 +241,31 @@ def render_section(section: Section, compartment_od: np.ndarray, brightness: flo
         xs = (np.arange(0, width_px, coarse, dtype=np.float64) + coarse / 2) * mpp
         px, py = section.to_patient(xs[None, :], ys[:, None])
         sd = profile.signed_distance(px.astype(np.float32), py.astype(np.float32))
-        cols = np.flatnonzero((sd > -2.0).any(axis=0))
+        near = sd > -2.0
+        cols, rows = np.flatnonzero(near.any(axis=0)), np.flatnonzero(near.any(axis=1))
         if not len(cols):
             continue
-        # Tissue columns only (plus a margin): everything else is bare glass.
-        c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, len(xs))
+        # The tissue's bounding box in this strip (plus a margin), aligned to mask cells:
+        # everything else is bare glass.
+        step = ds // coarse  # coarse cells per mask cell
+        c0, c1 = (max(int(cols[0]) - 1, 0) // step) * step, min(int(cols[-1]) + 2, len(xs))
+        r0, r1 = (max(int(rows[0]) - 1, 0) // step) * step, min(int(rows[-1]) + 2, len(ys))
         x0, w = c0 * coarse, min(c1 * coarse, width_px) - c0 * coarse
-        s = _Strip(y0, h, x0, w, mpp)
+        ya, h = y0 + r0 * coarse, min(r1 * coarse, h) - r0 * coarse
+        sd, xs, ys = sd[r0:r1, c0:c1], xs[c0:c1], ys[r0:r1]
+        s = _Strip(ya, h, x0, w, mpp)
 
         def fine(field: np.ndarray) -> np.ndarray:
-            return np.repeat(np.repeat(field, coarse, 0), coarse, 1)[:h, :w]
+            """Nearest-neighbour upsampling by ``coarse`` in one copy."""
+            big = np.broadcast_to(field[:, None, :, None],
+                                  (field.shape[0], coarse, field.shape[1], coarse))
+            return big.reshape(field.shape[0] * coarse, field.shape[1] * coarse)[:h, :w]
 
-        tissue = fine(_ramp(sd[:, c0:c1], 1.5))
-        fib = fine(fibrosis(xs[None, c0:c1].astype(np.float32), ys[:, None].astype(np.float32)))
+        tissue = fine(_ramp(sd, 1.5))
+        fib = fine(fibrosis(xs[None, :].astype(np.float32), ys[:, None].astype(np.float32)))
         fib *= tissue
-        ta = _tile_to(np.roll(tex_a, -x0, axis=1), h, w)
-        tb = _tile_to(np.roll(tex_b, -x0, axis=1), h, w)
+        ta = _tile_to(np.roll(tex_a, (-ya, -x0), axis=(0, 1)), h, w)
+        tb = _tile_to(np.roll(tex_b, (-ya, -x0), axis=(0, 1)), h, w)
         col, cyto = s.comp[COL], s.comp[CYTO]
         np.multiply(ta, 0.05 + 0.15 * fib, out=col)
         col += 0.08 + 0.38 * fib
@@ -269,23 +281,23 @@ def render_section(section: Section, compartment_od: np.ndarray, brightness: flo
             _draw_arteriole(s, a, tb, mpp)
         for g, g_loops in zip(geom.glomeruli, loops):
             _draw_glomerulus(s, g, g_loops, tb, mpp)
-        lo, hi = np.searchsorted(cells.y, [y0 - reach, y0 + h + reach])
+        lo, hi = np.searchsorted(cells.y, [ya - reach, ya + h + reach])
         for cx, cy, k in zip(cells.x[lo:hi], cells.y[lo:hi], cells.stamp[lo:hi]):
-            _paste(s.comp[int(bank.channel[k])], bank.stamps[k], int(round(cy)) - y0,
+            _paste(s.comp[int(bank.channel[k])], bank.stamps[k], int(round(cy)) - ya,
                    int(round(cx)) - x0)
         od = (compartment_od.T @ s.comp.reshape(len(COMPARTMENTS), -1)).reshape(3, h, w)
         od *= -ln10
         np.exp(od, out=od)
-        od *= light[None, :h, x0:x0 + w]
-        od += noise[:, :h, x0:x0 + w]
+        od *= _tile_to(np.roll(light, (-ya, -x0), axis=(0, 1)), h, w)[None]
+        od += _tile_to(np.roll(noise, (-ya, -x0), axis=(1, 2)).transpose(1, 2, 0), h, w).transpose(2, 0, 1)
         od += 0.5
         np.maximum(od, 0, out=od)
         np.minimum(od, 255, out=od)
-        rgb[y0:y0 + h, x0:x0 + w] = np.moveaxis(od, 0, -1)
-        lab = labels[y0 // ds:(y0 + h) // ds]
-        j0 = -(-(x0 - ds // 2) // ds)  # first label column whose sample pixel is in the window
-        sub = s.labels[ds // 2::ds, (j0 * ds + ds // 2 - x0)::ds]
-        lab[:sub.shape[0], j0:j0 + sub.shape[1]] = sub[:lab.shape[0], :lab.shape[1] - j0]
+        rgb[ya:ya + h, x0:x0 + w] = np.moveaxis(od, 0, -1)
+        # Mask: the label at the centre of each ds × ds cell (windows are cell-aligned).
+        sub = s.labels[ds // 2::ds, ds // 2::ds]
+        lab = labels[ya // ds:ya // ds + sub.shape[0], x0 // ds:x0 // ds + sub.shape[1]]
+        lab[...] = sub[:lab.shape[0], :lab.shape[1]]
     return Rendered(rgb=rgb, labels=labels, mask_downsample=ds)
 
 
