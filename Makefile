@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=23.2"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt staintools spams-bin
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +23,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/synth.py
+	$(BIN)/python bench/stain.py
+	$(BIN)/python bench/tiling.py
 
 constraints: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^lncr' > constraints.txt.new

@@ -155,3 +155,134 @@ def probe_slide(path: str | Path, decode: bool = True) -> SlideInfo:
         errors.append(f"Pillow: {exc}")
     detail = "; ".join(errors) if errors else "no backend recognises the format"
     raise SlideReadError(f"{path}: not a readable slide ({detail})")
+
+
+class Slide:
+    """An open slide with one reading interface whatever the backend.
+
+    ``read(level, x, y, w, h)`` returns an RGB uint8 array of ``h × w`` pixels at ``level``,
+    whose top-left corner is (x, y) in level-0 pixels. Pixels outside the slide, and
+    transparent pixels, are white (empty glass), so a grid that runs over the slide's edge is
+    read like any other cell instead of being dropped.
+
+    >>> with open_slide("CMU-1-Small-Region.svs") as s:  # doctest: +SKIP
+    ...     s.mpp, s.level_for(4.0)
+    (0.499, 0)
+    """
+
+    def __init__(self, path: Path, handle, backend: str, info: SlideInfo, mpp: float):
+        self.path, self._handle, self.backend, self.info, self.mpp = path, handle, backend, info, mpp
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.info.dimensions
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self.info.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self.info.level_downsamples
+
+    def level_for(self, downsample: float) -> int:
+        """The coarsest level whose resolution is still at least the target's (downsample
+        ≤ target, with a 1 % tolerance): read there and reduce, never enlarge."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * 1.01:
+                best = i
+        return best
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        out = np.full((h, w, 3), 255, np.uint8)
+        # The part of the request inside the level, in level pixels.
+        lx, ly = int(np.floor(x / ds)), int(np.floor(y / ds))
+        a0, b0 = max(0, -ly), max(0, -lx)
+        a1, b1 = min(h, lh - ly), min(w, lw - lx)
+        if a0 >= a1 or b0 >= b1:
+            return out
+        rx, ry = lx + b0, ly + a0
+        size = (b1 - b0, a1 - a0)
+        if self.backend == "pillow":
+            region = np.asarray(self._handle.crop((rx, ry, rx + size[0], ry + size[1])).convert("RGBA"))
+        else:
+            region = np.asarray(self._handle.read_region((int(round(rx * ds)), int(round(ry * ds))),
+                                                         level, size))
+        if region.shape[2] == 4:  # composite over white: transparent means no tissue scanned
+            alpha = region[..., 3:4].astype(np.uint16)
+            rgb = (region[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
+            region = rgb.astype(np.uint8)
+        out[a0:a1, b0:b1] = region[..., :3]
+        return out
+
+    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+        """An overview of about ``max_side`` pixels on its longer side (never more than the
+        slide) and its downsample from level 0. Read from the coarsest level that is at least
+        that large, in blocks of rows, so memory stays bounded."""
+        import cv2
+
+        level = 0
+        for i, (w, h) in enumerate(self.level_dimensions):
+            if max(w, h) >= max_side:
+                level = i
+        w, h = self.level_dimensions[level]
+        scale = max(1.0, max(w, h) / max_side)
+        nw, nh = max(1, int(round(w / scale))), max(1, int(round(h / scale)))
+        ds = self.level_downsamples[level]
+        block = max(1, int(4096 // scale)) * int(np.ceil(scale))  # level rows per block
+        parts = []
+        for y in range(0, h, block):
+            rows = min(block, h - y)
+            part = self.read(level, 0, int(round(y * ds)), w, rows)
+            out_rows = max(1, int(round(rows / h * nh))) if y + rows < h else nh - sum(
+                p.shape[0] for p in parts)
+            if out_rows <= 0:
+                continue
+            parts.append(cv2.resize(part, (nw, out_rows), interpolation=cv2.INTER_AREA)
+                         if scale > 1 else part)
+        image = np.concatenate(parts, axis=0)
+        return image, ds * w / image.shape[1]
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+    """Open a slide for reading, with ``mpp`` (µm/px at level 0) overriding the file's.
+
+    Raises :class:`SlideReadError` naming the slide when it cannot be opened or when its µm/px
+    is missing or outside :data:`PLAUSIBLE_MPP` (the fix: an ``mpp`` column in slides.csv).
+    """
+    path = Path(path)
+    info = probe_slide(path, decode=False)
+    resolution = mpp if mpp is not None else info.mpp
+    lo, hi = PLAUSIBLE_MPP
+    if resolution is None:
+        raise SlideReadError(f"{path}: no µm/px in the file's metadata; give it in the 'mpp' "
+                             "column of slides.csv (0.25 for a 40x scan)")
+    if not lo <= resolution <= hi:
+        raise SlideReadError(f"{path}: {resolution:g} µm/px is implausible (expected {lo}-{hi}); "
+                             "correct it in the 'mpp' column of slides.csv")
+    if info.backend == "openslide":
+        import openslide
+
+        handle = openslide.OpenSlide(str(path))
+    elif info.backend == "tiffslide":
+        import tiffslide
+
+        handle = tiffslide.TiffSlide(str(path))
+    else:
+        from PIL import Image
+
+        handle = Image.open(path)
+        handle.load()
+    return Slide(path, handle, info.backend, info, float(resolution))

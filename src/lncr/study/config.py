@@ -71,14 +71,23 @@ class TilingSettings(_Settings):
     tile_size: int = Field(512, ge=32, le=4096)
     background_threshold: int = Field(225, ge=0, le=255)
     max_background_fraction: float = Field(0.5, ge=0, le=1)
+    prefilter: bool = True
     luminosity_standardise: bool = True
     luminosity_percentile: float = Field(95.0, gt=50, le=100)
     normalisation: dict[str, Literal["macenko", "vahadane", "reinhard", "none"]] = Field(
         default_factory=lambda: {"HE": "macenko", "PAS": "macenko", "PASM": "reinhard",
                                  "MASSON": "reinhard"})
-    encoding: Literal["jpeg", "png"] = "jpeg"
+    default_normalisation: Literal["macenko", "vahadane", "reinhard", "none"] = "reinhard"
+    stain_estimate: Literal["slide", "tile"] = "slide"
+    reference_images: dict[str, Path] = Field(default_factory=dict)
+    encoding: Literal["jpeg", "png"] = "png"
     jpeg_quality: int = Field(90, ge=50, le=100)
-    workers: int = Field(1, ge=1)
+    png_compression: int = Field(1, ge=0, le=9)
+    workers: int = Field(0, ge=0)
+
+    def method_for(self, stain: str) -> str:
+        """The normalisation of ``stain`` (``default_normalisation`` if not listed)."""
+        return self.normalisation.get(stain, self.default_normalisation)
 
 
 class TrainingSettings(_Settings):
@@ -285,10 +294,13 @@ def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> 
     except ValidationError as exc:
         raise StudyConfigError(path, _describe(exc.errors(), _yaml_lines(text), path.name)) from exc
     base = path.resolve().parent
+    tiling = config.tiling.model_copy(update={"reference_images": {
+        k: (base / v).resolve() for k, v in config.tiling.reference_images.items()}})
     return config.model_copy(update={
         "patients": (base / config.patients).resolve(),
         "slides": (base / config.slides).resolve(),
         "output_dir": (base / config.output_dir).resolve(),
+        "tiling": tiling,
     })
 
 

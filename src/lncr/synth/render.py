@@ -267,11 +267,11 @@ def render_section(section: Section, compartment_od: np.ndarray, brightness: flo
         ta = _tile_to(np.roll(tex_a, (-ya, -x0), axis=(0, 1)), h, w)
         tb = _tile_to(np.roll(tex_b, (-ya, -x0), axis=(0, 1)), h, w)
         col, cyto = s.comp[COL], s.comp[CYTO]
-        np.multiply(ta, 0.05 + 0.15 * fib, out=col)
-        col += 0.08 + 0.38 * fib
+        np.multiply(ta, 0.06 + 0.15 * fib, out=col)
+        col += 0.2 + 0.3 * fib
         col *= tissue
-        np.multiply(tb, 0.02, out=cyto)
-        cyto += 0.04 + 0.08 * fib
+        np.multiply(tb, 0.03, out=cyto)
+        cyto += 0.1 + 0.06 * fib
         cyto *= tissue
         s.labels[tissue > 0.5] = MASK_CODES["tissue"]
         s.labels[(fib > 0.5) & (tissue > 0.5)] = MASK_CODES["fibrosis_inflammation"]

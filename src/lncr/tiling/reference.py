@@ -1,0 +1,128 @@
+"""Per-stain colour references, fitted on development-cohort tiles only.
+
+For each stain whose ``tiling.normalisation`` is not ``none``, the reference is either
+
+- a user-given image (``tiling.reference_images: {HE: ref.png}``), or
+- chosen automatically: up to :data:`REFERENCE_SLIDES` development slides of the stain (picked
+  with ``split.seed`` from the sorted list), up to :data:`TILES_PER_SLIDE` tissue tiles each at
+  the reference magnification (the middle of ``magnification.powers``), luminosity-standardised
+  like every tile, stacked into one mosaic, and the normaliser fitted on it.
+
+External-cohort slides never contribute. The fitted reference is written to
+``tiles/norm/<stain>.json`` with the tiles it used, and reused unchanged (for every cohort) until
+a setting that shapes it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lncr import __version__
+from lncr.fileio import atomic_write_json
+from lncr.slides.reader import open_slide
+from lncr.tiling.luminosity import LuminosityStandardiser
+from lncr.tiling.normalisers import make_normaliser
+from lncr.tiling.tissue import LowResTissueMask, background_fraction
+from lncr.tiling.unit import CellReader, TileParams, grid, overview
+
+REFERENCE_SLIDES = 8
+TILES_PER_SLIDE = 4
+
+
+class ReferenceError(Exception):
+    """A stain's colour reference cannot be fitted."""
+
+
+def _digest(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sample_tiles(slide_path: str, mpp_override: float | None, target_mpp: float,
+                  params: TileParams, lum_on: bool) -> tuple[list[np.ndarray], list[list[int]]]:
+    with open_slide(slide_path, mpp_override) as slide:
+        if target_mpp < slide.mpp * 0.99:
+            return [], []
+        reader = CellReader(slide, target_mpp, params.tile_size)
+        thumb, ds = overview(slide)
+        mask = LowResTissueMask(thumb, ds, params.background_threshold)
+        cells = [c for c in grid(*slide.dimensions, reader.cell0)
+                 if mask.count(c[0], c[1], reader.cell0) > 0]
+        lum = LuminosityStandardiser(params.luminosity_percentile).fit(thumb) if lum_on else None
+        # Most-tissue cells first (a stable order), then the first that pass the rule.
+        cells.sort(key=lambda c: (-mask.count(c[0], c[1], reader.cell0), c[1], c[0]))
+        tiles, used = [], []
+        for x, y in cells:
+            tile = reader.read(x, y)
+            if lum is not None:
+                tile = lum.transform(tile)
+            if background_fraction(tile, params.background_threshold) <= params.max_background_fraction:
+                tiles.append(tile)
+                used.append([x, y])
+            if len(tiles) == TILES_PER_SLIDE:
+                break
+        return tiles, used
+
+
+def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | None]],
+                  target_mpp: float, params: TileParams, seed: int, folder: Path,
+                  reference_image: Path | None = None) -> dict | None:
+    """Fit (or reuse) the reference of one stain; returns its record (``None`` for ``none``).
+
+    ``slides`` are (patient_id, path, mpp override) of **development** patients only.
+    """
+    if method == "none":
+        return None
+    spec = {"stain": stain, "method": method, "target_mpp": target_mpp, "seed": seed,
+            "params": asdict(params),
+            "slides": sorted([Path(s[1]).name, Path(s[1]).stat().st_size] for s in slides
+                             if Path(s[1]).exists()),
+            "reference_image": str(reference_image) if reference_image else None,
+            "format": 1}
+    digest = _digest(spec)
+    path = folder / f"{stain}.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("digest") == digest:
+            return old["reference"]
+    if reference_image is not None:
+        image = np.asarray(Image.open(reference_image).convert("RGB"))
+        if params.luminosity_standardise:
+            image = LuminosityStandardiser(params.luminosity_percentile).fit(image).transform(image)
+        used = [{"image": str(reference_image)}]
+    else:
+        ordered = sorted(slides, key=lambda s: s[1])
+        rng = np.random.default_rng(seed)
+        picks = [ordered[i] for i in sorted(rng.permutation(len(ordered))[:REFERENCE_SLIDES])]
+        tiles, used = [], []
+        for pid, slide_path, mpp in picks:
+            try:
+                got, coords = _sample_tiles(slide_path, mpp, target_mpp, params,
+                                            params.luminosity_standardise)
+            except Exception:  # an unreadable slide is reported by its own tiling unit
+                continue
+            tiles += got
+            used += [{"patient_id": pid, "slide": slide_path, "x": x, "y": y} for x, y in coords]
+        if not tiles:
+            raise ReferenceError(f"no development {stain} slide gave a tissue tile at "
+                                 f"{target_mpp:g} µm/px to fit the {method} reference; set "
+                                 f"tiling.reference_images.{stain} or tiling.normalisation."
+                                 f"{stain}: none")
+        image = np.concatenate(tiles, axis=0)
+    normaliser = make_normaliser(method)
+    try:
+        normaliser.fit(image)
+    except Exception as exc:
+        raise ReferenceError(f"cannot fit the {method} reference of {stain}: {exc}") from exc
+    reference = normaliser.to_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"digest": digest, "spec": spec, "reference": reference,
+                             "tiles_used": used, "lncr_version": __version__})
+    Image.fromarray(image[: min(len(image), 4 * params.tile_size)]).save(
+        folder / f"{stain}-reference.png")
+    return reference

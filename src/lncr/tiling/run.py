@@ -1,0 +1,242 @@
+"""``lncr tile``: tile every slide of a study at every magnification.
+
+Writes, under ``<output_dir>/tiles/``::
+
+    <stain>/<mag>/<patient>.tiles.zip   one store per slide × magnification (see store.py)
+    norm/<stain>.json                   fitted colour reference (+ <stain>-reference.png)
+    index.csv                           every slide × magnification: status, counts, error
+    summary.csv                         tiles per stain × magnification × cohort
+    qc/<patient>_<stain>.png            thumbnail with kept tiles outlined per magnification
+    run.json                            settings, versions, totals and timing of the last run
+
+Units run in a process pool; a failing slide is recorded (``status=failed`` with the error)
+and the others go on. Finished stores whose settings digest matches are reused, so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from lncr import __version__
+from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.study.config import MagnificationSettings, StudyConfig
+from lncr.study.validate import Study, load_study
+from lncr.tiling.reference import ReferenceError, fit_reference
+from lncr.tiling.store import TileStore
+from lncr.tiling.unit import TileParams, TileUnit, UnitResult, tile_unit
+
+QC_COLOURS = [(31, 119, 180), (44, 160, 44), (214, 39, 40), (148, 103, 189), (255, 127, 14)]
+INDEX_COLUMNS = ["patient_id", "cohort", "stain", "magnification", "target_mpp", "slide_mpp",
+                 "status", "grid_cells", "prefiltered", "rejected", "kept",
+                 "normaliser_fallbacks", "seconds", "slide", "store", "error"]
+
+
+class TilingError(Exception):
+    """The study cannot be tiled (its tables have errors)."""
+
+
+@dataclass
+class TilingReport:
+    folder: Path
+    results: list[UnitResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[UnitResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def index(self) -> pd.DataFrame:
+        rows = []
+        for r in self.results:
+            status = r.extra.get("stored_status", r.status) if r.status == "reused" else r.status
+            rows.append({"patient_id": r.unit.patient_id, "cohort": r.unit.cohort,
+                         "stain": r.unit.stain, "magnification": r.unit.magnification,
+                         "target_mpp": r.unit.target_mpp, "slide_mpp": r.slide_mpp,
+                         "status": status, "grid_cells": r.grid_cells,
+                         "prefiltered": r.prefiltered, "rejected": r.rejected, "kept": r.kept,
+                         "normaliser_fallbacks": r.normaliser_fallbacks, "seconds": r.seconds,
+                         "slide": r.unit.slide, "store": r.unit.store, "error": r.error})
+        return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+
+
+def tile_params(config: StudyConfig) -> TileParams:
+    t = config.tiling
+    return TileParams(tile_size=t.tile_size, background_threshold=t.background_threshold,
+                      max_background_fraction=t.max_background_fraction,
+                      luminosity_standardise=t.luminosity_standardise,
+                      luminosity_percentile=t.luminosity_percentile, encoding=t.encoding,
+                      jpeg_quality=t.jpeg_quality, png_compression=t.png_compression,
+                      stain_estimate=t.stain_estimate, prefilter=t.prefilter)
+
+
+def store_path(folder: Path, stain: str, magnification: str, patient_id: str) -> Path:
+    return folder / stain / magnification / f"{patient_id}.tiles.zip"
+
+
+def plan_units(study: Study, folder: Path) -> list[TileUnit]:
+    """One unit per usable slide × magnification, in a stable order."""
+    cfg = study.config
+    cohort = dict(zip(study.patients.patient_id, study.patients.cohort))
+    units = []
+    for row in study.slides[study.slides.ok].sort_values(["patient_id", "stain"]).itertuples():
+        if row.patient_id not in cohort:
+            continue
+        for power in cfg.magnification.powers:
+            mag = MagnificationSettings.label(power)
+            units.append(TileUnit(
+                patient_id=row.patient_id, cohort=cohort[row.patient_id], stain=row.stain,
+                slide=row.path, mpp_override=None if pd.isna(row.mpp) else float(row.mpp),
+                magnification=mag, target_mpp=cfg.magnification.mpp(power),
+                store=str(store_path(folder, row.stain, mag, row.patient_id))))
+    return units
+
+
+def _references(study: Study, folder: Path, params: TileParams
+                ) -> tuple[dict[str, dict | None], dict[str, str]]:
+    """Fit (or reuse) each stain's reference on development slides; errors per stain."""
+    cfg = study.config
+    powers = cfg.magnification.powers
+    ref_mpp = cfg.magnification.mpp(powers[len(powers) // 2])
+    dev = set(study.patients[study.patients.cohort == "development"].patient_id)
+    refs: dict[str, dict | None] = {}
+    errors: dict[str, str] = {}
+    ok = study.slides[study.slides.ok]
+    for stain in cfg.stains:
+        rows = ok[(ok.stain == stain) & ok.patient_id.isin(dev)]
+        slides = [(r.patient_id, r.path, None if pd.isna(r.mpp) else float(r.mpp))
+                  for r in rows.itertuples()]
+        try:
+            refs[stain] = fit_reference(stain, cfg.tiling.method_for(stain), slides, ref_mpp,
+                                        params, cfg.split.seed, folder / "norm",
+                                        cfg.tiling.reference_images.get(stain))
+        except ReferenceError as exc:
+            errors[stain] = str(exc)
+    return refs, errors
+
+
+def _qc(folder: Path, index: pd.DataFrame, magnifications: list[str]) -> None:
+    """Per slide: its thumbnail with the kept tiles of each magnification outlined."""
+    from lncr.slides.reader import open_slide
+
+    (folder / "qc").mkdir(exist_ok=True)
+    for (pid, stain), group in index.groupby(["patient_id", "stain"]):
+        try:
+            with open_slide(group.slide.iloc[0], group.slide_mpp.dropna().iloc[0]
+                            if group.slide_mpp.notna().any() else None) as slide:
+                thumb, ds = slide.thumbnail(1200)
+        except Exception:
+            continue  # the index already records why this slide failed
+        image = Image.fromarray(thumb)
+        draw = ImageDraw.Draw(image)
+        for k, mag in enumerate(magnifications):
+            row = group[group.magnification == mag]
+            if row.empty or row.status.iloc[0] != "ok":
+                continue
+            colour = QC_COLOURS[k % len(QC_COLOURS)]
+            with TileStore(row.store.iloc[0]) as store:
+                for c in store.coords.itertuples():
+                    x0, y0 = c.x / ds, c.y / ds
+                    s = c.size0 / ds
+                    draw.rectangle([x0 + k, y0 + k, x0 + s - 1 - k, y0 + s - 1 - k],
+                                   outline=colour, width=1)
+        legend = "  ".join(f"{mag}: {int(group[group.magnification == mag].kept.sum())}"
+                           for mag in magnifications)
+        draw.text((4, 4), f"{pid} {stain}  {legend}", fill=(0, 0, 0))
+        image.save(folder / "qc" / f"{pid}_{stain}.png")
+
+
+def summarise(index: pd.DataFrame) -> pd.DataFrame:
+    """Slides and tiles per stain × magnification × cohort."""
+    ok = index[index.status == "ok"]
+    out = ok.groupby(["stain", "magnification", "cohort"]).agg(
+        slides=("patient_id", "nunique"), tiles=("kept", "sum"),
+        tiles_per_slide=("kept", "mean")).reset_index()
+    out["tiles_per_slide"] = out["tiles_per_slide"].round(1)
+    return out
+
+
+def tile_study(study_yaml: str | Path, overrides: list[str] | dict | None = None,
+               workers: int | None = None, force: bool = False,
+               progress: Callable[[UnitResult], None] | None = None) -> TilingReport:
+    """Tile every slide × magnification of a study (the Python API of ``lncr tile``)."""
+    t0 = time.perf_counter()
+    study = load_study(study_yaml, overrides, check_files=False)
+    table_errors = [p for p in study.problems.errors]
+    if table_errors or study.config is None:
+        raise TilingError("the study has errors; run `lncr validate` and fix them:\n  "
+                          + "\n  ".join(str(p) for p in table_errors))
+    cfg = study.config
+    folder = cfg.output_dir / "tiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    params = tile_params(cfg)
+    refs, ref_errors = _references(study, folder, params)
+    units = plan_units(study, folder)
+    n = workers if workers else (cfg.tiling.workers or os.cpu_count() or 1)
+    report = TilingReport(folder)
+
+    def done(result: UnitResult) -> None:
+        report.results.append(result)
+        if progress:
+            progress(result)
+
+    runnable = []
+    for unit in units:
+        if unit.stain in ref_errors:
+            done(UnitResult(unit, "failed", error=ref_errors[unit.stain]))
+        else:
+            runnable.append(unit)
+    if n <= 1 or len(runnable) <= 1:
+        for unit in runnable:
+            done(tile_unit(unit, params, refs.get(unit.stain), force))
+    else:
+        with ProcessPoolExecutor(max_workers=min(n, len(runnable)),
+                                 mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(tile_unit, u, params, refs.get(u.stain), force) for u in runnable]
+            for fut in as_completed(futures):
+                done(fut.result())
+    order = {(u.patient_id, u.stain, u.magnification): i for i, u in enumerate(units)}
+    report.results.sort(key=lambda r: order[(r.unit.patient_id, r.unit.stain, r.unit.magnification)])
+    report.seconds = time.perf_counter() - t0
+    index = report.index()
+    atomic_write_text(folder / "index.csv", index.to_csv(index=False))
+    atomic_write_text(folder / "summary.csv", summarise(index).to_csv(index=False))
+    _qc(folder, index, [MagnificationSettings.label(p) for p in cfg.magnification.powers])
+    statuses = index.status.value_counts().to_dict()
+    atomic_write_json(folder / "run.json", {
+        "lncr_version": __version__, "settings": asdict(params),
+        "normalisation": {s: cfg.tiling.method_for(s) for s in cfg.stains},
+        "magnifications": {MagnificationSettings.label(p): cfg.magnification.mpp(p)
+                           for p in cfg.magnification.powers},
+        "units": len(units), "statuses": {k: int(v) for k, v in statuses.items()},
+        "tiles": int(index.kept.sum()), "seconds": round(report.seconds, 2),
+        "workers": n, "reference_errors": ref_errors})
+    return report
+
+
+def export_tiles(folder: Path, out: Path) -> int:
+    """Write every kept tile as ``<patient>/<stain>/<mag>/<x>_<y>.png`` (the original scripts'
+    layout). Returns the number of files written."""
+    index = pd.read_csv(folder / "index.csv")
+    written = 0
+    for row in index[index.status == "ok"].itertuples():
+        target = out / str(row.patient_id) / row.stain / row.magnification
+        target.mkdir(parents=True, exist_ok=True)
+        with TileStore(row.store) as store:
+            for i, c in enumerate(store.coords.itertuples()):
+                path = target / f"{c.x}_{c.y}.png"
+                if store.meta.get("encoding") == "png":
+                    path.write_bytes(store.raw(i))
+                else:
+                    Image.fromarray(store[i]).save(path)
+                written += 1
+    return written

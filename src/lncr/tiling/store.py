@@ -1,0 +1,143 @@
+"""The tile store: one file per slide × magnification.
+
+A store is an uncompressed ZIP archive (``.tiles.zip``) — readable by any ZIP tool — holding:
+
+- ``tiles/000000.png`` (or ``.jpg``), … the kept tiles, already encoded;
+- ``tiles.csv``: ``index, x, y, size0, background_fraction`` — the tile's top-left corner and
+  side in level-0 pixels, and its fraction of background pixels;
+- ``meta.json``: the unit (patient, stain, magnification, µm/px), the settings digest and
+  settings, the counts, the lncr and library versions.
+
+Tile *i* is read without reading the others (ZIP's central directory points at each member).
+The archive is written under a temporary name and renamed when complete, so a store that exists
+is a finished store.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from lncr.fileio import partial_path
+
+COLUMNS = ["index", "x", "y", "size0", "background_fraction"]
+
+
+def encode(tile: np.ndarray, encoding: str, jpeg_quality: int = 90,
+           png_compression: int = 1) -> bytes:
+    """Encode an RGB uint8 tile as PNG (lossless) or JPEG."""
+    bgr = np.ascontiguousarray(tile[..., ::-1])
+    if encoding == "png":
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, png_compression])
+    elif encoding == "jpeg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    else:
+        raise ValueError(f"unknown tile encoding {encoding!r} (png or jpeg)")
+    if not ok:
+        raise RuntimeError(f"could not encode a tile as {encoding}")
+    return buf.tobytes()
+
+
+def decode(data: bytes) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("not a PNG or JPEG tile")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+class TileStoreWriter:
+    """Write a store atomically: use as a context manager; on error nothing is left behind.
+
+    >>> with TileStoreWriter("P1.tiles.zip", "png") as w:  # doctest: +SKIP
+    ...     w.add(tile, x=0, y=0, size0=512, background_fraction=0.1)
+    ...     w.meta = {"patient_id": "P1"}
+    """
+
+    def __init__(self, path: str | Path, encoding: str = "png", jpeg_quality: int = 90,
+                 png_compression: int = 1):
+        self.path = Path(path)
+        self.encoding, self.jpeg_quality, self.png_compression = encoding, jpeg_quality, png_compression
+        self.suffix = ".png" if encoding == "png" else ".jpg"
+        self.rows: list[tuple] = []
+        self.meta: dict[str, Any] = {}
+        self._tmp = partial_path(self.path)
+        self._zip: zipfile.ZipFile | None = None
+
+    def __enter__(self) -> "TileStoreWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
+        return self
+
+    def add(self, tile: np.ndarray, x: int, y: int, size0: float, background_fraction: float) -> int:
+        i = len(self.rows)
+        data = encode(tile, self.encoding, self.jpeg_quality, self.png_compression)
+        info = zipfile.ZipInfo(f"tiles/{i:06d}{self.suffix}", date_time=(2000, 1, 1, 0, 0, 0))
+        self._zip.writestr(info, data)
+        self.rows.append((i, int(x), int(y), float(size0), round(float(background_fraction), 6)))
+        return i
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        zf, self._zip = self._zip, None
+        if exc_type is not None:
+            zf.close()
+            self._tmp.unlink(missing_ok=True)
+            return
+        table = pd.DataFrame(self.rows, columns=COLUMNS).to_csv(index=False)
+        zf.writestr(zipfile.ZipInfo("tiles.csv", date_time=(2000, 1, 1, 0, 0, 0)), table)
+        meta = {**self.meta, "encoding": self.encoding, "tiles": len(self.rows)}
+        zf.writestr(zipfile.ZipInfo("meta.json", date_time=(2000, 1, 1, 0, 0, 0)),
+                    json.dumps(meta, indent=2, sort_keys=True))
+        zf.close()
+        os.replace(self._tmp, self.path)
+
+
+class TileStore:
+    """Read a store: ``len(store)``, ``store[i]`` (RGB uint8), ``store.coords``, ``store.meta``.
+
+    >>> store = TileStore("tiles/HE/20x/P1.tiles.zip")  # doctest: +SKIP
+    >>> tile = store[3]; store.coords.loc[3, ["x", "y"]]  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._zip = zipfile.ZipFile(self.path, "r")
+        self.meta: dict[str, Any] = json.loads(self._zip.read("meta.json"))
+        self.coords = pd.read_csv(io.BytesIO(self._zip.read("tiles.csv")))
+        suffix = ".png" if self.meta.get("encoding", "png") == "png" else ".jpg"
+        self._names = [f"tiles/{i:06d}{suffix}" for i in self.coords["index"]]
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return decode(self._zip.read(self._names[i]))
+
+    def raw(self, i: int) -> bytes:
+        """The encoded bytes of tile ``i`` (PNG or JPEG)."""
+        return self._zip.read(self._names[i])
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> "TileStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_meta(path: str | Path) -> dict[str, Any] | None:
+    """The ``meta.json`` of a finished store, or None if it is missing or unreadable."""
+    try:
+        with zipfile.ZipFile(path, "r") as zf:
+            return json.loads(zf.read("meta.json"))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None

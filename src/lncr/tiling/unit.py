@@ -1,0 +1,237 @@
+"""The unit of tiling work: one slide at one magnification → one tile store.
+
+Steps: open the slide (µm/px from the file or the ``mpp`` column); skip the magnification if
+it is finer than the scan; lay a grid of non-overlapping cells of ``tile_size`` pixels at the
+target µm/px over the whole slide (cells over the edge are read as white glass, never
+dropped); skip cells that the low-resolution tissue map shows to be empty; read each remaining
+cell from the coarsest pyramid level at or above the target resolution and reduce it with area
+averaging (anti-aliased); standardise luminosity (fitted once per slide); apply the tissue
+rule; colour-normalise; encode; store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lncr import __version__
+from lncr.slides.reader import Slide, open_slide
+from lncr.tiling.luminosity import LuminosityStandardiser
+from lncr.tiling.normalisers import StainNormaliser, load_normaliser
+from lncr.tiling.store import TileStoreWriter, read_meta
+from lncr.tiling.tissue import LowResTissueMask, background_fraction
+
+#: Bump when the tiling algorithm changes in a way that changes stores.
+STORE_FORMAT = 1
+#: Tissue cells read to estimate a slide's source stains (``stain_estimate: slide``).
+SOURCE_SAMPLE_TILES = 8
+#: Resolution (µm/px) of the overview used for the tissue prefilter and the luminosity fit.
+OVERVIEW_MPP = 8.0
+
+
+def overview(slide: Slide) -> tuple[np.ndarray, float]:
+    """The slide at about :data:`OVERVIEW_MPP` µm/px (256–2048 px on its longer side)."""
+    side = max(slide.dimensions) * slide.mpp / OVERVIEW_MPP
+    return slide.thumbnail(int(np.clip(side, 256, 2048)))
+
+
+@dataclass(frozen=True)
+class TileParams:
+    """The settings that shape a store (any change re-tiles)."""
+
+    tile_size: int = 512
+    background_threshold: int = 225
+    max_background_fraction: float = 0.5
+    luminosity_standardise: bool = True
+    luminosity_percentile: float = 95.0
+    encoding: str = "png"
+    jpeg_quality: int = 90
+    png_compression: int = 1
+    stain_estimate: str = "slide"  # or "tile"
+    prefilter: bool = True
+
+
+@dataclass(frozen=True)
+class TileUnit:
+    """One slide × magnification."""
+
+    patient_id: str
+    cohort: str
+    stain: str
+    slide: str  # path
+    mpp_override: float | None
+    magnification: str  # e.g. "20x"
+    target_mpp: float
+    store: str  # path of the store to write
+
+
+@dataclass
+class UnitResult:
+    unit: TileUnit
+    status: str  # ok | skipped-no-tissue | skipped-resolution | failed | reused
+    slide_mpp: float | None = None
+    grid_cells: int = 0
+    prefiltered: int = 0  # cells skipped by the low-resolution map
+    rejected: int = 0  # cells read and dropped by the tissue rule
+    kept: int = 0
+    normaliser_fallbacks: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def settings_digest(unit: TileUnit, params: TileParams, reference: dict | None,
+                    slide_mpp: float) -> str:
+    """Hash of everything that determines the store's content."""
+    path = Path(unit.slide)
+    stat = path.stat()
+    record = {"format": STORE_FORMAT, "params": asdict(params), "reference": reference,
+              "target_mpp": unit.target_mpp, "slide_mpp": slide_mpp,
+              # The slide's name, size and modification time, not its folder: a study moved
+              # elsewhere keeps its tiles.
+              "slide": [path.name, stat.st_size, int(stat.st_mtime)]}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def grid(width: int, height: int, cell0: float) -> list[tuple[int, int]]:
+    """Top-left corners (level 0) of non-overlapping cells covering the whole slide, edge cells
+    included, row by row."""
+    nx, ny = int(np.ceil(width / cell0 - 1e-9)), int(np.ceil(height / cell0 - 1e-9))
+    return [(int(round(i * cell0)), int(round(j * cell0))) for j in range(ny) for i in range(nx)]
+
+
+class CellReader:
+    """Read grid cells of a slide at a target µm/px as ``tile_size`` RGB tiles."""
+
+    def __init__(self, slide: Slide, target_mpp: float, tile_size: int):
+        self.slide, self.tile_size = slide, tile_size
+        self.downsample = target_mpp / slide.mpp  # level-0 pixels per target pixel
+        self.cell0 = tile_size * self.downsample
+        self.level = slide.level_for(self.downsample)
+        self.level_ds = slide.level_downsamples[self.level]
+        self.read_size = max(1, int(round(self.cell0 / self.level_ds)))
+
+    def read(self, x: int, y: int) -> np.ndarray:
+        region = self.slide.read(self.level, x, y, self.read_size, self.read_size)
+        if self.read_size != self.tile_size:  # area averaging: anti-aliased reduction
+            region = cv2.resize(region, (self.tile_size, self.tile_size),
+                                interpolation=cv2.INTER_AREA)
+        return region
+
+
+def _source_mosaic(reader: CellReader, cells: list[tuple[int, int]], lum, params: TileParams
+                   ) -> np.ndarray | None:
+    """Up to SOURCE_SAMPLE_TILES tissue tiles spread over the slide, stacked."""
+    if not cells:
+        return None
+    picks = np.unique(np.linspace(0, len(cells) - 1, min(len(cells), 4 * SOURCE_SAMPLE_TILES))
+                      .astype(int))
+    tiles = []
+    for k in picks:
+        tile = reader.read(*cells[k])
+        if lum is not None:
+            tile = lum.transform(tile)
+        if background_fraction(tile, params.background_threshold) <= params.max_background_fraction:
+            tiles.append(tile)
+        if len(tiles) == SOURCE_SAMPLE_TILES:
+            break
+    return np.concatenate(tiles, axis=0) if tiles else None
+
+
+def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
+              force: bool = False) -> UnitResult:
+    """Tile one slide at one magnification into ``unit.store``. Never raises: a failure is a
+    result with ``status='failed'`` and the error message."""
+    t0 = time.perf_counter()
+    result = UnitResult(unit, "failed")
+    try:
+        with open_slide(unit.slide, unit.mpp_override) as slide:
+            result.slide_mpp = slide.mpp
+            digest = settings_digest(unit, params, reference, slide.mpp)
+            meta = read_meta(unit.store)
+            if not force and meta is not None and meta.get("settings_digest") == digest:
+                result.status = "reused"
+                for k in ("grid_cells", "prefiltered", "rejected", "kept", "normaliser_fallbacks"):
+                    setattr(result, k, int(meta.get("counts", {}).get(k, 0)))
+                result.extra["stored_status"] = meta.get("status", "ok")
+                return result
+            _tile(slide, unit, params, reference, digest, result)
+    except Exception as exc:  # one bad slide must not stop the cohort: record and go on
+        result.status = "failed"
+        result.error = f"{type(exc).__name__}: {exc}"
+        Path(unit.store).with_name(f".{Path(unit.store).name}.partial").unlink(missing_ok=True)
+    finally:
+        result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | None,
+          digest: str, result: UnitResult) -> None:
+    if unit.target_mpp < slide.mpp * 0.99:
+        result.status = "skipped-resolution"
+        result.error = (f"{unit.magnification} needs {unit.target_mpp:g} µm/px but the scan is "
+                        f"{slide.mpp:g} µm/px; never upsampled")
+        return
+    reader = CellReader(slide, unit.target_mpp, params.tile_size)
+    cells = grid(*slide.dimensions, reader.cell0)
+    result.grid_cells = len(cells)
+    thumb, thumb_ds = overview(slide)
+    if params.prefilter:
+        mask = LowResTissueMask(thumb, thumb_ds, params.background_threshold)
+        candidates = [c for c in cells if mask.may_hold_tissue(c[0], c[1], reader.cell0)]
+    else:
+        candidates = cells
+    result.prefiltered = len(cells) - len(candidates)
+    lum = None
+    if params.luminosity_standardise:
+        lum = LuminosityStandardiser(params.luminosity_percentile).fit(thumb)
+    normaliser: StainNormaliser | None = load_normaliser(reference) if reference else None
+    source_fitted = False
+    if normaliser is not None and params.stain_estimate == "slide":
+        mosaic = _source_mosaic(reader, candidates, lum, params)
+        source_fitted = mosaic is not None and normaliser.fit_source(mosaic)
+    with TileStoreWriter(unit.store, params.encoding, params.jpeg_quality,
+                         params.png_compression) as store:
+        for x, y in candidates:
+            tile = reader.read(x, y)
+            if lum is not None:
+                tile = lum.transform(tile)
+            bg = background_fraction(tile, params.background_threshold)
+            if bg > params.max_background_fraction:
+                result.rejected += 1
+                continue
+            if normaliser is not None:
+                tile = normaliser.transform(tile)
+            store.add(tile, x, y, reader.cell0, bg)
+        result.kept = len(store.rows)
+        result.normaliser_fallbacks = normaliser.fallbacks if normaliser else 0
+        result.status = "ok" if result.kept else "skipped-no-tissue"
+        store.meta = {
+            "patient_id": unit.patient_id, "cohort": unit.cohort, "stain": unit.stain,
+            "magnification": unit.magnification, "target_mpp": unit.target_mpp,
+            "slide": unit.slide, "slide_mpp": slide.mpp, "backend": slide.backend,
+            "read_level": reader.level, "read_size": reader.read_size,
+            "settings_digest": digest, "settings": asdict(params), "reference": reference,
+            "source_stains_per_slide": source_fitted,
+            "luminosity": lum.to_dict() if lum else None, "status": result.status,
+            "counts": {"grid_cells": result.grid_cells, "prefiltered": result.prefiltered,
+                       "rejected": result.rejected, "kept": result.kept,
+                       "normaliser_fallbacks": result.normaliser_fallbacks},
+            "versions": _versions(),
+        }
+
+
+def _versions() -> dict[str, str]:
+    import openslide
+    import tiffslide
+
+    return {"lncr": __version__, "numpy": np.__version__, "opencv": cv2.__version__,
+            "openslide": openslide.__library_version__, "openslide_python": openslide.__version__,
+            "tiffslide": tiffslide.__version__}
