@@ -84,8 +84,14 @@ class DescribeStainToolsOracle:
         import staintools  # test-only, installed by `make test` without its dependencies
 
         for tile in he_tiles[:3]:
-            theirs = staintools.StainNormalizer(method=method)
-            theirs.fit(tile)
+            # StainTools' Vahadane (SPAMS dictionary learning) is not deterministic: compare
+            # with the mean of three of its fits.
+            fits = []
+            for _ in range(3 if method == "vahadane" else 1):
+                theirs = staintools.StainNormalizer(method=method)
+                theirs.fit(tile)
+                fits.append(theirs.stain_matrix_target)
+            reference = np.mean(fits, axis=0)
             ours = make_normaliser(method).fit(tile)
             for k in range(2):
-                assert angle(theirs.stain_matrix_target[k], ours.stains[k]) < tolerance
+                assert angle(reference[k], ours.stains[k]) < tolerance
