@@ -211,11 +211,13 @@ class Slide:
         else:
             region = np.asarray(self._handle.read_region((int(round(rx * ds)), int(round(ry * ds))),
                                                          level, size))
-        if region.shape[2] == 4:  # composite over white: transparent means no tissue scanned
-            alpha = region[..., 3:4].astype(np.uint16)
-            rgb = (region[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
-            region = rgb.astype(np.uint8)
         out[a0:a1, b0:b1] = region[..., :3]
+        if region.shape[2] == 4:  # composite over white: transparent means no tissue scanned
+            alpha = region[..., 3]
+            if alpha.min() < 255:  # most regions are opaque: skip the arithmetic then
+                part = out[a0:a1, b0:b1]
+                a = alpha[..., None].astype(np.uint16)
+                part[...] = ((part * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
         return out
 
     def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:

@@ -31,7 +31,9 @@ from lncr.tiling.tissue import LowResTissueMask, background_fraction
 #: Bump when the tiling algorithm changes in a way that changes stores.
 STORE_FORMAT = 1
 #: Tissue cells read to estimate a slide's source stains (``stain_estimate: slide``).
-SOURCE_SAMPLE_TILES = 8
+SOURCE_SAMPLE_TILES = 4
+#: Relative scale error accepted without resampling.
+RESAMPLE_TOLERANCE = 0.02
 #: Resolution (µm/px) of the overview used for the tissue prefilter and the luminosity fit.
 OVERVIEW_MPP = 8.0
 
@@ -117,6 +119,11 @@ class CellReader:
         self.level = slide.level_for(self.downsample)
         self.level_ds = slide.level_downsamples[self.level]
         self.read_size = max(1, int(round(self.cell0 / self.level_ds)))
+        if abs(self.read_size - tile_size) <= RESAMPLE_TOLERANCE * tile_size:
+            # Within 2 % of the target (e.g. a 0.499 µm/px scan read at 0.5): read the tile
+            # directly; resampling would blur it for no real gain in scale.
+            self.read_size = tile_size
+            self.cell0 = tile_size * self.level_ds
 
     def read(self, x: int, y: int) -> np.ndarray:
         region = self.slide.read(self.level, x, y, self.read_size, self.read_size)
@@ -128,14 +135,14 @@ class CellReader:
 
 def _source_mosaic(reader: CellReader, cells: list[tuple[int, int]], lum, params: TileParams
                    ) -> np.ndarray | None:
-    """Up to SOURCE_SAMPLE_TILES tissue tiles spread over the slide, stacked."""
+    """Up to SOURCE_SAMPLE_TILES tissue tiles, stacked: ``cells`` come ordered by how much
+    tissue the overview shows, so nearly every cell read passes the rule."""
     if not cells:
         return None
-    picks = np.unique(np.linspace(0, len(cells) - 1, min(len(cells), 4 * SOURCE_SAMPLE_TILES))
-                      .astype(int))
+    cells = cells[: 3 * SOURCE_SAMPLE_TILES]
     tiles = []
-    for k in picks:
-        tile = reader.read(*cells[k])
+    for x, y in cells:
+        tile = reader.read(x, y)
         if lum is not None:
             tile = lum.transform(tile)
         if background_fraction(tile, params.background_threshold) <= params.max_background_fraction:
@@ -195,7 +202,9 @@ def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | No
     normaliser: StainNormaliser | None = load_normaliser(reference) if reference else None
     source_fitted = False
     if normaliser is not None and params.stain_estimate == "slide":
-        mosaic = _source_mosaic(reader, candidates, lum, params)
+        richest = sorted(candidates, key=lambda c: -mask.count(c[0], c[1], reader.cell0)) \
+            if params.prefilter else candidates
+        mosaic = _source_mosaic(reader, richest, lum, params)
         source_fitted = mosaic is not None and normaliser.fit_source(mosaic)
     with TileStoreWriter(unit.store, params.encoding, params.jpeg_quality,
                          params.png_compression) as store:
