@@ -83,9 +83,10 @@ class DescribeStainToolsOracle:
     def it_finds_the_same_stain_vectors(self, he_tiles, method, tolerance):
         import staintools  # test-only, installed by `make test` without its dependencies
 
-        for tile in he_tiles[:3]:
-            # StainTools' Vahadane (SPAMS dictionary learning) is not deterministic: compare
-            # with the mean of three of its fits.
+        # StainTools' Vahadane (SPAMS dictionary learning) is not deterministic, and on a tile
+        # with little tissue its fits scatter by 15°: use the two tissue-rich tiles and the
+        # mean of three of its fits.
+        for tile in he_tiles[:2] if method == "vahadane" else he_tiles[:3]:
             fits = []
             for _ in range(3 if method == "vahadane" else 1):
                 theirs = staintools.StainNormalizer(method=method)

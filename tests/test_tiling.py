@@ -243,3 +243,24 @@ class DescribeReferences:
         assert len(list((tiles / "qc").glob("*.png"))) == 32
         summary = pd.read_csv(tiles / "summary.csv")
         assert set(summary.cohort) == {"development", "external"} and summary.tiles.sum() > 0
+
+
+class DescribeRealStudy:
+    def it_tiles_a_study_of_the_real_files(self, make_study, real_data):
+        rows = [("CMU", "development", "1"), ("OME", "development", "0"),
+                ("KID", "development", "1"), ("TCGA", "development", "0")]
+        slides = [("CMU", "HE", str(real_data / "CMU-1-Small-Region.svs"), ""),
+                  ("OME", "HE", str(real_data / "OS-1-detail.ome.tif"), ""),
+                  ("KID", "HE", str(real_data / "kidney-48-5.tif"), "0.5"),
+                  ("TCGA", "HE", str(real_data / "tcga-cr-7395-01a-01-ts1.svs"), "")]
+        study = make_study(rows, slides=slides, slide_header="patient_id,stain,path,mpp",
+                           stains=("HE",))
+        report = tile_study(study, ["tiling.tile_size=256"], workers=2)
+        status = {(r.unit.patient_id, r.unit.magnification): r.status for r in report.results}
+        assert status[("CMU", "20x")] == "ok" and status[("CMU", "10x")] == "ok"
+        assert status[("CMU", "40x")] == "skipped-resolution"
+        assert status[("OME", "40x")] == "ok"  # 0.2271 µm/px is finer than 40x
+        assert all(status[("KID", m)] in ("skipped-no-tissue", "skipped-resolution")
+                   for m in ("10x", "20x", "40x"))
+        assert {status[("TCGA", m)] for m in ("10x", "20x", "40x")} == {"failed"}
+        assert "'mpp' column" in report.failed[0].error

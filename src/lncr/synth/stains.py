@@ -31,8 +31,8 @@ N_COMPARTMENTS = len(COMPARTMENTS)
 #: Optical-density colour of one unit of each dye (R, G, B absorbance, unit length).
 DYES: dict[str, tuple[float, float, float]] = {
     "haematoxylin": (0.650, 0.704, 0.286),
-    "eosin": (0.100, 0.900, 0.420),
-    "schiff_magenta": (0.130, 0.930, 0.330),
+    "eosin": (0.050, 0.840, 0.540),
+    "schiff_magenta": (0.120, 0.960, 0.250),
     "silver": (0.570, 0.600, 0.560),
     "iron_haematoxylin": (0.560, 0.640, 0.520),
     "acid_fuchsin": (0.100, 0.737, 0.668),
@@ -73,10 +73,10 @@ RECIPES: dict[str, StainRecipe] = {
         dyes=("haematoxylin", "schiff_magenta"),
         uptake={
             "nucleus": (0.85, 0.08),
-            "cytoplasm": (0.03, 0.18),
+            "cytoplasm": (0.05, 0.34),
             "membrane": (0.00, 0.90),
             "mesangium": (0.03, 0.70),
-            "collagen": (0.00, 0.14),
+            "collagen": (0.02, 0.28),
             "erythrocyte": (0.00, 0.22),
             "brush_border": (0.00, 0.85),
         },
