@@ -114,32 +114,28 @@ def probe_slide(path: str | Path, decode: bool = True) -> SlideInfo:
         raise SlideReadError(f"{path}: not a file")
     errors: list[str] = []
 
-    try:
-        slide = _open_openslide(path)
-    except Exception as exc:  # OpenSlide raises OpenSlideError subclasses and OSError
-        slide, _ = None, errors.append(f"OpenSlide: {exc}")
-    if slide is not None:
+    # OpenSlide first; tiffslide for what it does not recognise. A file OpenSlide recognises
+    # but cannot decode is broken: no other backend is tried.
+    for backend, opener, fatal in (("openslide", _open_openslide, True),
+                                   ("tiffslide", _open_tiffslide, False)):
         try:
-            info = _info_from_slide(path, slide, "openslide", "openslide.mpp", "openslide.vendor",
-                                    "openslide.objective-power")
+            slide = opener(path)
+        except Exception as exc:  # OpenSlide raises OpenSlideError subclasses and OSError
+            errors.append(f"{backend}: {exc}")
+            continue
+        if slide is None:
+            continue
+        try:
+            info = _info_from_slide(path, slide, backend, f"{backend}.mpp", f"{backend}.vendor",
+                                    f"{backend}.objective-power")
             if decode:
                 _probe_decode(slide, info.level_dimensions)
             return info
         except Exception as exc:
-            raise SlideReadError(f"{path}: OpenSlide opened the file but could not decode it ({exc})") from exc
-        finally:
-            slide.close()
-
-    slide = _open_tiffslide(path)
-    if slide is not None:
-        try:
-            info = _info_from_slide(path, slide, "tiffslide", "tiffslide.mpp", "tiffslide.vendor",
-                                    "tiffslide.objective-power")
-            if decode:
-                _probe_decode(slide, info.level_dimensions)
-            return info
-        except Exception as exc:
-            errors.append(f"tiffslide: {exc}")
+            if fatal:
+                raise SlideReadError(f"{path}: OpenSlide opened the file but could not decode "
+                                     f"it ({exc})") from exc
+            errors.append(f"{backend}: {exc}")
         finally:
             slide.close()
 

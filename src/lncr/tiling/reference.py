@@ -28,8 +28,9 @@ from lncr.fileio import atomic_write_json
 from lncr.slides.reader import open_slide
 from lncr.tiling.luminosity import LuminosityStandardiser
 from lncr.tiling.normalisers import make_normaliser
-from lncr.tiling.tissue import LowResTissueMask, background_fraction
-from lncr.tiling.unit import CellReader, TileParams, grid, overview
+from lncr.tiling.tissue import LowResTissueMask
+from lncr.tiling.unit import (CellReader, TileParams, grid, overview, richest_first,
+                              tissue_tiles)
 
 REFERENCE_SLIDES = 8
 TILES_PER_SLIDE = 4
@@ -54,19 +55,9 @@ def _sample_tiles(slide_path: str, mpp_override: float | None, target_mpp: float
         cells = [c for c in grid(*slide.dimensions, reader.cell0)
                  if mask.count(c[0], c[1], reader.cell0) > 0]
         lum = LuminosityStandardiser(params.luminosity_percentile).fit(thumb) if lum_on else None
-        # Most-tissue cells first (a stable order), then the first that pass the rule.
-        cells.sort(key=lambda c: (-mask.count(c[0], c[1], reader.cell0), c[1], c[0]))
-        tiles, used = [], []
-        for x, y in cells:
-            tile = reader.read(x, y)
-            if lum is not None:
-                tile = lum.transform(tile)
-            if background_fraction(tile, params.background_threshold) <= params.max_background_fraction:
-                tiles.append(tile)
-                used.append([x, y])
-            if len(tiles) == TILES_PER_SLIDE:
-                break
-        return tiles, used
+        found = tissue_tiles(reader, richest_first(mask, cells, reader.cell0), lum, params,
+                             TILES_PER_SLIDE)
+        return [tile for _, tile in found], [list(xy) for xy, _ in found]
 
 
 def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | None]],

@@ -133,23 +133,27 @@ class CellReader:
         return region
 
 
-def _source_mosaic(reader: CellReader, cells: list[tuple[int, int]], lum, params: TileParams
-                   ) -> np.ndarray | None:
-    """Up to SOURCE_SAMPLE_TILES tissue tiles, stacked: ``cells`` come ordered by how much
-    tissue the overview shows, so nearly every cell read passes the rule."""
-    if not cells:
-        return None
-    cells = cells[: 3 * SOURCE_SAMPLE_TILES]
-    tiles = []
-    for x, y in cells:
+def richest_first(mask: LowResTissueMask, cells: list[tuple[int, int]], cell0: float
+                  ) -> list[tuple[int, int]]:
+    """Cells ordered by how much tissue the overview shows (ties in grid order)."""
+    return sorted(cells, key=lambda c: -mask.count(c[0], c[1], cell0))
+
+
+def tissue_tiles(reader: CellReader, cells: list[tuple[int, int]], lum, params: TileParams,
+                 limit: int, max_reads: int | None = None
+                 ) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """The first ``limit`` cells of ``cells`` that pass the tissue rule (after the luminosity
+    step), reading at most ``max_reads`` cells; returns (corner, tile) pairs."""
+    found = []
+    for x, y in cells[:max_reads]:
         tile = reader.read(x, y)
         if lum is not None:
             tile = lum.transform(tile)
         if background_fraction(tile, params.background_threshold) <= params.max_background_fraction:
-            tiles.append(tile)
-        if len(tiles) == SOURCE_SAMPLE_TILES:
-            break
-    return np.concatenate(tiles, axis=0) if tiles else None
+            found.append(((x, y), tile))
+            if len(found) == limit:
+                break
+    return found
 
 
 def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
@@ -202,10 +206,13 @@ def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | No
     normaliser: StainNormaliser | None = load_normaliser(reference) if reference else None
     source_fitted = False
     if normaliser is not None and params.stain_estimate == "slide":
-        richest = sorted(candidates, key=lambda c: -mask.count(c[0], c[1], reader.cell0)) \
-            if params.prefilter else candidates
-        mosaic = _source_mosaic(reader, richest, lum, params)
-        source_fitted = mosaic is not None and normaliser.fit_source(mosaic)
+        # The source sample: the cells the overview shows to be richest in tissue, so that
+        # nearly every cell read passes the rule.
+        richest = richest_first(mask, candidates, reader.cell0) if params.prefilter else candidates
+        sample = tissue_tiles(reader, richest, lum, params, SOURCE_SAMPLE_TILES,
+                              max_reads=3 * SOURCE_SAMPLE_TILES)
+        source_fitted = bool(sample) and normaliser.fit_source(
+            np.concatenate([tile for _, tile in sample], axis=0))
     with TileStoreWriter(unit.store, params.encoding, params.jpeg_quality,
                          params.png_compression) as store:
         for x, y in candidates:
