@@ -228,6 +228,10 @@ class Slide:
                 level = i
         w, h = self.level_dimensions[level]
         scale = max(1.0, max(w, h) / max_side)
+        if scale > 2:  # no small level: the scanner's own thumbnail is much cheaper to read
+            stored = self._stored_thumbnail(max_side)
+            if stored is not None:
+                return stored
         nw, nh = max(1, int(round(w / scale))), max(1, int(round(h / scale)))
         ds = self.level_downsamples[level]
         block = max(1, int(4096 // scale)) * int(np.ceil(scale))  # level rows per block
@@ -243,6 +247,29 @@ class Slide:
                          if scale > 1 else part)
         image = np.concatenate(parts, axis=0)
         return image, ds * w / image.shape[1]
+
+    def _stored_thumbnail(self, max_side: int) -> tuple[np.ndarray, float] | None:
+        """The file's associated ``thumbnail`` image (Aperio and others), if it shows the whole
+        slide (same aspect ratio within 2 %) at no less than half of ``max_side``."""
+        import cv2
+
+        if self.backend != "openslide":
+            return None
+        image = self._handle.associated_images.get("thumbnail")
+        if image is None:
+            return None
+        tw, th = image.size
+        w, h = self.dimensions
+        if abs(tw / th - w / h) > 0.02 * (w / h) or max(tw, th) < max_side / 2:
+            return None
+        rgba = np.asarray(image.convert("RGBA"))
+        a = rgba[..., 3:4].astype(np.uint16)
+        rgb = ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+        if max(tw, th) > max_side:
+            f = max_side / max(tw, th)
+            rgb = cv2.resize(rgb, (max(1, round(tw * f)), max(1, round(th * f))),
+                             interpolation=cv2.INTER_AREA)
+        return rgb, w / rgb.shape[1]
 
     def close(self) -> None:
         self._handle.close()
