@@ -49,24 +49,26 @@ def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _table(title: str, columns: list[str], rows) -> Table:
+    """A rich table; every column after the first is right-aligned (counts)."""
+    t = Table(title=title)
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*(str(v) for v in row))
+    return t
+
+
 def _print_study(study: "Study") -> None:
     summary = study.summary()
     if "patients" in summary:
-        t = Table(title="Patients (label 1 = complete response at 12 months)")
-        t.add_column("cohort")
-        t.add_column("label 1", justify="right")
-        t.add_column("label 0", justify="right")
-        for cohort, counts in summary["patients"].items():
-            t.add_row(cohort, str(counts["1"]), str(counts["0"]))
-        console.print(t)
+        console.print(_table("Patients (label 1 = complete response at 12 months)",
+                             ["cohort", "label 1", "label 0"],
+                             [(c, n["1"], n["0"]) for c, n in summary["patients"].items()]))
     if "slides" in summary:
-        t = Table(title="Slides per stain")
-        t.add_column("stain")
-        t.add_column("development", justify="right")
-        t.add_column("external", justify="right")
-        for stain, counts in summary["slides"].items():
-            t.add_row(stain, str(counts["development"]), str(counts["external"]))
-        console.print(t)
+        console.print(_table("Slides per stain", ["stain", "development", "external"],
+                             [(s, n["development"], n["external"])
+                              for s, n in summary["slides"].items()]))
         missing = summary.get("missing_stains", {})
         if missing:
             console.print(f"{len(missing)} patient(s) lack a stain: " + "; ".join(
@@ -189,12 +191,9 @@ def tile(
             err_console.print(f"[red]ERROR {exc}[/red]")
             raise typer.Exit(1) from exc
     index = report.index()
-    t = Table(title="Tiles per stain and magnification")
-    for col in ("stain", "magnification", "cohort", "slides", "tiles", "tiles_per_slide"):
-        t.add_column(col)
-    for row in summarise(index).itertuples(index=False):
-        t.add_row(*(str(v) for v in row))
-    console.print(t)
+    console.print(_table("Tiles per stain and magnification",
+                         ["stain", "magnification", "cohort", "slides", "tiles", "tiles_per_slide"],
+                         summarise(index).itertuples(index=False)))
     counts = index.status.value_counts().to_dict()
     console.print("Units: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                   + f"; {report.seconds:.1f} s. Index: {report.folder / 'index.csv'}")
@@ -277,12 +276,8 @@ def demo(
     console.print(f"Tiles: {int(summary.tiles.sum())} kept over "
                   f"{len(report.results)} slide × magnification units "
                   f"(see {report.folder / 'qc'} for QC thumbnails)")
-    t = Table(title="Demo stages")
-    t.add_column("stage")
-    t.add_column("seconds", justify="right")
-    for name, sec in timings:
-        t.add_row(name, f"{sec:.1f}")
-    console.print(t)
+    console.print(_table("Demo stages", ["stage", "seconds"],
+                         [(name, f"{sec:.1f}") for name, sec in timings]))
     console.print(f"Phantom study: {result.study}")
     console.print("Implemented so far: synth, validate, tile. Training, ensembles, evaluation, "
                   "explanation and the report are not implemented yet; the demo will run them "
