@@ -1,0 +1,58 @@
+"""The published bag model: tile encoder → transformer encoder → attention pooling → P(CR).
+
+The embeddings of the tiles of one bag go through a transformer encoder (2 layers, 8 heads,
+GELU, final LayerNorm), then attention pooling (a linear score per tile, softmax over the bag),
+then a linear layer: one logit per bag, whose sigmoid is the probability of complete response.
+The attention weights are returned too (explanations use them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lncr.models.backbones import TileEncoder, build_backbone
+
+
+class AttentionMIL(nn.Module):
+    """Bag classifier. ``forward(bags)`` takes (B, N, 3, H, W) and returns (logits (B,),
+    attention (B, N))."""
+
+    def __init__(self, encoder: TileEncoder, embedding_dim: int, layers: int = 2, heads: int = 8,
+                 dropout: float = 0.1):
+        super().__init__()
+        if embedding_dim % heads:
+            raise ValueError(f"embedding_dim {embedding_dim} must be divisible by the "
+                             f"{heads} attention heads")
+        self.encoder = encoder
+        layer = nn.TransformerEncoderLayer(d_model=embedding_dim, nhead=heads,
+                                           dim_feedforward=2 * embedding_dim, dropout=dropout,
+                                           activation="gelu", batch_first=True)
+        self.transformer = (nn.TransformerEncoder(layer, num_layers=layers,
+                                                  norm=nn.LayerNorm(embedding_dim),
+                                                  enable_nested_tensor=False)
+                            if layers else nn.LayerNorm(embedding_dim))
+        self.attention = nn.Linear(embedding_dim, 1)
+        self.classifier = nn.Linear(embedding_dim, 1)
+
+    def forward(self, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n = bags.shape[:2]
+        embeddings = self.encoder(bags.flatten(0, 1)).view(b, n, -1)
+        hidden = self.transformer(embeddings)
+        attention = torch.softmax(self.attention(hidden).squeeze(-1), dim=1)
+        pooled = torch.einsum("bn,bnd->bd", attention, hidden)
+        return self.classifier(pooled).squeeze(-1), attention
+
+    @staticmethod
+    def probability(logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+
+def build_mil(architecture: str, embedding_dim: int = 512, layers: int = 2, heads: int = 8,
+              weights=None) -> AttentionMIL:
+    """The published model for ``architecture`` (ViT variants default to 128 features, as
+    published, when ``embedding_dim`` is left at 512)."""
+    if architecture.startswith("vit") and embedding_dim == 512:
+        embedding_dim = 128
+    encoder = build_backbone(architecture, embedding_dim, weights)
+    return AttentionMIL(encoder, embedding_dim, layers, heads)

@@ -1,0 +1,98 @@
+"""Describe the tile encoders and the attention-MIL bag model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lncr.models.backbones import BACKBONES, WeightsUnavailable, build_backbone
+from lncr.models.mil import AttentionMIL, build_mil
+
+PAPER = ["alexnet", "densenet121", "inception_v3", "resnet50", "vgg11", "vit_b_16"]
+
+
+class DescribeBackbones:
+    @pytest.mark.parametrize("name", PAPER)
+    def it_builds_the_published_model_and_trains_one_step_at_native_size(self, name):
+        torch.manual_seed(0)
+        model = build_mil(name, weights=None)
+        size = BACKBONES[name].input_size
+        bags = torch.rand(1, 2, 3, size, size)
+        logits, attention = model(bags)
+        assert logits.shape == (1,) and attention.shape == (1, 2)
+        assert torch.allclose(attention.sum(dim=1), torch.ones(1))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones(1))
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert model.encoder.model is not None
+
+    def it_gives_vit_128_features_as_published(self):
+        model = build_mil("vit_b_16", weights=None)
+        assert model.classifier.in_features == 128
+
+    def it_accepts_any_torchvision_classifier_by_name(self):
+        enc = build_backbone("mobilenet_v3_small", 32)
+        assert enc(torch.rand(2, 3, 64, 64)).shape == (2, 32)
+
+    def it_rejects_an_unknown_architecture_with_the_choices(self):
+        with pytest.raises(ValueError, match="resnet50"):
+            build_backbone("resnet5O", 16)
+
+    def it_loads_a_local_weights_file(self, tmp_path):
+        import torchvision
+
+        source = torchvision.models.resnet18(weights=None)
+        path = tmp_path / "resnet18.pt"
+        torch.save(source.state_dict(), path)
+        enc = build_backbone("resnet18", 16, weights=path)
+        assert torch.equal(enc.model.conv1.weight, source.conv1.weight)
+        assert enc.model.fc.out_features == 16
+
+    def it_explains_a_weights_file_that_does_not_fit(self, tmp_path):
+        import torchvision
+
+        path = tmp_path / "vgg.pt"
+        torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+        with pytest.raises(WeightsUnavailable, match="does not fit resnet18"):
+            build_backbone("resnet18", 16, weights=path)
+
+    def it_explains_how_to_proceed_offline(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
+        import urllib.error
+
+        import torch.hub
+
+        def offline(*args, **kwargs):
+            raise urllib.error.URLError("no network")
+
+        monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+        with pytest.raises(WeightsUnavailable, match="--weights PATH"):
+            build_backbone("resnet18", 16, weights="imagenet")
+
+
+class DescribeAttentionMIL:
+    def it_pools_with_attention_that_depends_on_the_tiles(self):
+        torch.manual_seed(0)
+        model = AttentionMIL(build_backbone("resnet18", 32), 32, layers=2, heads=8).eval()
+        bags = torch.rand(3, 5, 3, 64, 64)
+        with torch.no_grad():
+            logits, attention = model(bags)
+        assert logits.shape == (3,) and attention.shape == (3, 5)
+        assert not torch.allclose(attention[0], attention[1])
+        probs = AttentionMIL.probability(logits)
+        assert ((probs > 0) & (probs < 1)).all()
+
+    def it_is_invariant_to_the_order_of_tiles_in_a_bag(self):
+        torch.manual_seed(0)
+        model = AttentionMIL(build_backbone("resnet18", 32), 32).eval()
+        bag = torch.rand(1, 4, 3, 64, 64)
+        with torch.no_grad():
+            a, att_a = model(bag)
+            b, att_b = model(bag[:, [2, 0, 3, 1]])
+        assert torch.allclose(a, b, atol=1e-5)
+        assert torch.allclose(att_a[0, [2, 0, 3, 1]], att_b[0], atol=1e-5)
+
+    def it_refuses_features_that_heads_cannot_split(self):
+        with pytest.raises(ValueError, match="divisible"):
+            AttentionMIL(build_backbone("resnet18", 30), 30, heads=8)
