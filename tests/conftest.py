@@ -37,6 +37,26 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+#: Small tiles and two magnifications keep tiling the phantom to seconds.
+FAST = ["tiling.tile_size=128", "magnification.powers=[10, 20]"]
+
+
+@pytest.fixture(scope="session")
+def tiled(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared phantom, tiled once with :data:`FAST` (do not modify; copy first)."""
+    import shutil
+
+    from lncr.tiling.run import tile_study
+
+    root = _shared_tmp(tmp_path_factory)
+    out = root / "phantom-tiled"
+    with FileLock(str(root / "phantom-tiled.lock")):
+        if not (out / "lncr-output" / "tiles" / "index.csv").exists():
+            shutil.copytree(phantom, out, dirs_exist_ok=True)
+            tile_study(out / "study.yaml", FAST, workers=2)
+    return out
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """``shared/data/real`` beside the repository (or $LNCR_REAL_DATA)."""

@@ -11,7 +11,6 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from filelock import FileLock
 from PIL import Image
 
 from lncr.slides.reader import open_slide
@@ -20,23 +19,7 @@ from lncr.tiling.store import TileStore, TileStoreWriter, read_meta
 from lncr.tiling.tissue import background_fraction, grey, keeps
 from lncr.tiling.unit import TileParams, TileUnit, grid, tile_unit
 
-from conftest import _shared_tmp
-
-#: Small tiles and two magnifications keep the phantom run to seconds.
-FAST = ["tiling.tile_size=128", "magnification.powers=[10, 20]"]
-
-
-@pytest.fixture(scope="session")
-def tiled(phantom, tmp_path_factory):
-    """The shared phantom, tiled once (do not modify; copy first)."""
-    root = _shared_tmp(tmp_path_factory)
-    out = root / "phantom-tiled"
-    with FileLock(str(root / "phantom-tiled.lock")):
-        if not (out / "lncr-output" / "tiles" / "index.csv").exists():
-            shutil.copytree(phantom, out, dirs_exist_ok=True)
-            tile_study(out / "study.yaml", FAST, workers=2)
-    return out
-
+from conftest import FAST
 
 def index_of(study_dir):
     return pd.read_csv(study_dir / "lncr-output" / "tiles" / "index.csv")
