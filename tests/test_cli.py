@@ -76,3 +76,40 @@ class DescribeDemoCommand:
         index = tmp_path / "study" / "lncr-output" / "tiles" / "index.csv"
         assert index.exists() and "Tiles:" in result.output
         assert "not implemented yet" in result.output
+
+
+class DescribeTileCommands:
+    def it_tiles_a_study_and_exports_the_tiles(self, phantom, tmp_path):
+        from conftest import FAST
+
+        study = tmp_path / "p"
+        shutil.copytree(phantom, study)
+        overrides = [arg for s in FAST for arg in ("--set", s)]
+        result = runner.invoke(app, ["tile", str(study / "study.yaml"), "--workers", "2", *overrides])
+        assert result.exit_code == 0, result.output
+        assert "Tiles per stain and magnification" in result.output and "ok 64" in result.output
+        out = tmp_path / "export"
+        result = runner.invoke(app, ["tiles", "export", str(study / "study.yaml"), str(out), *overrides])
+        assert result.exit_code == 0 and list(out.glob("DEV-001/HE/20x/*_*.png"))
+
+    def it_exits_non_zero_and_names_each_failed_slide(self, phantom, tmp_path):
+        from conftest import FAST
+
+        study = tmp_path / "p"
+        shutil.copytree(phantom, study)
+        (study / "slides" / "EXT-002_PAS.tiff").write_bytes(b"II*\x00broken")
+        overrides = [arg for s in FAST for arg in ("--set", s)]
+        result = runner.invoke(app, ["tile", str(study / "study.yaml"), "--workers", "2", *overrides])
+        assert result.exit_code == 1
+        assert "FAILED EXT-002 PAS 10x" in result.output and "FAILED EXT-002 PAS 20x" in result.output
+
+    def it_refuses_a_study_whose_tables_have_errors(self, make_study):
+        from conftest import PATIENTS_OK
+
+        rows = PATIENTS_OK[:1] + [("P2", "development", "7")] + PATIENTS_OK[2:]
+        result = runner.invoke(app, ["tile", str(make_study(rows))])
+        assert result.exit_code == 1 and "lncr validate" in result.output and "'7'" in result.output
+
+    def it_asks_for_tiling_before_export(self, make_study, tmp_path):
+        result = runner.invoke(app, ["tiles", "export", str(make_study()), str(tmp_path / "o")])
+        assert result.exit_code == 1 and "lncr tile" in result.output
