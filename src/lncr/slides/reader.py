@@ -153,6 +153,15 @@ def probe_slide(path: str | Path, decode: bool = True) -> SlideInfo:
     raise SlideReadError(f"{path}: not a readable slide ({detail})")
 
 
+def _over_white(region: np.ndarray) -> np.ndarray:
+    """RGB of an RGB(A) array, composited over white: transparent means no tissue scanned.
+    Opaque regions (the usual case) skip the arithmetic."""
+    if region.shape[2] == 3 or region[..., 3].min() == 255:
+        return region[..., :3]
+    a = region[..., 3:4].astype(np.uint16)
+    return ((region[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
 class Slide:
     """An open slide with one reading interface whatever the backend.
 
@@ -207,13 +216,7 @@ class Slide:
         else:
             region = np.asarray(self._handle.read_region((int(round(rx * ds)), int(round(ry * ds))),
                                                          level, size))
-        out[a0:a1, b0:b1] = region[..., :3]
-        if region.shape[2] == 4:  # composite over white: transparent means no tissue scanned
-            alpha = region[..., 3]
-            if alpha.min() < 255:  # most regions are opaque: skip the arithmetic then
-                part = out[a0:a1, b0:b1]
-                a = alpha[..., None].astype(np.uint16)
-                part[...] = ((part * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+        out[a0:a1, b0:b1] = _over_white(region)
         return out
 
     def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
@@ -262,9 +265,7 @@ class Slide:
         w, h = self.dimensions
         if abs(tw / th - w / h) > 0.02 * (w / h) or max(tw, th) < max_side / 2:
             return None
-        rgba = np.asarray(image.convert("RGBA"))
-        a = rgba[..., 3:4].astype(np.uint16)
-        rgb = ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+        rgb = _over_white(np.asarray(image.convert("RGBA")))
         if max(tw, th) > max_side:
             f = max_side / max(tw, th)
             rgb = cv2.resize(rgb, (max(1, round(tw * f)), max(1, round(th * f))),
