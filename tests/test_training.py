@@ -1,0 +1,80 @@
+"""Describe a training run: its folder, its metrics, and resuming to the same weights."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from lncr.study.config import TrainingSettings
+from lncr.study.split import stratified_split
+from lncr.training.bags import slide_entries
+from lncr.training.loop import RunSpec, lr_lambda, train_run
+from lncr.training.metrics import auc, youden_threshold
+
+SMALL = TrainingSettings(pretrained=False, embedding_dim=32, transformer_heads=4, epochs=3,
+                         warmup_epochs=1, eval_tiles=4, learning_rate=1e-3)
+
+
+@pytest.fixture
+def entries(tiled):
+    patients = pd.read_csv(tiled / "patients.csv", dtype={"patient_id": str})
+    patients["split"] = ""
+    split = stratified_split(patients, 0.34, seed=0)
+    return slide_entries(tiled / "lncr-output" / "tiles", patients, split, "PAS", "10x")
+
+
+def weights_of(folder):
+    return torch.load(folder / "last.pt", weights_only=True)["model"]
+
+
+class DescribeTrainRun:
+    def it_writes_a_complete_run_folder(self, entries, tmp_path):
+        spec = RunSpec("PAS", "10x", "resnet18", 4, 0)
+        folder = train_run(spec, entries, SMALL, tmp_path, tile_size=128)
+        assert folder == tmp_path / "PAS" / "10x" / "resnet18-b4-s0"
+        for name in ("config.json", "split.csv", "metrics.csv", "last.pt", "best.pt", "done.json"):
+            assert (folder / name).exists(), name
+        metrics = pd.read_csv(folder / "metrics.csv")
+        assert list(metrics.epoch) == [0, 1, 2]
+        assert {"train_loss", "train_auc", "val_loss", "val_auc", "val_accuracy", "threshold"} \
+            <= set(metrics.columns)
+        assert list((folder / "tb").glob("events.out.tfevents.*"))
+        split = pd.read_csv(folder / "split.csv")
+        assert set(split.split) == {"train", "val"}  # external slides never enter training
+
+    def it_resumes_to_exactly_the_weights_of_an_uninterrupted_run(self, entries, tmp_path):
+        spec = RunSpec("PAS", "10x", "resnet18", 4, 1)
+        straight = train_run(spec, entries, SMALL, tmp_path / "a", tile_size=128)
+        stopped = train_run(spec, entries, SMALL, tmp_path / "b", tile_size=128,
+                            stop_after=lambda epoch: epoch == 0)
+        assert not (stopped / "done.json").exists()
+        resumed = train_run(spec, entries, SMALL, tmp_path / "b", tile_size=128)
+        a, b = weights_of(straight), weights_of(resumed)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        pd.testing.assert_frame_equal(pd.read_csv(straight / "metrics.csv"),
+                                      pd.read_csv(resumed / "metrics.csv"))
+
+    def it_skips_a_finished_run(self, entries, tmp_path):
+        spec = RunSpec("PAS", "10x", "resnet18", 4, 2)
+        folder = train_run(spec, entries, SMALL.model_copy(update={"epochs": 1}), tmp_path, 128)
+        stamp = (folder / "last.pt").stat().st_mtime_ns
+        train_run(spec, entries, SMALL.model_copy(update={"epochs": 1}), tmp_path, 128)
+        assert (folder / "last.pt").stat().st_mtime_ns == stamp
+
+
+class DescribeSchedule:
+    def it_warms_up_then_anneals_to_the_floor(self):
+        s = TrainingSettings(epochs=10, warmup_epochs=2, learning_rate=1e-2, min_learning_rate=1e-4)
+        f = lr_lambda(s)
+        assert f(0) == 0.5 and f(1) == 1.0 and f(2) == pytest.approx(1.0)
+        assert f(10) == pytest.approx(1e-2) and f(6) < f(3)
+
+
+class DescribeMetrics:
+    def it_computes_auc_with_ties(self):
+        assert auc([0, 1], [0.5, 0.5]) == 0.5
+        assert auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+
+    def it_finds_the_youden_threshold(self):
+        assert youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
