@@ -78,3 +78,35 @@ class DescribeMetrics:
 
     def it_finds_the_youden_threshold(self):
         assert youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
+
+
+class DescribeTrainCommand:
+    def it_trains_from_the_command_line(self, tiled, tmp_path):
+        import shutil
+
+        from typer.testing import CliRunner
+
+        from conftest import FAST
+        from lncr.cli import app
+
+        study = tmp_path / "p"
+        shutil.copytree(tiled, study)
+        runner = CliRunner()
+        assert runner.invoke(app, ["validate", str(study / "study.yaml"), "--no-files"]).exit_code == 0
+        sets = FAST + ["training.epochs=2", "training.warmup_epochs=1", "training.embedding_dim=32",
+                       "training.transformer_heads=4", "training.eval_tiles=4"]
+        args = ["train", str(study / "study.yaml"), "--stain", "HE", "--magnification", "10x",
+                "--architecture", "resnet18", "--bag-size", "4", "--no-pretrained"]
+        result = runner.invoke(app, args + [a for s in sets for a in ("--set", s)])
+        assert result.exit_code == 0, result.output
+        assert "validation AUC" in result.output
+        assert (study / "lncr-output" / "runs" / "HE" / "10x" / "resnet18-b4-s0" / "done.json").exists()
+
+    def it_asks_for_the_earlier_stages_first(self, make_study):
+        from typer.testing import CliRunner
+
+        from lncr.cli import app
+
+        result = CliRunner().invoke(app, ["train", str(make_study()), "--stain", "HE",
+                                          "--magnification", "20x", "--no-pretrained"])
+        assert result.exit_code == 1 and "lncr validate" in result.output

@@ -43,6 +43,10 @@ def main(
 
 #: Settings the demo overrides for a quick CPU run.
 DEMO_TILING = ["tiling.encoding=jpeg"]
+DEMO_TRAINING = ["training.architecture=resnet18", "training.pretrained=false",
+                 "training.bag_size=8", "training.epochs=12", "training.warmup_epochs=2",
+                 "training.crop_size=448", "training.input_size=96", "training.embedding_dim=64",
+                 "training.eval_tiles=16", "training.learning_rate=0.005"]
 
 
 def _default_workers() -> int:
@@ -208,6 +212,44 @@ def tile(
         raise typer.Exit(1)
 
 
+@app.command()
+def train(
+    study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
+    stain: Annotated[str, typer.Option(help="Stain to train on.")],
+    magnification: Annotated[str, typer.Option(help="Magnification, e.g. 20x.")],
+    architecture: Annotated[Optional[str], typer.Option(help="Backbone (default: training.architecture).")] = None,
+    bag_size: Annotated[Optional[int], typer.Option(help="Tiles per bag (default: training.bag_size).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (default: training.seed).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file.")] = None,
+    pretrained: Annotated[bool, typer.Option(help="ImageNet weights (--no-pretrained: random).")] = True,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    force: Annotated[bool, typer.Option(help="Restart even a finished run.")] = False,
+) -> None:
+    """Train one attention-MIL model for a stain and magnification (resumes if interrupted)."""
+    import pandas as pd
+
+    from lncr.models.backbones import WeightsUnavailable
+    from lncr.training.loop import RunSpec, study_entries, train_run
+
+    try:
+        cfg, entries = study_entries(study_yaml, stain, magnification, set_)
+        t = cfg.training
+        spec = RunSpec(stain, magnification, architecture or t.architecture,
+                       bag_size or t.bag_size, t.seed if seed is None else seed)
+        w = weights if weights is not None else ("imagenet" if pretrained and t.pretrained else None)
+        folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
+                           weights=w, device=device, force=force)
+    except (ValueError, WeightsUnavailable) as exc:
+        err_console.print(f"[red]ERROR {exc}[/red]")
+        raise typer.Exit(1) from exc
+    metrics = pd.read_csv(folder / "metrics.csv")
+    last = metrics.iloc[-1]
+    console.print(f"Run {folder}: {len(metrics)} epochs; last epoch train AUC "
+                  f"{last.train_auc:.3f}, validation AUC {last.val_auc:.3f}, best validation "
+                  f"AUC {metrics.val_auc.max():.3f}")
+
+
 tiles_app = typer.Typer(help="Work with tile stores.", no_args_is_help=True)
 app.add_typer(tiles_app, name="tiles")
 
@@ -240,7 +282,7 @@ def demo(
     external: Annotated[int, typer.Option(help="External patients of the phantom.")] = 8,
     size: Annotated[str, typer.Option(help="Phantom slide size (see lncr synth).")] = "demo",
 ) -> None:
-    """Run every implemented stage on the built-in phantom cohort (synth → validate → tile)."""
+    """Run every implemented stage on the built-in phantom (synth → validate → tile → train)."""
     from lncr.synth.cohort import SynthError, SynthSettings
     from lncr.study.validate import load_study, save_study_record
 
@@ -276,12 +318,26 @@ def demo(
     console.print(f"Tiles: {int(summary.tiles.sum())} kept over "
                   f"{len(report.results)} slide × magnification units "
                   f"(see {report.folder / 'qc'} for QC thumbnails)")
+    t0 = time.perf_counter()
+    import pandas as pd
+
+    from lncr.training.loop import RunSpec, study_entries, train_run
+
+    cfg, entries = study_entries(result.study, "HE", "10x", DEMO_TILING + DEMO_TRAINING)
+    spec = RunSpec("HE", "10x", cfg.training.architecture, cfg.training.bag_size, 0)
+    folder = train_run(spec, entries, cfg.training, cfg.output_dir / "runs", cfg.tiling.tile_size)
+    timings.append(("train (HE 10x)", time.perf_counter() - t0))
+    metrics = pd.read_csv(folder / "metrics.csv")
+    console.print(f"Trained {folder}: validation AUC {metrics.val_auc.iloc[-1]:.2f} after "
+                  f"{len(metrics)} epochs (best {metrics.val_auc.max():.2f}; "
+                  f"{int((pd.read_csv(folder / 'split.csv').split == 'val').sum())} validation "
+                  "patients)")
     console.print(_table("Demo stages", ["stage", "seconds"],
                          [(name, f"{sec:.1f}") for name, sec in timings]))
     console.print(f"Phantom study: {result.study}")
-    console.print("Implemented so far: synth, validate, tile. Training, ensembles, evaluation, "
-                  "explanation and the report are not implemented yet; the demo will run them "
-                  "as they land.")
+    console.print("Implemented so far: synth, validate, tile, one training run. The sweep, "
+                  "ensembles, evaluation, explanation and the report are not implemented yet; "
+                  "the demo will run them as they land.")
 
 
 if __name__ == "__main__":  # pragma: no cover

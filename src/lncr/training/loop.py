@@ -11,8 +11,8 @@ Reproducibility: each epoch reseeds torch with ``(seed, epoch)`` and bags depend
 ``(seed, epoch, slide)``, so a run resumed from ``last.pt`` reaches exactly the weights of an
 uninterrupted run on the CPU (tested).
 
-Not yet here (issue 4): ``lncr train``/``predict`` commands, DataLoader workers, DDP, mixed
-precision, per-stain preset statistics.
+Not yet here (issue 4): ``lncr predict``, DataLoader workers, DDP, mixed precision, per-stain
+preset statistics, architecture-specific crop sizes (ViT at 384).
 """
 
 from __future__ import annotations
@@ -249,3 +249,25 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
     finally:
         writer.close()
     return folder
+
+
+def study_entries(study_yaml: str | Path, stain: str, magnification: str,
+                  overrides: list[str] | None = None):
+    """The study's config and the slides of one stain × magnification with their sides, from
+    the recorded split (``lncr validate``) and the tile index (``lncr tile``)."""
+    from lncr.study.validate import load_study
+    from lncr.training.bags import slide_entries
+
+    study = load_study(study_yaml, overrides, check_files=False)
+    if not study.ok:
+        raise ValueError("the study has errors; run `lncr validate` and fix them")
+    cfg = study.config
+    split_csv = cfg.output_dir / "study" / "split.csv"
+    if not split_csv.exists():
+        raise ValueError(f"no recorded split at {split_csv}: run `lncr validate {study_yaml}`")
+    tiles = cfg.output_dir / "tiles"
+    if not (tiles / "index.csv").exists():
+        raise ValueError(f"no tiles in {tiles}: run `lncr tile {study_yaml}`")
+    split = pd.read_csv(split_csv, dtype={"patient_id": str})
+    entries = slide_entries(tiles, study.patients, split, stain, magnification)
+    return cfg, entries
