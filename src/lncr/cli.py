@@ -281,6 +281,7 @@ def demo(
     patients: Annotated[int, typer.Option(help="Development patients of the phantom.")] = 16,
     external: Annotated[int, typer.Option(help="External patients of the phantom.")] = 8,
     size: Annotated[str, typer.Option(help="Phantom slide size (see lncr synth).")] = "demo",
+    tile_size: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
 ) -> None:
     """Run every implemented stage on the built-in phantom (synth → validate → tile → train)."""
     from lncr.synth.cohort import SynthError, SynthSettings
@@ -308,7 +309,8 @@ def demo(
     from lncr.tiling.run import summarise, tile_study
 
     # JPEG tile stores keep the CPU demo quick; PNG (lossless) is the default for real studies.
-    report = tile_study(result.study, DEMO_TILING, workers=workers)
+    tiling = DEMO_TILING + [f"tiling.tile_size={tile_size}"]
+    report = tile_study(result.study, tiling, workers=workers)
     timings.append(("tile", time.perf_counter() - t0))
     if report.failed:
         err_console.print(f"[red]{len(report.failed)} tiling unit(s) failed on the phantom; this "
@@ -323,9 +325,14 @@ def demo(
 
     from lncr.training.loop import RunSpec, study_entries, train_run
 
-    cfg, entries = study_entries(result.study, "HE", "10x", DEMO_TILING + DEMO_TRAINING)
-    spec = RunSpec("HE", "10x", cfg.training.architecture, cfg.training.bag_size, 0)
-    folder = train_run(spec, entries, cfg.training, cfg.output_dir / "runs", cfg.tiling.tile_size)
+    try:
+        cfg, entries = study_entries(result.study, "HE", "10x", tiling + DEMO_TRAINING)
+        spec = RunSpec("HE", "10x", cfg.training.architecture, cfg.training.bag_size, 0)
+        folder = train_run(spec, entries, cfg.training, cfg.output_dir / "runs",
+                           cfg.tiling.tile_size)
+    except ValueError as exc:
+        err_console.print(f"[red]ERROR training on the phantom failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
     timings.append(("train (HE 10x)", time.perf_counter() - t0))
     metrics = pd.read_csv(folder / "metrics.csv")
     console.print(f"Trained {folder}: validation AUC {metrics.val_auc.iloc[-1]:.2f} after "
