@@ -70,7 +70,6 @@ def throughput(tiles: list[np.ndarray]) -> None:
     except ImportError:
         print("StainTools not installed: skipped")
     try:
-        import torch
         import torchstain
         from torchvision import transforms
 

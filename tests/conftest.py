@@ -57,6 +57,20 @@ def tiled(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def tiled_entries(tiled: Path, stain: str, magnification: str) -> list:
+    """Slides of the tiled phantom for one stain × magnification, with a seeded split that
+    leaves both labels on both sides."""
+    import pandas as pd
+
+    from lncr.study.split import stratified_split
+    from lncr.training.bags import slide_entries
+
+    patients = pd.read_csv(tiled / "patients.csv", dtype={"patient_id": str})
+    patients["split"] = ""
+    split = stratified_split(patients, 0.34, seed=0)
+    return slide_entries(tiled / "lncr-output" / "tiles", patients, split, stain, magnification)
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """``shared/data/real`` beside the repository (or $LNCR_REAL_DATA)."""

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lncr.study.split import stratified_split
-from lncr.training.bags import BagDataset, eval_indices, slide_entries, train_indices
+from lncr.training.bags import BagDataset, eval_indices, train_indices
+
+from conftest import tiled_entries
 
 
 @pytest.fixture
 def entries(tiled):
-    patients = pd.read_csv(tiled / "patients.csv", dtype={"patient_id": str})
-    patients["split"] = ""
-    split = stratified_split(patients, 0.34, seed=0)
-    return slide_entries(tiled / "lncr-output" / "tiles", patients, split, "HE", "20x")
+    return tiled_entries(tiled, "HE", "20x")
 
 
 class DescribeSlideEntries:

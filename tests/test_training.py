@@ -7,21 +7,18 @@ import pytest
 import torch
 
 from lncr.study.config import TrainingSettings
-from lncr.study.split import stratified_split
-from lncr.training.bags import slide_entries
 from lncr.training.loop import RunSpec, lr_lambda, train_run
 from lncr.training.metrics import auc, youden_threshold
 
 SMALL = TrainingSettings(pretrained=False, embedding_dim=32, transformer_heads=4, epochs=3,
                          warmup_epochs=1, eval_tiles=4, learning_rate=1e-3)
 
+from conftest import tiled_entries
+
 
 @pytest.fixture
 def entries(tiled):
-    patients = pd.read_csv(tiled / "patients.csv", dtype={"patient_id": str})
-    patients["split"] = ""
-    split = stratified_split(patients, 0.34, seed=0)
-    return slide_entries(tiled / "lncr-output" / "tiles", patients, split, "PAS", "10x")
+    return tiled_entries(tiled, "PAS", "10x")
 
 
 def weights_of(folder):

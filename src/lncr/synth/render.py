@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lncr.synth.cells import Cells, capillary_loops, in_lesion_sector, place_cells, stamp_bank
+from lncr.synth.cells import capillary_loops, in_lesion_sector, place_cells, stamp_bank
 from lncr.synth.geometry import PatientGeometry, Section, moved, radial_modulation
 from lncr.synth.stains import COMPARTMENTS
 
