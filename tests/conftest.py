@@ -16,6 +16,15 @@ from lncr.synth.pyramid import write_pyramid
 
 REPO = Path(__file__).resolve().parents[1]
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, one torch thread per worker: two workers each running two OpenMP
+    threads on a 2-core machine spin against each other and run slower than one each."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 #: The phantom most tests share: 6 development + 2 external patients × 4 stains, small size.
 PHANTOM = SynthSettings(patients=6, external=2, seed=7, size="small")
 

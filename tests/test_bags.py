@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lncr.training.bags import BagDataset, eval_indices, train_indices
+from lncr.training.bags import (BagDataset, EpochSampler, collate_bags, eval_indices,
+                                train_indices)
 
 from conftest import tiled_entries
 
@@ -45,23 +46,56 @@ class DescribeDraws:
 
 
 class DescribeBagDataset:
-    def it_gives_uint8_bags_through_a_dataloader(self, entries):
+    def it_gives_cropped_uint8_bags_through_a_dataloader(self, entries):
         train = [e for e in entries if e.split == "train"]
-        ds = BagDataset(train, bag_size=8, train=True, seed=0)
-        loader = DataLoader(ds, batch_size=2, num_workers=1)
-        bags, labels, idx = next(iter(loader))
-        assert bags.dtype == torch.uint8 and bags.shape == (2, 8, 3, 128, 128)
+        ds = BagDataset(train, bag_size=8, train=True, seed=0, crop=96, augment=True, jitter=0.1)
+        loader = DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate_bags,
+                            sampler=[(0, 0), (0, 1)])
+        bags, factors, labels, slides = next(iter(loader))
+        assert bags.dtype == torch.uint8 and bags.shape == (2, 8, 3, 96, 96)
+        assert factors.shape == (2, 8, 3) and ((factors >= 0.9) & (factors <= 1.1)).all()
         assert labels.tolist() == [float(train[0].label), float(train[1].label)]
+        assert slides.tolist() == [0, 1]
 
     def it_draws_new_bags_each_epoch_and_the_same_on_resume(self, entries):
-        ds = BagDataset(entries, bag_size=4, train=True, seed=0)
-        first = ds[0][0]
-        ds.set_epoch(1)
-        assert not torch.equal(first, ds[0][0])
-        ds.set_epoch(0)
-        assert torch.equal(first, ds[0][0])
+        ds = BagDataset(entries, bag_size=4, train=True, seed=0, crop=96, augment=True)
+        first = ds[(0, 0)][0]
+        assert not torch.equal(first, ds[(1, 0)][0])
+        assert torch.equal(first, ds[(0, 0)][0])
 
-    def it_evaluates_on_a_fixed_capped_set(self, entries):
-        ds = BagDataset(entries, bag_size=4, train=False, eval_tiles=6)
-        a, b = ds[1][0], ds[1][0]
-        assert torch.equal(a, b) and a.shape[0] == min(6, entries[1].n_tiles)
+    def it_gives_the_same_bags_whatever_the_number_of_workers(self, entries):
+        ds = BagDataset(entries, bag_size=4, train=True, seed=3, crop=96, augment=True, jitter=0.1)
+        keys = [(2, i) for i in range(len(entries))]
+
+        def read(workers):
+            loader = DataLoader(ds, batch_size=1, num_workers=workers, sampler=keys,
+                                collate_fn=collate_bags)
+            return [(b[0], b[1]) for b in loader]
+
+        for (a, fa), (b, fb) in zip(read(0), read(2)):
+            assert torch.equal(a, b) and torch.equal(fa, fb)
+
+    def it_evaluates_on_a_fixed_capped_centred_set(self, entries):
+        ds = BagDataset(entries, bag_size=4, train=False, eval_tiles=6, crop=96, jitter=0.5)
+        a, fa = ds[1][:2]
+        assert torch.equal(a, ds[1][0]) and a.shape[0] == min(6, entries[1].n_tiles)
+        assert (fa == 1).all()  # no jitter outside training
+        full = torch.from_numpy(ds.tiles(1, eval_indices(entries[1].n_tiles, 6))).permute(0, 3, 1, 2)
+        assert torch.equal(a, full[..., 16:112, 16:112])
+
+
+class DescribeEpochSampler:
+    def it_gives_each_rank_a_disjoint_share_covering_every_slide(self):
+        shares = [list(EpochSampler(11, seed=4, rank=r, world=3)) for r in range(3)]
+        slides = [s for share in shares for _, s in share]
+        assert sorted(slides) == list(range(11))
+        assert [len(s) for s in shares] == [4, 4, 3]
+
+    def it_continues_mid_epoch_and_reshuffles_each_epoch(self):
+        sampler = EpochSampler(10, seed=1)
+        sampler.set_epoch(2)
+        full = list(sampler)
+        sampler.set_epoch(2, start=4)
+        assert list(sampler) == full[4:] and len(sampler) == 6
+        sampler.set_epoch(3)
+        assert [s for _, s in sampler] != [s for _, s in full]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import pandas as pd
 from typer.testing import CliRunner
 
 from lncr import __version__
@@ -77,6 +78,8 @@ class DescribeDemoCommand:
         assert index.exists() and "Tiles:" in result.output
         runs = tmp_path / "study" / "lncr-output" / "runs" / "HE" / "10x"
         assert (runs / "resnet18-b8-s0" / "done.json").exists()
+        predictions = runs / "resnet18-b8-s0" / "predictions" / "external-best-eval.csv"
+        assert len(pd.read_csv(predictions)) == 2  # one row per external slide
         assert "validation AUC" in result.output
         assert "not implemented yet" in result.output
 

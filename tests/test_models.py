@@ -96,3 +96,16 @@ class DescribeAttentionMIL:
     def it_refuses_features_that_heads_cannot_split(self):
         with pytest.raises(ValueError, match="divisible"):
             AttentionMIL(build_backbone("resnet18", 30), 30, heads=8)
+
+
+class DescribeFrozenBatchNorm:
+    def it_keeps_running_statistics_while_training(self):
+        from lncr.models.mil import freeze_batch_norm
+
+        model = build_mil("resnet18", embedding_dim=32, heads=4, weights=None).train()
+        assert freeze_batch_norm(model) > 0
+        bn = model.encoder.model.bn1
+        before = bn.running_mean.clone()
+        logits, _ = model(torch.rand(1, 2, 3, 32, 32) * 5)
+        logits.sum().backward()
+        assert torch.equal(bn.running_mean, before) and model.transformer.training

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -11,7 +13,8 @@ from lncr.training.loop import RunSpec, lr_lambda, train_run
 from lncr.training.metrics import auc, youden_threshold
 
 SMALL = TrainingSettings(pretrained=False, embedding_dim=32, transformer_heads=4, epochs=3,
-                         warmup_epochs=1, eval_tiles=4, learning_rate=1e-3)
+                         warmup_epochs=1, eval_tiles=4, learning_rate=1e-3, feedforward_dim=64,
+                         input_size=256, loader_workers=0)
 
 from conftest import tiled_entries
 
@@ -44,13 +47,43 @@ class DescribeTrainRun:
         spec = RunSpec("PAS", "10x", "resnet18", 4, 1)
         straight = train_run(spec, entries, SMALL, tmp_path / "a", tile_size=128)
         stopped = train_run(spec, entries, SMALL, tmp_path / "b", tile_size=128,
-                            stop_after=lambda epoch: epoch == 0)
+                            stop_after=lambda epoch, step: epoch == 0 and step is None)
         assert not (stopped / "done.json").exists()
         resumed = train_run(spec, entries, SMALL, tmp_path / "b", tile_size=128)
         a, b = weights_of(straight), weights_of(resumed)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         pd.testing.assert_frame_equal(pd.read_csv(straight / "metrics.csv"),
                                       pd.read_csv(resumed / "metrics.csv"))
+
+    def it_resumes_mid_epoch_with_workers_to_the_same_weights(self, entries, tmp_path):
+        spec = RunSpec("PAS", "10x", "resnet18", 4, 3)
+        every = SMALL.model_copy(update={"checkpoint_every": 1, "epochs": 2})
+        straight = train_run(spec, entries, every, tmp_path / "a", tile_size=128)
+        stopped = train_run(spec, entries, every.model_copy(update={"loader_workers": 2}),
+                            tmp_path / "b", tile_size=128,
+                            stop_after=lambda epoch, step: epoch == 1 and step == 1)
+        state = torch.load(stopped / "last.pt", weights_only=True)
+        assert (state["epoch"], state["step"]) == (1, 1) and len(state["outputs"]) == 1
+        resumed = train_run(spec, entries, every, tmp_path / "b", tile_size=128)
+        a, b = weights_of(straight), weights_of(resumed)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        pd.testing.assert_frame_equal(pd.read_csv(straight / "metrics.csv"),
+                                      pd.read_csv(resumed / "metrics.csv"))
+
+    def it_refuses_to_resume_with_other_settings(self, entries, tmp_path):
+        spec = RunSpec("PAS", "10x", "resnet18", 4, 4)
+        train_run(spec, entries, SMALL, tmp_path, 128, stop_after=lambda e, s: True)
+        with pytest.raises(ValueError, match="other settings"):
+            train_run(spec, entries, SMALL.model_copy(update={"learning_rate": 0.1}), tmp_path, 128)
+
+    def it_uses_the_published_channel_statistics_when_asked(self, entries, tmp_path):
+        spec = RunSpec("PAS", "10x", "resnet18", 4, 5)
+        settings = SMALL.model_copy(update={"epochs": 1, "channel_stats": "published"})
+        folder = train_run(spec, entries, settings, tmp_path, 128)
+        config = json.loads((folder / "config.json").read_text())
+        assert config["channel_mean"] == [0.8474, 0.7170, 0.8241]
+        assert config["geometry"] == {"crop": 96, "size": 64}
+        assert config["precision"] == "fp32" and config["versions"]["torch"] == torch.__version__
 
     def it_skips_a_finished_run(self, entries, tmp_path):
         spec = RunSpec("PAS", "10x", "resnet18", 4, 2)

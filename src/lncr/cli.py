@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from lncr import __version__
+from lncr.cli_common import console, err_console
+from lncr.cli_common import table as _table
+from lncr.cli_training import predict, train
 
 if TYPE_CHECKING:
     from lncr.study.validate import Study
@@ -23,8 +23,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -44,23 +42,15 @@ def main(
 #: Settings the demo overrides for a quick CPU run.
 DEMO_TILING = ["tiling.encoding=jpeg"]
 DEMO_TRAINING = ["training.architecture=resnet18", "training.pretrained=false",
-                 "training.bag_size=8", "training.epochs=12", "training.warmup_epochs=2",
-                 "training.crop_size=448", "training.input_size=96", "training.embedding_dim=64",
-                 "training.eval_tiles=16", "training.learning_rate=0.005"]
+                 "training.bag_size=8", "training.epochs=20", "training.warmup_epochs=2",
+                 "training.optimiser=adam", "training.learning_rate=0.001",
+                 "training.input_size=75", "training.embedding_dim=32",
+                 "training.transformer_heads=4", "training.feedforward_dim=64",
+                 "training.eval_tiles=32"]
 
 
 def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
-
-
-def _table(title: str, columns: list[str], rows) -> Table:
-    """A rich table; every column after the first is right-aligned (counts)."""
-    t = Table(title=title)
-    for i, col in enumerate(columns):
-        t.add_column(col, justify="left" if i == 0 else "right")
-    for row in rows:
-        t.add_row(*(str(v) for v in row))
-    return t
 
 
 def _print_study(study: "Study") -> None:
@@ -212,42 +202,8 @@ def tile(
         raise typer.Exit(1)
 
 
-@app.command()
-def train(
-    study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
-    stain: Annotated[str, typer.Option(help="Stain to train on.")],
-    magnification: Annotated[str, typer.Option(help="Magnification, e.g. 20x.")],
-    architecture: Annotated[Optional[str], typer.Option(help="Backbone (default: training.architecture).")] = None,
-    bag_size: Annotated[Optional[int], typer.Option(help="Tiles per bag (default: training.bag_size).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed (default: training.seed).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file.")] = None,
-    pretrained: Annotated[bool, typer.Option(help="ImageNet weights (--no-pretrained: random).")] = True,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    force: Annotated[bool, typer.Option(help="Restart even a finished run.")] = False,
-) -> None:
-    """Train one attention-MIL model for a stain and magnification (resumes if interrupted)."""
-    import pandas as pd
-
-    from lncr.models.backbones import WeightsUnavailable
-    from lncr.training.loop import RunSpec, study_entries, train_run
-
-    try:
-        cfg, entries = study_entries(study_yaml, stain, magnification, set_)
-        t = cfg.training
-        spec = RunSpec(stain, magnification, architecture or t.architecture,
-                       bag_size or t.bag_size, t.seed if seed is None else seed)
-        w = weights if weights is not None else ("imagenet" if pretrained and t.pretrained else None)
-        folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
-                           weights=w, device=device, force=force)
-    except (ValueError, WeightsUnavailable) as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
-    metrics = pd.read_csv(folder / "metrics.csv")
-    last = metrics.iloc[-1]
-    console.print(f"Run {folder}: {len(metrics)} epochs; last epoch train AUC "
-                  f"{last.train_auc:.3f}, validation AUC {last.val_auc:.3f}, best validation "
-                  f"AUC {metrics.val_auc.max():.3f}")
+app.command()(train)
+app.command()(predict)
 
 
 tiles_app = typer.Typer(help="Work with tile stores.", no_args_is_help=True)
@@ -324,25 +280,35 @@ def demo(
     import pandas as pd
 
     from lncr.training.loop import RunSpec, study_entries, train_run
+    from lncr.training.metrics import auc
+    from lncr.training.predict import predict_run
 
     try:
-        cfg, entries = study_entries(result.study, "HE", "10x", tiling + DEMO_TRAINING)
+        overrides = tiling + DEMO_TRAINING
+        cfg, entries = study_entries(result.study, "HE", "10x", overrides)
         spec = RunSpec("HE", "10x", cfg.training.architecture, cfg.training.bag_size, 0)
         folder = train_run(spec, entries, cfg.training, cfg.output_dir / "runs",
-                           cfg.tiling.tile_size)
+                           cfg.tiling.tile_size, device="auto",
+                           source={"study": str(result.study.resolve()), "overrides": overrides})
+        external = predict_run(folder, "external", device="auto")
     except ValueError as exc:
         err_console.print(f"[red]ERROR training on the phantom failed: {exc}[/red]")
         raise typer.Exit(1) from exc
-    timings.append(("train (HE 10x)", time.perf_counter() - t0))
+    timings.append(("train + predict (HE 10x)", time.perf_counter() - t0))
     metrics = pd.read_csv(folder / "metrics.csv")
     console.print(f"Trained {folder}: validation AUC {metrics.val_auc.iloc[-1]:.2f} after "
                   f"{len(metrics)} epochs (best {metrics.val_auc.max():.2f}; "
                   f"{int((pd.read_csv(folder / 'split.csv').split == 'val').sum())} validation "
                   "patients)")
+    if external.label.nunique() == 2:
+        console.print(f"External cohort ({len(external)} patients, best checkpoint): AUC "
+                      f"{auc(external.label, external.probability):.2f} "
+                      f"({folder / 'predictions' / 'external-best-eval.csv'})")
     console.print(_table("Demo stages", ["stage", "seconds"],
                          [(name, f"{sec:.1f}") for name, sec in timings]))
     console.print(f"Phantom study: {result.study}")
-    console.print("Implemented so far: synth, validate, tile, one training run. The sweep, "
+    console.print("Implemented so far: synth, validate, tile, one training run and its "
+                  "predictions. The sweep, "
                   "ensembles, evaluation, explanation and the report are not implemented yet; "
                   "the demo will run them as they land.")
 

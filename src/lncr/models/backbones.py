@@ -36,6 +36,7 @@ class BackboneSpec:
     head: Callable[[nn.Module], tuple[int, Callable[[nn.Module, nn.Module], None]]]
     weights_enum: str | None = None  # torchvision enum class name
     package: str = "torchvision"
+    fixed_input: bool = False  # True when the model only accepts ``input_size`` (ViT)
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -75,13 +76,18 @@ def _vit_head(model: nn.Module):
     return model.heads.head.in_features, replace
 
 
-def _tv(name: str, enum: str, size: int, head, **kwargs) -> BackboneSpec:
+def _tv(name: str, enum: str, size: int, head, fixed: bool = False, **kwargs) -> BackboneSpec:
     def build(weights):
         import torchvision
 
         return getattr(torchvision.models, name)(weights=weights, **kwargs)
 
-    return BackboneSpec(name, size, build, head, enum)
+    return BackboneSpec(name, size, build, head, enum, fixed_input=fixed)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registry entry for ``name`` (torchvision and ``timm:`` names resolved too)."""
+    return _resolve_spec(name)
 
 
 # The published architectures (torchvision), at their native input sizes.
@@ -92,7 +98,7 @@ register(_tv("inception_v3", "Inception_V3_Weights", 299, _attribute("fc"), aux_
              init_weights=False))
 register(_tv("resnet50", "ResNet50_Weights", 224, _attribute("fc")))
 register(_tv("vgg11", "VGG11_Weights", 224, _classifier_last))
-register(_tv("vit_b_16", "ViT_B_16_Weights", 384, _vit_head, image_size=384))
+register(_tv("vit_b_16", "ViT_B_16_Weights", 384, _vit_head, fixed=True, image_size=384))
 # Small ones for tests and CPU demos.
 register(_tv("resnet18", "ResNet18_Weights", 224, _attribute("fc")))
 
@@ -138,7 +144,8 @@ def _timm_spec(name: str) -> BackboneSpec:
 
     cfg = timm.get_pretrained_cfg(name)
     size = int(cfg.input_size[-1]) if cfg is not None else 224
-    return BackboneSpec(f"timm:{name}", size, build, head, None, "timm")
+    return BackboneSpec(f"timm:{name}", size, build, head, None, "timm",
+                        fixed_input="vit" in name or "deit" in name)
 
 
 def _pretrained_weights(spec: BackboneSpec):

@@ -19,14 +19,14 @@ class AttentionMIL(nn.Module):
     attention (B, N))."""
 
     def __init__(self, encoder: TileEncoder, embedding_dim: int, layers: int = 2, heads: int = 8,
-                 dropout: float = 0.1):
+                 feedforward_dim: int = 2048, dropout: float = 0.1):
         super().__init__()
         if embedding_dim % heads:
             raise ValueError(f"embedding_dim {embedding_dim} must be divisible by the "
                              f"{heads} attention heads")
         self.encoder = encoder
         layer = nn.TransformerEncoderLayer(d_model=embedding_dim, nhead=heads,
-                                           dim_feedforward=2 * embedding_dim, dropout=dropout,
+                                           dim_feedforward=feedforward_dim, dropout=dropout,
                                            activation="gelu", batch_first=True)
         self.transformer = (nn.TransformerEncoder(layer, num_layers=layers,
                                                   norm=nn.LayerNorm(embedding_dim),
@@ -34,6 +34,9 @@ class AttentionMIL(nn.Module):
                             if layers else nn.LayerNorm(embedding_dim))
         self.attention = nn.Linear(embedding_dim, 1)
         self.classifier = nn.Linear(embedding_dim, 1)
+        for layer in (self.attention, self.classifier):  # as the published model
+            nn.init.xavier_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n = bags.shape[:2]
@@ -49,10 +52,22 @@ class AttentionMIL(nn.Module):
 
 
 def build_mil(architecture: str, embedding_dim: int = 512, layers: int = 2, heads: int = 8,
-              weights=None) -> AttentionMIL:
+              weights=None, feedforward_dim: int = 2048, dropout: float = 0.1) -> AttentionMIL:
     """The published model for ``architecture`` (ViT variants default to 128 features, as
     published, when ``embedding_dim`` is left at 512)."""
     if architecture.startswith("vit") and embedding_dim == 512:
         embedding_dim = 128
     encoder = build_backbone(architecture, embedding_dim, weights)
-    return AttentionMIL(encoder, embedding_dim, layers, heads)
+    return AttentionMIL(encoder, embedding_dim, layers, heads, feedforward_dim, dropout)
+
+
+def freeze_batch_norm(model: nn.Module) -> int:
+    """Put every BatchNorm layer in evaluation mode (running statistics used, not updated);
+    returns how many. Call after ``model.train()``.
+
+    With one bag per step, a bag's tiles all come from one slide, so batch statistics would
+    normalise away exactly the slide-level differences the model must learn."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.eval()
+    return len(layers)

@@ -92,7 +92,8 @@ class TilingSettings(_Settings):
 
 
 class TrainingSettings(_Settings):
-    """``lncr train``: the published attention-MIL model and its optimisation."""
+    """``lncr train``: the published attention-MIL model and its optimisation (docs/training.md
+    explains every field)."""
 
     architecture: str = "resnet50"
     pretrained: bool = True
@@ -100,16 +101,26 @@ class TrainingSettings(_Settings):
     embedding_dim: int = Field(512, ge=1)
     transformer_layers: int = Field(2, ge=0)
     transformer_heads: int = Field(8, ge=1)
+    feedforward_dim: int = Field(2048, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    batch_norm: Literal["frozen", "train"] = "frozen"
     crop_size: int = Field(384, ge=8)
     input_size: int = Field(299, ge=8)
     eval_tiles: int = Field(128, ge=1)
+    channel_stats: Literal["computed", "published", "imagenet"] = "computed"
     augment: bool = True
+    colour_jitter: float = Field(0.05, ge=0, lt=1)
+    bags_per_step: int = Field(1, ge=1)
     epochs: int = Field(100, ge=1)
     warmup_epochs: int = Field(5, ge=0)
+    optimiser: Literal["auto", "sgd", "adam"] = "auto"  # auto: Adam for ViT, SGD otherwise
     learning_rate: float = Field(5e-4, gt=0)
     min_learning_rate: float = Field(1e-6, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    loader_workers: int = Field(2, ge=0)
+    checkpoint_every: int = Field(50, ge=0)
     seed: int = 0
 
 

@@ -1,1 +1,2 @@
-"""Training data: bags of tiles drawn from the tile stores (the training loop is to come)."""
+"""Training and prediction: bags of tiles from the tile stores, the input pipeline, one
+resumable (optionally distributed) training run, and slide-level prediction."""

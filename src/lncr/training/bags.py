@@ -7,19 +7,21 @@ and tiles are repeated (in a random order) to fill the bag. Draws depend only on
 In evaluation mode, up to ``eval_tiles`` tiles are chosen deterministically: all of them, or
 evenly spaced over the store (which is in grid order, so they spread over the slide).
 
-Tiles are returned as uint8 (N, 3, H, W) tensors; scaling and normalisation happen on the
-device, which keeps DataLoader workers cheap.
+Tiles are decoded, cropped, flipped and rotated in DataLoader workers and returned as uint8
+(N, 3, crop, crop) tensors; scaling, resizing, colour jitter and normalisation happen on the
+device (:mod:`lncr.training.inputs`), which keeps workers cheap and transfers small.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from lncr.tiling.store import TileStore
 
@@ -78,37 +80,108 @@ def eval_indices(n_tiles: int, limit: int) -> np.ndarray:
 
 
 class BagDataset(Dataset):
-    """Bags per slide. ``dataset[i]`` → (tiles uint8 (N, 3, H, W), label float, i)."""
+    """Bags per slide, cropped (and augmented in training) as uint8.
+
+    Keys are ``(epoch, slide)`` pairs (from :class:`EpochSampler`) or slide numbers: the
+    dataset holds no epoch state, so persistent DataLoader workers see every epoch right.
+    ``dataset[key]`` → (tiles uint8 (N, 3, crop, crop), jitter factors (N, 3) float32,
+    label float, slide). Crops, flips, 90° rotations and jitter factors are drawn from
+    ``(seed, epoch, slide)``: the same bag whatever the number of workers or a resume.
+    """
 
     def __init__(self, entries: list[SlideEntry], bag_size: int, train: bool, seed: int = 0,
-                 eval_tiles: int = 128):
+                 eval_tiles: int = 128, crop: int | None = None, augment: bool = False,
+                 jitter: float = 0.0):
         if bag_size < 1 or eval_tiles < 1:
             raise ValueError("bag_size and eval_tiles must be positive")
         self.entries, self.bag_size, self.train = entries, bag_size, train
-        self.seed, self.eval_tiles, self.epoch = seed, eval_tiles, 0
+        self.seed, self.eval_tiles = seed, eval_tiles
+        self.crop, self.augment, self.jitter = crop, augment and train, jitter if train else 0.0
         self._stores: dict[int, TileStore] = {}  # opened lazily, per worker process
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def indices(self, i: int) -> np.ndarray:
-        n = self.entries[i].n_tiles
+    def indices(self, slide: int, epoch: int = 0) -> np.ndarray:
+        n = self.entries[slide].n_tiles
         if self.train:
-            return train_indices(n, self.bag_size, self.seed, self.epoch, i)
+            return train_indices(n, self.bag_size, self.seed, epoch, slide)
         return eval_indices(n, self.eval_tiles)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        store = self._stores.get(i)
+    def tiles(self, slide: int, indices: np.ndarray) -> np.ndarray:
+        """uint8 tiles (N, H, W, 3) of one slide."""
+        store = self._stores.get(slide)
         if store is None:
-            store = self._stores[i] = TileStore(self.entries[i].store)
-        tiles = np.stack([store[k] for k in self.indices(i)])
-        bag = torch.from_numpy(tiles).permute(0, 3, 1, 2).contiguous()
-        return bag, torch.tensor(float(self.entries[i].label)), i
+            store = self._stores[slide] = TileStore(self.entries[slide].store)
+        return np.stack([store[int(k)] for k in indices])
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        epoch, slide = key if isinstance(key, tuple) else (0, int(key))
+        return self.bag(slide, self.indices(slide, epoch), epoch)
+
+    def bag(self, slide: int, indices: np.ndarray, epoch: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The given tiles of one slide, cropped (and augmented in training)."""
+        tiles = self.tiles(slide, indices)
+        rng = np.random.default_rng([self.seed, epoch, slide, 1])
+        n, h, w = tiles.shape[:3]
+        c = min(self.crop or min(h, w), h, w)
+        out = np.empty((n, c, c, 3), dtype=np.uint8)
+        for k in range(n):
+            if self.train:
+                i, j = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+            else:
+                i, j = (h - c) // 2, (w - c) // 2
+            t = tiles[k, i:i + c, j:j + c]
+            if self.augment:
+                t = np.rot90(t, int(rng.integers(0, 4)))
+                if rng.random() < 0.5:
+                    t = t[:, ::-1]
+            out[k] = t
+        factors = (1.0 + rng.uniform(-self.jitter, self.jitter, (n, 3))).astype(np.float32)
+        bag = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return bag, torch.from_numpy(factors), torch.tensor(float(self.entries[slide].label)), slide
 
     def __getstate__(self) -> dict:  # open stores do not cross process boundaries
         state = self.__dict__.copy()
         state["_stores"] = {}
         return state
+
+
+def rank_share(order: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """The slides one rank trains on: every ``world``-th of the epoch's order, from ``rank``.
+    The shares of all ranks are disjoint and together cover every slide once."""
+    return order[rank::world]
+
+
+class EpochSampler(Sampler):
+    """Keys ``(epoch, slide)`` in a seeded per-epoch order, for one rank's share, from a given
+    position (a resumed run continues mid-epoch)."""
+
+    def __init__(self, n_slides: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world = n_slides, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def share(self, epoch: int, rank: int | None = None) -> np.ndarray:
+        return rank_share(self.order(epoch), self.rank if rank is None else rank, self.world)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate ``epoch`` from its ``start``-th item of this rank's share."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for slide in self.share(self.epoch)[self.start:]:
+            yield self.epoch, int(slide)
+
+    def __len__(self) -> int:
+        return max(0, len(self.share(self.epoch)) - self.start)
+
+
+def collate_bags(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack bags of equal size: (B, N, 3, c, c), (B, N, 3), (B,), (B,)."""
+    bags, factors, labels, slides = zip(*items)
+    return (torch.stack(bags), torch.stack(factors), torch.stack(labels),
+            torch.tensor(slides, dtype=torch.long))

@@ -1,22 +1,31 @@
 """One training run: (stain, magnification, architecture, bag size, seed) → a run folder.
 
 Folder ``<output_dir>/runs/<stain>/<mag>/<arch>-b<bag>-s<seed>/`` holds ``config.json`` (the
-effective settings, normalisation statistics, package versions), ``split.csv`` (the slides
-and their sides), ``metrics.csv`` (one row per epoch), TensorBoard events (``tb/``), and the
-checkpoints ``last.pt`` (every epoch: model, optimiser, scheduler, epoch, RNG states) and
-``best.pt`` (highest validation AUC; ties to the lower loss). ``done.json`` marks a finished
-run.
+effective settings, input geometry, channel statistics, precision, package versions),
+``split.csv`` (the slides and their sides), ``metrics.csv`` (one row per epoch), TensorBoard
+events (``tb/``), and the checkpoints ``last.pt`` (model, optimiser, scheduler, gradient
+scaler, RNG state, position in the epoch and the epoch's training outputs so far; written at
+the end of every epoch and every ``checkpoint_every`` steps) and ``best.pt`` (highest
+validation AUC, ties to the lower validation loss). ``done.json`` marks a finished run.
 
-Reproducibility: each epoch reseeds torch with ``(seed, epoch)`` and bags depend only on
-``(seed, epoch, slide)``, so a run resumed from ``last.pt`` reaches exactly the weights of an
-uninterrupted run on the CPU (tested).
+As in the authors' script, the training AUC, loss and the Youden threshold come from the
+probabilities the model gave the training bags during the epoch; validation uses the
+development ``val`` slides (up to ``eval_tiles`` tiles each, chosen deterministically).
 
-Not yet here (issue 4): ``lncr predict``, DataLoader workers, DDP, mixed precision, per-stain
-preset statistics, architecture-specific crop sizes (ViT at 384).
+Reproducibility: bags, crops, flips and jitter depend only on ``(seed, epoch, slide)`` and the
+epoch's order on ``(seed, epoch)``; dropout's RNG state is checkpointed. A run resumed from
+``last.pt`` — at an epoch boundary or mid-epoch — reaches exactly the weights of an
+uninterrupted run on the CPU (tested), whatever the number of loader workers.
+
+Under ``torchrun`` each rank trains on a disjoint share of the epoch's slides
+(:func:`lncr.training.bags.rank_share`) in DistributedDataParallel; uneven shares are handled
+by DDP's join; outputs and validation predictions are gathered on every rank, and rank 0
+writes the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,15 +37,21 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.distributed.algorithms.join import Join
+from torch.utils.data import DataLoader
 
 from lncr import __version__
 from lncr.fileio import atomic_write_json, atomic_write_text, partial_path
-from lncr.models.mil import build_mil
+from lncr.models.mil import AttentionMIL, build_mil, freeze_batch_norm
 from lncr.study.config import TrainingSettings
-from lncr.training.bags import BagDataset, SlideEntry
+from lncr.training.bags import BagDataset, EpochSampler, SlideEntry, collate_bags, eval_indices
+from lncr.training.distributed import Context, resolve_device
+from lncr.training.inputs import (DeviceInput, input_geometry, preset_stats,
+                                  tile_channel_stats)
 from lncr.training.metrics import accuracy, auc, youden_threshold
 
-REFERENCE_TILE = 512  # crop_size and input_size are given for 512-px tiles and scale with them
+#: Settings that do not change what a run computes (a resume may change them).
+NEUTRAL_SETTINGS = ("loader_workers", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -52,53 +67,18 @@ class RunSpec:
                 / f"{self.architecture.replace(':', '-')}-b{self.bag_size}-s{self.seed}")
 
 
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"lncr": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__}
+
+
 def channel_stats(entries: list[SlideEntry], tiles_per_slide: int = 16) -> tuple[list, list]:
     """Per-channel mean and s.d. (0–1 scale) of training tiles, spread over each slide."""
-    ds = BagDataset(entries, bag_size=1, train=False, eval_tiles=tiles_per_slide)
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    n = 0
-    for i in range(len(ds)):
-        x = ds[i][0].double() / 255.0
-        total += x.sum(dim=(0, 2, 3)).numpy()
-        total_sq += (x ** 2).sum(dim=(0, 2, 3)).numpy()
-        n += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / n
-    std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 1e-8))
-    return mean.round(6).tolist(), std.round(6).tolist()
-
-
-class BagTransform:
-    """uint8 bag → normalised float input: crop (random in training, centre otherwise), resize,
-    flips and 90° rotations when augmenting. Sizes scale with the tile size."""
-
-    def __init__(self, tile_size: int, settings: TrainingSettings, mean, std):
-        scale = tile_size / REFERENCE_TILE
-        self.crop = max(8, min(tile_size, round(settings.crop_size * scale)))
-        self.size = max(8, round(settings.input_size * scale))
-        self.augment = settings.augment
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
-
-    def __call__(self, bag: torch.Tensor, train: bool, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
-        x = bag.float() / 255.0
-        h, w = x.shape[-2:]
-        if train:
-            i = int(torch.randint(0, h - self.crop + 1, (1,), generator=generator))
-            j = int(torch.randint(0, w - self.crop + 1, (1,), generator=generator))
-        else:
-            i, j = (h - self.crop) // 2, (w - self.crop) // 2
-        x = x[..., i:i + self.crop, j:j + self.crop]
-        if self.size != self.crop:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        if train and self.augment:
-            k = int(torch.randint(0, 4, (1,), generator=generator))
-            x = torch.rot90(x, k, dims=(-2, -1))
-            if bool(torch.randint(0, 2, (1,), generator=generator)):
-                x = x.flip(-1)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+    ds = BagDataset(entries, bag_size=1, train=False)
+    return tile_channel_stats([t for i, e in enumerate(entries)
+                               for t in ds.tiles(i, eval_indices(e.n_tiles, tiles_per_slide))])
 
 
 def lr_lambda(settings: TrainingSettings) -> Callable[[int], float]:
@@ -115,6 +95,46 @@ def lr_lambda(settings: TrainingSettings) -> Callable[[int], float]:
     return factor
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Mixed-precision type on CUDA (``auto``: bf16 where supported, else fp16); None = fp32.
+    The CPU always trains in fp32."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def make_optimiser(model: torch.nn.Module, architecture: str, settings: TrainingSettings):
+    """SGD (momentum, weight decay) or Adam for ViT, as published. The multi-tensor
+    (``foreach``) update is asked for explicitly: torch only picks it by itself on CUDA, and
+    the per-tensor loop costs as much as the backward pass on a CPU."""
+    kind = settings.optimiser
+    if kind == "adam" or (kind == "auto" and "vit" in architecture):
+        return torch.optim.Adam(model.parameters(), lr=settings.learning_rate,
+                                weight_decay=settings.weight_decay, foreach=True)
+    return torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
+                           momentum=settings.momentum, weight_decay=settings.weight_decay,
+                           foreach=True)
+
+
+def build_model(settings: TrainingSettings, weights=None) -> AttentionMIL:
+    """The run's bag model from its settings."""
+    return build_mil(settings.architecture, settings.embedding_dim, settings.transformer_layers,
+                     settings.transformer_heads, weights, settings.feedforward_dim,
+                     settings.dropout)
+
+
+def loader(dataset: BagDataset, sampler, batch_size: int, workers: int,
+           device: torch.device) -> DataLoader:
+    """Bags decoded in ``workers`` processes (0: in this process). The loader gets its own
+    generator: drawing worker seeds from torch's global RNG would shift dropout's random
+    stream by the number of loaders started, and break exact resumes."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_bags, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0, generator=torch.Generator())
+
+
 def _save(obj, path: Path) -> None:
     tmp = partial_path(path)
     torch.save(obj, tmp)
@@ -122,29 +142,56 @@ def _save(obj, path: Path) -> None:
 
 
 @torch.no_grad()
-def predict_slides(model, entries: list[SlideEntry], transform: BagTransform, eval_tiles: int,
-                   device: str) -> tuple[np.ndarray, np.ndarray]:
-    """Probability and loss per slide, on up to ``eval_tiles`` tiles each (deterministic)."""
+def evaluate(model: torch.nn.Module, batches, inputs: DeviceInput, ctx: Context,
+             amp: torch.dtype | None) -> dict[int, tuple[float, float]]:
+    """Probability and loss per slide over this rank's ``batches``, gathered from all ranks."""
+    was_training = model.training
     model.eval()
-    ds = BagDataset(entries, bag_size=1, train=False, eval_tiles=eval_tiles)
-    probs, losses = [], []
-    for i in range(len(ds)):
-        bag, label, _ = ds[i]
-        logit, _ = model(transform(bag.to(device), train=False).unsqueeze(0))
-        probs.append(float(torch.sigmoid(logit)))
-        losses.append(float(F.binary_cross_entropy_with_logits(logit, label.view(1).to(device))))
-    return np.array(probs), np.array(losses)
+    mine = []
+    for bags, _, labels, slides in batches:
+        with torch.autocast(inputs.device.type, dtype=amp, enabled=amp is not None):
+            logits, _ = model(inputs(bags))
+        logits = logits.float()
+        losses = F.binary_cross_entropy_with_logits(logits, labels.to(logits.device),
+                                                    reduction="none")
+        mine += [(int(s), float(p), float(l))
+                 for s, p, l in zip(slides, torch.sigmoid(logits), losses)]
+    model.train(was_training)
+    return {s: (p, l) for part in ctx.gather(mine) for s, p, l in part}
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int, step: int = 0) -> int:
+    return int(np.random.default_rng([seed, epoch, rank, step]).integers(2 ** 62))
 
 
 def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettings,
-              runs_root: Path, tile_size: int, weights=None, device: str = "cpu",
-              force: bool = False, stop_after: Callable[[int], bool] | None = None) -> Path:
+              runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
+              force: bool = False, stop_after: Callable[[int, int | None], bool] | None = None,
+              source: dict | None = None) -> Path:
     """Train (or resume, or skip when finished) one run; returns its folder.
 
     ``entries`` are the stain × magnification's slides with their sides (``train``/``val``);
-    external slides are ignored here. ``stop_after(epoch)`` returning True ends the call after
-    that epoch's checkpoint (as an interruption would).
+    external slides are ignored. ``device`` is a device name or a :class:`Context` from
+    :func:`lncr.training.distributed.setup`. ``stop_after(epoch, step)`` is asked after every
+    checkpoint (``step`` is None at the end of an epoch); True ends the call there, as an
+    interruption would. ``source`` (the study file and overrides) is recorded for
+    ``lncr predict``.
     """
+    ctx = device if isinstance(device, Context) else Context(device=resolve_device(device))
+    dev = ctx.device
     folder = spec.folder(runs_root)
     train = [e for e in entries if e.split == "train"]
     val = [e for e in entries if e.split == "val"]
@@ -152,102 +199,175 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
         raise ValueError(f"no training slides for {spec.stain} {spec.magnification}")
     if (folder / "done.json").exists() and not force:
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
     settings = settings.model_copy(update={"bag_size": spec.bag_size, "seed": spec.seed,
                                            "architecture": spec.architecture})
+    geometry = input_geometry(settings, tile_size)
     last = folder / "last.pt"
-    if force:
-        for name in ("last.pt", "best.pt", "done.json", "metrics.csv"):
-            (folder / name).unlink(missing_ok=True)
-    mean, std = channel_stats(train)
+    if ctx.main:
+        folder.mkdir(parents=True, exist_ok=True)
+        if force:
+            for name in ("last.pt", "best.pt", "done.json", "metrics.csv"):
+                (folder / name).unlink(missing_ok=True)
+    ctx.barrier()
+    stats = preset_stats(settings.channel_stats, spec.stain) or channel_stats(train)
+    amp = autocast_dtype(settings.precision, dev)
     config = {"spec": asdict(spec), "settings": settings.model_dump(mode="json"),
-              "tile_size": tile_size, "channel_mean": mean, "channel_std": std,
-              "versions": {"lncr": __version__, "torch": torch.__version__}}
+              "tile_size": tile_size, "geometry": asdict(geometry),
+              "channel_mean": stats[0], "channel_std": stats[1],
+              "precision": str(amp).replace("torch.", "") if amp else "fp32",
+              "device": dev.type, "world_size": ctx.world,
+              "weights": str(weights) if weights is not None else None,
+              "source": source, "versions": versions()}
     if last.exists():
         old = json.loads((folder / "config.json").read_text())
-        if {k: old.get(k) for k in ("spec", "settings", "tile_size")} != \
-                {k: config[k] for k in ("spec", "settings", "tile_size")}:
-            raise ValueError(f"{folder} was started with other settings; use force to restart")
-    atomic_write_json(folder / "config.json", config)
-    atomic_write_text(folder / "split.csv", pd.DataFrame(
-        [(e.patient_id, e.split, e.label, e.n_tiles, e.store) for e in train + val],
-        columns=["patient_id", "split", "label", "tiles", "store"]).to_csv(index=False))
+
+        def key(c: dict) -> dict:
+            s = {k: v for k, v in c["settings"].items() if k not in NEUTRAL_SETTINGS}
+            return {"spec": c["spec"], "settings": s, "tile_size": c["tile_size"]}
+
+        if key(old) != key(config):
+            raise ValueError(f"{folder} was started with other settings; use --force to restart")
+    if ctx.main:
+        atomic_write_json(folder / "config.json", config)
+        atomic_write_text(folder / "split.csv", pd.DataFrame(
+            [(e.patient_id, e.split, e.label, e.n_tiles, e.store) for e in train + val],
+            columns=["patient_id", "split", "label", "tiles", "store"]).to_csv(index=False))
 
     torch.manual_seed(spec.seed)
-    model = build_mil(spec.architecture, settings.embedding_dim, settings.transformer_layers,
-                      settings.transformer_heads, weights).to(device)
-    if spec.architecture.startswith("vit"):
-        optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate,
-                                     weight_decay=settings.weight_decay)
-    else:
-        optimiser = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
-                                    momentum=settings.momentum, weight_decay=settings.weight_decay)
+    model = build_model(settings, weights).to(dev)
+    optimiser = make_optimiser(model, spec.architecture, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_lambda(settings))
-    transform = BagTransform(tile_size, settings, mean, std)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
     rows: list[dict] = []
-    start, best_key = 0, None
+    start_epoch, start_step, prior, best_key, rng = 0, 0, [], None, None
     if last.exists():
-        state = torch.load(last, map_location=device, weights_only=True)
+        state = torch.load(last, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
-        start = int(state["epoch"]) + 1
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        prior = [tuple(o) for o in state["outputs"]]
         best_key = tuple(state["best_key"]) if state["best_key"] is not None else None
-        rows = pd.read_csv(folder / "metrics.csv").to_dict("records")[:start]
-    from torch.utils.tensorboard import SummaryWriter
+        rng = state["rng"] if start_step else None
+        if (folder / "metrics.csv").exists():
+            rows = pd.read_csv(folder / "metrics.csv").to_dict("records")[:start_epoch]
+    net = model
+    if ctx.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    inputs = DeviceInput(geometry, stats[0], stats[1], dev)
+    jitter = settings.colour_jitter if settings.augment else 0.0
+    train_ds = BagDataset(train, settings.bag_size, train=True, seed=spec.seed,
+                          crop=geometry.crop, augment=settings.augment, jitter=jitter)
+    sampler = EpochSampler(len(train), spec.seed, ctx.rank, ctx.world)
+    bps = settings.bags_per_step
+    train_loader = loader(train_ds, sampler, bps, settings.loader_workers, dev)
+    val_ds = BagDataset(val, 1, train=False, eval_tiles=settings.eval_tiles, crop=geometry.crop)
+    val_loader = loader(val_ds, list(range(len(val)))[ctx.rank::ctx.world], 1,
+                        settings.loader_workers, dev) if val else None
+    writer = None
+    if ctx.main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(folder / "tb"), purge_step=start)
-    data = BagDataset(train, settings.bag_size, train=True, seed=spec.seed)
+        writer = SummaryWriter(str(folder / "tb"), purge_step=start_epoch)
     labels_train = np.array([e.label for e in train])
     labels_val = np.array([e.label for e in val])
+
+    def checkpoint(epoch: int, step: int, outputs: list) -> None:
+        if ctx.main:
+            _save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                   "epoch": epoch, "step": step, "outputs": [list(o) for o in outputs],
+                   "best_key": list(best_key) if best_key is not None else None,
+                   "rng": _rng_state(dev)}, last)
+
     try:
-        for epoch in range(start, settings.epochs):
-            torch.manual_seed(spec.seed * 100003 + epoch)
-            generator = torch.Generator().manual_seed(spec.seed * 100003 + epoch)
-            data.set_epoch(epoch)
-            order = np.random.default_rng([spec.seed, epoch]).permutation(len(data))
-            model.train()
-            train_loss = 0.0
-            for i in order:
-                bag, label, _ = data[int(i)]
-                x = transform(bag.to(device), train=True, generator=generator).unsqueeze(0)
-                logit, _ = model(x)
-                loss = F.binary_cross_entropy_with_logits(logit, label.view(1).to(device))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                train_loss += loss.item() / len(order)
+        for epoch in range(start_epoch, settings.epochs):
+            step = start_step if epoch == start_epoch else 0
+            if rng is not None and epoch == start_epoch and ctx.main:
+                _set_rng_state(rng, dev)
+            else:
+                torch.manual_seed(_epoch_seed(spec.seed, epoch, ctx.rank, step))
+            if step == 0:
+                prior = []
+            sampler.set_epoch(epoch, step * bps)
+            steps_of = [-(-len(sampler.share(epoch, r)) // bps) for r in range(ctx.world)]
+            net.train()
+            if settings.batch_norm == "frozen":
+                freeze_batch_norm(net)
+            mine: list[tuple] = []
+            join = (Join([net]) if ctx.distributed
+                    else contextlib.nullcontext())
+            with join:
+                for bags, factors, labels, slides in train_loader:
+                    x = inputs(bags, factors if jitter else None)
+                    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                        logits, _ = net(x)
+                    logits = logits.float()
+                    losses = F.binary_cross_entropy_with_logits(
+                        logits, labels.to(dev), reduction="none")
+                    optimiser.zero_grad(set_to_none=True)
+                    scaler.scale(losses.mean()).backward()
+                    scaler.step(optimiser)
+                    scaler.update()
+                    mine += [(int(s), float(p), float(l)) for s, p, l in
+                             zip(slides, torch.sigmoid(logits.detach()), losses.detach())]
+                    step += 1
+                    every = settings.checkpoint_every
+                    if every and step % every == 0 and step < min(steps_of):
+                        prior += [o for part in ctx.gather(mine) for o in part]
+                        mine = []
+                        checkpoint(epoch, step, prior)
+                        if stop_after is not None and stop_after(epoch, step):
+                            return folder
             scheduler.step()
-            p_train, _ = predict_slides(model, train, transform, settings.eval_tiles, device)
+            outputs = prior + [o for part in ctx.gather(mine) for o in part]
+            seen = [s for s, _, _ in outputs]
+            p_train = np.zeros(len(train))
+            l_train = np.zeros(len(train))
+            for s, p, l in outputs:
+                p_train[s], l_train[s] = p, l
             threshold = youden_threshold(labels_train, p_train)
             row = {"epoch": epoch, "lr": optimiser.param_groups[0]["lr"],
-                   "train_loss": train_loss, "train_auc": auc(labels_train, p_train),
+                   "train_loss": float(l_train.mean()), "train_auc": auc(labels_train, p_train),
+                   "train_accuracy": accuracy(labels_train, p_train, threshold),
                    "threshold": threshold, "val_loss": float("nan"), "val_auc": float("nan"),
-                   "val_accuracy": float("nan")}
-            if val:
-                p_val, l_val = predict_slides(model, val, transform, settings.eval_tiles, device)
+                   "val_accuracy": float("nan"), "slides_seen": len(set(seen)),
+                   "bags": len(seen)}
+            ctx.broadcast_buffers(model)
+            if val_loader is not None:
+                res = evaluate(model, val_loader, inputs, ctx, amp)
+                p_val = np.array([res[i][0] for i in range(len(val))])
+                l_val = np.array([res[i][1] for i in range(len(val))])
                 row.update(val_loss=float(l_val.mean()), val_auc=auc(labels_val, p_val),
                            val_accuracy=accuracy(labels_val, p_val, threshold))
             rows.append(row)
-            for k, v in row.items():
-                if k != "epoch":
-                    writer.add_scalar(k.replace("_", "/", 1), v, epoch)
-            atomic_write_text(folder / "metrics.csv", pd.DataFrame(rows).to_csv(index=False))
             score = row["val_auc"] if not math.isnan(row["val_auc"]) else row["train_auc"]
             key = (score if not math.isnan(score) else -1.0,
                    -(row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]))
-            if best_key is None or key > best_key:
+            improved = best_key is None or key > best_key
+            if improved:
                 best_key = key
-                _save({"model": model.state_dict(), "epoch": epoch, "config": config}, folder / "best.pt")
-            _save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                   "scheduler": scheduler.state_dict(), "epoch": epoch,
-                   "best_key": list(best_key)}, last)
-            if stop_after is not None and stop_after(epoch):
+            if ctx.main:
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k.replace("_", "/", 1), v, epoch)
+                atomic_write_text(folder / "metrics.csv", pd.DataFrame(rows).to_csv(index=False))
+                if improved:
+                    _save({"model": model.state_dict(), "epoch": epoch, "metrics": row},
+                          folder / "best.pt")
+            checkpoint(epoch + 1, 0, [])
+            if stop_after is not None and stop_after(epoch, None):
                 return folder
-        atomic_write_json(folder / "done.json", {"epochs": settings.epochs,
-                                                 "best_val_auc": best_key[0] if best_key else None})
+        if ctx.main:
+            atomic_write_json(folder / "done.json", {
+                "epochs": settings.epochs, "best_val_auc": best_key[0] if best_key else None,
+                "best_epoch": int(torch.load(folder / "best.pt", weights_only=True)["epoch"])})
+        ctx.barrier()
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return folder
 
 

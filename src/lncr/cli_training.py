@@ -1,0 +1,99 @@
+"""``lncr train`` and ``lncr predict``: thin commands over :mod:`lncr.training`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lncr.cli_common import console, err_console, table
+
+
+def _weights(weights: Optional[Path], pretrained: bool, configured: bool):
+    if weights is not None:
+        if not weights.exists():
+            raise ValueError(f"--weights {weights}: no such file")
+        return weights
+    return "imagenet" if pretrained and configured else None
+
+
+def train(
+    study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
+    stain: Annotated[str, typer.Option(help="Stain to train on.")],
+    magnification: Annotated[str, typer.Option(help="Magnification, e.g. 20x.")],
+    architecture: Annotated[Optional[str], typer.Option(help="Backbone (default: training.architecture).")] = None,
+    bag_size: Annotated[Optional[int], typer.Option(help="Tiles per bag (default: training.bag_size).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (default: training.seed).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (a state dict of the backbone).")] = None,
+    pretrained: Annotated[bool, typer.Option(help="ImageNet weights (--no-pretrained: random initialisation).")] = True,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. training.epochs=20.")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Restart even a finished or started run.")] = False,
+) -> None:
+    """Train one attention-MIL model for a stain and magnification (resumes if interrupted).
+
+    On several GPUs: torchrun --nproc-per-node K -m lncr train STUDY --stain HE ...
+    """
+    import pandas as pd
+
+    from lncr.models.backbones import WeightsUnavailable
+    from lncr.training.distributed import setup, teardown
+    from lncr.training.loop import RunSpec, study_entries, train_run
+
+    ctx = None
+    try:
+        ctx = setup(device)
+        cfg, entries = study_entries(study_yaml, stain, magnification, set_)
+        t = cfg.training
+        spec = RunSpec(stain, magnification, architecture or t.architecture,
+                       bag_size or t.bag_size, t.seed if seed is None else seed)
+        w = _weights(weights, pretrained, t.pretrained)
+        source = {"study": str(Path(study_yaml).resolve()), "overrides": list(set_ or [])}
+        folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
+                           weights=w, device=ctx, force=force, source=source)
+    except (ValueError, WeightsUnavailable) as exc:
+        err_console.print(f"[red]ERROR {exc}[/red]")
+        raise typer.Exit(1) from exc
+    finally:
+        if ctx is not None:
+            teardown(ctx)
+    if ctx.main:
+        metrics = pd.read_csv(folder / "metrics.csv")
+        last = metrics.iloc[-1]
+        console.print(f"Run {folder}: {len(metrics)} epochs; last epoch train AUC "
+                      f"{last.train_auc:.3f}, validation AUC {last.val_auc:.3f}, best "
+                      f"validation AUC {metrics.val_auc.max():.3f}")
+
+
+def predict(
+    run: Annotated[Path, typer.Argument(help="A run folder (<output_dir>/runs/<stain>/<mag>/<run>).")],
+    cohort: Annotated[str, typer.Option(help="development, external or all.")] = "all",
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    tiles: Annotated[str, typer.Option(help="eval (up to eval_tiles per slide) or all (every tile, in chunks).")] = "eval",
+    chunk_size: Annotated[Optional[int], typer.Option(help="Tiles per chunk with --tiles all (default: eval_tiles).")] = None,
+    study: Annotated[Optional[Path], typer.Option(help="Study file (default: the one the run recorded).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of the study.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+) -> None:
+    """Predict P(complete response) for every slide of a cohort with a trained run."""
+    from lncr.training.metrics import auc
+    from lncr.training.predict import predict_run
+
+    if checkpoint not in ("best", "last"):
+        err_console.print(f"[red]ERROR --checkpoint {checkpoint!r}: use best or last[/red]")
+        raise typer.Exit(1)
+    try:
+        rows = predict_run(run, cohort, checkpoint, tiles, chunk_size, study, set_, device,
+                           workers)
+    except ValueError as exc:
+        err_console.print(f"[red]ERROR {exc}[/red]")
+        raise typer.Exit(1) from exc
+    summary = []
+    for split, part in rows.groupby("split", sort=False):
+        both = part.label.nunique() == 2
+        summary.append((split, len(part), int(part.tiles_used.sum()),
+                        f"{auc(part.label, part.probability):.3f}" if both else "-"))
+    console.print(table("Predictions", ["split", "slides", "tiles", "AUC"], summary))
+    console.print(f"Written: {Path(run) / 'predictions' / f'{cohort}-{checkpoint}-{tiles}.csv'}")

@@ -1,0 +1,1 @@
+"""Evaluation: ROC statistics with confidence intervals and paired tests."""

@@ -1,0 +1,135 @@
+"""Apply a trained run to a cohort: one probability of complete response per slide.
+
+``tiles="eval"`` predicts on the evaluation set of each slide (up to ``eval_tiles`` tiles
+spread evenly over the store — what validation used during training). ``tiles="all"`` uses
+every tile: a slide's ``n`` tiles are dealt into ``k = ceil(n / chunk_size)`` interleaved
+chunks (chunk ``c`` holds tiles ``c, c+k, c+2k, …``, so each chunk spreads over the whole
+slide like an evaluation bag), each chunk is one bag through the model, and the slide's
+probability is the mean of its chunks' probabilities. Chunks bound memory (the transformer
+is quadratic in the bag length) and keep bags the size the model saw in validation.
+
+Predictions are written to ``<run>/predictions/<cohort>-<checkpoint>-<tiles>.csv`` with a
+``.json`` record of the settings and versions; the same inputs give the same file on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.study.config import TrainingSettings
+from lncr.training.bags import BagDataset, SlideEntry
+from lncr.training.distributed import Context, resolve_device
+from lncr.training.inputs import DeviceInput, InputGeometry
+from lncr.training.loop import build_model, evaluate, loader, study_entries, versions
+
+COHORTS = ("development", "external", "all")
+
+
+class ChunkDataset(BagDataset):
+    """Every tile of each slide, as interleaved chunks: keys ``(slide, chunk, chunks)``."""
+
+    def __getitem__(self, key):
+        slide, chunk, chunks = key
+        indices = np.arange(self.entries[slide].n_tiles)[chunk::chunks]
+        return self.bag(slide, indices, epoch=0)
+
+
+def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu"):
+    """The model of a run's checkpoint (``best`` or ``last``), its config and input pipeline."""
+    folder = Path(folder)
+    path = folder / f"{checkpoint}.pt"
+    if not (folder / "config.json").exists():
+        raise ValueError(f"{folder} is not a run folder (no config.json): give a folder under "
+                         "<output_dir>/runs/<stain>/<mag>/")
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: the run has not finished an epoch yet "
+                         "(train it first, or use --checkpoint last)")
+    config = json.loads((folder / "config.json").read_text())
+    settings = TrainingSettings(**config["settings"])
+    dev = resolve_device(device)
+    model = build_model(settings, weights=None).to(dev)
+    state = torch.load(path, map_location=dev, weights_only=True)
+    model.load_state_dict(state["model"])
+    model.eval()
+    inputs = DeviceInput(InputGeometry(**config["geometry"]), config["channel_mean"],
+                         config["channel_std"], dev)
+    return model, config, inputs, int(state["epoch"])
+
+
+def select(entries: list[SlideEntry], cohort: str) -> list[SlideEntry]:
+    if cohort not in COHORTS:
+        raise ValueError(f"--cohort {cohort!r}: use one of {', '.join(COHORTS)}")
+    if cohort == "development":
+        return [e for e in entries if e.split in ("train", "val")]
+    if cohort == "external":
+        return [e for e in entries if e.split == "external"]
+    return list(entries)
+
+
+def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best",
+                tiles: str = "eval", chunk_size: int | None = None,
+                study: str | Path | None = None, overrides: list[str] | None = None,
+                device: str = "cpu", workers: int = 0, write: bool = True) -> pd.DataFrame:
+    """One row per slide of ``cohort``: patient, stain, magnification, cohort, split, label,
+    probability, tiles used, chunks, run, checkpoint, epoch."""
+    folder = Path(folder)
+    model, config, inputs, epoch = load_run(folder, checkpoint, device)
+    settings = TrainingSettings(**config["settings"])
+    source = config.get("source") or {}
+    study = study or source.get("study")
+    if study is None:
+        raise ValueError(f"{folder} does not record its study; give the study file (--study)")
+    if tiles not in ("eval", "all"):
+        raise ValueError(f"--tiles {tiles!r}: use eval or all")
+    spec = config["spec"]
+    _, entries = study_entries(study, spec["stain"], spec["magnification"],
+                               list(source.get("overrides") or []) + list(overrides or []))
+    entries = select(entries, cohort)
+    if not entries:
+        raise ValueError(f"no {cohort} slides with {spec['stain']} {spec['magnification']} "
+                         "tiles in this study")
+    crop = config["geometry"]["crop"]
+    chunk = chunk_size or settings.eval_tiles
+    ctx = Context(device=inputs.device)
+    if tiles == "eval":
+        ds = BagDataset(entries, 1, train=False, eval_tiles=settings.eval_tiles, crop=crop)
+        keys = list(range(len(entries)))
+        used = [min(e.n_tiles, settings.eval_tiles) for e in entries]
+        n_chunks = [1] * len(entries)
+    else:
+        ds = ChunkDataset(entries, 1, train=False, crop=crop)
+        n_chunks = [math.ceil(e.n_tiles / chunk) for e in entries]
+        keys = [(i, c, k) for i, k in enumerate(n_chunks) for c in range(k)]
+        used = [e.n_tiles for e in entries]
+    # evaluate() keys results by slide; chunks of one slide are averaged here.
+    probs: dict[int, list[float]] = {}
+    batches = loader(ds, keys, 1, workers, inputs.device)
+    for bag in batches:
+        res = evaluate(model, [bag], inputs, ctx, None)
+        for slide, (p, _) in res.items():
+            probs.setdefault(slide, []).append(p)
+    rows = [{"patient_id": e.patient_id, "stain": e.stain, "magnification": e.magnification,
+             "cohort": "external" if e.split == "external" else "development",
+             "split": e.split, "label": e.label,
+             "probability": float(np.mean(probs[i])), "tiles_used": used[i],
+             "chunks": n_chunks[i], "run": folder.name, "checkpoint": checkpoint,
+             "epoch": epoch} for i, e in enumerate(entries)]
+    table = pd.DataFrame(rows)
+    if write:
+        name = f"{cohort}-{checkpoint}-{tiles}"
+        out = folder / "predictions"
+        out.mkdir(exist_ok=True)
+        atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
+        atomic_write_json(out / f"{name}.json", {
+            "run": str(folder), "cohort": cohort, "checkpoint": checkpoint, "epoch": epoch,
+            "tiles": tiles, "chunk_size": chunk if tiles == "all" else None,
+            "eval_tiles": settings.eval_tiles, "study": str(study),
+            "overrides": list(overrides or []), "versions": versions()})
+    return table
