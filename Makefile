@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/lncr demo demo-output
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=12
 
 bench: $(STAMP)
 	$(BIN)/python bench/synth.py
