@@ -71,7 +71,8 @@ class DescribeSynthCommand:
 class DescribeDemoCommand:
     def it_runs_every_implemented_stage_and_says_what_is_missing(self, tmp_path):
         result = runner.invoke(app, ["demo", str(tmp_path), "--patients", "4", "--external", "2",
-                                     "--size", "small", "--tile-size", "128", "--workers", "2"])
+                                     "--size", "small", "--tile-size", "128", "--workers", "2",
+                                     "--epochs", "2"])
         assert result.exit_code == 0, result.output
         assert (tmp_path / "study" / "lncr-output" / "study" / "split.csv").exists()
         index = tmp_path / "study" / "lncr-output" / "tiles" / "index.csv"

@@ -238,6 +238,7 @@ def demo(
     external: Annotated[int, typer.Option(help="External patients of the phantom.")] = 8,
     size: Annotated[str, typer.Option(help="Phantom slide size (see lncr synth).")] = "demo",
     tile_size: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the demo's model.")] = 20,
 ) -> None:
     """Run every implemented stage on the built-in phantom (synth → validate → tile → train)."""
     from lncr.synth.cohort import SynthError, SynthSettings
@@ -284,7 +285,8 @@ def demo(
     from lncr.training.predict import predict_run
 
     try:
-        overrides = tiling + DEMO_TRAINING
+        overrides = tiling + DEMO_TRAINING + [f"training.epochs={epochs}",
+                                              f"training.warmup_epochs={min(2, epochs - 1)}"]
         cfg, entries = study_entries(result.study, "HE", "10x", overrides)
         spec = RunSpec("HE", "10x", cfg.training.architecture, cfg.training.bag_size, 0)
         folder = train_run(spec, entries, cfg.training, cfg.output_dir / "runs",
