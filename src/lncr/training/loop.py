@@ -143,8 +143,9 @@ def _save(obj, path: Path) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches, inputs: DeviceInput, ctx: Context,
-             amp: torch.dtype | None) -> dict[int, tuple[float, float]]:
-    """Probability and loss per slide over this rank's ``batches``, gathered from all ranks."""
+             amp: torch.dtype | None) -> list[tuple[int, float, float]]:
+    """(slide, probability, loss) per bag of this rank's ``batches``, gathered from all
+    ranks."""
     was_training = model.training
     model.eval()
     mine = []
@@ -157,7 +158,7 @@ def evaluate(model: torch.nn.Module, batches, inputs: DeviceInput, ctx: Context,
         mine += [(int(s), float(p), float(l))
                  for s, p, l in zip(slides, torch.sigmoid(logits), losses)]
     model.train(was_training)
-    return {s: (p, l) for part in ctx.gather(mine) for s, p, l in part}
+    return [row for part in ctx.gather(mine) for row in part]
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -209,7 +210,11 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
             for name in ("last.pt", "best.pt", "done.json", "metrics.csv"):
                 (folder / name).unlink(missing_ok=True)
     ctx.barrier()
-    stats = preset_stats(settings.channel_stats, spec.stain) or channel_stats(train)
+    old = json.loads((folder / "config.json").read_text()) if last.exists() else None
+    if old is not None:  # a resumed run keeps the statistics it started with
+        stats = old["channel_mean"], old["channel_std"]
+    else:
+        stats = preset_stats(settings.channel_stats, spec.stain) or channel_stats(train)
     amp = autocast_dtype(settings.precision, dev)
     config = {"spec": asdict(spec), "settings": settings.model_dump(mode="json"),
               "tile_size": tile_size, "geometry": asdict(geometry),
@@ -218,8 +223,7 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
               "device": dev.type, "world_size": ctx.world,
               "weights": str(weights) if weights is not None else None,
               "source": source, "versions": versions()}
-    if last.exists():
-        old = json.loads((folder / "config.json").read_text())
+    if old is not None:
 
         def key(c: dict) -> dict:
             s = {k: v for k, v in c["settings"].items() if k not in NEUTRAL_SETTINGS}
@@ -337,7 +341,7 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
                    "bags": len(seen)}
             ctx.broadcast_buffers(model)
             if val_loader is not None:
-                res = evaluate(model, val_loader, inputs, ctx, amp)
+                res = {s: (p, l) for s, p, l in evaluate(model, val_loader, inputs, ctx, amp)}
                 p_val = np.array([res[i][0] for i in range(len(val))])
                 l_val = np.array([res[i][1] for i in range(len(val))])
                 row.update(val_loss=float(l_val.mean()), val_auc=auc(labels_val, p_val),

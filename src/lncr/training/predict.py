@@ -108,13 +108,10 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
         n_chunks = [math.ceil(e.n_tiles / chunk) for e in entries]
         keys = [(i, c, k) for i, k in enumerate(n_chunks) for c in range(k)]
         used = [e.n_tiles for e in entries]
-    # evaluate() keys results by slide; chunks of one slide are averaged here.
-    probs: dict[int, list[float]] = {}
-    batches = loader(ds, keys, 1, workers, inputs.device)
-    for bag in batches:
-        res = evaluate(model, [bag], inputs, ctx, None)
-        for slide, (p, _) in res.items():
-            probs.setdefault(slide, []).append(p)
+    probs: dict[int, list[float]] = {}  # the chunks of a slide are averaged
+    for slide, p, _ in evaluate(model, loader(ds, keys, 1, workers, inputs.device), inputs,
+                                ctx, None):
+        probs.setdefault(slide, []).append(p)
     rows = [{"patient_id": e.patient_id, "stain": e.stain, "magnification": e.magnification,
              "cohort": "external" if e.split == "external" else "development",
              "split": e.split, "label": e.label,
