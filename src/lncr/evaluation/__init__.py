@@ -1,1 +1,2 @@
-"""Evaluation: ROC statistics with confidence intervals and paired tests."""
+"""Evaluation: the published ensembles, ROC statistics with confidence intervals and paired
+tests, and metrics at a threshold fixed on development data."""
