@@ -5,7 +5,6 @@ Resize 299 scaled to 128-px tiles, SGD replaced by Adam for a from-scratch start
 
 from __future__ import annotations
 
-import pytest
 from typer.testing import CliRunner
 
 from lncr.cli import app
