@@ -106,6 +106,12 @@ class DescribePredictCommand:
         pd.testing.assert_frame_equal(a, b)
         assert set(a.cohort) == {"development", "external"}
 
+    def it_names_an_unknown_cohort_or_tile_choice(self, run):
+        bad_cohort = CliRunner().invoke(app, ["predict", str(run), "--cohort", "test"])
+        assert bad_cohort.exit_code == 1 and "development, external, all" in bad_cohort.output
+        bad_tiles = CliRunner().invoke(app, ["predict", str(run), "--tiles", "some"])
+        assert bad_tiles.exit_code == 1 and "use eval or all" in bad_tiles.output
+
     def it_explains_a_folder_that_is_not_a_run(self, tmp_path):
         result = CliRunner().invoke(app, ["predict", str(tmp_path)])
         assert result.exit_code == 1 and "not a run folder" in result.output

@@ -85,6 +85,17 @@ class DescribeTrainRun:
         assert config["geometry"] == {"crop": 96, "size": 64}
         assert config["precision"] == "fp32" and config["versions"]["torch"] == torch.__version__
 
+    def it_steps_on_several_bags_with_batch_statistics(self, entries, tmp_path):
+        spec = RunSpec("PAS", "10x", "resnet18", 4, 6)
+        settings = SMALL.model_copy(update={"epochs": 1, "bags_per_step": 2,
+                                            "batch_norm": "train"})
+        folder = train_run(spec, entries, settings, tmp_path, 128)
+        metrics = pd.read_csv(folder / "metrics.csv")
+        n_train = sum(e.split == "train" for e in entries)
+        assert metrics.bags.iloc[0] == metrics.slides_seen.iloc[0] == n_train
+        bn = {k: v for k, v in weights_of(folder).items() if k.endswith("bn1.running_mean")}
+        assert any(v.abs().sum() > 0 for v in bn.values())  # batch statistics were tracked
+
     def it_skips_a_finished_run(self, entries, tmp_path):
         spec = RunSpec("PAS", "10x", "resnet18", 4, 2)
         folder = train_run(spec, entries, SMALL.model_copy(update={"epochs": 1}), tmp_path, 128)
