@@ -111,6 +111,8 @@ class DescribePredictCommand:
         assert bad_cohort.exit_code == 1 and "development, external, all" in bad_cohort.output
         bad_tiles = CliRunner().invoke(app, ["predict", str(run), "--tiles", "some"])
         assert bad_tiles.exit_code == 1 and "use eval or all" in bad_tiles.output
+        bad_checkpoint = CliRunner().invoke(app, ["predict", str(run), "--checkpoint", "config"])
+        assert bad_checkpoint.exit_code == 1 and "use best or last" in bad_checkpoint.output
 
     def it_explains_a_folder_that_is_not_a_run(self, tmp_path):
         result = CliRunner().invoke(app, ["predict", str(tmp_path)])

@@ -282,7 +282,7 @@ def demo(
 
     from lncr.training.loop import RunSpec, study_entries, train_run
     from lncr.training.metrics import auc
-    from lncr.training.predict import predict_run
+    from lncr.training.predict import prediction_path, predict_run
 
     try:
         overrides = tiling + DEMO_TRAINING + [f"training.epochs={epochs}",
@@ -305,7 +305,7 @@ def demo(
     if external.label.nunique() == 2:
         console.print(f"External cohort ({len(external)} patients, best checkpoint): AUC "
                       f"{auc(external.label, external.probability):.2f} "
-                      f"({folder / 'predictions' / 'external-best-eval.csv'})")
+                      f"({prediction_path(folder, 'external', 'best', 'eval')})")
     console.print(_table("Demo stages", ["stage", "seconds"],
                          [(name, f"{sec:.1f}") for name, sec in timings]))
     console.print(f"Phantom study: {result.study}")

@@ -79,11 +79,8 @@ def predict(
 ) -> None:
     """Predict P(complete response) for every slide of a cohort with a trained run."""
     from lncr.training.metrics import auc
-    from lncr.training.predict import predict_run
+    from lncr.training.predict import prediction_path, predict_run
 
-    if checkpoint not in ("best", "last"):
-        err_console.print(f"[red]ERROR --checkpoint {checkpoint!r}: use best or last[/red]")
-        raise typer.Exit(1)
     try:
         rows = predict_run(run, cohort, checkpoint, tiles, chunk_size, study, set_, device,
                            workers)
@@ -96,4 +93,4 @@ def predict(
         summary.append((split, len(part), int(part.tiles_used.sum()),
                         f"{auc(part.label, part.probability):.3f}" if both else "-"))
     console.print(table("Predictions", ["split", "slides", "tiles", "AUC"], summary))
-    console.print(f"Written: {Path(run) / 'predictions' / f'{cohort}-{checkpoint}-{tiles}.csv'}")
+    console.print(f"Written: {prediction_path(run, cohort, checkpoint, tiles)}")

@@ -30,6 +30,13 @@ from lncr.training.inputs import DeviceInput, InputGeometry
 from lncr.training.loop import build_model, evaluate, loader, study_entries, versions
 
 COHORTS = ("development", "external", "all")
+CHECKPOINTS = ("best", "last")
+TILE_CHOICES = ("eval", "all")
+
+
+def prediction_path(folder: str | Path, cohort: str, checkpoint: str, tiles: str) -> Path:
+    """Where :func:`predict_run` writes its table (the ``.json`` record sits beside it)."""
+    return Path(folder) / "predictions" / f"{cohort}-{checkpoint}-{tiles}.csv"
 
 
 class ChunkDataset(BagDataset):
@@ -44,6 +51,8 @@ class ChunkDataset(BagDataset):
 def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu"):
     """The model of a run's checkpoint (``best`` or ``last``), its config and input pipeline."""
     folder = Path(folder)
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"--checkpoint {checkpoint!r}: use best or last")
     path = folder / f"{checkpoint}.pt"
     if not (folder / "config.json").exists():
         raise ValueError(f"{folder} is not a run folder (no config.json): give a folder under "
@@ -80,14 +89,14 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
     """One row per slide of ``cohort``: patient, stain, magnification, cohort, split, label,
     probability, tiles used, chunks, run, checkpoint, epoch."""
     folder = Path(folder)
+    if tiles not in TILE_CHOICES:
+        raise ValueError(f"--tiles {tiles!r}: use eval or all")
     model, config, inputs, epoch = load_run(folder, checkpoint, device)
     settings = TrainingSettings(**config["settings"])
     source = config.get("source") or {}
     study = study or source.get("study")
     if study is None:
         raise ValueError(f"{folder} does not record its study; give the study file (--study)")
-    if tiles not in ("eval", "all"):
-        raise ValueError(f"--tiles {tiles!r}: use eval or all")
     spec = config["spec"]
     _, entries = study_entries(study, spec["stain"], spec["magnification"],
                                list(source.get("overrides") or []) + list(overrides or []))
@@ -120,11 +129,10 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
              "epoch": epoch} for i, e in enumerate(entries)]
     table = pd.DataFrame(rows)
     if write:
-        name = f"{cohort}-{checkpoint}-{tiles}"
-        out = folder / "predictions"
-        out.mkdir(exist_ok=True)
-        atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
-        atomic_write_json(out / f"{name}.json", {
+        out = prediction_path(folder, cohort, checkpoint, tiles)
+        out.parent.mkdir(exist_ok=True)
+        atomic_write_text(out, table.to_csv(index=False))
+        atomic_write_json(out.with_suffix(".json"), {
             "run": str(folder), "cohort": cohort, "checkpoint": checkpoint, "epoch": epoch,
             "tiles": tiles, "chunk_size": chunk if tiles == "all" else None,
             "eval_tiles": settings.eval_tiles, "study": str(study),
