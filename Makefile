@@ -9,7 +9,7 @@ STAMP := $(VENV)/.lncr-installed
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=23.2"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,demo]'
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt staintools spams-bin
 	@touch $(STAMP)
 

@@ -69,20 +69,27 @@ class DescribeSynthCommand:
 
 
 class DescribeDemoCommand:
-    def it_runs_every_implemented_stage_and_says_what_is_missing(self, tmp_path):
-        result = runner.invoke(app, ["demo", str(tmp_path), "--patients", "4", "--external", "2",
-                                     "--size", "small", "--tile-size", "128", "--workers", "2",
-                                     "--epochs", "2"])
+    def it_runs_the_pipeline_through_evaluation_and_prints_the_external_aucs(self, tmp_path):
+        quick = ["magnification.powers=[10, 20]", "sweep.bag_sizes=[2]", "sweep.repeats=1",
+                 "sweep.stains=[HE, PAS]", "sweep.epochs=1", "training.eval_tiles=4",
+                 "training.input_size=128", "evaluation.bootstrap_resamples=200"]
+        result = runner.invoke(app, ["demo", str(tmp_path), "--patients", "4", "--external",
+                                     "2", "--workers", "2", "--epochs", "1"]
+                               + [a for s in quick for a in ("--set", s)])
         assert result.exit_code == 0, result.output
-        assert (tmp_path / "study" / "lncr-output" / "study" / "split.csv").exists()
-        index = tmp_path / "study" / "lncr-output" / "tiles" / "index.csv"
-        assert index.exists() and "Tiles:" in result.output
-        runs = tmp_path / "study" / "lncr-output" / "runs" / "HE" / "10x"
-        assert (runs / "resnet18-b8-s0" / "done.json").exists()
-        predictions = runs / "resnet18-b8-s0" / "predictions" / "external-best-eval.csv"
-        assert len(pd.read_csv(predictions)) == 2  # one row per external slide
-        assert "validation AUC" in result.output
-        assert "not implemented yet" in result.output
+        out = tmp_path / "study" / "lncr-output"
+        assert (out / "study" / "split.csv").exists() and "Tiles:" in result.output
+        units = pd.read_csv(out / "sweep" / "units.csv")
+        assert len(units) == 4 and (units.status == "done").all()  # 2 stains × 2 backbones
+        lite0 = out / "sweep" / "runs" / "HE" / "10x" / "timm-tf_efficientnet_lite0-b2-s0"
+        assert "tf_efficientnet_lite0.pth" in (lite0 / "config.json").read_text()  # pretrained
+        models = pd.read_csv(out / "final" / "models.csv")
+        assert len(models) == 4 and (models.status == "done").all()
+        multi = pd.read_csv(out / "predictions" / "multi_stain.csv")
+        assert len(multi) == 6 and set(multi.stains_used) == {"HE+PAS"}
+        assert (out / "evaluation" / "roc-external.png").exists()
+        assert "External cohort, multi-stain ensemble: AUC" in result.output
+        assert "Not implemented yet" in result.output
 
 
 class DescribeTileCommands:

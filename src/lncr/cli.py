@@ -11,6 +11,7 @@ import typer
 from lncr import __version__
 from lncr.cli_common import console, err_console
 from lncr.cli_common import table as _table
+from lncr.cli_sweep import evaluate, sweep
 from lncr.cli_training import predict, train
 
 if TYPE_CHECKING:
@@ -39,14 +40,22 @@ def main(
     """lncr: the published multi-stain, multi-magnification attention-MIL method, as software."""
 
 
-#: Settings the demo overrides for a quick CPU run.
-DEMO_TILING = ["tiling.encoding=jpeg"]
-DEMO_TRAINING = ["training.architecture=resnet18", "training.pretrained=false",
-                 "training.bag_size=8", "training.epochs=20", "training.warmup_epochs=2",
-                 "training.optimiser=adam", "training.learning_rate=0.001",
-                 "training.input_size=75", "training.embedding_dim=32",
-                 "training.transformer_heads=4", "training.feedforward_dim=64",
-                 "training.eval_tiles=32"]
+#: Settings the demo overrides for a quick CPU run: small JPEG tiles, a reduced sweep of two
+#: backbones (EfficientNet-Lite0 with the packaged ImageNet weights, frozen; ResNet-18 from
+#: scratch) × two bag sizes × two repeats at 10x, short sweep units, final models at 10x, 20x
+#: and 40x. ``training.input_size`` is given for 512-px tiles and scaled with the tile size
+#: (384 → 96 px on 128-px tiles).
+DEMO_TILING = ["tiling.encoding=jpeg", "tiling.tile_size=128", "split.val_fraction=0.25"]
+DEMO_TRAINING = ["training.pretrained=false", "training.backbone_lr_factor=0",
+                 "training.channel_stats=imagenet", "training.epochs=8",
+                 "training.warmup_epochs=1", "training.optimiser=adam",
+                 "training.learning_rate=0.001", "training.input_size=384",
+                 "training.embedding_dim=32", "training.transformer_heads=4",
+                 "training.feedforward_dim=64", "training.eval_tiles=32",
+                 "training.loader_workers=0"]
+DEMO_SWEEP = ["sweep.architectures=[timm:tf_efficientnet_lite0, resnet18]",
+              "sweep.bag_sizes=[4, 8]", "sweep.repeats=2", "sweep.magnifications=[10x]",
+              "sweep.epochs=4"]
 
 
 def _default_workers() -> int:
@@ -204,6 +213,8 @@ def tile(
 
 app.command()(train)
 app.command()(predict)
+app.command()(sweep)
+app.command()(evaluate)
 
 
 tiles_app = typer.Typer(help="Work with tile stores.", no_args_is_help=True)
@@ -234,13 +245,15 @@ def tiles_export(
 def demo(
     out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes.")] = Path("demo-output"),
     workers: Annotated[int, typer.Option(help="Processes to use.")] = 0,
-    patients: Annotated[int, typer.Option(help="Development patients of the phantom.")] = 16,
-    external: Annotated[int, typer.Option(help="External patients of the phantom.")] = 8,
-    size: Annotated[str, typer.Option(help="Phantom slide size (see lncr synth).")] = "demo",
-    tile_size: Annotated[int, typer.Option(help="Tile size in pixels.")] = 512,
-    epochs: Annotated[int, typer.Option(help="Training epochs of the demo's model.")] = 20,
+    patients: Annotated[int, typer.Option(help="Development patients of the phantom.")] = 32,
+    external: Annotated[int, typer.Option(help="External patients of the phantom.")] = 16,
+    size: Annotated[str, typer.Option(help="Phantom slide size (see lncr synth).")] = "small",
+    signal: Annotated[float, typer.Option(help="Strength of the phantom's lesion–outcome link (0–1.9).")] = 1.9,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the final models.")] = 8,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one of the demo's settings, e.g. sweep.repeats=1.")] = None,
 ) -> None:
-    """Run every implemented stage on the built-in phantom (synth → validate → tile → train)."""
+    """Run the method end to end on the built-in phantom: synth → validate → tile → sweep
+    (reduced grid) → final models → predict (ensembles) → evaluate."""
     from lncr.synth.cohort import SynthError, SynthSettings
     from lncr.study.validate import load_study, save_study_record
 
@@ -248,14 +261,16 @@ def demo(
     timings: list[tuple[str, float]] = []
     t0 = time.perf_counter()
     try:
-        settings = SynthSettings(patients=patients, external=external, seed=0, size=size)
+        settings = SynthSettings(patients=patients, external=external, seed=0, size=size,
+                                 signal=signal)
         result = _run_synth(out / "study", settings, workers, force=False)
     except SynthError as exc:
         err_console.print(f"[red]ERROR {exc}[/red]")
         raise typer.Exit(2) from exc
     timings.append(("synth", time.perf_counter() - t0))
     t0 = time.perf_counter()
-    study = load_study(result.study, workers=workers)
+    tiling = DEMO_TILING + list(set_ or [])
+    study = load_study(result.study, tiling, workers=workers)
     _print_study(study)
     if not study.ok:
         err_console.print("[red]The phantom study failed validation; this is a bug.[/red]")
@@ -265,8 +280,7 @@ def demo(
     t0 = time.perf_counter()
     from lncr.tiling.run import summarise, tile_study
 
-    # JPEG tile stores keep the CPU demo quick; PNG (lossless) is the default for real studies.
-    tiling = DEMO_TILING + [f"tiling.tile_size={tile_size}"]
+    # Small JPEG tiles keep the CPU demo quick; PNG (lossless) is the default for real studies.
     report = tile_study(result.study, tiling, workers=workers)
     timings.append(("tile", time.perf_counter() - t0))
     if report.failed:
@@ -277,42 +291,60 @@ def demo(
     console.print(f"Tiles: {int(summary.tiles.sum())} kept over "
                   f"{len(report.results)} slide × magnification units "
                   f"(see {report.folder / 'qc'} for QC thumbnails)")
-    t0 = time.perf_counter()
-    import pandas as pd
-
-    from lncr.training.loop import RunSpec, study_entries, train_run
-    from lncr.training.metrics import auc
-    from lncr.training.predict import prediction_path, predict_run
-
-    try:
-        overrides = tiling + DEMO_TRAINING + [f"training.epochs={epochs}",
-                                              f"training.warmup_epochs={min(2, epochs - 1)}"]
-        cfg, entries = study_entries(result.study, "HE", "10x", overrides)
-        spec = RunSpec("HE", "10x", cfg.training.architecture, cfg.training.bag_size, 0)
-        folder = train_run(spec, entries, cfg.training, cfg.output_dir / "runs",
-                           cfg.tiling.tile_size, device="auto",
-                           source={"study": str(result.study.resolve()), "overrides": overrides})
-        external = predict_run(folder, "external", device="auto")
-    except ValueError as exc:
-        err_console.print(f"[red]ERROR training on the phantom failed: {exc}[/red]")
-        raise typer.Exit(1) from exc
-    timings.append(("train + predict (HE 10x)", time.perf_counter() - t0))
-    metrics = pd.read_csv(folder / "metrics.csv")
-    console.print(f"Trained {folder}: validation AUC {metrics.val_auc.iloc[-1]:.2f} after "
-                  f"{len(metrics)} epochs (best {metrics.val_auc.max():.2f}; "
-                  f"{int((pd.read_csv(folder / 'split.csv').split == 'val').sum())} validation "
-                  "patients)")
-    if external.label.nunique() == 2:
-        console.print(f"External cohort ({len(external)} patients, best checkpoint): AUC "
-                      f"{auc(external.label, external.probability):.2f} "
-                      f"({prediction_path(folder, 'external', 'best', 'eval')})")
+    _demo_models(result.study, workers, epochs, list(set_ or []), timings)
     console.print(_table("Demo stages", ["stage", "seconds"],
                          [(name, f"{sec:.1f}") for name, sec in timings]))
     console.print(f"Phantom study: {result.study}")
-    console.print("Implemented so far: synth, validate, tile, one training run and its "
-                  "predictions. The sweep, "
-                  "ensembles, evaluation, explanation and the report are not implemented yet; "
-                  "the demo will run them as they land.")
+    console.print("Not implemented yet: explanations (Grad-CAM, heatmaps, DCCS) and the HTML "
+                  "report; the demo will run them as they land.")
+
+
+def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
+                 timings: list[tuple[str, float]]) -> None:
+    """The demo's sweep, final models, ensemble predictions and evaluation."""
+    from lncr.evaluation.evaluate import evaluate_study
+    from lncr.evaluation.final_predictions import predict_final
+    from lncr.models.weights import ARCHITECTURE, lite0_weights
+    from lncr.sweep.run import run_sweep
+
+    t0 = time.perf_counter()
+    weights = lite0_weights(study_yaml.parent / "weights" / "tf_efficientnet_lite0.pth")
+    overrides = (DEMO_TILING + DEMO_TRAINING + DEMO_SWEEP
+                 + [f"training.epochs={epochs}",
+                    f"sweep.weights={{'{ARCHITECTURE}': '{weights}'}}"] + extra)
+
+    def progress(row: dict) -> None:
+        if row["status"] == "failed":
+            err_console.print(f"[red]unit failed[/red] {row['stain']} {row['magnification']} "
+                              f"{row['architecture']}: {row['error']}")
+
+    try:
+        sweep = run_sweep(study_yaml, overrides, executor="local", workers=workers,
+                          device="auto", progress=progress)
+        timings.append(("sweep + final models", time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        predict_final(study_yaml, overrides, device="auto")
+        timings.append(("predict (ensembles)", time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        result = evaluate_study(study_yaml, overrides)
+        timings.append(("evaluate", time.perf_counter() - t0))
+    except ValueError as exc:
+        err_console.print(f"[red]ERROR the demo's models failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    sel = sweep.selection
+    console.print(f"Sweep: {len(sweep.units)} units; selected "
+                  + ", ".join(f"{s} {a}" for s, a in sel["architectures"].items())
+                  + f"; bag size {sel['bag_size']} ({sweep.folder / 'selection.json'})")
+    m = result.metrics
+    rows = [(r.cohort, r.model, str(r.patients), f"{r.auc:.2f}",
+             f"{r.delong_ci_low:.2f}–{r.delong_ci_high:.2f}")
+            for r in m[m.kind != "single model"].itertuples()]
+    console.print(_table("Ensemble AUCs (95% CI, DeLong)", ["cohort", "model", "patients", "AUC",
+                                                           "CI"], rows))
+    ext = m[(m.cohort == "external") & (m.model == "multi-stain")].iloc[0]
+    console.print(f"External cohort, multi-stain ensemble: AUC {ext.auc:.2f} "
+                  f"({ext.delong_ci_low:.2f}–{ext.delong_ci_high:.2f}); evaluation in "
+                  f"{result.folder}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,22 +67,26 @@ def train(
 
 
 def predict(
-    run: Annotated[Path, typer.Argument(help="A run folder (<output_dir>/runs/<stain>/<mag>/<run>).")],
-    cohort: Annotated[str, typer.Option(help="development, external or all.")] = "all",
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
-    tiles: Annotated[str, typer.Option(help="eval (up to eval_tiles per slide) or all (every tile, in chunks).")] = "eval",
+    target: Annotated[Path, typer.Argument(help="A study YAML (every final model, with the ensembles) or one run folder (<output_dir>/runs/<stain>/<mag>/<run>).")],
+    cohort: Annotated[str, typer.Option(help="Run folder only: development, external or all.")] = "all",
+    checkpoint: Annotated[str, typer.Option(help="Run folder only: best or last (study: evaluation.checkpoint).")] = "best",
+    tiles: Annotated[str, typer.Option(help="Run folder only: eval (up to eval_tiles per slide) or all (every tile, in chunks).")] = "eval",
     chunk_size: Annotated[Optional[int], typer.Option(help="Tiles per chunk with --tiles all (default: eval_tiles).")] = None,
-    study: Annotated[Optional[Path], typer.Option(help="Study file (default: the one the run recorded).")] = None,
+    study: Annotated[Optional[Path], typer.Option(help="Run folder only: study file (default: the one the run recorded).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of the study.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
 ) -> None:
-    """Predict P(complete response) for every slide of a cohort with a trained run."""
+    """Predict P(complete response): with a study file, every final model of the sweep and the
+    single-stain and multi-stain ensembles (predictions/*.csv); with a run folder, that run."""
     from lncr.training.metrics import auc
     from lncr.training.predict import prediction_path, predict_run
 
+    if target.is_file() and target.suffix in (".yaml", ".yml"):
+        _predict_study(target, set_, device, workers)
+        return
     try:
-        rows = predict_run(run, cohort, checkpoint, tiles, chunk_size, study, set_, device,
+        rows = predict_run(target, cohort, checkpoint, tiles, chunk_size, study, set_, device,
                            workers)
     except ValueError as exc:
         err_console.print(f"[red]ERROR {exc}[/red]")
@@ -93,4 +97,27 @@ def predict(
         summary.append((split, len(part), int(part.tiles_used.sum()),
                         f"{auc(part.label, part.probability):.3f}" if both else "-"))
     console.print(table("Predictions", ["split", "slides", "tiles", "AUC"], summary))
-    console.print(f"Written: {prediction_path(run, cohort, checkpoint, tiles)}")
+    console.print(f"Written: {prediction_path(target, cohort, checkpoint, tiles)}")
+
+
+def _predict_study(study_yaml: Path, overrides: list[str] | None, device: str,
+                   workers: int) -> None:
+    from lncr.evaluation.final_predictions import predict_final
+    from lncr.training.metrics import auc
+
+    try:
+        result = predict_final(study_yaml, overrides, device, workers)
+    except ValueError as exc:
+        err_console.print(f"[red]ERROR {exc}[/red]")
+        raise typer.Exit(1) from exc
+    rows = []
+    for name, t in (("multi-stain", result.multi.assign(stain="multi-stain")),
+                    ("", result.stains)):
+        for (stain, split), part in t.dropna(subset=["probability"]).groupby(["stain", "split"]):
+            both = part.label.nunique() == 2
+            rows.append((stain, split, len(part),
+                         f"{auc(part.label, part.probability):.3f}" if both else "-"))
+    console.print(table("Ensemble predictions (AUC per split)", ["ensemble", "split",
+                                                                 "patients", "AUC"], rows))
+    console.print(f"Written: {result.folder} (single_models.csv, stain_ensembles.csv, "
+                  "multi_stain.csv)")

@@ -50,11 +50,17 @@ def threshold_metrics(labels, probabilities, threshold: float, confidence: float
                      "ci_high": high, "successes": k, "total": n, "ci_method": "wilson"})
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    boot = []
-    for _ in range(resamples):
-        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) \
-            if len(pos) and len(neg) else rng.choice(len(y), len(y))
-        boot.append(_f1(y[idx], pred[idx]))
+    if len(pos) and len(neg):  # stratified: each resample keeps the class counts
+        tp_b = pred[pos[rng.integers(0, len(pos), (resamples, len(pos)))]].sum(axis=1)
+        fn_b = len(pos) - tp_b
+        fp_b = pred[neg[rng.integers(0, len(neg), (resamples, len(neg)))]].sum(axis=1)
+    else:
+        idx = rng.integers(0, len(y), (resamples, len(y)))
+        tp_b = ((pred[idx] == 1) & (y[idx] == 1)).sum(axis=1)
+        fn_b = ((pred[idx] == 0) & (y[idx] == 1)).sum(axis=1)
+        fp_b = ((pred[idx] == 1) & (y[idx] == 0)).sum(axis=1)
+    denominator = 2 * tp_b + fp_b + fn_b
+    boot = np.where(denominator > 0, 2 * tp_b / np.maximum(denominator, 1), np.nan)
     tail = (1 - confidence) / 2 * 100
     low, high = np.nanpercentile(boot, [tail, 100 - tail]) if np.isfinite(boot).any() \
         else (float("nan"), float("nan"))

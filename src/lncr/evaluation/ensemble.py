@@ -40,9 +40,16 @@ def _patient_columns(predictions: pd.DataFrame) -> pd.DataFrame:
     return predictions.groupby("patient_id", sort=True)[cols].first() if cols else None
 
 
-def stain_ensembles(predictions: pd.DataFrame,
-                    magnifications: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """One row per patient × stain: the mean probability over the magnifications present."""
+def _combine(values: pd.Series, how: str) -> float:
+    if how not in ("mean", "max"):
+        raise ValueError(f"ensemble rule {how!r}: use mean or max")
+    return float(values.mean() if how == "mean" else values.max())
+
+
+def stain_ensembles(predictions: pd.DataFrame, magnifications: tuple[str, ...] | None = None,
+                    how: str = "mean") -> pd.DataFrame:
+    """One row per patient × stain: the mean (``how``) probability over the magnifications
+    present."""
     _check(predictions)
     expected = tuple(magnifications) if magnifications else tuple(
         sorted(predictions.magnification.unique(), key=lambda m: float(str(m).rstrip("x"))))
@@ -54,7 +61,7 @@ def stain_ensembles(predictions: pd.DataFrame,
             raise ValueError(f"patient {pid}, {stain}: magnification(s) {extra} are not among "
                              f"the expected {list(expected)}")
         rows.append({"patient_id": pid, "stain": stain,
-                     "probability": float(part.probability.mean()),
+                     "probability": _combine(part.probability, how),
                      "magnifications_used": "+".join(present),
                      "complete": len(present) == len(expected)})
     table = pd.DataFrame(rows, columns=["patient_id", "stain", "probability",
@@ -64,9 +71,10 @@ def stain_ensembles(predictions: pd.DataFrame,
 
 
 def multi_stain_ensemble(stain_table: pd.DataFrame, stains: tuple[str, ...],
-                         patients: list[str] | None = None) -> pd.DataFrame:
-    """One row per patient: the maximum over its single-stain ensembles. ``patients`` (e.g.
-    every patient of the cohort) adds rows for patients without any prediction."""
+                         patients: list[str] | None = None, how: str = "max") -> pd.DataFrame:
+    """One row per patient: the maximum (``how``) over its single-stain ensembles.
+    ``patients`` (e.g. every patient of the cohort) adds rows for patients without any
+    prediction."""
     ids = sorted(set(stain_table.patient_id) | set(patients or []))
     by_patient = {pid: part for pid, part in stain_table.groupby("patient_id")}
     rows = []
@@ -74,7 +82,7 @@ def multi_stain_ensemble(stain_table: pd.DataFrame, stains: tuple[str, ...],
         part = by_patient.get(pid)
         used = [s for s in stains if part is not None and s in set(part.stain)]
         rows.append({"patient_id": pid,
-                     "probability": float(part.probability.max()) if used else np.nan,
+                     "probability": _combine(part.probability, how) if used else np.nan,
                      "stains_used": "+".join(used),
                      "stains_missing": "+".join(s for s in stains if s not in used)})
     table = pd.DataFrame(rows, columns=["patient_id", "probability", "stains_used",

@@ -160,9 +160,14 @@ def _pretrained_weights(spec: BackboneSpec):
 class TileEncoder(nn.Module):
     """A backbone whose classification head is a linear map to ``embedding_dim`` features."""
 
-    def __init__(self, model: nn.Module, spec: BackboneSpec):
+    def __init__(self, model: nn.Module, spec: BackboneSpec, head: nn.Module | None = None):
         super().__init__()
         self.model, self.spec = model, spec
+        self._head = {id(p) for p in head.parameters()} if head is not None else set()
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The (pre-trained) backbone's parameters: everything but the new projection head."""
+        return [p for p in self.parameters() if id(p) not in self._head]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
@@ -206,5 +211,6 @@ def build_backbone(name: str, embedding_dim: int, weights: str | Path | None = N
                     f"{path} does not fit {spec.name}: {len(missing)} missing and "
                     f"{len(unexpected)} unexpected tensors (e.g. {(missing + unexpected)[:3]})")
     features, replace = spec.head(model)
-    replace(model, nn.Linear(features, embedding_dim))
-    return TileEncoder(model, spec)
+    head = nn.Linear(features, embedding_dim)
+    replace(model, head)
+    return TileEncoder(model, spec, head)

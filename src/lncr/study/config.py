@@ -115,6 +115,8 @@ class TrainingSettings(_Settings):
     warmup_epochs: int = Field(5, ge=0)
     optimiser: Literal["auto", "sgd", "adam"] = "auto"  # auto: Adam for ViT, SGD otherwise
     learning_rate: float = Field(5e-4, gt=0)
+    # Pretrained backbones only: their lr = learning_rate × this (0 freezes them).
+    backbone_lr_factor: float = Field(1.0, ge=0)
     min_learning_rate: float = Field(1e-6, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
@@ -125,13 +127,39 @@ class TrainingSettings(_Settings):
 
 
 class SweepSettings(_Settings):
-    """``lncr sweep``: architecture × bag size × repeats per stain and magnification."""
+    """``lncr sweep``: architecture × bag size × repeats per stain and magnification
+    (docs/sweep.md explains the design, the selection rule and the executors)."""
 
     architectures: tuple[str, ...] = ("alexnet", "densenet121", "inception_v3", "resnet50",
                                       "vgg11", "vit_b_16")
     bag_sizes: tuple[int, ...] = (8, 16, 32, 64)
     repeats: int = Field(10, ge=1)
+    stains: tuple[str, ...] | None = None  # None: every stain of the study
+    magnifications: tuple[str, ...] | None = None  # None: every magnification, e.g. [10x]
+    epochs: int | None = Field(None, ge=1)  # None: training.epochs
+    resplit: bool = False  # repeat r > 0 draws its own stratified patient-level split
+    early_stopping: Literal["none", "halving"] = "none"
+    halving_rate: int = Field(3, ge=2)
+    min_epochs: int = Field(10, ge=1)
     executor: Literal["local", "ray"] = "local"
+    workers: int = Field(0, ge=0)  # 0: one per GPU, or one per `unit_cpus` CPU cores
+    unit_cpus: int = Field(1, ge=1)  # CPU threads (and Ray CPUs) of one unit
+    unit_gpus: float = Field(1.0, ge=0)  # Ray GPUs of one unit when the cluster has GPUs
+    weights: dict[str, Path] = Field(default_factory=dict)  # architecture -> local weights file
+
+    @field_validator("bag_sizes")
+    @classmethod
+    def _bags(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(b < 1 for b in v) or len(set(v)) != len(v):
+            raise ValueError("must be a non-empty list of distinct positive bag sizes")
+        return v
+
+    @field_validator("architectures")
+    @classmethod
+    def _architectures(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("must be a non-empty list of distinct architecture names")
+        return v
 
 
 class EnsembleSettings(_Settings):
@@ -142,11 +170,15 @@ class EnsembleSettings(_Settings):
 
 
 class EvaluationSettings(_Settings):
-    """``lncr evaluate``: threshold fixed on development data, CIs by DeLong and bootstrap."""
+    """``lncr predict``/``lncr evaluate`` on the final models: threshold fixed on the development
+    validation patients, CIs by DeLong and bootstrap."""
 
     threshold: Literal["youden", "0.5"] = "youden"
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_resamples: int = Field(2000, ge=100)
+    calibration_bins: int = Field(5, ge=2)
+    checkpoint: Literal["last", "best"] = "last"
+    tiles: Literal["eval", "all"] = "eval"
     seed: int = 0
 
 
@@ -191,6 +223,21 @@ class StudyConfig(_Settings):
             raise ValueError(f"tiling.normalisation names stain(s) {unknown} that are not in "
                              f"stains {list(self.stains)}")
         return self
+
+    @model_validator(mode="after")
+    def _sweep_subset(self) -> "StudyConfig":
+        mags = [self.magnification.label(p) for p in self.magnification.powers]
+        for name, chosen, valid in (("stains", self.sweep.stains, self.stains),
+                                    ("magnifications", self.sweep.magnifications, mags)):
+            unknown = [c for c in chosen or () if c not in valid]
+            if unknown:
+                raise ValueError(f"sweep.{name} names {unknown}, not among the study's "
+                                 f"{list(valid)}")
+        return self
+
+    def magnification_labels(self) -> tuple[str, ...]:
+        """``('10x', '20x', '40x')`` for the study's powers."""
+        return tuple(self.magnification.label(p) for p in self.magnification.powers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,7 +355,10 @@ def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> 
     base = path.resolve().parent
     tiling = config.tiling.model_copy(update={"reference_images": {
         k: (base / v).resolve() for k, v in config.tiling.reference_images.items()}})
+    sweep = config.sweep.model_copy(update={"weights": {
+        k: (base / v).resolve() for k, v in config.sweep.weights.items()}})
     return config.model_copy(update={
+        "sweep": sweep,
         "patients": (base / config.patients).resolve(),
         "slides": (base / config.slides).resolve(),
         "output_dir": (base / config.output_dir).resolve(),

@@ -61,10 +61,12 @@ class RunSpec:
     architecture: str
     bag_size: int
     seed: int
+    split: str = ""  # "" = the study's recorded split; else a named re-drawn split (sweeps)
 
     def folder(self, runs_root: Path) -> Path:
+        name = f"{self.architecture.replace(':', '-')}-b{self.bag_size}-s{self.seed}"
         return (Path(runs_root) / self.stain / self.magnification
-                / f"{self.architecture.replace(':', '-')}-b{self.bag_size}-s{self.seed}")
+                / (f"{name}-{self.split}" if self.split else name))
 
 
 def versions() -> dict[str, str]:
@@ -110,12 +112,31 @@ def make_optimiser(model: torch.nn.Module, architecture: str, settings: Training
     (``foreach``) update is asked for explicitly: torch only picks it by itself on CUDA, and
     the per-tensor loop costs as much as the backward pass on a CPU."""
     kind = settings.optimiser
+    params = parameter_groups(model, settings)
     if kind == "adam" or (kind == "auto" and "vit" in architecture):
-        return torch.optim.Adam(model.parameters(), lr=settings.learning_rate,
+        return torch.optim.Adam(params, lr=settings.learning_rate,
                                 weight_decay=settings.weight_decay, foreach=True)
-    return torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
+    return torch.optim.SGD(params, lr=settings.learning_rate,
                            momentum=settings.momentum, weight_decay=settings.weight_decay,
                            foreach=True)
+
+
+def parameter_groups(model: AttentionMIL, settings: TrainingSettings) -> list[dict]:
+    """One group at the learning rate, or — with ``backbone_lr_factor`` ≠ 1 — the backbone at
+    ``learning_rate × factor`` and the rest (projection, transformer, attention, classifier)
+    at ``learning_rate``. A factor of 0 freezes the backbone (no gradients are computed
+    for it)."""
+    factor = settings.backbone_lr_factor
+    if factor == 1:
+        return [{"params": list(model.parameters())}]
+    backbone = model.encoder.backbone_parameters()
+    ids = {id(p) for p in backbone}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    if factor == 0:
+        for p in backbone:
+            p.requires_grad_(False)
+        return [{"params": rest}]
+    return [{"params": backbone, "lr": settings.learning_rate * factor}, {"params": rest}]
 
 
 def build_model(settings: TrainingSettings, weights=None) -> AttentionMIL:
@@ -202,6 +223,8 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
         return folder
     settings = settings.model_copy(update={"bag_size": spec.bag_size, "seed": spec.seed,
                                            "architecture": spec.architecture})
+    if weights is None and settings.backbone_lr_factor != 1:  # only pretrained backbones
+        settings = settings.model_copy(update={"backbone_lr_factor": 1.0})
     geometry = input_geometry(settings, tile_size)
     last = folder / "last.pt"
     if ctx.main:
@@ -384,7 +407,8 @@ def study_entries(study_yaml: str | Path, stain: str, magnification: str,
 
     study = load_study(study_yaml, overrides, check_files=False)
     if not study.ok:
-        raise ValueError("the study has errors; run `lncr validate` and fix them")
+        raise ValueError("the study has errors; run `lncr validate` and fix them:\n  "
+                         + "\n  ".join(str(e) for e in study.problems.errors[:5]))
     cfg = study.config
     split_csv = cfg.output_dir / "study" / "split.csv"
     if not split_csv.exists():

@@ -1,0 +1,176 @@
+"""``lncr evaluate``: the statistics of every final model and ensemble, per cohort.
+
+Cohorts: ``validation`` (the development patients held out of the final models' training)
+and ``external``. Models: each single model (``HE 10x``), each single-stain ensemble (``HE``)
+and the multi-stain ensemble (``multi-stain``).
+
+For each model the classification threshold is fixed on the **validation** patients
+(``evaluation.threshold``: Youden by default) and applied unchanged to the external cohort; no
+external information reaches it. (Metrics at that threshold on the validation patients are
+therefore in-sample for the threshold, and optimistic; the external ones are the test.)
+
+Written to ``<output_dir>/evaluation/``:
+
+- ``metrics.csv`` — per cohort × model: patients, CR patients, patients without a prediction,
+  AUC, DeLong variance and CI, bootstrap CI, Brier score, threshold;
+- ``threshold_metrics.csv`` — per cohort × model × metric (accuracy, sensitivity,
+  specificity, PPV, NPV with Wilson CIs; F1 with a bootstrap CI);
+- ``calibration.csv`` — per cohort × model × probability bin;
+- ``comparisons.csv`` — DeLong's paired test of the multi-stain ensemble against each
+  single-stain ensemble, per cohort, on the patients both have;
+- ``evaluation.json`` — all of the above with the settings and package versions;
+- ``roc-<cohort>.png|svg`` and ``calibration-<cohort>.png|svg``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lncr.evaluation.classification import (brier_score, calibration_table,
+                                            development_threshold, threshold_metrics)
+from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc, delong_test
+from lncr.fileio import atomic_write_json, atomic_write_text
+
+COHORTS = ("validation", "external")
+MULTI = "multi-stain"
+
+
+@dataclass
+class Evaluation:
+    folder: Path
+    metrics: pd.DataFrame
+    thresholds: pd.DataFrame
+    calibration: pd.DataFrame
+    comparisons: pd.DataFrame
+    figures: list[Path]
+
+
+def long_predictions(folder: Path) -> pd.DataFrame:
+    """The three prediction tables as one: ``model, kind, stain, patient_id, cohort, split,
+    label, probability``."""
+    paths = {n: folder / f"{n}.csv" for n in ("single_models", "stain_ensembles", "multi_stain")}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise ValueError(f"missing prediction table(s) {missing}: run `lncr predict STUDY.yaml`")
+    read = {n: pd.read_csv(p, dtype={"patient_id": str}) for n, p in paths.items()}
+    single = read["single_models"].assign(
+        model=lambda t: t.stain + " " + t.magnification, kind="single model")
+    stains = read["stain_ensembles"].assign(model=lambda t: t.stain, kind="stain ensemble")
+    multi = read["multi_stain"].assign(model=MULTI, kind="multi-stain ensemble", stain="")
+    cols = ["model", "kind", "stain", "patient_id", "cohort", "split", "label", "probability"]
+    return pd.concat([single[cols], stains[cols], multi[cols]], ignore_index=True)
+
+
+def _cohort(rows: pd.DataFrame, cohort: str) -> pd.DataFrame:
+    return rows[rows.split == "val"] if cohort == "validation" else rows[rows.cohort == cohort]
+
+
+def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ...]:
+    """Metrics, threshold metrics, calibration and comparisons from :func:`long_predictions`
+    rows; ``settings`` is the study's ``evaluation`` section."""
+    metrics, thresholds, calibration, comparisons = [], [], [], []
+    order = list(dict.fromkeys(rows.model))
+    for model in order:
+        mine = rows[rows.model == model]
+        val = _cohort(mine, "validation").dropna(subset=["probability"])
+        if val.label.nunique() == 2:
+            threshold = development_threshold(val.label, val.probability, settings.threshold)
+            source = f"{settings.threshold} on validation patients"
+        else:
+            threshold, source = 0.5, "0.5 (validation patients lack one outcome)"
+        for cohort in COHORTS:
+            part = _cohort(mine, cohort)
+            have = part.dropna(subset=["probability"])
+            y, p = have.label.to_numpy().astype(int), have.probability.to_numpy(float)
+            row = {"cohort": cohort, "model": model, "kind": mine.kind.iloc[0],
+                   "patients": len(part), "cr_patients": int(y.sum()),
+                   "without_prediction": int(len(part) - len(have)), "auc": math.nan,
+                   "auc_variance": math.nan, "delong_ci_low": math.nan,
+                   "delong_ci_high": math.nan, "bootstrap_ci_low": math.nan,
+                   "bootstrap_ci_high": math.nan, "brier": math.nan,
+                   "threshold": threshold, "threshold_source": source}
+            if len(have):
+                row["brier"] = brier_score(y, p)
+                t = threshold_metrics(y, p, threshold, settings.confidence,
+                                      settings.bootstrap_resamples, settings.seed)
+                thresholds.append(t.assign(cohort=cohort, model=model))
+                calibration.append(calibration_table(y, p, settings.calibration_bins)
+                                   .assign(cohort=cohort, model=model))
+            if len(set(y)) == 2:
+                d = delong_auc(y, p, settings.confidence)
+                low, high = bootstrap_auc_ci(y, p, settings.bootstrap_resamples,
+                                             settings.confidence, settings.seed)
+                row.update(auc=d.auc, auc_variance=d.variance, delong_ci_low=d.ci_low,
+                           delong_ci_high=d.ci_high, bootstrap_ci_low=low,
+                           bootstrap_ci_high=high)
+            metrics.append(row)
+    for cohort in COHORTS:
+        multi = _cohort(rows[rows.model == MULTI], cohort).set_index("patient_id")
+        for model in [m for m in order if (rows[rows.model == m].kind == "stain ensemble").all()]:
+            other = _cohort(rows[rows.model == model], cohort).set_index("patient_id")
+            both = multi[["label", "probability"]].merge(
+                other[["probability"]], left_index=True, right_index=True,
+                suffixes=("", "_b")).dropna()
+            row = {"cohort": cohort, "model_a": MULTI, "model_b": model, "patients": len(both),
+                   "auc_a": math.nan, "auc_b": math.nan, "z": math.nan, "p": math.nan}
+            if both.label.nunique() == 2:
+                t = delong_test(both.label.to_numpy(int), both.probability.to_numpy(float),
+                                both.probability_b.to_numpy(float))
+                row.update(auc_a=t.auc_a, auc_b=t.auc_b, z=t.z, p=t.p)
+            comparisons.append(row)
+
+    def frame(parts: list, first: list[str]) -> pd.DataFrame:
+        if not parts:
+            return pd.DataFrame(columns=first)
+        table = pd.concat(parts, ignore_index=True) if isinstance(parts[0], pd.DataFrame) \
+            else pd.DataFrame(parts)
+        return table[first + [c for c in table.columns if c not in first]]
+
+    return (frame(metrics, ["cohort", "model"]), frame(thresholds, ["cohort", "model"]),
+            frame(calibration, ["cohort", "model"]),
+            frame(comparisons, ["cohort", "model_a", "model_b"]))
+
+
+def evaluate_study(study_yaml: str | Path, overrides: list[str] | None = None,
+                   figures: bool = True) -> Evaluation:
+    """Evaluate the predictions of ``lncr predict STUDY.yaml`` and write every output."""
+    from lncr.provenance import package_versions
+    from lncr.study.config import load_config
+
+    cfg = load_config(study_yaml, overrides)
+    rows = long_predictions(cfg.output_dir / "predictions")
+    metrics, thresholds, calibration, comparisons = evaluate_predictions(rows, cfg.evaluation)
+    folder = cfg.output_dir / "evaluation"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, table in (("metrics", metrics), ("threshold_metrics", thresholds),
+                        ("calibration", calibration), ("comparisons", comparisons)):
+        atomic_write_text(folder / f"{name}.csv", table.to_csv(index=False))
+
+    def records(table: pd.DataFrame) -> list[dict]:
+        return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                 for k, v in r.items()} for r in table.to_dict("records")]
+
+    atomic_write_json(folder / "evaluation.json", {
+        "metrics": records(metrics), "threshold_metrics": records(thresholds),
+        "calibration": records(calibration), "comparisons": records(comparisons),
+        "settings": cfg.evaluation.model_dump(mode="json"),
+        "ensemble": cfg.ensemble.model_dump(mode="json"),
+        "study": str(Path(study_yaml).resolve()), "overrides": list(overrides or []),
+        "versions": package_versions("numpy", "pandas", "scipy", "matplotlib")})
+    paths: list[Path] = []
+    if figures:
+        from lncr.evaluation.plots import calibration_figure, roc_figure
+
+        for cohort in COHORTS:
+            ensembles = rows[(rows.kind != "single model")]
+            paths += roc_figure(_cohort(ensembles, cohort), metrics[metrics.cohort == cohort],
+                                folder / f"roc-{cohort}", f"ROC, {cohort} cohort")
+            paths += calibration_figure(_cohort(ensembles, cohort), cfg.evaluation.calibration_bins,
+                                        folder / f"calibration-{cohort}",
+                                        f"Calibration, {cohort} cohort")
+    return Evaluation(folder, metrics, thresholds, calibration, comparisons, paths)

@@ -1,0 +1,113 @@
+"""``lncr predict STUDY.yaml``: every final model on every patient, and the two ensembles.
+
+Reads ``<output_dir>/final/models.csv`` (written by ``lncr sweep``) and writes
+``<output_dir>/predictions/``:
+
+- ``single_models.csv`` — one row per patient × stain × magnification: the final model's
+  probability (the mean over the patient's slides of that stain, if several; ``slides`` counts
+  them), with the patient's cohort, split and label and the model's configuration;
+- ``stain_ensembles.csv`` — one row per patient × stain: the mean over the magnifications the
+  patient has (``magnifications_used``, ``complete``);
+- ``multi_stain.csv`` — one row per patient of the study: the maximum over the single-stain
+  ensembles it has (``stains_used``, ``stains_missing``); a patient without any prediction keeps
+  a row with no probability;
+- ``predictions.json`` — the checkpoint and tile choice, the models and package versions.
+
+Each model predicts with ``evaluation.checkpoint`` (``last`` by default: the final weights, so
+that validation patients did not pick the checkpoint) and ``evaluation.tiles``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lncr.evaluation.ensemble import multi_stain_ensemble, stain_ensembles
+from lncr.fileio import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class FinalPredictions:
+    folder: Path
+    single: pd.DataFrame
+    stains: pd.DataFrame
+    multi: pd.DataFrame
+
+
+def final_models(output_dir: Path) -> pd.DataFrame:
+    """The study's final models (``final/models.csv``), or a clear error."""
+    path = Path(output_dir) / "final" / "models.csv"
+    if not path.exists():
+        raise ValueError(f"no final models at {path}: run `lncr sweep STUDY.yaml` first")
+    return pd.read_csv(path)
+
+
+def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:
+    """``patient_id, cohort, label, split`` for every patient (external patients: split
+    ``external``)."""
+    split = pd.read_csv(Path(output_dir) / "study" / "split.csv", dtype={"patient_id": str})
+    sides = dict(zip(split.patient_id, split.split))
+    out = patients[["patient_id", "cohort", "label"]].copy()
+    out["split"] = [("external" if c == "external" else sides.get(p, ""))
+                    for p, c in zip(out.patient_id, out.cohort)]
+    return out.sort_values("patient_id").reset_index(drop=True)
+
+
+def predict_final(study_yaml: str | Path, overrides: list[str] | None = None,
+                  device: str = "auto", workers: int = 0) -> FinalPredictions:
+    """Predict with every finished final model, build the ensembles, write the tables."""
+    from lncr.study.validate import load_study
+    from lncr.training.loop import versions
+    from lncr.training.predict import predict_run
+
+    study = load_study(study_yaml, overrides, check_files=False)
+    if not study.ok:
+        raise ValueError("the study has errors; run `lncr validate` and fix them:\n  "
+                         + "\n  ".join(str(e) for e in study.problems.errors[:5]))
+    cfg = study.config
+    models = final_models(cfg.output_dir)
+    ready = models[models.status == "done"]
+    if ready.empty:
+        raise ValueError(f"none of the final models in {cfg.output_dir / 'final'} finished; "
+                         "re-run `lncr sweep` (models.csv lists their errors)")
+    ev = cfg.evaluation
+    tables = []
+    for m in ready.itertuples():
+        slides = predict_run(m.folder, "all", ev.checkpoint, ev.tiles, study=study_yaml,
+                             overrides=overrides, device=device, workers=workers)
+        slides["architecture"], slides["bag_size"] = m.architecture, m.bag_size
+        slides["run"] = m.folder
+        tables.append(slides)
+    slides = pd.concat(tables, ignore_index=True)
+    keys = ["patient_id", "stain", "magnification"]
+    single = (slides.groupby(keys, sort=True)
+              .agg(probability=("probability", "mean"), slides=("probability", "size"),
+                   architecture=("architecture", "first"), bag_size=("bag_size", "first"),
+                   run=("run", "first"), epoch=("epoch", "first"))
+              .reset_index())
+    sides = patient_sides(cfg.output_dir, study.patients)
+    single = single.merge(sides, on="patient_id", how="left")
+    per_stain = stain_ensembles(single, cfg.magnification_labels(), cfg.ensemble.within_stain)
+    multi = multi_stain_ensemble(per_stain.drop(columns=["label", "cohort"]), cfg.stains,
+                                 patients=list(sides.patient_id), how=cfg.ensemble.across_stains)
+    per_stain = per_stain.drop(columns=["label", "cohort"]).merge(sides, on="patient_id",
+                                                                   how="left")
+    multi = multi.merge(sides, on="patient_id", how="left")
+    folder = cfg.output_dir / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "single_models.csv", single.to_csv(index=False))
+    atomic_write_text(folder / "stain_ensembles.csv", per_stain.to_csv(index=False))
+    atomic_write_text(folder / "multi_stain.csv", multi.to_csv(index=False))
+    atomic_write_json(folder / "predictions.json", {
+        "checkpoint": ev.checkpoint, "tiles": ev.tiles,
+        "within_stain": f"{cfg.ensemble.within_stain} over the magnifications present",
+        "across_stains": f"{cfg.ensemble.across_stains} over the single-stain ensembles present",
+        "models": ready[["stain", "magnification", "architecture", "bag_size", "folder"]]
+        .to_dict("records"),
+        "missing_models": models[models.status != "done"][["stain", "magnification"]]
+        .to_dict("records"),
+        "study": str(Path(study_yaml).resolve()), "overrides": list(overrides or []),
+        "versions": versions()})
+    return FinalPredictions(folder, single, per_stain, multi)

@@ -1,0 +1,155 @@
+"""Where sweep units run: a local process pool, or a Ray cluster.
+
+Both take a list of :class:`~lncr.sweep.unit.UnitTask` and yield each unit's result row as it
+finishes. A unit's result depends only on its task (seeded; the same number of CPU threads in
+both executors), so the same sweep gives the same results under either.
+
+- :class:`LocalExecutor`: ``workers`` processes (spawned, so CUDA is safe). On a machine with
+  GPUs each running unit gets a GPU of its own (``workers`` = number of GPUs by default); on a
+  CPU, ``workers`` units run side by side with ``unit_cpus`` threads each. A worker that dies
+  (out of memory, a crash in native code) fails its unit and the pool is rebuilt for the rest.
+- :class:`RayExecutor`: each unit is a Ray task asking for ``unit_cpus`` CPUs and, when the
+  cluster has GPUs, ``unit_gpus`` GPUs (Ray then sets ``CUDA_VISIBLE_DEVICES`` for it).
+  ``address`` connects to a running cluster (``ray start --head`` on one node, ``ray start
+  --address=…`` on the others; every node needs lncr installed and the study's folder on a
+  shared file system); without it a local Ray instance is started and stopped again.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+
+from lncr.sweep.unit import UnitTask, run_unit
+
+
+def _failed(task: UnitTask, error: str) -> dict:
+    from lncr.sweep.unit import unit_metrics
+    from pathlib import Path
+
+    folder = task.unit.spec().folder(Path(task.runs_root))
+    return {**task.unit.to_dict(), "folder": str(folder), "status": "failed", "error": error,
+            "traceback": "", "host": "", "pid": 0, **unit_metrics(folder), "seconds": 0.0}
+
+
+def cuda_devices() -> list[str]:
+    """``['cuda:0', …]`` for the GPUs this process can see (without initialising CUDA in
+    this process, which would make forked workers unsafe)."""
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+class LocalExecutor:
+    """A pool of worker processes on this machine."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 0, unit_cpus: int = 1, device: str = "auto"):
+        gpus = cuda_devices() if device in ("auto", "cuda") else (
+            [device] if device.startswith("cuda") else [])
+        self.devices = gpus
+        if workers <= 0:
+            workers = len(gpus) or max(1, (os.cpu_count() or 1) // unit_cpus)
+        self.workers = workers
+        self.unit_cpus = unit_cpus
+
+    def _device(self, slot: int) -> str:
+        return self.devices[slot % len(self.devices)] if self.devices else "cpu"
+
+    def map(self, tasks: list[UnitTask]) -> Iterator[dict]:
+        """Run ``tasks``; yield result rows in completion order."""
+        pending = list(tasks)
+        if not pending:
+            return
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(pending)),
+                                   mp_context=context)
+        running: dict[Future, tuple[UnitTask, int]] = {}
+        free = list(range(self.workers))
+        try:
+            while pending or running:
+                while pending and free:
+                    slot = free.pop(0)
+                    task = replace(pending.pop(0), device=self._device(slot),
+                                   threads=self.unit_cpus)
+                    running[pool.submit(run_unit, task)] = (task, slot)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = False
+                for fut in done:
+                    task, slot = running.pop(fut)
+                    free.append(slot)
+                    try:
+                        yield fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        yield _failed(task, "the worker process died while training this unit "
+                                            "(out of memory? a crash in native code?)")
+                if broken:  # the pool is unusable: fail what it held, start a new one
+                    for fut, (task, slot) in list(running.items()):
+                        free.append(slot)
+                        yield _failed(task, "the worker pool broke while this unit ran")
+                    running.clear()
+                    pool.shutdown(cancel_futures=True)
+                    pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayExecutor:
+    """Units as Ray tasks on a local or remote Ray cluster."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int = 0, unit_cpus: int = 1,
+                 unit_gpus: float = 1.0):
+        try:
+            import ray
+        except ImportError as exc:
+            raise ValueError("the Ray executor needs Ray: pip install 'lncr[ray]' "
+                             "(or pip install ray)") from exc
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            options = {"include_dashboard": False, "log_to_driver": False}
+            if address is None and workers > 0:
+                options["num_cpus"] = workers * unit_cpus
+            ray.init(address=address, **options)
+            self.started = True
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        self.unit_cpus = unit_cpus
+        self.remote = ray.remote(num_cpus=unit_cpus, num_gpus=unit_gpus if has_gpus else 0,
+                                 max_retries=0)(run_unit)
+
+    def map(self, tasks: list[UnitTask]) -> Iterator[dict]:
+        ray = self.ray
+        refs = {self.remote.remote(replace(t, device="auto", threads=self.unit_cpus)): t
+                for t in tasks}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            for ref in done:
+                task = refs.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    yield _failed(task, f"Ray could not run this unit: {exc}")
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def make_executor(kind: str, workers: int = 0, unit_cpus: int = 1, unit_gpus: float = 1.0,
+                  address: str | None = None, device: str = "auto"):
+    """The executor a sweep asked for (``local`` or ``ray``)."""
+    if kind == "local":
+        if address:
+            raise ValueError("--address is for the Ray executor; add --executor ray")
+        return LocalExecutor(workers, unit_cpus, device)
+    if kind == "ray":
+        return RayExecutor(address, workers, unit_cpus, unit_gpus)
+    raise ValueError(f"executor {kind!r}: use local or ray")

@@ -1,0 +1,314 @@
+"""``lncr sweep``: run the grid, choose the final configuration, train the final models.
+
+Folder ``<output_dir>/sweep/``:
+
+- ``sweep.json`` — the grid, the settings, the executor, timings and package versions;
+- ``runs/<stain>/<mag>/<arch>-b<bag>-s<seed>[-split<r>]/`` — one training run per unit;
+- ``splits/split<r>.csv`` — each repeat's own split (with ``sweep.resplit``);
+- ``units.csv`` — one row per unit: status (``done``, ``failed``, ``stopped`` by successive
+  halving, ``pending``), epochs trained, last-epoch validation AUC/loss, seconds, error;
+- ``failures/<unit>.txt`` — the traceback of each failed unit;
+- ``summary.csv`` — per stain × magnification × architecture × bag size: mean ± s.d. and
+  every repeat's validation AUC and loss (:func:`lncr.sweep.selection.summary_table`);
+- ``selection.json`` — the chosen architecture per stain and bag size, the rule, the evidence
+  and, with early stopping, the compute it saved.
+
+Final models go to ``<output_dir>/final/``: ``models.csv`` (one row per stain × magnification:
+configuration, run folder, status) and ``final.json``. A final model is the selected
+configuration trained with ``training.seed`` on the study's recorded split for
+``training.epochs``; when the sweep already trained exactly that run (its repeat 0 with the
+same epochs), the sweep's run is used rather than trained again.
+
+Re-running resumes: finished units are read from their folders without starting a worker,
+interrupted ones continue from their last checkpoint, and failed ones are tried again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.study.config import StudyConfig
+from lncr.sweep.grid import Unit, build_grid, sweep_stains, write_repeat_splits
+from lncr.sweep.selection import RULE, select, summary_table
+from lncr.sweep.unit import UnitTask, unit_metrics
+
+UNIT_COLUMNS = ["stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split",
+                "status", "epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss",
+                "best_val_auc", "seconds", "folder", "error"]
+
+
+@dataclass
+class SweepReport:
+    """What :func:`run_sweep` did."""
+
+    folder: Path
+    units: pd.DataFrame
+    summary: pd.DataFrame
+    selection: dict | None
+    final: pd.DataFrame | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def halving_rungs(epochs: int, min_epochs: int, rate: int) -> list[int]:
+    """Successive-halving checkpoints: ``min_epochs × rate^k`` below ``epochs``, then
+    ``epochs`` (e.g. 100 epochs, 10, rate 3 → [10, 30, 90, 100])."""
+    rungs, r = [], min_epochs
+    while r < epochs:
+        rungs.append(r)
+        r *= rate
+    return rungs + [epochs]
+
+
+def score_at(folder: str | Path, epoch: int) -> tuple[float, float]:
+    """(validation AUC, validation loss) of a run at ``epoch`` (0-based), NaN if absent."""
+    path = Path(folder) / "metrics.csv"
+    if not path.exists():
+        return math.nan, math.nan
+    m = pd.read_csv(path)
+    row = m[m.epoch == epoch]
+    if row.empty:
+        return math.nan, math.nan
+    return float(row.val_auc.iloc[0]), float(row.val_loss.iloc[0])
+
+
+def promote(units: list[Unit], results: dict[str, dict], rung: int, rate: int,
+            sizes: Callable[[str], int]) -> tuple[list[Unit], list[Unit]]:
+    """Successive halving at ``rung`` epochs, per stain: configurations (architecture × bag
+    size) are ranked by their units' mean validation AUC at that epoch (over magnifications
+    and repeats; ties to lower loss, smaller model, smaller bag) and the best
+    ``ceil(n / rate)`` go on. Returns (kept units, stopped units)."""
+    kept, stopped = [], []
+    for stain in sorted({u.stain for u in units}):
+        mine = [u for u in units if u.stain == stain]
+        scores: dict[tuple, list[tuple[float, float]]] = {}
+        for u in mine:
+            if results.get(u.name, {}).get("status") != "failed":
+                scores.setdefault((u.architecture, u.bag_size), []).append(
+                    score_at(results[u.name]["folder"], rung - 1))
+        configs = {u.configuration[1:] for u in mine}
+        ranked = []
+        for config in configs:
+            values = [s for s in scores.get(config, []) if not math.isnan(s[0])]
+            auc = sum(v[0] for v in values) / len(values) if values else -1.0
+            loss = sum(v[1] for v in values) / len(values) if values else math.inf
+            ranked.append((-round(auc, 9), round(loss, 9), sizes(config[0]), config[1], config))
+        ranked.sort()
+        keep = {r[-1] for r in ranked[:max(1, math.ceil(len(ranked) / rate))] if r[0] != 1.0}
+        for u in mine:
+            (kept if u.configuration[1:] in keep else stopped).append(u)
+    return kept, stopped
+
+
+class _Book:
+    """The sweep's bookkeeping: ``units.csv`` and failure tracebacks, rewritten atomically as
+    results come in (the main process is the only writer)."""
+
+    def __init__(self, folder: Path, units: list[Unit]):
+        self.folder = folder
+        self.rows: dict[str, dict] = {
+            u.name: {**u.to_dict(), "status": "pending", "epochs_trained": 0,
+                     "val_auc": math.nan, "val_loss": math.nan, "train_auc": math.nan,
+                     "train_loss": math.nan, "best_val_auc": math.nan, "seconds": 0.0,
+                     "folder": "", "error": ""} for u in units}
+        self.seconds = 0.0
+
+    def record(self, name: str, row: dict) -> None:
+        t0 = time.perf_counter()
+        self.rows[name].update({k: row[k] for k in UNIT_COLUMNS if k in row})
+        if row.get("status") == "failed":
+            failures = self.folder / "failures"
+            failures.mkdir(exist_ok=True)
+            atomic_write_text(failures / (name.replace("/", "_") + ".txt"),
+                              f"{name}\n{row.get('error', '')}\n\n{row.get('traceback', '')}")
+        self.write()
+        self.seconds += time.perf_counter() - t0
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(list(self.rows.values()), columns=UNIT_COLUMNS)
+
+    def write(self) -> None:
+        atomic_write_text(self.folder / "units.csv", self.table().to_csv(index=False))
+
+
+def _finished_row(unit: Unit, folder: Path) -> dict:
+    return {**unit.to_dict(), "folder": str(folder), "status": "done", "error": "",
+            "seconds": 0.0, **unit_metrics(folder)}
+
+
+def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], stop_epoch: int,
+               epochs: int, book: _Book, executor_factory, progress) -> dict[str, dict]:
+    """Run ``units`` to ``stop_epoch``; finished runs are read, not dispatched."""
+    results: dict[str, dict] = {}
+    tasks = []
+    for u in units:
+        task = make_task(u, stop_epoch)
+        folder = u.spec().folder(Path(task.runs_root))
+        if (folder / "done.json").exists():
+            results[u.name] = _finished_row(u, folder)
+            book.record(u.name, results[u.name])
+        else:
+            tasks.append(task)
+    if tasks:
+        for row in executor_factory().map(tasks):
+            name = Unit(**{k: row[k] for k in Unit.__dataclass_fields__}).name
+            results[name] = row
+            book.record(name, row)
+            if progress:
+                progress(row)
+    return results
+
+
+def run_sweep(study_yaml: str | Path, overrides: list[str] | None = None,
+              executor: str | None = None, workers: int | None = None,
+              address: str | None = None, device: str = "auto", final: bool = True,
+              progress: Callable[[dict], None] | None = None) -> SweepReport:
+    """Run (or resume) the sweep of a validated, tiled study; select; train final models."""
+    from lncr.study.validate import load_study
+    from lncr.sweep.executors import make_executor
+    from lncr.sweep.selection import parameter_count
+    from lncr.training.loop import versions
+
+    t_start = time.perf_counter()
+    overrides = list(overrides or [])
+    study = load_study(study_yaml, overrides, check_files=False)
+    if not study.ok:
+        raise ValueError("the study has errors; run `lncr validate` and fix them:\n  "
+                         + "\n  ".join(str(e) for e in study.problems.errors[:5]))
+    cfg: StudyConfig = study.config
+    sw = cfg.sweep
+    kind = executor or sw.executor
+    n_workers = sw.workers if workers is None else workers
+    folder = cfg.output_dir / "sweep"
+    folder.mkdir(parents=True, exist_ok=True)
+    runs_root = folder / "runs"
+    units = build_grid(cfg)
+    write_repeat_splits(folder / "splits", study.patients, cfg)
+    epochs = sw.epochs or cfg.training.epochs
+    rungs = (halving_rungs(epochs, sw.min_epochs, sw.halving_rate)
+             if sw.early_stopping == "halving" else [epochs])
+
+    def weights(architecture: str) -> str | None:
+        """A local file from ``sweep.weights``, else the library's ImageNet weights when
+        ``training.pretrained``, else none (random initialisation)."""
+        if architecture in sw.weights:
+            return str(sw.weights[architecture])
+        return "imagenet" if cfg.training.pretrained else None
+    source = str(Path(study_yaml).resolve())
+    timings = {"executor_start": 0.0}
+    state: dict = {}
+
+    def executor_factory():
+        if "executor" not in state:
+            t0 = time.perf_counter()
+            state["executor"] = make_executor(kind, n_workers, sw.unit_cpus, sw.unit_gpus,
+                                              address, device)
+            timings["executor_start"] += time.perf_counter() - t0
+        return state["executor"]
+
+    def task_for(root: Path, run_epochs: int):
+        def make(u: Unit, stop: int) -> UnitTask:
+            return UnitTask(u, source, tuple(overrides), str(root), run_epochs, stop,
+                            device, sw.unit_cpus, weights(u.architecture))
+        return make
+
+    sizes: dict[str, int] = {}
+
+    def size(arch: str) -> int:
+        if arch not in sizes:
+            sizes[arch] = parameter_count(arch, cfg.training)
+        return sizes[arch]
+
+    record = {"study": source, "overrides": overrides, "executor": kind, "address": address,
+              "workers": n_workers, "units": len(units), "epochs": epochs, "rungs": rungs,
+              "settings": sw.model_dump(mode="json"),
+              "training": cfg.training.model_dump(mode="json"), "versions": versions()}
+    atomic_write_json(folder / "sweep.json", {**record, "status": "running"})
+    book = _Book(folder, units)
+    book.write()
+    alive = list(units)
+    try:
+        for i, rung in enumerate(rungs):
+            results = _run_units(alive, task_for(runs_root, epochs), rung, epochs, book,
+                                 executor_factory, progress)
+            if i < len(rungs) - 1:
+                alive, stopped = promote(alive, results, rung, sw.halving_rate, size)
+                for u in stopped:
+                    book.record(u.name, {**results[u.name], "status": "stopped"
+                                         if results[u.name]["status"] != "failed" else "failed"})
+        table = book.table()
+        summary = summary_table(table)
+        atomic_write_text(folder / "summary.csv", summary.to_csv(index=False))
+        selection = select(table, cfg.training)
+        full = len(units) * epochs
+        trained = int(table.epochs_trained.sum())
+        stopped = table[table.status == "stopped"]
+        saved = int((epochs - stopped.epochs_trained).sum())
+        selection.update({
+            "units": {s: int((table.status == s).sum()) for s in
+                      ("done", "failed", "stopped", "pending")},
+            "early_stopping": {"method": sw.early_stopping, "rungs": rungs,
+                               "halving_rate": sw.halving_rate,
+                               "epochs_trained": trained, "epochs_full_grid": full,
+                               "epochs_saved": saved,
+                               "compute_saved": saved / full if full else 0.0},
+            "study": source, "overrides": overrides, "versions": versions()})
+        atomic_write_json(folder / "selection.json", selection)
+        final_table = None
+        if final:
+            final_table = train_final(cfg, selection, source, overrides, runs_root, epochs,
+                                      task_for, executor_factory, progress)
+    finally:
+        ex = state.get("executor")
+        if ex is not None and hasattr(ex, "close"):
+            ex.close()
+    timings["bookkeeping"] = book.seconds
+    timings["total"] = time.perf_counter() - t_start
+    atomic_write_json(folder / "sweep.json", {**record, "status": "finished",
+                                              "timings": timings})
+    return SweepReport(folder, table, summary, selection, final_table, timings)
+
+
+def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
+    """The selected configuration for every stain (with a selection) × every magnification."""
+    return [Unit(stain, mag, selection["architectures"][stain], selection["bag_size"], 0,
+                 cfg.training.seed)
+            for stain in sweep_stains(cfg) if stain in selection["architectures"]
+            for mag in cfg.magnification_labels()]
+
+
+def train_final(cfg: StudyConfig, selection: dict, source: str, overrides: list[str],
+                sweep_runs: Path, sweep_epochs: int, task_for, executor_factory,
+                progress) -> pd.DataFrame:
+    """Train (or reuse) the final models; write ``final/models.csv`` and ``final.json``."""
+    from lncr.training.loop import versions
+
+    folder = cfg.output_dir / "final"
+    folder.mkdir(parents=True, exist_ok=True)
+    epochs = cfg.training.epochs
+    # The sweep's repeat 0 of a configuration is the final model when the epochs agree.
+    root = sweep_runs if sweep_epochs == epochs else folder / "runs"
+    units = final_units(cfg, selection)
+    book = _Book(folder, units)
+    results = _run_units(units, task_for(root, epochs), epochs, epochs, book, executor_factory,
+                         progress)
+    rows = [{"stain": u.stain, "magnification": u.magnification,
+             "architecture": u.architecture, "bag_size": u.bag_size, "seed": u.seed,
+             "status": results[u.name]["status"], "val_auc": results[u.name]["val_auc"],
+             "folder": results[u.name]["folder"], "error": results[u.name].get("error", "")}
+            for u in units]
+    table = pd.DataFrame(rows)
+    atomic_write_text(folder / "models.csv", table.to_csv(index=False))
+    (folder / "units.csv").unlink(missing_ok=True)
+    atomic_write_json(folder / "final.json", {
+        "selection": str(cfg.output_dir / "sweep" / "selection.json"),
+        "architectures": selection["architectures"], "bag_size": selection["bag_size"],
+        "epochs": epochs, "seed": cfg.training.seed, "runs_root": str(root),
+        "study": source, "overrides": overrides, "rule": RULE, "versions": versions()})
+    return table

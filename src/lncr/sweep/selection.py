@@ -1,0 +1,116 @@
+"""From unit results to the sweep's summary table and its choice of final configuration.
+
+The rule (also in ``selection.json`` and docs/sweep.md):
+
+1. A unit's score is the validation AUC of its **last epoch** (the final weights, no
+   checkpoint picked on validation data), over the development validation patients of its
+   split. Only units that trained every epoch count (failed units, and units stopped early by
+   successive halving, do not).
+2. **Architecture, per stain**: the architecture with the highest mean score over all its
+   units of that stain (every magnification, bag size and repeat). Ties (equal to 1e-9) go to
+   the lower mean validation loss, then to the smaller model (fewer parameters), then to the
+   name.
+3. **Bag size, for the study**: for each bag size, the mean over stains of the mean score of
+   that stain's chosen architecture with that bag size (every magnification and repeat).
+   Highest wins; ties go to the smaller bag.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+RULE = ("unit score = validation AUC of the last epoch; architecture per stain = highest mean "
+        "score over that stain's units (all magnifications, bag sizes, repeats), ties to lower "
+        "mean validation loss, then fewer parameters, then name; bag size = highest mean over "
+        "stains of the chosen architecture's mean score with that bag size, ties to the smaller "
+        "bag; only units that trained every epoch count")
+
+
+def parameter_count(architecture: str, settings) -> int:
+    """Parameters of the bag model with ``architecture`` (built on the meta device: no memory,
+    no weights). Unknown or unbuildable models count as infinitely large."""
+    import torch
+
+    from lncr.models.mil import build_mil
+
+    try:
+        with torch.device("meta"):
+            model = build_mil(architecture, settings.embedding_dim, settings.transformer_layers,
+                              settings.transformer_heads, None, settings.feedforward_dim,
+                              settings.dropout)
+        return int(sum(p.numel() for p in model.parameters()))
+    except Exception:  # a name the registry cannot build: never preferred on a tie
+        return 2 ** 62
+
+
+def summary_table(units: pd.DataFrame) -> pd.DataFrame:
+    """One row per stain × magnification × architecture × bag size: unit counts by status,
+    mean ± s.d. of the last-epoch validation AUC and loss over finished repeats, and each
+    repeat's values (``val_auc_r0``, ``val_loss_r0``, …)."""
+    keys = ["stain", "magnification", "architecture", "bag_size"]
+    rows = []
+    repeats = sorted(units.repeat.unique())
+    for key, part in units.groupby(keys, sort=False):
+        done = part[part.status == "done"]
+        row = dict(zip(keys, key))
+        row.update(units=len(part), done=len(done), failed=int((part.status == "failed").sum()),
+                   stopped=int((part.status == "stopped").sum()),
+                   epochs_trained=int(part.epochs_trained.sum()),
+                   mean_val_auc=float(done.val_auc.mean()) if len(done) else math.nan,
+                   sd_val_auc=float(done.val_auc.std(ddof=1)) if len(done) > 1 else math.nan,
+                   mean_val_loss=float(done.val_loss.mean()) if len(done) else math.nan,
+                   sd_val_loss=float(done.val_loss.std(ddof=1)) if len(done) > 1 else math.nan)
+        by_repeat = part.set_index("repeat")
+        for r in repeats:
+            ok = r in by_repeat.index and by_repeat.loc[r, "status"] == "done"
+            row[f"val_auc_r{r}"] = float(by_repeat.loc[r, "val_auc"]) if ok else math.nan
+            row[f"val_loss_r{r}"] = float(by_repeat.loc[r, "val_loss"]) if ok else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def select(units: pd.DataFrame, settings) -> dict:
+    """Apply the rule to the unit results (``settings``: the training settings, for model
+    sizes). Returns the choice and the evidence; raises if no unit finished."""
+    done = units[units.status == "done"]
+    if done.empty:
+        raise ValueError("no sweep unit finished every epoch: nothing to select from (see "
+                         "units.csv for the failures)")
+    architectures: dict[str, str] = {}
+    arch_evidence: dict[str, list[dict]] = {}
+    sizes: dict[str, int] = {}
+    for stain, part in done.groupby("stain", sort=True):
+        candidates = []
+        for arch, p in part.groupby("architecture", sort=True):
+            if arch not in sizes:
+                sizes[arch] = parameter_count(arch, settings)
+            candidates.append({"architecture": arch, "mean_val_auc": float(p.val_auc.mean()),
+                               "sd_val_auc": float(p.val_auc.std(ddof=1)) if len(p) > 1
+                               else math.nan,
+                               "mean_val_loss": float(p.val_loss.mean()), "units": len(p),
+                               "parameters": sizes[arch]})
+        ranked = sorted(candidates, key=lambda c: (
+            -round(np.nan_to_num(c["mean_val_auc"], nan=-1), 9),
+            round(np.nan_to_num(c["mean_val_loss"], nan=1e9), 9),
+            c["parameters"], c["architecture"]))
+        architectures[stain] = ranked[0]["architecture"]
+        arch_evidence[stain] = ranked
+    bag_rows = []
+    for bag in sorted(done.bag_size.unique()):
+        per_stain = {}
+        for stain, arch in architectures.items():
+            p = done[(done.stain == stain) & (done.architecture == arch) & (done.bag_size == bag)]
+            if len(p):
+                per_stain[stain] = float(p.val_auc.mean())
+        if per_stain:
+            bag_rows.append({"bag_size": int(bag),
+                             "mean_val_auc": float(np.nanmean(list(per_stain.values()))),
+                             "per_stain": per_stain})
+    ranked_bags = sorted(bag_rows, key=lambda b: (
+        -round(np.nan_to_num(b["mean_val_auc"], nan=-1), 9), b["bag_size"]))
+    return {"rule": RULE, "architectures": architectures,
+            "bag_size": ranked_bags[0]["bag_size"],
+            "evidence": {"architecture": arch_evidence, "bag_size": ranked_bags}}

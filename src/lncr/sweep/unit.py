@@ -1,0 +1,114 @@
+"""Run one sweep unit in a worker process (local pool or Ray) and report what happened.
+
+:func:`run_unit` never raises: a failing unit returns ``status="failed"`` with the error and
+its traceback, so one bad configuration cannot stop the sweep. Everything a unit produces is
+in its run folder (:func:`lncr.training.loop.train_run`), which also makes a unit resumable:
+a finished run is skipped and an interrupted one continues from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from lncr.sweep.grid import Unit, repeat_split
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """Everything a worker needs to run a unit (plain values: it crosses process borders)."""
+
+    unit: Unit
+    study: str
+    overrides: tuple[str, ...]
+    runs_root: str
+    epochs: int  # the run's total epochs (its learning-rate schedule)
+    stop_epoch: int  # train up to here now (< epochs: a successive-halving rung)
+    device: str = "auto"
+    threads: int = 1
+    weights: str | None = None  # "imagenet", a local file, or None (random initialisation)
+
+
+def unit_metrics(folder: Path) -> dict:
+    """The last epoch's validation and training figures of a run folder (NaN if none)."""
+    out = {"epochs_trained": 0, "val_auc": math.nan, "val_loss": math.nan,
+           "train_auc": math.nan, "train_loss": math.nan, "best_val_auc": math.nan}
+    path = folder / "metrics.csv"
+    if not path.exists():
+        return out
+    metrics = pd.read_csv(path)
+    if metrics.empty:
+        return out
+    last = metrics.iloc[-1]
+    out.update(epochs_trained=int(last.epoch) + 1, val_auc=float(last.val_auc),
+               val_loss=float(last.val_loss), train_auc=float(last.train_auc),
+               train_loss=float(last.train_loss), best_val_auc=float(metrics.val_auc.max()))
+    return out
+
+
+@lru_cache(maxsize=32)
+def _entries(study: str, overrides: tuple[str, ...], stain: str, magnification: str):
+    """A worker reads the study's tables once per stain × magnification."""
+    from lncr.study.validate import load_study
+    from lncr.training.loop import study_entries
+
+    cfg, entries = study_entries(study, stain, magnification, list(overrides))
+    patients = load_study(study, list(overrides), check_files=False).patients
+    return cfg, entries, patients
+
+
+def unit_entries(task: UnitTask):
+    """The unit's study config and slides, with the repeat's own split applied if it has one."""
+    u = task.unit
+    cfg, entries, patients = _entries(task.study, task.overrides, u.stain, u.magnification)
+    if u.split:
+        sides = dict(zip(*repeat_split(patients, cfg, u.repeat)[["patient_id", "split"]]
+                         .to_numpy().T))
+        entries = [e if e.split == "external" else dataclasses.replace(e, split=sides[e.patient_id])
+                   for e in entries]
+    return cfg, entries
+
+
+def run_unit(task: UnitTask) -> dict:
+    """Train ``task.unit`` up to ``task.stop_epoch``; a result row, never an exception."""
+    import torch
+
+    from lncr.training.loop import train_run
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(task.threads)
+    u = task.unit
+    folder = u.spec().folder(Path(task.runs_root))
+    row = {**u.to_dict(), "folder": str(folder), "status": "failed", "error": "",
+           "traceback": "", "host": socket.gethostname(), "pid": os.getpid()}
+    try:
+        if (task.stop_epoch < task.epochs
+                and unit_metrics(folder)["epochs_trained"] >= task.stop_epoch):
+            row.update(status="paused", **unit_metrics(folder), seconds=0.0)
+            return row  # already at this rung (a resumed sweep)
+        cfg, entries = unit_entries(task)
+        settings = cfg.training.model_copy(update={"epochs": task.epochs})
+        stop = None
+        if task.stop_epoch < task.epochs:
+            def stop(epoch: int, step: int | None) -> bool:
+                return step is None and epoch + 1 >= task.stop_epoch
+        train_run(u.spec(), entries, settings, Path(task.runs_root), cfg.tiling.tile_size,
+                  weights=task.weights, device=task.device, stop_after=stop,
+                  source={"study": task.study, "overrides": list(task.overrides)})
+        done = (folder / "done.json").exists()
+        row["status"] = "done" if done else "paused"
+    except Exception as exc:  # recorded, and the sweep goes on
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["traceback"] = traceback.format_exc()
+    row.update(unit_metrics(folder))
+    row["seconds"] = time.perf_counter() - t0
+    return row

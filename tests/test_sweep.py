@@ -1,0 +1,254 @@
+"""Describe `lncr sweep`: the grid with repeats and re-drawn splits, failures recorded without
+stopping the sweep, the selection rule, the final models, the same results on the local pool
+and on Ray, resuming after the sweep is killed, and successive halving."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FAST
+from lncr.cli import app
+from lncr.study.config import StudyConfig, load_config
+from lncr.sweep.grid import build_grid, repeat_split
+from lncr.sweep.run import halving_rungs, promote, run_sweep
+from lncr.sweep.selection import select
+
+pytestmark = pytest.mark.xdist_group("sweep")
+
+#: Tiny units (32-px inputs, 2 epochs); "nosuchnet" fails, as a broken configuration would.
+TINY = FAST + ["tiling.encoding=jpeg", "training.pretrained=false", "training.epochs=2",
+               "training.warmup_epochs=1", "training.input_size=32", "training.crop_size=96",
+               "training.embedding_dim=16", "training.transformer_heads=2",
+               "training.feedforward_dim=16", "training.eval_tiles=8",
+               "training.loader_workers=0", "sweep.architectures=[resnet18, nosuchnet]",
+               "sweep.bag_sizes=[2, 4]", "sweep.repeats=2", "sweep.stains=[HE]",
+               "sweep.magnifications=[10x]"]
+NUMBERS = ["epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss"]
+
+
+def validated_copy(tiled, folder):
+    shutil.copytree(tiled, folder)
+    result = CliRunner().invoke(app, ["validate", str(folder / "study.yaml"), "--no-files"])
+    assert result.exit_code == 0, result.output
+    return folder / "study.yaml"
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tiled, tmp_path_factory):
+    study = validated_copy(tiled, tmp_path_factory.mktemp("sweep-local") / "study")
+    return study, run_sweep(study, TINY, executor="local", workers=2, device="cpu")
+
+
+class DescribeGrid:
+    def it_crosses_every_axis_with_one_seed_per_repeat(self):
+        cfg = StudyConfig(patients="p.csv", slides="s.csv", stains=("HE", "PAS"),
+                          sweep={"architectures": ["a", "b"], "bag_sizes": [8, 16],
+                                 "repeats": 3, "magnifications": ["10x", "40x"]},
+                          training={"seed": 5})
+        units = build_grid(cfg)
+        assert len(units) == 2 * 2 * 2 * 2 * 3
+        assert {u.seed for u in units} == {5, 6, 7} and {u.split for u in units} == {""}
+        assert {u.magnification for u in units} == {"10x", "40x"}
+
+    def it_draws_a_stratified_patient_split_per_repeat_when_asked(self):
+        cfg = StudyConfig(patients="p.csv", slides="s.csv", sweep={"resplit": True,
+                                                                   "repeats": 3})
+        assert {u.split for u in build_grid(cfg) if u.repeat == 2} == {"split2"}
+        assert {u.split for u in build_grid(cfg) if u.repeat == 0} == {""}
+        patients = pd.DataFrame({"patient_id": [f"P{i:02d}" for i in range(20)] + ["E1"],
+                                 "cohort": ["development"] * 20 + ["external"],
+                                 "label": [i % 2 for i in range(20)] + [1]})
+        one, two = repeat_split(patients, cfg, 1), repeat_split(patients, cfg, 2)
+        assert "E1" not in set(one.patient_id)
+        assert set(one[one.split == "val"].patient_id) != set(two[two.split == "val"].patient_id)
+        for split in (one, two):
+            val = split[split.split == "val"]
+            assert len(val) == 4 and val.label.sum() == 2  # 20 % of each label
+
+    def it_refuses_a_magnification_the_study_does_not_have(self):
+        with pytest.raises(ValueError, match="sweep.magnifications names"):
+            StudyConfig(patients="p.csv", slides="s.csv", sweep={"magnifications": ["15x"]})
+
+
+def units(rows):
+    cols = ["stain", "architecture", "bag_size", "magnification", "repeat", "val_auc",
+            "val_loss", "status"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+class DescribeSelectionRule:
+    settings = StudyConfig(patients="p", slides="s").training
+
+    def it_picks_the_best_mean_architecture_per_stain_and_one_bag_size(self):
+        t = units([("HE", "resnet18", 8, "10x", 0, 0.9, 0.4, "done"),
+                   ("HE", "resnet18", 16, "10x", 0, 0.7, 0.5, "done"),
+                   ("HE", "alexnet", 8, "10x", 0, 0.75, 0.5, "done"),
+                   ("HE", "alexnet", 16, "10x", 0, 0.75, 0.5, "done"),
+                   ("PAS", "alexnet", 8, "10x", 0, 0.6, 0.5, "done"),
+                   ("PAS", "alexnet", 16, "10x", 0, 0.8, 0.5, "done"),
+                   ("PAS", "resnet18", 8, "10x", 0, 1.0, 0.1, "failed"),
+                   ("PAS", "resnet18", 16, "10x", 0, 0.2, 0.9, "done")])
+        s = select(t, self.settings)
+        assert s["architectures"] == {"HE": "resnet18", "PAS": "alexnet"}  # failed units ignored
+        # bag 8: mean(0.9, 0.6) = 0.75; bag 16: mean(0.7, 0.8) = 0.75 -> tie -> smaller bag
+        assert s["bag_size"] == 8
+        assert [b["mean_val_auc"] for b in s["evidence"]["bag_size"]] == [0.75, 0.75]
+
+    def it_breaks_ties_by_loss_then_by_model_size(self):
+        t = units([("HE", "resnet50", 8, "10x", 0, 0.8, 0.5, "done"),
+                   ("HE", "resnet18", 8, "10x", 0, 0.8, 0.5, "done"),
+                   ("HE", "vgg11", 8, "10x", 0, 0.8, 0.6, "done")])
+        s = select(t, self.settings)
+        assert s["architectures"]["HE"] == "resnet18"  # same AUC and loss: fewer parameters
+        ranked = s["evidence"]["architecture"]["HE"]
+        assert [r["architecture"] for r in ranked] == ["resnet18", "resnet50", "vgg11"]
+
+    def it_explains_when_nothing_finished(self):
+        with pytest.raises(ValueError, match="no sweep unit finished"):
+            select(units([("HE", "x", 8, "10x", 0, np.nan, np.nan, "failed")]), self.settings)
+
+
+class DescribeLocalSweep:
+    def it_records_every_unit_and_keeps_going_after_failures(self, local_sweep):
+        study, report = local_sweep
+        table = pd.read_csv(report.folder / "units.csv")
+        assert len(table) == 8
+        ok, bad = table[table.architecture == "resnet18"], table[table.architecture == "nosuchnet"]
+        assert (ok.status == "done").all() and (ok.epochs_trained == 2).all()
+        assert (bad.status == "failed").all() and bad.error.str.contains("nosuchnet").all()
+        assert len(list((report.folder / "failures").glob("*.txt"))) == 4
+        assert sorted(ok.seed.unique()) == [0, 1]
+
+    def it_summarises_each_configuration_with_every_repeat(self, local_sweep):
+        _, report = local_sweep
+        summary = pd.read_csv(report.folder / "summary.csv")
+        row = summary[(summary.architecture == "resnet18") & (summary.bag_size == 2)].iloc[0]
+        assert row.done == 2 and row.mean_val_auc == pytest.approx(
+            np.mean([row.val_auc_r0, row.val_auc_r1]))
+        assert {"sd_val_auc", "val_loss_r1", "failed"} <= set(summary.columns)
+
+    def it_writes_the_selection_with_its_rule_and_evidence(self, local_sweep):
+        _, report = local_sweep
+        sel = json.loads((report.folder / "selection.json").read_text())
+        assert sel["architectures"] == {"HE": "resnet18"} and sel["bag_size"] in (2, 4)
+        assert "last epoch" in sel["rule"] and sel["units"]["failed"] == 4
+        assert sel["evidence"]["architecture"]["HE"][0]["units"] == 4
+
+    def it_trains_a_final_model_per_magnification_reusing_the_sweep_run(self, local_sweep):
+        study, report = local_sweep
+        models = pd.read_csv(study.parent / "lncr-output" / "final" / "models.csv")
+        assert list(models.magnification) == ["10x", "20x"] and (models.status == "done").all()
+        bag = report.selection["bag_size"]
+        # 10x was swept (repeat 0 = seed 0, the study's split): reused, not retrained
+        assert models.folder[0].endswith(f"sweep/runs/HE/10x/resnet18-b{bag}-s0")
+        assert (study.parent / "lncr-output" / "final" / "final.json").exists()
+
+    def it_reads_a_finished_sweep_again_without_training(self, local_sweep, monkeypatch):
+        study, report = local_sweep
+        import lncr.sweep.executors as executors
+
+        started = []
+        monkeypatch.setattr(executors.LocalExecutor, "map",
+                            lambda self, tasks: started.append(tasks) or iter(()))
+        again = run_sweep(study, TINY + ["sweep.architectures=[resnet18]"], executor="local",
+                          workers=2, device="cpu")
+        assert started == [] and (again.units.status == "done").all()
+        assert again.selection["bag_size"] == report.selection["bag_size"]
+
+
+class DescribeRayExecutor:
+    def it_gives_the_same_results_as_the_local_pool(self, local_sweep, tiled, tmp_path):
+        _, local = local_sweep
+        study = validated_copy(tiled, tmp_path / "study")
+        ray = run_sweep(study, TINY, executor="ray", workers=2, device="cpu")
+        a = local.units.sort_values(["bag_size", "repeat", "architecture"]).reset_index()
+        b = ray.units.sort_values(["bag_size", "repeat", "architecture"]).reset_index()
+        assert list(a.status) == list(b.status)
+        pd.testing.assert_frame_equal(a[NUMBERS], b[NUMBERS])
+        assert ray.selection["architectures"] == local.selection["architectures"]
+        assert ray.selection["bag_size"] == local.selection["bag_size"]
+        assert json.loads((study.parent / "lncr-output" / "sweep" / "sweep.json")
+                          .read_text())["executor"] == "ray"
+
+
+class DescribeResumeAfterKill:
+    def it_keeps_finished_units_and_ends_with_the_uninterrupted_results(self, local_sweep,
+                                                                       tiled, tmp_path):
+        _, local = local_sweep
+        study = validated_copy(tiled, tmp_path / "study")
+        args = [sys.executable, "-m", "lncr", "sweep", str(study), "--workers", "1",
+                "--no-final", "--device", "cpu"] + [a for s in TINY for a in ("--set", s)]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True,
+                                env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+        for line in proc.stdout:  # wait for the first finished unit, then kill everything
+            if line.strip().startswith("done"):
+                break
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        runs = study.parent / "lncr-output" / "sweep" / "runs" / "HE" / "10x"
+        finished = sorted(runs.glob("*/done.json"))
+        assert 1 <= len(finished) < 4
+        stamps = {p: p.stat().st_mtime_ns for p in finished}
+        result = CliRunner().invoke(app, ["sweep", str(study), "--workers", "1", "--no-final",
+                                          "--device", "cpu"] + args[10:])
+        assert result.exit_code == 0, result.output
+        assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # not retrained
+        after = pd.read_csv(study.parent / "lncr-output" / "sweep" / "units.csv")
+        a = local.units.sort_values(["bag_size", "repeat", "architecture"]).reset_index()
+        b = after.sort_values(["bag_size", "repeat", "architecture"]).reset_index()
+        pd.testing.assert_frame_equal(a[NUMBERS], b[NUMBERS])
+        assert not list(runs.rglob(".*.partial"))
+
+
+class DescribeSuccessiveHalving:
+    def it_places_rungs_geometrically_up_to_the_full_budget(self):
+        assert halving_rungs(100, 10, 3) == [10, 30, 90, 100]
+        assert halving_rungs(3, 1, 2) == [1, 2, 3]
+        assert halving_rungs(5, 10, 3) == [5]
+
+    def it_keeps_the_best_third_of_configurations_per_stain(self, tmp_path):
+        from lncr.sweep.grid import Unit
+
+        results, alive = {}, []
+        for i, auc in enumerate([0.9, 0.5, 0.7, 0.6, 0.8, 0.55]):
+            u = Unit("HE", "10x", "resnet18", i + 1, 0, 0)
+            folder = tmp_path / str(i)
+            folder.mkdir()
+            pd.DataFrame({"epoch": [0, 1], "val_auc": [0.5, auc], "val_loss": [0.7, 0.6]}
+                         ).to_csv(folder / "metrics.csv", index=False)
+            results[u.name] = {"status": "paused", "folder": str(folder)}
+            alive.append(u)
+        kept, stopped = promote(alive, results, 2, 3, lambda arch: 1)
+        assert sorted(u.bag_size for u in kept) == [1, 5] and len(stopped) == 4
+
+    def it_reports_the_compute_it_saved(self, tiled, tmp_path):
+        study = validated_copy(tiled, tmp_path / "study")
+        sets = [s for s in TINY if not s.startswith("sweep.")] + [
+            "training.epochs=3", "sweep.architectures=[resnet18]", "sweep.bag_sizes=[2, 3, 4]",
+            "sweep.repeats=1", "sweep.stains=[HE]", "sweep.magnifications=[10x]",
+            "sweep.early_stopping=halving", "sweep.min_epochs=1", "sweep.halving_rate=2"]
+        report = run_sweep(study, sets, executor="local", workers=2, device="cpu", final=False)
+        t = report.units
+        assert sorted(t.status) == ["done", "stopped", "stopped"]
+        assert sorted(t.epochs_trained) == [1, 2, 3]
+        es = report.selection["early_stopping"]
+        assert es["rungs"] == [1, 2, 3] and es["epochs_trained"] == 6
+        assert es["epochs_full_grid"] == 9 and es["compute_saved"] == pytest.approx(1 / 3)
+        winner = t[t.status == "done"].bag_size.iloc[0]
+        assert report.selection["bag_size"] == winner
+
+
+def test_config_loads_sweep_overrides(tiled):
+    cfg = load_config(tiled / "study.yaml", ["sweep.executor=ray", "sweep.workers=3"])
+    assert cfg.sweep.executor == "ray" and cfg.sweep.workers == 3
