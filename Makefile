@@ -25,6 +25,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/synth.py
 	$(BIN)/python bench/stain.py
 	$(BIN)/python bench/tiling.py
+	$(BIN)/python bench/sweep.py
+	$(BIN)/python bench/sweep.py --halving
 
 constraints: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^lncr' > constraints.txt.new

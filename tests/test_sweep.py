@@ -86,6 +86,28 @@ def units(rows):
     return pd.DataFrame(rows, columns=cols)
 
 
+class DescribeRepeatSplits:
+    def it_trains_a_resplit_repeat_on_its_own_recorded_split(self, tiled, tmp_path):
+        from lncr.study.validate import load_study
+        from lncr.sweep.grid import Unit
+        from lncr.sweep.unit import UnitTask, run_unit
+
+        study = validated_copy(tiled, tmp_path / "study")
+        sets = TINY + ["sweep.resplit=true"]
+        unit = Unit("HE", "10x", "resnet18", 2, 1, 1, "split1")
+        row = run_unit(UnitTask(unit, str(study), tuple(sets), str(tmp_path / "runs"), 1, 1,
+                                device="cpu"))
+        assert row["status"] == "done", row["error"]
+        used = pd.read_csv(tmp_path / "runs" / "HE" / "10x" / "resnet18-b2-s1-split1" /
+                           "split.csv", dtype={"patient_id": str})
+        loaded = load_study(study, sets, check_files=False)
+        expected = repeat_split(loaded.patients, loaded.config, 1).set_index("patient_id")
+        assert (used.set_index("patient_id").split == expected.split.loc[used.patient_id]).all()
+        study_split = pd.read_csv(study.parent / "lncr-output" / "study" / "split.csv",
+                                  dtype={"patient_id": str}).set_index("patient_id")
+        assert (study_split.split.loc[used.patient_id].values != used.split.values).any()
+
+
 class DescribeSelectionRule:
     settings = StudyConfig(patients="p", slides="s").training
 

@@ -42,10 +42,12 @@ def main(
 
 #: Settings the demo overrides for a quick CPU run: small JPEG tiles, a reduced sweep of two
 #: backbones (EfficientNet-Lite0 with the packaged ImageNet weights, frozen; ResNet-18 from
-#: scratch) × two bag sizes × two repeats at 10x, short sweep units, final models at 10x, 20x
-#: and 40x. ``training.input_size`` is given for 512-px tiles and scaled with the tile size
-#: (384 → 96 px on 128-px tiles).
-DEMO_TILING = ["tiling.encoding=jpeg", "tiling.tile_size=128", "split.val_fraction=0.25"]
+#: scratch) × two bag sizes × two repeats at 10x, short sweep units, final models at 10x and
+#: 20x (128-px tiles at 40x hold 32 µm: too little context, and most of the tiling time), and
+#: predictions over every tile. ``training.input_size`` is given for 512-px tiles and scaled
+#: with the tile size (384 → 96 px on 128-px tiles).
+DEMO_TILING = ["tiling.encoding=jpeg", "tiling.tile_size=128", "magnification.powers=[10, 20]",
+               "split.val_fraction=0.25"]
 DEMO_TRAINING = ["training.pretrained=false", "training.backbone_lr_factor=0",
                  "training.channel_stats=imagenet", "training.epochs=8",
                  "training.warmup_epochs=1", "training.optimiser=adam",
@@ -55,7 +57,7 @@ DEMO_TRAINING = ["training.pretrained=false", "training.backbone_lr_factor=0",
                  "training.loader_workers=0"]
 DEMO_SWEEP = ["sweep.architectures=[timm:tf_efficientnet_lite0, resnet18]",
               "sweep.bag_sizes=[4, 8]", "sweep.repeats=2", "sweep.magnifications=[10x]",
-              "sweep.epochs=4"]
+              "sweep.epochs=3", "evaluation.tiles=all"]
 
 
 def _default_workers() -> int:
