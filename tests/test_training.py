@@ -42,6 +42,8 @@ class DescribeTrainRun:
         assert list((folder / "tb").glob("events.out.tfevents.*"))
         split = pd.read_csv(folder / "split.csv")
         assert set(split.split) == {"train", "val"}  # external slides never enter training
+        final = torch.load(folder / "last.pt", weights_only=True)
+        assert set(final) == {"model", "epoch", "step", "complete"} and final["epoch"] == 3
 
     def it_resumes_to_exactly_the_weights_of_an_uninterrupted_run(self, entries, tmp_path):
         spec = RunSpec("PAS", "10x", "resnet18", 4, 1)

@@ -391,6 +391,10 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
             atomic_write_json(folder / "done.json", {
                 "epochs": settings.epochs, "best_val_auc": best_key[0] if best_key else None,
                 "best_epoch": int(torch.load(folder / "best.pt", weights_only=True)["epoch"])})
+            # A finished run needs no optimiser state: keep the final weights only (a third
+            # of the size with Adam). After done.json, so a kill in between loses nothing.
+            _save({"model": model.state_dict(), "epoch": settings.epochs, "step": 0,
+                   "complete": True}, last)
         ctx.barrier()
     finally:
         if writer is not None:
