@@ -50,9 +50,12 @@ def overhead(study: Path, executor: str, workers: int) -> None:
 
     sets = TINY + ["training.epochs=1", "sweep.bag_sizes=[2, 3, 4]", "sweep.repeats=5"]
     t0 = time.perf_counter()
+    arrivals: list[tuple[float, float]] = []  # (time since start, the unit's own seconds)
     report = run_sweep(study, sets, executor=executor, workers=workers, device="cpu",
-                       final=False)
+                       final=False, progress=lambda row: arrivals.append(
+                           (time.perf_counter() - t0, row["seconds"])))
     wall = time.perf_counter() - t0
+    startup = min(t - s for t, s in arrivals)  # before the first unit could start
     units = report.units
     busy = units.seconds.sum() / workers
     t1 = time.perf_counter()
@@ -65,7 +68,10 @@ def overhead(study: Path, executor: str, workers: int) -> None:
     print(f"  executor start {report.timings['executor_start']:.2f} s, bookkeeping "
           f"{report.timings['bookkeeping']:.2f} s")
     print(f"  overhead {wall - busy:.1f} s = {(wall - busy) / wall:.1%} of the wall time "
-          f"({(wall - busy) / len(units) * 1000:.0f} ms per unit)")
+          f"({(wall - busy) / len(units) * 1000:.0f} ms per unit), of which worker start-up "
+          f"(spawn + imports, once) {startup:.1f} s; the rest "
+          f"{(wall - busy - startup) / len(units) * 1000:.0f} ms per unit (dispatch, results, "
+          "bookkeeping, the last units' imbalance)")
     print(f"  re-reading the finished sweep: {again:.2f} s")
 
 
@@ -73,7 +79,7 @@ def halving(study: Path, workers: int) -> None:
     from lncr.sweep.run import run_sweep
 
     sets = TINY + ["training.epochs=9", "sweep.bag_sizes=[2, 3, 4, 5, 6, 8]", "sweep.repeats=2",
-                   "sweep.stains=[HE, PAS]", "training.input_size=32", "training.crop_size=96"]
+                   "sweep.stains=[HE, PAS]", "training.input_size=256", "training.crop_size=384"]
     full = run_sweep(fresh(study, "full"), sets, workers=workers, device="cpu", final=False)
     half = run_sweep(fresh(study, "half"), sets + ["sweep.early_stopping=halving",
                                                    "sweep.min_epochs=1",
