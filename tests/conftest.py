@@ -66,6 +66,21 @@ def tiled(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def validated_copy(tiled: Path, folder: Path) -> Path:
+    """A copy of the tiled phantom in ``folder``, validated (its split recorded); the study
+    file's path."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from lncr.cli import app
+
+    shutil.copytree(tiled, folder)
+    result = CliRunner().invoke(app, ["validate", str(folder / "study.yaml"), "--no-files"])
+    assert result.exit_code == 0, result.output
+    return folder / "study.yaml"
+
+
 def tiled_entries(tiled: Path, stain: str, magnification: str) -> list:
     """Slides of the tiled phantom for one stain × magnification, with a seeded split that
     leaves both labels on both sides."""

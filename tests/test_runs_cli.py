@@ -4,7 +4,6 @@ gloo), `lncr predict`, and the weights options."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import FAST
+from conftest import FAST, validated_copy
 from lncr.cli import app
 from lncr.training.metrics import auc
 
@@ -26,13 +25,6 @@ QUICK = FAST + ["training.epochs=2", "training.warmup_epochs=1", "training.embed
 
 def sets(values: list[str]) -> list[str]:
     return [a for s in values for a in ("--set", s)]
-
-
-def validated_copy(tiled, folder):
-    shutil.copytree(tiled, folder)
-    result = CliRunner().invoke(app, ["validate", str(folder / "study.yaml"), "--no-files"])
-    assert result.exit_code == 0, result.output
-    return folder / "study.yaml"
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import FAST
+from conftest import FAST, validated_copy
 from lncr.cli import app
 from lncr.study.config import StudyConfig, load_config
 from lncr.sweep.grid import build_grid, repeat_split
@@ -34,13 +33,6 @@ TINY = FAST + ["tiling.encoding=jpeg", "training.pretrained=false", "training.ep
                "sweep.bag_sizes=[2, 4]", "sweep.repeats=2", "sweep.stains=[HE]",
                "sweep.magnifications=[10x]"]
 NUMBERS = ["epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss"]
-
-
-def validated_copy(tiled, folder):
-    shutil.copytree(tiled, folder)
-    result = CliRunner().invoke(app, ["validate", str(folder / "study.yaml"), "--no-files"])
-    assert result.exit_code == 0, result.output
-    return folder / "study.yaml"
 
 
 @pytest.fixture(scope="module")

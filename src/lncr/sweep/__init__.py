@@ -1,1 +1,2 @@
-"""The sweep: the architecture × bag-size grid with repeats, its executors, the selection of the final configuration."""
+"""The sweep: the architecture × bag-size grid with repeats, its executors, and the
+selection of the final configuration."""

@@ -23,17 +23,13 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
+from pathlib import Path
 
-from lncr.sweep.unit import UnitTask, run_unit
+from lncr.sweep.unit import UnitTask, result_row, run_unit
 
 
 def _failed(task: UnitTask, error: str) -> dict:
-    from lncr.sweep.unit import unit_metrics
-    from pathlib import Path
-
-    folder = task.unit.spec().folder(Path(task.runs_root))
-    return {**task.unit.to_dict(), "folder": str(folder), "status": "failed", "error": error,
-            "traceback": "", "host": "", "pid": 0, **unit_metrics(folder), "seconds": 0.0}
+    return result_row(task.unit, task.unit.spec().folder(Path(task.runs_root)), "failed", error)
 
 
 def cuda_devices() -> list[str]:

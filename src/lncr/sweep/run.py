@@ -37,7 +37,7 @@ from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.study.config import StudyConfig
 from lncr.sweep.grid import Unit, build_grid, sweep_stains, write_repeat_splits
 from lncr.sweep.selection import RULE, select, summary_table
-from lncr.sweep.unit import UnitTask, unit_metrics
+from lncr.sweep.unit import UnitTask, result_row
 
 UNIT_COLUMNS = ["stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split",
                 "status", "epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss",
@@ -137,11 +137,6 @@ class _Book:
         atomic_write_text(self.folder / "units.csv", self.table().to_csv(index=False))
 
 
-def _finished_row(unit: Unit, folder: Path) -> dict:
-    return {**unit.to_dict(), "folder": str(folder), "status": "done", "error": "",
-            "seconds": 0.0, **unit_metrics(folder)}
-
-
 def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], stop_epoch: int,
                epochs: int, book: _Book, executor_factory, progress) -> dict[str, dict]:
     """Run ``units`` to ``stop_epoch``; finished runs are read, not dispatched."""
@@ -151,7 +146,7 @@ def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], st
         task = make_task(u, stop_epoch)
         folder = u.spec().folder(Path(task.runs_root))
         if (folder / "done.json").exists():
-            results[u.name] = _finished_row(u, folder)
+            results[u.name] = result_row(u, folder, "done")
             book.record(u.name, results[u.name])
         else:
             tasks.append(task)

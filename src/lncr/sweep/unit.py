@@ -55,24 +55,35 @@ def unit_metrics(folder: Path) -> dict:
     return out
 
 
+def result_row(unit: Unit, folder: Path, status: str, error: str = "", **extra) -> dict:
+    """A unit's row for ``units.csv``: its configuration, status, error and the figures read
+    from its run folder."""
+    return {**unit.to_dict(), "folder": str(folder), "status": status, "error": error,
+            "traceback": "", "seconds": 0.0, **unit_metrics(folder), **extra}
+
+
 @lru_cache(maxsize=32)
 def _entries(study: str, overrides: tuple[str, ...], stain: str, magnification: str):
     """A worker reads the study's tables once per stain × magnification."""
-    from lncr.study.validate import load_study
     from lncr.training.loop import study_entries
 
-    cfg, entries = study_entries(study, stain, magnification, list(overrides))
-    patients = load_study(study, list(overrides), check_files=False).patients
-    return cfg, entries, patients
+    return study_entries(study, stain, magnification, list(overrides))
+
+
+@lru_cache(maxsize=4)
+def _patients(study: str, overrides: tuple[str, ...]) -> pd.DataFrame:
+    from lncr.study.validate import load_study
+
+    return load_study(study, list(overrides), check_files=False).patients
 
 
 def unit_entries(task: UnitTask):
     """The unit's study config and slides, with the repeat's own split applied if it has one."""
     u = task.unit
-    cfg, entries, patients = _entries(task.study, task.overrides, u.stain, u.magnification)
+    cfg, entries = _entries(task.study, task.overrides, u.stain, u.magnification)
     if u.split:
-        sides = dict(zip(*repeat_split(patients, cfg, u.repeat)[["patient_id", "split"]]
-                         .to_numpy().T))
+        split = repeat_split(_patients(task.study, task.overrides), cfg, u.repeat)
+        sides = dict(zip(split.patient_id, split.split))
         entries = [e if e.split == "external" else dataclasses.replace(e, split=sides[e.patient_id])
                    for e in entries]
     return cfg, entries
@@ -88,13 +99,11 @@ def run_unit(task: UnitTask) -> dict:
     torch.set_num_threads(task.threads)
     u = task.unit
     folder = u.spec().folder(Path(task.runs_root))
-    row = {**u.to_dict(), "folder": str(folder), "status": "failed", "error": "",
-           "traceback": "", "host": socket.gethostname(), "pid": os.getpid()}
+    where = {"host": socket.gethostname(), "pid": os.getpid()}
+    if (task.stop_epoch < task.epochs
+            and unit_metrics(folder)["epochs_trained"] >= task.stop_epoch):
+        return result_row(u, folder, "paused", **where)  # already at this rung (a resume)
     try:
-        if (task.stop_epoch < task.epochs
-                and unit_metrics(folder)["epochs_trained"] >= task.stop_epoch):
-            row.update(status="paused", **unit_metrics(folder), seconds=0.0)
-            return row  # already at this rung (a resumed sweep)
         cfg, entries = unit_entries(task)
         settings = cfg.training.model_copy(update={"epochs": task.epochs})
         stop = None
@@ -104,11 +113,10 @@ def run_unit(task: UnitTask) -> dict:
         train_run(u.spec(), entries, settings, Path(task.runs_root), cfg.tiling.tile_size,
                   weights=task.weights, device=task.device, stop_after=stop,
                   source={"study": task.study, "overrides": list(task.overrides)})
-        done = (folder / "done.json").exists()
-        row["status"] = "done" if done else "paused"
+        status = "done" if (folder / "done.json").exists() else "paused"
+        row = result_row(u, folder, status, **where)
     except Exception as exc:  # recorded, and the sweep goes on
-        row["error"] = f"{type(exc).__name__}: {exc}"
+        row = result_row(u, folder, "failed", f"{type(exc).__name__}: {exc}", **where)
         row["traceback"] = traceback.format_exc()
-    row.update(unit_metrics(folder))
     row["seconds"] = time.perf_counter() - t0
     return row
