@@ -69,15 +69,17 @@ class DescribeSynthCommand:
 
 
 class DescribeDemoCommand:
-    def it_runs_the_pipeline_through_evaluation_and_prints_the_external_aucs(self, tmp_path):
+    def it_runs_the_pipeline_through_evaluation_and_prints_the_external_aucs(self, tmp_path,
+                                                                              monkeypatch):
+        monkeypatch.chdir(tmp_path)  # a relative OUT, as `make demo` gives
         quick = ["magnification.powers=[10, 20]", "sweep.bag_sizes=[2]", "sweep.repeats=1",
                  "sweep.stains=[HE, PAS]", "sweep.epochs=1", "training.eval_tiles=4",
                  "training.input_size=128", "evaluation.bootstrap_resamples=200"]
-        result = runner.invoke(app, ["demo", str(tmp_path), "--patients", "4", "--external",
+        result = runner.invoke(app, ["demo", "demo-out", "--patients", "4", "--external",
                                      "2", "--workers", "2", "--epochs", "1"]
                                + [a for s in quick for a in ("--set", s)])
         assert result.exit_code == 0, result.output
-        out = tmp_path / "study" / "lncr-output"
+        out = tmp_path / "demo-out" / "study" / "lncr-output"
         assert (out / "study" / "split.csv").exists() and "Tiles:" in result.output
         units = pd.read_csv(out / "sweep" / "units.csv")
         assert len(units) == 4 and (units.status == "done").all()  # 2 stains × 2 backbones

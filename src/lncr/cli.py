@@ -310,7 +310,9 @@ def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
     from lncr.sweep.run import run_sweep
 
     t0 = time.perf_counter()
-    weights = lite0_weights(study_yaml.parent / "weights" / "tf_efficientnet_lite0.pth")
+    # Absolute: study.yaml resolves relative paths against its own folder.
+    weights = lite0_weights((study_yaml.parent / "weights" / "tf_efficientnet_lite0.pth")
+                            .resolve())
     overrides = (DEMO_TILING + DEMO_TRAINING + DEMO_SWEEP
                  + [f"training.epochs={epochs}",
                     f"sweep.weights={{'{ARCHITECTURE}': '{weights}'}}"] + extra)
