@@ -91,6 +91,9 @@ class DescribeDemoCommand:
         assert len(multi) == 6 and set(multi.stains_used) == {"HE+PAS"}
         assert (out / "evaluation" / "roc-external.png").exists()
         assert "External cohort, multi-stain ensemble: AUC" in result.output
+        top = pd.read_csv(out / "explain" / "influential.csv")
+        assert top.patient_id.nunique() == 2 and set(top.stain) == {"HE", "PAS"}
+        assert len(list((out / "explain" / "heatmaps").rglob("*.png"))) == 8  # 2 × 2 × 2
         assert "Not implemented yet" in result.output
 
 

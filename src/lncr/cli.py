@@ -11,6 +11,7 @@ import typer
 from lncr import __version__
 from lncr.cli_common import console, err_console
 from lncr.cli_common import table as _table
+from lncr.cli_explain import explain_app
 from lncr.cli_sweep import evaluate, sweep
 from lncr.cli_training import predict, train
 
@@ -217,6 +218,7 @@ app.command()(train)
 app.command()(predict)
 app.command()(sweep)
 app.command()(evaluate)
+app.add_typer(explain_app, name="explain")
 
 
 tiles_app = typer.Typer(help="Work with tile stores.", no_args_is_help=True)
@@ -255,7 +257,7 @@ def demo(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one of the demo's settings, e.g. sweep.repeats=1.")] = None,
 ) -> None:
     """Run the method end to end on the built-in phantom: synth → validate → tile → sweep
-    (reduced grid) → final models → predict (ensembles) → evaluate."""
+    (reduced grid) → final models → predict (ensembles) → evaluate → explain (heatmaps)."""
     from lncr.synth.cohort import SynthError, SynthSettings
     from lncr.study.validate import load_study, save_study_record
 
@@ -297,8 +299,8 @@ def demo(
     console.print(_table("Demo stages", ["stage", "seconds"],
                          [(name, f"{sec:.1f}") for name, sec in timings]))
     console.print(f"Phantom study: {result.study}")
-    console.print("Not implemented yet: explanations (Grad-CAM, heatmaps, DCCS) and the HTML "
-                  "report; the demo will run them as they land.")
+    console.print("Not implemented yet: Grad-CAM, DCCS clustering and the HTML report; the demo "
+                  "will run them as they land.")
 
 
 def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
@@ -306,6 +308,7 @@ def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
     """The demo's sweep, final models, ensemble predictions and evaluation."""
     from lncr.evaluation.evaluate import evaluate_study
     from lncr.evaluation.final_predictions import predict_final
+    from lncr.explain.run import explain_heatmaps
     from lncr.models.weights import ARCHITECTURE, lite0_weights
     from lncr.sweep.run import run_sweep
 
@@ -327,11 +330,18 @@ def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
                           device="auto", progress=progress)
         timings.append(("sweep + final models", time.perf_counter() - t0))
         t0 = time.perf_counter()
-        predict_final(study_yaml, overrides, device="auto")
+        predictions = predict_final(study_yaml, overrides, device="auto")
         timings.append(("predict (ensembles)", time.perf_counter() - t0))
         t0 = time.perf_counter()
         result = evaluate_study(study_yaml, overrides)
         timings.append(("evaluate", time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        # Heatmaps for the external patients the multi-stain ensemble is surest about.
+        ext = predictions.multi[predictions.multi.cohort == "external"].dropna(
+            subset=["probability"]).sort_values("probability")
+        chosen = sorted({ext.patient_id.iloc[0], ext.patient_id.iloc[-1]})
+        explained = explain_heatmaps(study_yaml, overrides, "external", chosen, device="auto")
+        timings.append(("explain (heatmaps)", time.perf_counter() - t0))
     except ValueError as exc:
         err_console.print(f"[red]ERROR the demo's models failed: {exc}[/red]")
         raise typer.Exit(1) from exc
@@ -346,6 +356,8 @@ def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
     console.print(_table("Ensemble AUCs (95% CI, DeLong)", ["cohort", "model", "patients", "AUC",
                                                            "CI"], rows))
     ext = m[(m.cohort == "external") & (m.model == "multi-stain")].iloc[0]
+    console.print(f"Heatmaps and influential tiles of {', '.join(chosen)}: "
+                  f"{explained.attrs['folder']}")
     console.print(f"External cohort, multi-stain ensemble: AUC {ext.auc:.2f} "
                   f"({ext.delong_ci_low:.2f}–{ext.delong_ci_high:.2f}); evaluation in "
                   f"{result.folder}")

@@ -40,7 +40,11 @@ class AttentionMIL(nn.Module):
 
     def forward(self, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n = bags.shape[:2]
-        embeddings = self.encoder(bags.flatten(0, 1)).view(b, n, -1)
+        return self.head(self.encoder(bags.flatten(0, 1)).view(b, n, -1))
+
+    def head(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bag part alone: tile embeddings (B, N, D) → (logits (B,), attention (B, N)).
+        Explanations embed every tile once and then re-run only this for other bags."""
         hidden = self.transformer(embeddings)
         attention = torch.softmax(self.attention(hidden).squeeze(-1), dim=1)
         pooled = torch.einsum("bn,bnd->bd", attention, hidden)

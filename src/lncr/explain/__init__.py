@@ -1,0 +1,1 @@
+"""Explaining predictions: tile scores, influential tiles, attention heatmaps."""

@@ -1,0 +1,68 @@
+"""Where the model looked: tile scores painted on the slide, and a GeoJSON QuPath can import.
+
+- :func:`heatmap_figure`: the slide's thumbnail with every scored tile filled by its score
+  (a perceptually uniform colour map, semi-transparent, each tile outlined) and a colour bar;
+  PNG.
+- :func:`geojson`: one QuPath *detection* per tile — a square polygon in level-0 pixels with
+  the scores as measurements — as a GeoJSON ``FeatureCollection`` (File → Import objects in
+  QuPath 0.4+ opens it over the same slide).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MEASUREMENTS = ("attention", "relative_attention", "effect", "chunk_probability")
+
+
+def geojson(scores: pd.DataFrame, name: str = "lncr tile") -> dict:
+    """A GeoJSON FeatureCollection of the scored tiles (coordinates in level-0 pixels)."""
+    features = []
+    for r in scores.itertuples():
+        x, y, s = float(r.x), float(r.y), float(r.size0)
+        ring = [[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"objectType": "detection", "name": f"{name} {int(r.index)}",
+                           "measurements": {m: float(getattr(r, m)) for m in MEASUREMENTS
+                                            if hasattr(r, m)}}})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def heatmap_figure(slide_path: str | Path, scores: pd.DataFrame, out: Path, title: str,
+                   column: str = "relative_attention", max_side: int = 1600) -> Path:
+    """The scores of ``column`` painted over the slide thumbnail, with a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    from lncr.slides.reader import open_slide
+
+    with open_slide(slide_path) as slide:
+        thumb, down = slide.thumbnail(max_side)
+    values = scores[column].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(8, 8 * thumb.shape[0] / thumb.shape[1] + 0.8))
+    ax.imshow(thumb)
+    boxes = [Rectangle((x / down, y / down), s / down, s / down)
+             for x, y, s in zip(scores.x, scores.y, scores.size0)]
+    cmap = "coolwarm" if column == "effect" else "viridis"
+    limit = float(np.abs(values).max()) if column == "effect" and len(values) else None
+    patches = PatchCollection(boxes, cmap=cmap, alpha=0.55, edgecolor="white", linewidth=0.3)
+    patches.set_array(values)
+    if limit:
+        patches.set_clim(-limit, limit)
+    ax.add_collection(patches)
+    fig.colorbar(patches, ax=ax, fraction=0.03, pad=0.01, label=column.replace("_", " "))
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out

@@ -1,0 +1,99 @@
+"""Score every tile of a slide with a trained model: where it looked, and what moved it.
+
+The slide's tiles are dealt into interleaved chunks exactly as ``lncr predict --tiles all``
+does (chunk ``c`` of ``k`` holds tiles ``c, c+k, …``; each chunk is one bag, the slide's
+probability is the mean over chunks). For each tile:
+
+- ``attention``: its attention weight within its chunk's bag (the softmax over the bag, so the
+  weights of a chunk sum to 1); ``relative_attention`` = attention × chunk length, so 1 means
+  "an average tile" whatever the chunk size;
+- ``effect``: the chunk's probability of complete response with the tile minus without it
+  (leave-one-out, the rest of the bag unchanged): positive tiles push towards CR, negative ones
+  towards non-response. This is the tile's effect *in the bag context* — the transformer lets
+  tiles change each other's embeddings, so it is not a property of the tile alone.
+
+**Influential tiles** of a slide are its ``top_k`` tiles by ``relative_attention`` (ties by
+larger absolute effect), with their coordinates; ``explain.top_k`` sets k.
+
+Cost: every tile goes through the backbone **once** (in batches); the leave-one-out bags re-use
+the embeddings and run only the transformer/attention head (one batched call per chunk), which
+is small beside the backbone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lncr.models.mil import AttentionMIL
+from lncr.tiling.store import TileStore
+from lncr.training.bags import BagDataset, SlideEntry
+from lncr.training.inputs import DeviceInput
+
+SCORE_COLUMNS = ["index", "x", "y", "size0", "chunk", "attention", "relative_attention",
+                 "effect", "chunk_probability"]
+
+
+@torch.no_grad()
+def embed_tiles(model: AttentionMIL, inputs: DeviceInput, dataset: BagDataset, slide: int,
+                batch: int = 64) -> torch.Tensor:
+    """(n, D) embeddings of every tile of one slide, centred crops as in evaluation."""
+    n = dataset.entries[slide].n_tiles
+    parts = []
+    for start in range(0, n, batch):
+        bag, _, _, _ = dataset.bag(slide, np.arange(start, min(n, start + batch)), epoch=0)
+        parts.append(model.encoder(inputs(bag[None])[0]))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def leave_one_out(model: AttentionMIL, embeddings: torch.Tensor) -> tuple[float, np.ndarray,
+                                                                          np.ndarray]:
+    """One bag's probability, attention (n,) and each tile's effect (n,): probability with it
+    minus without it."""
+    logits, attention = model.head(embeddings[None])
+    probability = float(torch.sigmoid(logits)[0])
+    n = embeddings.shape[0]
+    if n == 1:
+        return probability, attention[0].cpu().numpy(), np.array([probability - 0.5])
+    keep = ~torch.eye(n, dtype=torch.bool, device=embeddings.device)
+    without = embeddings[None].expand(n, -1, -1)[keep].view(n, n - 1, -1)
+    others, _ = model.head(without)
+    effect = probability - torch.sigmoid(others).cpu().numpy()
+    return probability, attention[0].cpu().numpy(), effect
+
+
+def slide_scores(model: AttentionMIL, inputs: DeviceInput, entry: SlideEntry, crop: int,
+                 chunk_size: int) -> tuple[pd.DataFrame, float]:
+    """Every tile's scores (:data:`SCORE_COLUMNS`) and the slide's probability (the mean over
+    chunks, as ``lncr predict --tiles all``)."""
+    model.eval()
+    dataset = BagDataset([entry], 1, train=False, crop=crop)
+    embeddings = embed_tiles(model, inputs, dataset, 0)
+    n = entry.n_tiles
+    chunks = math.ceil(n / chunk_size)
+    with TileStore(entry.store) as store:
+        coords = store.coords.set_index("index")
+    out = []
+    probabilities = []
+    for c in range(chunks):
+        members = np.arange(n)[c::chunks]
+        probability, attention, effect = leave_one_out(model, embeddings[members])
+        probabilities.append(probability)
+        out.append(pd.DataFrame({
+            "index": members, "chunk": c, "attention": attention,
+            "relative_attention": attention * len(members), "effect": effect,
+            "chunk_probability": probability}))
+    table = pd.concat(out).sort_values("index").reset_index(drop=True)
+    table = table.join(coords[["x", "y", "size0"]], on="index")
+    return table[SCORE_COLUMNS], float(np.mean(probabilities))
+
+
+def influential(scores: pd.DataFrame, top_k: int) -> pd.DataFrame:
+    """The ``top_k`` tiles by relative attention (ties: larger absolute effect)."""
+    order = scores.assign(_abs=scores.effect.abs()).sort_values(
+        ["relative_attention", "_abs", "index"], ascending=[False, False, True])
+    return order.drop(columns="_abs").head(top_k).reset_index(drop=True)

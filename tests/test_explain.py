@@ -1,0 +1,114 @@
+"""Describe the tile scores behind a prediction: attention within the bag, leave-one-out
+effects, influential tiles, the heatmap and the GeoJSON export (`lncr explain heatmap`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import FAST, validated_copy
+from lncr.cli import app
+from lncr.explain.heatmap import geojson
+from lncr.explain.scores import influential, leave_one_out, slide_scores
+from lncr.models.mil import build_mil
+from lncr.training.loop import RunSpec, study_entries, train_run
+from lncr.training.predict import load_run, predict_run
+
+QUICK = FAST + ["training.pretrained=false", "training.epochs=1", "training.warmup_epochs=0",
+                "training.input_size=256", "training.embedding_dim=16",
+                "training.transformer_heads=2", "training.feedforward_dim=16",
+                "training.eval_tiles=16", "training.loader_workers=0"]
+
+
+class DescribeLeaveOneOut:
+    def it_gives_each_tile_the_probability_change_its_removal_causes(self):
+        torch.manual_seed(0)
+        model = build_mil("resnet18", 8, 1, 2, None, 8, 0.0).eval()
+        emb = torch.randn(5, 8)
+        probability, attention, effect = leave_one_out(model, emb)
+        assert attention.sum() == pytest.approx(1.0, abs=1e-6) and len(effect) == 5
+        with torch.no_grad():
+            full = torch.sigmoid(model.head(emb[None])[0])[0]
+            without_2 = torch.sigmoid(model.head(emb[[0, 1, 3, 4]][None])[0])[0]
+        assert probability == pytest.approx(float(full), abs=1e-6)
+        assert effect[2] == pytest.approx(float(full - without_2), abs=1e-6)
+
+
+class DescribeInfluentialTiles:
+    def it_ranks_by_relative_attention_then_by_absolute_effect(self):
+        scores = pd.DataFrame({"index": [0, 1, 2, 3], "relative_attention": [1.2, 0.5, 1.2, 2.0],
+                               "effect": [0.01, 0.3, -0.2, 0.0]})
+        assert list(influential(scores, 3)["index"]) == [3, 2, 0]
+
+
+class DescribeGeoJSON:
+    def it_writes_one_closed_square_detection_per_tile_with_its_scores(self):
+        scores = pd.DataFrame({"index": [4], "x": [1024], "y": [512], "size0": [256.0],
+                               "attention": [0.2], "relative_attention": [1.6],
+                               "effect": [-0.05], "chunk_probability": [0.7]})
+        doc = json.loads(json.dumps(geojson(scores, "P1 HE 20x")))
+        assert doc["type"] == "FeatureCollection" and len(doc["features"]) == 1
+        f = doc["features"][0]
+        ring = f["geometry"]["coordinates"][0]
+        assert f["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) == 5
+        assert ring[2] == [1280.0, 768.0]
+        assert f["properties"]["objectType"] == "detection"
+        assert f["properties"]["measurements"]["effect"] == -0.05
+
+
+@pytest.fixture(scope="module")
+def trained(tiled, tmp_path_factory):
+    study = validated_copy(tiled, tmp_path_factory.mktemp("explain") / "study")
+    cfg, entries = study_entries(study, "HE", "20x", QUICK)
+    folder = train_run(RunSpec("HE", "20x", "resnet18", 4, 0), entries, cfg.training,
+                       cfg.output_dir / "runs", cfg.tiling.tile_size,
+                       source={"study": str(study), "overrides": QUICK})
+    return study, folder, entries
+
+
+class DescribeSlideScores:
+    def it_scores_every_tile_and_agrees_with_lncr_predict_over_every_tile(self, trained):
+        study, folder, entries = trained
+        model, config, inputs, _ = load_run(folder, "last")
+        entry = entries[0]
+        scores, probability = slide_scores(model, inputs, entry, config["geometry"]["crop"], 16)
+        assert len(scores) == entry.n_tiles and list(scores["index"]) == list(range(entry.n_tiles))
+        assert scores.groupby("chunk").attention.sum().to_numpy() == pytest.approx(1.0, abs=1e-5)
+        assert np.isfinite(scores.effect).all() and (scores.size0 > 0).all()
+        predicted = predict_run(folder, "all", "last", tiles="all", chunk_size=16, write=False)
+        row = predicted[predicted.patient_id == entry.patient_id].iloc[0]
+        assert probability == pytest.approx(row.probability, abs=1e-5)
+
+
+class DescribeHeatmapCommand:
+    def it_writes_scores_heatmaps_geojson_and_influential_tiles(self, trained):
+        study, folder, entries = trained
+        out = study.parent / "lncr-output"
+        (out / "final").mkdir(exist_ok=True)
+        pd.DataFrame([{"stain": "HE", "magnification": "20x", "architecture": "resnet18",
+                       "bag_size": 4, "seed": 0, "status": "done", "val_auc": 0.5,
+                       "folder": str(folder), "error": ""}]).to_csv(
+            out / "final" / "models.csv", index=False)
+        sets = [a for s in QUICK + ["explain.top_k=3"] for a in ("--set", s)]
+        result = CliRunner().invoke(app, ["explain", "heatmap", str(study), "--cohort",
+                                          "external", "--device", "cpu"] + sets)
+        assert result.exit_code == 0, result.output
+        ext = [e for e in entries if e.split == "external"]
+        top = pd.read_csv(out / "explain" / "influential.csv", dtype={"patient_id": str})
+        assert set(top.patient_id) == {e.patient_id for e in ext}
+        assert (top.groupby("patient_id").size() == 3).all() and set(top["rank"]) == {1, 2, 3}
+        for e in ext:
+            stem = f"HE/20x/{e.patient_id}"
+            scores = pd.read_csv(out / "explain" / "scores" / f"{stem}.csv")
+            assert len(scores) == e.n_tiles
+            doc = json.loads((out / "explain" / "geojson" / f"{stem}.geojson").read_text())
+            assert len(doc["features"]) == e.n_tiles
+            with Image.open(out / "explain" / "heatmaps" / f"{stem}.png") as im:
+                assert im.size[0] > 400
+        assert json.loads((out / "explain" / "explain.json").read_text())["top_k"] == 3
