@@ -119,7 +119,7 @@ class _Book:
                      "folder": "", "error": ""} for u in units}
         self.seconds = 0.0
 
-    def record(self, name: str, row: dict) -> None:
+    def record(self, name: str, row: dict, write: bool = True) -> None:
         t0 = time.perf_counter()
         self.rows[name].update({k: row[k] for k in UNIT_COLUMNS if k in row})
         if row.get("status") == "failed":
@@ -127,7 +127,8 @@ class _Book:
             failures.mkdir(exist_ok=True)
             atomic_write_text(failures / (name.replace("/", "_") + ".txt"),
                               f"{name}\n{row.get('error', '')}\n\n{row.get('traceback', '')}")
-        self.write()
+        if write:
+            self.write()
         self.seconds += time.perf_counter() - t0
 
     def table(self) -> pd.DataFrame:
@@ -138,7 +139,7 @@ class _Book:
 
 
 def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], stop_epoch: int,
-               epochs: int, book: _Book, executor_factory, progress) -> dict[str, dict]:
+               book: _Book, executor_factory, progress) -> dict[str, dict]:
     """Run ``units`` to ``stop_epoch``; finished runs are read, not dispatched."""
     results: dict[str, dict] = {}
     tasks = []
@@ -147,9 +148,10 @@ def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], st
         folder = u.spec().folder(Path(task.runs_root))
         if (folder / "done.json").exists():
             results[u.name] = result_row(u, folder, "done")
-            book.record(u.name, results[u.name])
+            book.record(u.name, results[u.name], write=False)
         else:
             tasks.append(task)
+    book.write()  # once for every unit read from disk
     if tasks:
         for row in executor_factory().map(tasks):
             name = Unit(**{k: row[k] for k in Unit.__dataclass_fields__}).name
@@ -226,11 +228,10 @@ def run_sweep(study_yaml: str | Path, overrides: list[str] | None = None,
               "training": cfg.training.model_dump(mode="json"), "versions": versions()}
     atomic_write_json(folder / "sweep.json", {**record, "status": "running"})
     book = _Book(folder, units)
-    book.write()
     alive = list(units)
     try:
         for i, rung in enumerate(rungs):
-            results = _run_units(alive, task_for(runs_root, epochs), rung, epochs, book,
+            results = _run_units(alive, task_for(runs_root, epochs), rung, book,
                                  executor_factory, progress)
             if i < len(rungs) - 1:
                 alive, stopped = promote(alive, results, rung, sw.halving_rate, size)
@@ -291,7 +292,7 @@ def train_final(cfg: StudyConfig, selection: dict, source: str, overrides: list[
     root = sweep_runs if sweep_epochs == epochs else folder / "runs"
     units = final_units(cfg, selection)
     book = _Book(folder, units)
-    results = _run_units(units, task_for(root, epochs), epochs, epochs, book, executor_factory,
+    results = _run_units(units, task_for(root, epochs), epochs, book, executor_factory,
                          progress)
     rows = [{"stain": u.stain, "magnification": u.magnification,
              "architecture": u.architecture, "bag_size": u.bag_size, "seed": u.seed,
@@ -300,7 +301,6 @@ def train_final(cfg: StudyConfig, selection: dict, source: str, overrides: list[
             for u in units]
     table = pd.DataFrame(rows)
     atomic_write_text(folder / "models.csv", table.to_csv(index=False))
-    (folder / "units.csv").unlink(missing_ok=True)
     atomic_write_json(folder / "final.json", {
         "selection": str(cfg.output_dir / "sweep" / "selection.json"),
         "architectures": selection["architectures"], "bag_size": selection["bag_size"],
