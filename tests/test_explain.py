@@ -86,15 +86,22 @@ class DescribeSlideScores:
         assert probability == pytest.approx(row.probability, abs=1e-5)
 
 
+@pytest.fixture(scope="module")
+def final_study(trained):
+    """The trained run registered as the study's only final model (HE 20x)."""
+    study, folder, entries = trained
+    out = study.parent / "lncr-output"
+    (out / "final").mkdir(exist_ok=True)
+    pd.DataFrame([{"stain": "HE", "magnification": "20x", "architecture": "resnet18",
+                   "bag_size": 4, "seed": 0, "status": "done", "val_auc": 0.5,
+                   "folder": str(folder), "error": ""}]).to_csv(
+        out / "final" / "models.csv", index=False)
+    return study, folder, entries, out
+
+
 class DescribeHeatmapCommand:
-    def it_writes_scores_heatmaps_geojson_and_influential_tiles(self, trained):
-        study, folder, entries = trained
-        out = study.parent / "lncr-output"
-        (out / "final").mkdir(exist_ok=True)
-        pd.DataFrame([{"stain": "HE", "magnification": "20x", "architecture": "resnet18",
-                       "bag_size": 4, "seed": 0, "status": "done", "val_auc": 0.5,
-                       "folder": str(folder), "error": ""}]).to_csv(
-            out / "final" / "models.csv", index=False)
+    def it_writes_scores_heatmaps_geojson_and_influential_tiles(self, final_study):
+        study, folder, entries, out = final_study
         sets = [a for s in QUICK + ["explain.top_k=3"] for a in ("--set", s)]
         result = CliRunner().invoke(app, ["explain", "heatmap", str(study), "--cohort",
                                           "external", "--device", "cpu"] + sets)
@@ -112,3 +119,74 @@ class DescribeHeatmapCommand:
             with Image.open(out / "explain" / "heatmaps" / f"{stem}.png") as im:
                 assert im.size[0] > 400
         assert json.loads((out / "explain" / "explain.json").read_text())["top_k"] == 3
+
+
+class DescribeGradCAMCommand:
+    def it_explains_each_influential_tile_inside_its_bag(self, final_study):
+        study, folder, entries, out = final_study
+        ext = sorted(e.patient_id for e in entries if e.split == "external")
+        sets = [a for s in QUICK + ["explain.top_k=3"] for a in ("--set", s)]
+        args = ["explain", "gradcam", str(study), "--device", "cpu", "--target", "cr"]
+        result = CliRunner().invoke(app, args + [a for p in ext for a in ("--patient", p)]
+                                    + sets)
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(out / "explain" / "gradcam" / "gradcam.csv", dtype={"patient_id": str})
+        assert sorted(table.patient_id.unique()) == ext and (table.target == "CR").all()
+        for patient in ext:
+            slide = out / "explain" / "gradcam" / "HE" / "20x" / patient
+            cams = np.load(slide / "cams.npy")
+            rows = pd.read_csv(slide / "cams.csv")
+            scores = pd.read_csv(out / "explain" / "scores" / "HE" / "20x" / f"{patient}.csv")
+            assert cams.shape[0] == len(rows) == 3 and cams.min() >= 0 and cams.max() <= 1
+            assert list(rows["index"]) == list(influential(scores, 3)["index"])
+            # the bag Grad-CAM ran is the chunk the tile was scored in: same probability
+            chunk_p = scores.set_index("index").chunk_probability.loc[rows["index"]]
+            assert rows.bag_probability.to_numpy() == pytest.approx(chunk_p.to_numpy(), abs=1e-5)
+            inside = ((rows.peak_x >= rows.x) & (rows.peak_x <= rows.x + rows.size0)
+                      & (rows.peak_y >= rows.y) & (rows.peak_y <= rows.y + rows.size0))
+            assert inside.all()
+            with Image.open(slide / rows.png.iloc[0]) as im:  # tile | overlay
+                assert im.size[0] == 2 * im.size[1]
+            assert (slide / "gallery.png").stat().st_size > 0
+        meta = json.loads((out / "explain" / "gradcam" / "gradcam.json").read_text())
+        assert meta["models"][0]["layer"] == "layer4" and meta["models"][0]["method"] == "gradcam"
+
+    def it_picks_the_most_confident_correct_and_incorrect_patients_by_default(self, tmp_path):
+        from lncr.explain.gradcam_run import default_patients
+
+        (tmp_path / "predictions").mkdir()
+        pd.DataFrame({"patient_id": ["a", "b", "c", "d", "e", "f"],
+                      "split": ["val", "val", "val", "external", "external", "train"],
+                      "label": [1, 0, 1, 0, 1, 1],
+                      "probability": [0.9, 0.6, 0.7, 0.1, 0.45, 0.99]}).to_csv(
+            tmp_path / "predictions" / "multi_stain.csv", index=False)
+        patients, why = default_patients(tmp_path)
+        assert patients == ["a", "b", "d", "e"]  # train patient f is never chosen
+        assert list(why.why) == ["most confident correct", "most confident incorrect"] * 2
+
+
+class DescribeClusterCommand:
+    def it_clusters_development_influential_tiles_and_tests_outcome_association(
+            self, final_study):
+        study, folder, entries, out = final_study
+        sets = [a for s in QUICK + ["explain.top_k=4", "explain.clusters=3",
+                                    "explain.style_dim=4", "explain.cluster_tile_size=32",
+                                    "explain.cluster_epochs=2"] for a in ("--set", s)]
+        result = CliRunner().invoke(app, ["explain", "cluster", str(study), "--device", "cpu"]
+                                    + sets)
+        assert result.exit_code == 0, result.output
+        folder = out / "explain" / "clusters" / "HE" / "20x"
+        tiles = pd.read_csv(folder / "tiles.csv", dtype={"patient_id": str})
+        dev = {e.patient_id for e in entries if e.split in ("train", "val")}
+        assert set(tiles.patient_id) == dev  # external patients never enter
+        assert tiles.cluster.between(0, 2).all() and {"tsne_x", "planted_class"} <= set(tiles)
+        assoc = pd.read_csv(folder / "association.csv")
+        assert list(assoc.cluster) == [0, 1, 2] and assoc.tiles.sum() == len(tiles)
+        for name in ("tsne-cluster.png", "tsne-outcome.png", "galleries.png",
+                     "association.png", "dccs.pt", "history.csv"):
+            assert (folder / name).stat().st_size > 0
+        meta = json.loads((folder / "cluster.json").read_text())
+        assert meta["dccs"]["clusters"] == 3 and "accuracy" in meta["phantom"]["dccs"]
+        again = CliRunner().invoke(app, ["explain", "cluster", str(study), "--device", "cpu"]
+                                   + sets)
+        assert "already done" in again.output

@@ -59,6 +59,9 @@ DEMO_TRAINING = ["training.pretrained=false", "training.backbone_lr_factor=0",
 DEMO_SWEEP = ["sweep.architectures=[timm:tf_efficientnet_lite0, resnet18]",
               "sweep.bag_sizes=[4, 8]", "sweep.repeats=2", "sweep.magnifications=[10x]",
               "sweep.epochs=3", "evaluation.tiles=all"]
+# DCCS on the CPU: small tiles and a short schedule (the defaults are for a GPU).
+DEMO_EXPLAIN = ["explain.cluster_tile_size=48", "explain.cluster_epochs=60"]
+DEMO_CLUSTER = ("HE", "20x")  # the one final model the demo clusters
 
 
 def _default_workers() -> int:
@@ -299,8 +302,7 @@ def demo(
     console.print(_table("Demo stages", ["stage", "seconds"],
                          [(name, f"{sec:.1f}") for name, sec in timings]))
     console.print(f"Phantom study: {result.study}")
-    console.print("Not implemented yet: Grad-CAM, DCCS clustering and the HTML report; the demo "
-                  "will run them as they land.")
+    console.print("Not implemented yet: the HTML report (`lncr report`).")
 
 
 def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
@@ -308,6 +310,8 @@ def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
     """The demo's sweep, final models, ensemble predictions and evaluation."""
     from lncr.evaluation.evaluate import evaluate_study
     from lncr.evaluation.final_predictions import predict_final
+    from lncr.explain.cluster_run import explain_clusters
+    from lncr.explain.gradcam_run import explain_gradcam
     from lncr.explain.run import explain_heatmaps
     from lncr.models.weights import ARCHITECTURE, lite0_weights
     from lncr.sweep.run import run_sweep
@@ -316,7 +320,7 @@ def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
     # Absolute: study.yaml resolves relative paths against its own folder.
     weights = lite0_weights((study_yaml.parent / "weights" / "tf_efficientnet_lite0.pth")
                             .resolve())
-    overrides = (DEMO_TILING + DEMO_TRAINING + DEMO_SWEEP
+    overrides = (DEMO_TILING + DEMO_TRAINING + DEMO_SWEEP + DEMO_EXPLAIN
                  + [f"training.epochs={epochs}",
                     f"sweep.weights={{'{ARCHITECTURE}': '{weights}'}}"] + extra)
 
@@ -342,6 +346,13 @@ def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
         chosen = sorted({ext.patient_id.iloc[0], ext.patient_id.iloc[-1]})
         explained = explain_heatmaps(study_yaml, overrides, "external", chosen, device="auto")
         timings.append(("explain (heatmaps)", time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        cams = explain_gradcam(study_yaml, overrides, device="auto")
+        timings.append(("explain (Grad-CAM)", time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        clusters = explain_clusters(study_yaml, overrides, [DEMO_CLUSTER[0]],
+                                    [DEMO_CLUSTER[1]], device="auto")[0]
+        timings.append(("explain (DCCS clusters)", time.perf_counter() - t0))
     except ValueError as exc:
         err_console.print(f"[red]ERROR the demo's models failed: {exc}[/red]")
         raise typer.Exit(1) from exc
@@ -358,6 +369,13 @@ def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
     ext = m[(m.cohort == "external") & (m.model == "multi-stain")].iloc[0]
     console.print(f"Heatmaps and influential tiles of {', '.join(chosen)}: "
                   f"{explained.attrs['folder']}")
+    console.print(f"Grad-CAM galleries of {', '.join(sorted(cams.patient_id.unique()))} "
+                  "(most confident correct and incorrect per cohort): "
+                  f"{cams.attrs['folder']}")
+    assoc = clusters.get("chi_square_p", float("nan"))
+    console.print(f"DCCS clusters of the development cohort's influential tiles "
+                  f"({' '.join(DEMO_CLUSTER)}, {clusters['tiles']} tiles; clusters × outcome "
+                  f"chi-square p {assoc:.2g}): {clusters['folder']}")
     console.print(f"External cohort, multi-stain ensemble: AUC {ext.auc:.2f} "
                   f"({ext.delong_ci_low:.2f}–{ext.delong_ci_high:.2f}); evaluation in "
                   f"{result.folder}")

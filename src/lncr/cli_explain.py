@@ -9,7 +9,7 @@ import typer
 
 from lncr.cli_common import console, err_console
 
-explain_app = typer.Typer(help="Explain the final models' predictions (tile scores, heatmaps).",
+explain_app = typer.Typer(help="Explain the final models' predictions: tile scores and heatmaps, Grad-CAM, DCCS clusters.",
                           no_args_is_help=True)
 
 
@@ -34,3 +34,54 @@ def heatmap(
     console.print(f"Explained {slides} slide × magnification units; influential tiles in "
                   f"{table.attrs['folder']}/influential.csv; heatmaps/, geojson/ and scores/ "
                   "beside it")
+
+
+@explain_app.command("gradcam")
+def gradcam(
+    study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
+    patient: Annotated[Optional[list[str]], typer.Option(help="Explain these patients (repeatable); default: the most confident correct and incorrect prediction per cohort.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, eigengradcam or gradcamelementwise (default: explain.cam_method).")] = None,
+    target: Annotated[str, typer.Option(help="Explain P(CR) (cr), P(non-CR) (noncr) or the predicted outcome (predicted).")] = "predicted",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. explain.top_k=4.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Grad-CAM of the bag probability for each slide's influential tiles, computed inside
+    their bag: tile/overlay PNGs, a gallery per slide and the raw maps with coordinates."""
+    from lncr.explain.gradcam_run import explain_gradcam
+
+    try:
+        table = explain_gradcam(study_yaml, set_, patient, method, target, device)
+    except ValueError as exc:
+        err_console.print(f"[red]ERROR {exc}[/red]")
+        raise typer.Exit(1) from exc
+    slides = table.groupby(["stain", "magnification", "patient_id"]).ngroups
+    patients = ", ".join(sorted(table.patient_id.unique()))
+    console.print(f"Grad-CAM of {len(table)} influential tiles on {slides} slide × "
+                  f"magnification units (patients {patients}); galleries in "
+                  f"{table.attrs['folder']}/<stain>/<mag>/<patient>/")
+
+
+@explain_app.command("cluster")
+def cluster(
+    study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
+    stain: Annotated[Optional[list[str]], typer.Option(help="Only these stains (repeatable).")] = None,
+    magnification: Annotated[Optional[list[str]], typer.Option(help="Only these magnifications, e.g. 20x (repeatable).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. explain.cluster_epochs=50.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """DCCS clustering of the development cohort's influential tiles per final model: t-SNE,
+    cluster galleries and the clusters' association with the outcome."""
+    from lncr.explain.cluster_run import explain_clusters
+
+    try:
+        done = explain_clusters(study_yaml, set_, stain, magnification, device,
+                                log=lambda m: console.print(m))
+    except ValueError as exc:
+        err_console.print(f"[red]ERROR {exc}[/red]")
+        raise typer.Exit(1) from exc
+    for d in done:
+        phantom = d.get("phantom", {}).get("dccs")
+        extra = (f"; against the phantom's planted classes: accuracy {phantom['accuracy']:.2f}, "
+                 f"NMI {phantom['nmi']:.2f}, ARI {phantom['ari']:.2f}" if phantom else "")
+        console.print(f"{d['stain']} {d['magnification']}: {d['tiles']} tiles → {d['folder']}"
+                      f"{' (already done)' if d['reused'] else ''}{extra}")

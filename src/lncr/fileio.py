@@ -25,3 +25,35 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON with sorted keys (byte-stable for equal objects)."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save_figure(fig, path: str | Path, **kwargs: Any) -> Path:
+    """``fig.savefig`` under a temporary name, renamed into place when complete."""
+    path = Path(path)
+    tmp = partial_path(path)
+    fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_save_image(image, path: str | Path) -> Path:
+    """An RGB uint8 array (H, W, 3) as an image file (format from the suffix), atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    tmp = partial_path(path)
+    Image.fromarray(image).save(tmp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_save_array(array, path: str | Path) -> Path:
+    """A NumPy array as ``.npy``, atomically."""
+    import numpy as np
+
+    path = Path(path)
+    tmp = partial_path(path)
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+    return path

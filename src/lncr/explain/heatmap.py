@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lncr.fileio import atomic_save_figure
+
 MEASUREMENTS = ("attention", "relative_attention", "effect", "chunk_probability")
 
 
@@ -63,6 +65,6 @@ def heatmap_figure(slide_path: str | Path, scores: pd.DataFrame, out: Path, titl
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    atomic_save_figure(fig, out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out

@@ -186,9 +186,15 @@ class ExplainSettings(_Settings):
     """``lncr explain``: Grad-CAM, attention heatmaps, DCCS clustering."""
 
     top_k: int = Field(8, ge=1)
-    cam_method: str = "gradcam"
+    cam_method: Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
+                        "eigengradcam", "gradcamelementwise"] = "gradcam"
+    cam_layer: str | None = None  # dotted module path in the backbone; None: found by a dry run
     clusters: int = Field(6, ge=2)
     style_dim: int = Field(50, ge=1)
+    cluster_tile_size: int = Field(96, ge=16)  # tiles are resized to this for DCCS
+    cluster_epochs: int = Field(200, ge=1)
+    cluster_batch_size: int = Field(64, ge=4)
+    seed: int = 0
 
 
 class StudyConfig(_Settings):

@@ -1,0 +1,198 @@
+"""Grad-CAM of the *bag* probability for tiles seen inside their bag.
+
+The maintained ``grad-cam`` package (pytorch-grad-cam) computes the maps. It expects a model
+that maps a batch of images to a batch of outputs; the bag model maps a bag of tiles to one
+output. :class:`BagAsBatch` bridges the two: the bag's N tiles go in as the package's "batch",
+the model returns the bag's single logit, and :class:`BagTarget` picks P(CR) or P(non-CR) of
+that bag. The package's hooks then see the target layer's activations and gradients for all N
+tiles at once, so **one forward and one backward pass per bag** give the map of every tile in
+it, each computed with the rest of the bag present (the transformer lets tiles change one
+another's embeddings; the published code also ran Grad-CAM on the tile inside its bag).
+
+Methods are chosen by name (:data:`CAM_METHODS`): those that weigh the target layer's
+activations by gradients or by their principal components. Perturbation methods (Score-CAM,
+Ablation-CAM) re-run the model once per masked *image*, which in a bag means once per tile ×
+mask, and are left out.
+
+The target layer is found by a dry run: the last module whose output is still a spatial map
+(N, C, h, w) with more than one position, adaptive pooling excepted — for ResNets the last
+residual stage, for DenseNet the final feature block, for EfficientNet the head's BN-activation.
+ViTs are handled by the usual token-to-grid reshape of the last block's first LayerNorm. Both
+can be overridden with ``explain.cam_layer`` (a dotted module path inside the backbone).
+
+Each map is rescaled by the package to [0, 1] per tile (min subtracted, divided by max) and
+resized to the model's input size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lncr.models.backbones import TileEncoder
+from lncr.models.mil import AttentionMIL
+
+# name → class in pytorch_grad_cam
+CAM_METHODS: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+    "gradcamelementwise": "GradCAMElementWise",
+}
+TARGETS = ("predicted", "cr", "noncr")
+
+
+class BagAsBatch(nn.Module):
+    """The bag model seen as an image model: (N, 3, H, W) tiles of ONE bag → (1, 1) logit."""
+
+    def __init__(self, model: AttentionMIL):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model(tiles[None])
+        return logits.view(1, 1)
+
+
+class BagTarget:
+    """Grad-CAM target: the bag's probability of complete response (``outcome=1``) or of no
+    complete response (``outcome=0``)."""
+
+    def __init__(self, outcome: int):
+        self.outcome = int(outcome)
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(output.reshape(-1)[0])
+        return p if self.outcome == 1 else 1.0 - p
+
+
+def vit_tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, T, C) ViT tokens → (N, C, g, g), dropping the class/register tokens in front."""
+    n, t, c = tokens.shape
+    g = int(math.isqrt(t))
+    while g * g > t or (t - g * g) > 8:  # at most a few prefix tokens
+        g -= 1
+    grid = tokens[:, t - g * g:, :].reshape(n, g, g, c)
+    return grid.permute(0, 3, 1, 2)
+
+
+def _vit_layer(model: nn.Module) -> nn.Module | None:
+    if hasattr(model, "encoder") and hasattr(model.encoder, "layers"):  # torchvision ViT
+        return model.encoder.layers[-1].ln_1
+    if hasattr(model, "blocks") and hasattr(model.blocks[-1], "norm1"):  # timm ViT/DeiT
+        return model.blocks[-1].norm1
+    return None
+
+
+def find_cam_layer(encoder: TileEncoder, size: int, name: str | None = None
+                   ) -> tuple[nn.Module, Callable | None, str]:
+    """The backbone layer to explain, its reshape transform (ViT) and its dotted name."""
+    model = encoder.model
+    names = {m: n for n, m in model.named_modules()}
+    if name:
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError as exc:
+            raise ValueError(f"explain.cam_layer {name!r} is not a module of the backbone; "
+                             f"e.g. {', '.join(list(n for n, _ in model.named_children())[:6])}"
+                             ) from exc
+        return layer, (vit_tokens_to_grid if encoder.spec.fixed_input else None), name
+    vit = _vit_layer(model) if encoder.spec.fixed_input else None
+    if vit is not None:
+        return vit, vit_tokens_to_grid, names[vit]
+    finished: list[nn.Module] = []
+
+    def hook(module, _inputs, output):
+        if (isinstance(output, torch.Tensor) and output.dim() == 4
+                and output.shape[-1] * output.shape[-2] > 1
+                and not isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))):
+            finished.append(module)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    try:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            encoder(torch.zeros(1, 3, size, size, device=device))
+        model.train(was)
+    finally:
+        for h in handles:
+            h.remove()
+    if not finished:
+        raise ValueError(f"{encoder.spec.name} has no spatial feature map at {size} px to "
+                         "explain; set explain.cam_layer to a module path")
+    return finished[-1], None, names[finished[-1]]
+
+
+class BagCAM:
+    """Grad-CAM (or another method of :data:`CAM_METHODS`) for every tile of a bag."""
+
+    def __init__(self, model: AttentionMIL, input_size: int, method: str = "gradcam",
+                 layer: str | None = None):
+        import pytorch_grad_cam
+
+        if method not in CAM_METHODS:
+            raise ValueError(f"explain.cam_method {method!r}: use one of "
+                             f"{', '.join(CAM_METHODS)}")
+        self.model = model.eval()
+        self.model.requires_grad_(True)  # frozen backbones too: the hooks need gradients
+        target, reshape, self.layer_name = find_cam_layer(model.encoder, input_size, layer)
+        self.method = method
+        self._cam = getattr(pytorch_grad_cam, CAM_METHODS[method])(
+            model=BagAsBatch(self.model), target_layers=[target], reshape_transform=reshape)
+
+    def __call__(self, tiles: torch.Tensor, outcome: int) -> tuple[np.ndarray, float]:
+        """Maps (N, H, W) in [0, 1] for the N normalised input tiles of one bag, and the bag's
+        P(CR)."""
+        maps = self._cam(input_tensor=tiles, targets=[BagTarget(outcome)])
+        probability = float(torch.sigmoid(self._cam.outputs.detach().reshape(-1)[0]))
+        return np.asarray(maps, dtype=np.float32), probability
+
+    def close(self) -> None:
+        self._cam.activations_and_grads.release()
+
+    def __enter__(self) -> "BagCAM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def resolve_target(target: str, probability: float, threshold: float = 0.5) -> int:
+    """The outcome whose probability is explained: ``predicted`` follows the model."""
+    if target not in TARGETS:
+        raise ValueError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
+    if target == "predicted":
+        return int(probability >= threshold)
+    return 1 if target == "cr" else 0
+
+
+def overlay(tile: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The tile (H, W, 3 uint8) with the map (h, w in [0, 1]) in the JET colour map over it."""
+    import cv2
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    h, w = tile.shape[:2]
+    cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+    return show_cam_on_image(tile.astype(np.float32) / 255.0, cam, use_rgb=True,
+                             image_weight=1.0 - alpha)
+
+
+def peak(cam: np.ndarray, size0: float, x: float, y: float, crop_fraction: float = 1.0
+         ) -> tuple[float, float]:
+    """Level-0 coordinates of the map's maximum, for a map covering the tile's centred crop
+    (``crop_fraction`` of the tile's side)."""
+    h, w = cam.shape
+    i, j = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    side = size0 * crop_fraction
+    offset = (size0 - side) / 2.0
+    return (float(x + offset + (j + 0.5) / w * side), float(y + offset + (i + 0.5) / h * side))

@@ -1,0 +1,203 @@
+"""``lncr explain gradcam``: Grad-CAM of the influential tiles of chosen patients.
+
+For every finished final model and every slide of the chosen patients, the slide's influential
+tiles (its ``explain.top_k`` tiles by relative attention, from the cached tile scores) are
+explained inside the bag they were scored in: each chunk that holds an influential tile goes
+through :class:`lncr.explain.gradcam.BagCAM` once (one forward and one backward pass).
+Writes ``<output_dir>/explain/gradcam/``:
+
+- ``<stain>/<mag>/<patient>/tile-<rank>-<index>.png`` — the tile as the model saw it (the
+  centred crop) and the map over it, side by side;
+- ``<stain>/<mag>/<patient>/gallery.png`` — all the slide's influential tiles and their maps;
+- ``<stain>/<mag>/<patient>/cams.npy`` — the raw maps (k, H, W) in [0, 1] at the model's input
+  size, row i for row i of ``cams.csv``: rank, tile index, level-0 x, y, size, the level-0
+  position of the map's maximum, attention and effect (``cams.csv`` is written last and marks
+  the slide done);
+- ``gradcam.csv`` — every explained tile of every slide; ``gradcam.json`` — method, layer and
+  target per model, threshold, patients and why they were chosen, versions.
+
+Default patients (``--patient`` overrides): per cohort (validation and external), the most
+confident correct and the most confident incorrect multi-stain prediction at the threshold
+that ``lncr evaluate`` fixed on the validation patients (0.5 before evaluation) — the
+predictions a reader most needs to see explained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lncr.evaluation.evaluate import MULTI
+from lncr.explain.models import FinalModel, cached_scores, final_models_for, output_dir
+from lncr.fileio import (atomic_save_array, atomic_save_figure, atomic_save_image,
+                         atomic_write_json, atomic_write_text)
+
+
+
+def model_thresholds(out: Path) -> dict[str, float]:
+    """Each evaluated model's validation-fixed threshold (``"HE 20x"``, ``"HE"``, ensemble)."""
+    path = out / "evaluation" / "metrics.csv"
+    if not path.exists():
+        return {}
+    metrics = pd.read_csv(path)
+    val = metrics[metrics.cohort == "validation"]
+    return dict(zip(val.model, val.threshold.astype(float)))
+
+
+def default_patients(out: Path) -> tuple[list[str], pd.DataFrame]:
+    """The most confident correct and incorrect multi-stain predictions per cohort."""
+    path = out / "predictions" / "multi_stain.csv"
+    if not path.exists():
+        raise ValueError(f"no predictions at {path}: run `lncr predict STUDY.yaml` first, or "
+                         "name patients with --patient")
+    threshold = model_thresholds(out).get(MULTI, 0.5)
+    table = pd.read_csv(path, dtype={"patient_id": str}).dropna(subset=["probability"])
+    table = table.assign(predicted=(table.probability >= threshold).astype(int),
+                         confidence=(table.probability - threshold).abs())
+    table["correct"] = table.predicted == table.label
+    picks = []
+    for cohort, part in (("validation", table[table.split == "val"]),
+                         ("external", table[table.split == "external"])):
+        for correct in (True, False):
+            mine = part[part.correct == correct].sort_values(["confidence", "patient_id"],
+                                                             ascending=[False, True])
+            if len(mine):
+                r = mine.iloc[0]
+                picks.append({"patient_id": r.patient_id, "cohort": cohort,
+                              "why": f"most confident {'correct' if correct else 'incorrect'}",
+                              "probability": float(r.probability), "label": int(r.label),
+                              "threshold": threshold})
+    chosen = pd.DataFrame(picks)
+    if chosen.empty:
+        raise ValueError(f"{path} has no validation or external predictions to choose from; "
+                         "name patients with --patient")
+    return list(dict.fromkeys(chosen.patient_id)), chosen
+
+
+def _gallery(tiles: list[np.ndarray], overlays: list[np.ndarray], titles: list[str],
+             title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(tiles)
+    fig, axes = plt.subplots(2, k, figsize=(1.6 * k + 0.4, 3.6), squeeze=False)
+    for i in range(k):
+        for row, image in enumerate((tiles[i], overlays[i])):
+            axes[row, i].imshow(image)
+            axes[row, i].set_axis_off()
+        axes[0, i].set_title(titles[i], fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability: float,
+                  outcome: int, top_k: int, folder: Path) -> pd.DataFrame:
+    """Explain one slide's influential tiles inside their bags; write its files."""
+    from lncr.explain.gradcam import overlay, peak
+    from lncr.explain.scores import influential
+    from lncr.training.bags import BagDataset
+
+    top = influential(scores, top_k)
+    dataset = BagDataset([entry], 1, train=False, crop=fm.crop)
+    n = entry.n_tiles
+    chunks = math.ceil(n / fm.chunk)
+    found: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+    for c in sorted(set(top.chunk.astype(int))):
+        members = np.arange(n)[c::chunks]
+        bag, _, _, _ = dataset.bag(0, members, epoch=0)
+        maps, bag_probability = cam(fm.inputs(bag[None])[0], outcome)
+        for index in top.loc[top.chunk == c, "index"]:
+            pos = int(np.flatnonzero(members == index)[0])
+            found[int(index)] = (bag[pos].permute(1, 2, 0).numpy(), maps[pos], bag_probability)
+    tile_px = dataset.tiles(0, np.array([0])).shape[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, maps, tiles, overlays, titles = [], [], [], [], []
+    for rank, r in enumerate(top.itertuples(), start=1):
+        tile, cam_map, bag_probability = found[int(r.index)]
+        over = overlay(tile, cam_map)
+        png = folder / f"tile-{rank:02d}-{int(r.index)}.png"
+        atomic_save_image(np.hstack([tile, over]), png)
+        px, py = peak(cam_map, float(r.size0), float(r.x), float(r.y), tile.shape[0] / tile_px)
+        rows.append({"rank": rank, "index": int(r.index), "x": int(r.x), "y": int(r.y),
+                     "size0": float(r.size0), "peak_x": px, "peak_y": py,
+                     "attention": float(r.attention),
+                     "relative_attention": float(r.relative_attention),
+                     "effect": float(r.effect), "chunk": int(r.chunk),
+                     "bag_probability": bag_probability, "png": png.name})
+        maps.append(cam_map)
+        tiles.append(tile)
+        overlays.append(over)
+        titles.append(f"#{rank} tile {int(r.index)}\nattn×n {r.relative_attention:.2f} "
+                      f"effect {r.effect:+.3f}")
+    target = "CR" if outcome == 1 else "non-CR"
+    _gallery(tiles, overlays, titles,
+             f"{entry.patient_id} {fm.stain} {fm.magnification}: P(CR) {probability:.2f}, "
+             f"label {entry.label}; {cam.method} of P({target})", folder / "gallery.png")
+    atomic_save_array(np.stack(maps).astype(np.float32), folder / "cams.npy")
+    table = pd.DataFrame(rows)
+    atomic_write_text(folder / "cams.csv", table.to_csv(index=False))  # last: marks done
+    return table
+
+
+def explain_gradcam(study_yaml: str | Path, overrides: list[str] | None = None,
+                    patients: list[str] | None = None, method: str | None = None,
+                    target: str = "predicted", device: str = "auto",
+                    progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Grad-CAM galleries for the influential tiles of the chosen patients' slides."""
+    from lncr.explain.gradcam import BagCAM, resolve_target
+    from lncr.provenance import package_versions
+
+    overrides = list(overrides or [])
+    out = output_dir(study_yaml, overrides)
+    chosen = None
+    if not patients:
+        patients, chosen = default_patients(out)
+    thresholds = model_thresholds(out)
+    rows, used, cfg = [], [], None
+    for fm in final_models_for(study_yaml, overrides, "all", patients, device):
+        cfg = fm.cfg
+        name = method or cfg.explain.cam_method
+        threshold = thresholds.get(f"{fm.stain} {fm.magnification}", 0.5)
+        with BagCAM(fm.model, fm.input_size, name, cfg.explain.cam_layer) as cam:
+            used.append({"stain": fm.stain, "magnification": fm.magnification,
+                         "run": fm.folder, "epoch": fm.epoch, "layer": cam.layer_name,
+                         "method": name, "threshold": threshold})
+            for e in fm.entries:
+                folder = (out / "explain" / "gradcam" / fm.stain / fm.magnification
+                          / e.patient_id)
+                scores, probability = cached_scores(fm, e)
+                outcome = resolve_target(target, probability, threshold)
+                if (folder / "cams.csv").exists():
+                    table = pd.read_csv(folder / "cams.csv")
+                else:
+                    table = slide_gradcam(fm, cam, e, scores, probability, outcome,
+                                          cfg.explain.top_k, folder)
+                rows.append(table.assign(
+                    stain=fm.stain, magnification=fm.magnification, patient_id=e.patient_id,
+                    split=e.split, label=e.label, slide_probability=probability,
+                    target="CR" if outcome == 1 else "non-CR"))
+                if progress:
+                    progress(f"{fm.stain} {fm.magnification} {e.patient_id}")
+    if not rows:
+        raise ValueError(f"none of the patients {patients} has a slide with a final model")
+    table = pd.concat(rows, ignore_index=True)
+    first = ["stain", "magnification", "patient_id", "split", "label", "slide_probability",
+             "target"]
+    table = table[first + [c for c in table.columns if c not in first]]
+    folder = out / "explain" / "gradcam"
+    atomic_write_text(folder / "gradcam.csv", table.to_csv(index=False))
+    atomic_write_json(folder / "gradcam.json", {
+        "models": used, "target": target, "top_k": cfg.explain.top_k,
+        "checkpoint": cfg.evaluation.checkpoint, "patients": patients,
+        "chosen": None if chosen is None else chosen.to_dict("records"),
+        "study": str(Path(study_yaml).resolve()), "overrides": overrides,
+        "versions": package_versions("torch", "torchvision", "grad-cam", "numpy")})
+    table.attrs["folder"] = str(folder)
+    return table

@@ -1,0 +1,212 @@
+"""The explanation methods on their own: Grad-CAM of a bag, DCCS, cluster scoring, the
+pointing game and the outcome association."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lncr.explain.cluster_metrics import cluster_accuracy, clustering_scores, hungarian_match
+from lncr.explain.dccs import DCCS, DCCSConfig, DCCSTrainer, assign, augment, fit_dccs
+from lncr.explain.gradcam import BagCAM, find_cam_layer, peak, vit_tokens_to_grid
+from lncr.models.mil import build_mil
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_mil("resnet18", 8, 1, 2, None, 8, 0.0).eval()
+
+
+class DescribeBagCAM:
+    def it_gives_one_map_per_tile_at_input_size_scaled_to_unit_range(self, tiny_model):
+        x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        with BagCAM(tiny_model, 64) as cam:
+            maps, probability = cam(x, outcome=1)
+        assert maps.shape == (5, 64, 64) and maps.dtype == np.float32
+        assert maps.min() >= 0 and np.allclose(maps.max(axis=(1, 2)), 1.0, atol=1e-4)
+        with torch.no_grad():
+            assert probability == pytest.approx(float(torch.sigmoid(tiny_model(x[None])[0])[0]),
+                                                abs=1e-6)
+
+    def it_changes_when_the_target_tiles_content_changes(self, tiny_model):
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(4, 3, 64, 64, generator=g)
+        with BagCAM(tiny_model, 64) as cam:
+            before, _ = cam(x, outcome=1)
+            changed = x.clone()
+            changed[2, :, :32, :] = changed[2, :, :32, :].flip(1) * 3.0
+            after, _ = cam(changed, outcome=1)
+        assert np.abs(after[2] - before[2]).max() > 0.05
+
+    def it_explains_the_outcome_asked_for(self, tiny_model):
+        x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+        with BagCAM(tiny_model, 64) as cam:
+            cr, _ = cam(x, outcome=1)
+            non, _ = cam(x, outcome=0)
+        assert not np.allclose(cr, non)
+
+    def it_rejects_unknown_methods_and_layers(self, tiny_model):
+        with pytest.raises(ValueError, match="cam_method"):
+            BagCAM(tiny_model, 64, "scorecam")
+        with pytest.raises(ValueError, match="not a module"):
+            find_cam_layer(tiny_model.encoder, 64, "layer9")
+
+    def it_finds_the_last_spatial_layer(self, tiny_model):
+        assert find_cam_layer(tiny_model.encoder, 64)[2] == "layer4"
+
+
+def test_vit_tokens_become_a_grid_without_the_class_token():
+    tokens = torch.arange(2 * 17 * 3, dtype=torch.float32).view(2, 17, 3)
+    grid = vit_tokens_to_grid(tokens)
+    assert grid.shape == (2, 3, 4, 4)
+    assert torch.equal(grid[0, :, 0, 0], tokens[0, 1])  # token 0 (class) dropped
+
+
+def test_the_peak_is_placed_in_level0_coordinates_of_the_centred_crop():
+    cam = np.zeros((4, 4), np.float32)
+    cam[0, 3] = 1.0  # top-right cell
+    x, y = peak(cam, size0=400, x=1000, y=2000, crop_fraction=0.5)
+    assert (x, y) == (1000 + 100 + 3.5 * 50, 2000 + 100 + 0.5 * 50)
+
+
+class DescribeHungarianAccuracy:
+    def it_is_one_for_a_relabelled_perfect_clustering(self):
+        assert cluster_accuracy([0, 0, 1, 1, 2, 2], [2, 2, 0, 0, 1, 1]) == 1.0
+
+    def it_matches_one_to_one_and_counts_the_best_matching(self):
+        # clusters: 0→a (2 hits), 1→b (1 hit); cluster 1 cannot also be a.
+        y_true = ["a", "a", "a", "b", "b"]
+        y_pred = [0, 0, 1, 1, 1]
+        assert hungarian_match(y_true, y_pred) == {0: "a", 1: "b"}
+        assert cluster_accuracy(y_true, y_pred) == pytest.approx(4 / 5)
+
+    def it_counts_unmatched_extra_clusters_as_errors(self):
+        assert cluster_accuracy([0, 0, 0, 0], [0, 0, 1, 2]) == pytest.approx(0.5)
+
+    def it_reports_nmi_and_ari_too(self):
+        scores = clustering_scores([0, 0, 1, 1], [1, 1, 0, 0])
+        assert scores == {"accuracy": 1.0, "nmi": pytest.approx(1.0), "ari": pytest.approx(1.0)}
+        with pytest.raises(ValueError, match="labels"):
+            cluster_accuracy([0, 1], [0])
+
+
+def _toy(n: int = 64) -> tuple[torch.Tensor, np.ndarray]:
+    """Two kinds of 16-px images: bright left half or bright top half, with noise."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.rand(n, 3, 16, 16, generator=g)
+    y = np.arange(n) % 2
+    x[y == 0, :, :, :8] += 0.8
+    x[y == 1, :, :8, :] += 0.8
+    return x.clamp(0, 1), y
+
+
+class DescribeDCCS:
+    def it_augments_every_image_differently_within_range(self):
+        x, _ = _toy(8)
+        cfg = DCCSConfig()
+        out = augment(x, cfg.augment, torch.Generator().manual_seed(0))
+        again = augment(x, cfg.augment, torch.Generator().manual_seed(0))
+        assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+        assert torch.equal(out, again) and not torch.allclose(out, x)
+
+    def it_lowers_each_loss_with_its_own_steps_on_fixed_draws(self):
+        x, _ = _toy()
+        cfg = DCCSConfig(clusters=2, style_dim=4, lr=1e-3, seed=0)
+        torch.manual_seed(0)
+        trainer = DCCSTrainer(DCCS(3, 16, cfg))
+        trainer.model.train()
+        draws = trainer.inputs_for(x)
+        before = trainer.critic_loss(x, draws["prior"], draws["alpha"]).item()
+        for _ in range(5):
+            trainer.critic_step(x, draws)
+        assert trainer.critic_loss(x, draws["prior"], draws["alpha"]).item() < before
+        enc = trainer.encoder_losses(x, draws["x_aug"], draws["permutation"])
+        before = sum(v.item() for v in enc.values())
+        for _ in range(5):
+            trainer.encoder_step(x, draws)
+        enc = trainer.encoder_losses(x, draws["x_aug"], draws["permutation"])
+        assert sum(v.item() for v in enc.values()) < before
+
+    def it_follows_four_critic_steps_with_one_encoder_step(self):
+        x, _ = _toy(16)
+        trainer = DCCSTrainer(DCCS(3, 16, DCCSConfig(clusters=2, style_dim=4)))
+        kinds = ["critic" in trainer.step(x) for _ in range(10)]
+        assert kinds == [True, True, True, True, False] * 2
+
+    def it_is_reproducible_and_assigns_every_image_a_cluster(self):
+        x, _ = _toy(32)
+        cfg = DCCSConfig(clusters=2, style_dim=4, epochs=2, batch_size=16)
+        m1, h1 = fit_dccs(x, cfg)
+        m2, h2 = fit_dccs(x, cfg)
+        z1, c1 = assign(m1, x)
+        z2, _ = assign(m2, x)
+        assert h1 == h2 and np.array_equal(z1, z2)
+        assert z1.shape == (32, 6) and set(c1) <= {0, 1} and len(h1) == 2
+
+
+@pytest.fixture()
+def phantom(tmp_path):
+    """A one-slide phantom truth: a 10×10 mask (downsample 16), lesion in the top-left 4×4."""
+    from lncr.explain.phantom_truth import PhantomTruth
+
+    mask = np.ones((10, 10), np.uint8)
+    mask[:4, :4] = 3  # crescent
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "P_HE.png")
+    codes = {"background": 0, "tissue": 1, "fibrosis_inflammation": 2, "crescent": 3,
+             "sclerosis": 4, "wire_loop": 5}
+    (tmp_path / "truth.json").write_text(json.dumps({
+        "generator": {"mask_codes": codes, "mask_downsample": 16},
+        "patients": {"P": {"slides": {"HE": {"mask": "masks/P_HE.png"}}}}}))
+    return PhantomTruth(tmp_path)
+
+
+class DescribePointingGame:
+    def it_reads_lesion_fractions_and_classes_of_tiles(self, phantom):
+        x, y, s = [0, 64, 80], [0, 0, 80], [64, 64, 80]
+        assert list(phantom.lesion_fraction("P", "HE", x, y, s)) == [1.0, 0.0, 0.0]
+        assert phantom.tile_classes("P", "HE", x, y, s) == ["crescent", "tissue", "tissue"]
+        assert list(phantom.on_lesion("P", "HE", [10, 70], [10, 10])) == [True, False]
+        assert list(phantom.on_lesion("P", "HE", [70], [10], tolerance=16)) == [True]
+
+    def it_scores_top_attention_tiles_against_random_tiles(self, phantom):
+        from lncr.explain.pointing import attention_pointing
+
+        # 4 tiles of 32 px: only tile 0 (top-left) is on the lesion; it has top attention.
+        scores = pd.DataFrame({"index": [0, 1, 2, 3], "x": [0, 96, 0, 96], "y": [0, 0, 96, 96],
+                               "size0": [32.0] * 4, "relative_attention": [3.0, 0.5, 0.3, 0.2],
+                               "effect": [0.0] * 4})
+        summary, table = attention_pointing(phantom, [("P", "HE", scores)], top_k=1)
+        assert summary["hit_rate"] == 1.0 and summary["random_baseline"] == 0.25
+        assert summary["ratio"] == 4.0
+
+    def it_scores_cam_maxima_against_random_points_of_the_same_tiles(self, phantom):
+        from lncr.explain.pointing import cam_pointing
+
+        cams = pd.DataFrame({"patient_id": ["P", "P"], "stain": ["HE", "HE"], "index": [0, 1],
+                             "x": [32, 32], "y": [32, 32], "size0": [64.0, 64.0],
+                             "peak_x": [40.0, 90.0], "peak_y": [40.0, 90.0]})
+        summary, table = cam_pointing(phantom, cams, tolerance=0)
+        assert list(table.hit) == [1.0, 0.0] and summary["hit_rate"] == 0.5
+        assert summary["random_baseline"] == pytest.approx(0.25)  # 2×2 of 4×4 mask px
+
+
+def test_outcome_association_per_cluster_matches_scipys_fisher_test():
+    from scipy.stats import fisher_exact
+
+    from lncr.explain.cluster_run import association
+
+    tiles = pd.DataFrame({"patient_id": list("aabbccdd"), "label": [1, 1, 1, 1, 0, 0, 0, 0],
+                          "cluster": [0, 0, 0, 1, 1, 1, 1, 0]})
+    table, overall = association(tiles, 3)
+    row = table.set_index("cluster").loc[0]
+    assert (row.tiles_cr, row.tiles_noncr) == (3, 1)
+    assert row.fisher_p == pytest.approx(fisher_exact([[3, 1], [1, 3]]).pvalue)
+    assert row.patient_mean_cr == pytest.approx(0.75) and row.patient_mean_noncr == 0.25
+    assert table.set_index("cluster").loc[2].tiles == 0 and overall["dof"] == 1
