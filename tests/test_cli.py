@@ -101,7 +101,12 @@ class DescribeDemoCommand:
         clusters = out / "explain" / "clusters" / "HE" / "20x"
         assert len(pd.read_csv(clusters / "tiles.csv")) == 4 * 4  # 4 development patients
         assert "Grad-CAM galleries of" in result.output and "DCCS clusters" in result.output
-        assert "Not implemented yet" in result.output
+        report = out / "report" / "report.html"
+        page = report.read_text()
+        assert '<section id="explain">' in page and "Grad-CAM" in page and "t-SNE" in page
+        assert "Not available yet" not in page  # every stage ran
+        assert result.output.rstrip().endswith(str(report))
+        assert "[10/10] report" in result.output
 
 
 class DescribeTileCommands:

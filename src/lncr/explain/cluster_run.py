@@ -206,7 +206,8 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
     tiles = influential_tiles(fm, ex.top_k)
     images = load_tiles(tiles, ex.cluster_tile_size)
     config = DCCSConfig(clusters=ex.clusters, style_dim=ex.style_dim, epochs=ex.cluster_epochs,
-                        batch_size=min(ex.cluster_batch_size, len(tiles)), seed=ex.seed)
+                        lr=ex.cluster_lr, batch_size=min(ex.cluster_batch_size, len(tiles)),
+                        seed=ex.seed)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
     model, history = fit_dccs(x, config, str(resolve_device(device)))
     z, cluster = assign(model, x)

@@ -55,7 +55,7 @@ class DCCSConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     batch_size: int = 64
     epochs: int = 200
-    width: int = 32  # channels of the encoder's first layer (doubled at each downsampling)
+    width: int = 32  # channels of the encoder's first layer (doubled at each downsampling, ≤ 128)
     pooled: int = 4  # the MI discriminator sees the feature map pooled to pooled × pooled
     augment: dict = field(default_factory=lambda: {
         "crop_scale": (0.6, 1.0), "flips": True, "channel_shuffle": True, "jitter": 0.3})
@@ -75,9 +75,11 @@ class DCCSEncoder(nn.Module):
 
     def __init__(self, channels: int, size: int, config: DCCSConfig):
         super().__init__()
-        downs = max(1, int(math.floor(math.log2(max(size, 8) / 4))))
-        widths = [min(config.width * 2 ** i, 256) for i in range(downs + 1)]
-        layers = [_block(channels, widths[0], 1)]
+        stem = 1 if size <= 16 else 2  # tiny images (digits) keep their resolution
+        inner = size // stem
+        downs = max(1, int(math.floor(math.log2(max(inner, 8) / 4))))
+        widths = [min(config.width * 2 ** i, 128) for i in range(downs + 1)]
+        layers = [_block(channels, widths[0], stem)]
         layers += [_block(widths[i], widths[i + 1], 2) for i in range(downs)]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(config.pooled)

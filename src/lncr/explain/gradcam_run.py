@@ -135,7 +135,7 @@ def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability:
         tiles.append(tile)
         overlays.append(over)
         titles.append(f"#{rank} tile {int(r.index)}\nattn×n {r.relative_attention:.2f} "
-                      f"effect {r.effect:+.3f}")
+                      f"effect {r.effect:+.2g}")
     target = "CR" if outcome == 1 else "non-CR"
     _gallery(tiles, overlays, titles,
              f"{entry.patient_id} {fm.stain} {fm.magnification}: P(CR) {probability:.2f}, "

@@ -193,6 +193,7 @@ class ExplainSettings(_Settings):
     style_dim: int = Field(50, ge=1)
     cluster_tile_size: int = Field(96, ge=16)  # tiles are resized to this for DCCS
     cluster_epochs: int = Field(200, ge=1)
+    cluster_lr: float = Field(1e-4, gt=0)  # the paper's; small tile sets need more (1e-3)
     cluster_batch_size: int = Field(64, ge=4)
     seed: int = 0
 

@@ -1,0 +1,295 @@
+"""The report's sections, each built from one stage's files under ``output_dir``.
+
+Every function takes the study's output folder and returns HTML; when a stage's files do not
+exist yet, the section says which command makes them instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lncr.report.assets import (array_uri, esc, figure_uri, image_file, img, missing, section,
+                                table)
+
+
+MAX_CAM_PATIENTS = 4
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, dtype={"patient_id": str}) if path.exists() else None
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def study_section(out: Path) -> str:
+    summary = _json(out / "study" / "summary.json")
+    if summary is None:
+        return section("study", "Study", missing("the study summary", "lncr validate STUDY.yaml"))
+    patients = pd.DataFrame(summary["patients"]).T.fillna(0).astype(int)
+    patients = patients.rename(columns={"1": "CR (label 1)", "0": "non-CR (label 0)"})
+    patients.insert(0, "cohort", patients.index)
+    slides = pd.DataFrame(summary["slides"]).T.fillna(0).astype(int)
+    slides.insert(0, "stain", slides.index)
+    body = table(patients.reset_index(drop=True), "Patients by cohort and outcome")
+    body += table(slides.reset_index(drop=True), "Slides per stain")
+    gaps = summary.get("missing_stains") or {}
+    body += (f"<p>Missing stains: {esc(json.dumps(gaps))}.</p>" if gaps
+             else "<p>Every patient has every stain.</p>")
+    split = _json(out / "study" / "split.json")
+    if split:
+        body += (f"<p>Patient-level split ({esc(split.get('source'))}, seed "
+                 f"{esc(split.get('seed'))}): {esc(split.get('patients'))} development "
+                 f"patients, {esc(split.get('val_patients'))} for validation. External "
+                 "patients are never part of it.</p>")
+    return section("study", "Study", body)
+
+
+def _normalisation_example(out: Path, index: pd.DataFrame, stain: str) -> np.ndarray | None:
+    """A tile as read from the slide (left) and as stored after standardisation and colour
+    normalisation (right)."""
+    import cv2
+
+    from lncr.slides.reader import open_slide
+    from lncr.tiling.store import TileStore
+
+    rows = index[(index.stain == stain) & (index.status == "ok") & (index.kept > 0)]
+    if rows.empty:
+        return None
+    r = rows.sort_values(["magnification", "patient_id"]).iloc[-1]
+    with TileStore(r.store) as store:
+        tile = store[0]
+        x, y, size0 = (float(v) for v in store.coords.loc[0, ["x", "y", "size0"]])
+    with open_slide(r.slide) as slide:
+        level = slide.level_for(size0 / tile.shape[0])
+        ds = slide.level_downsamples[level]
+        side = int(round(size0 / ds))
+        raw = slide.read(level, int(x), int(y), side, side)
+    raw = cv2.resize(raw, tile.shape[:2][::-1], interpolation=cv2.INTER_AREA)
+    gap = np.full((tile.shape[0], 6, 3), 255, np.uint8)
+    return np.hstack([raw, gap, tile])
+
+
+def tiling_section(out: Path) -> str:
+    summary = _csv(out / "tiles" / "summary.csv")
+    index = _csv(out / "tiles" / "index.csv")
+    if summary is None or index is None:
+        return section("tiling", "Tiling and quality control",
+                       missing("the tiles", "lncr tile STUDY.yaml"))
+    body = table(summary, "Tiles kept per stain, magnification and cohort")
+    failed = index[index.status != "ok"]
+    body += (f"<p>{len(failed)} slide × magnification unit(s) failed; their errors are in "
+             "<code>tiles/index.csv</code>.</p>" if len(failed) else
+             "<p>Every slide was tiled.</p>")
+    plt = _plt()
+    ok = index[index.status == "ok"]
+    groups = list(ok.groupby(["stain", "magnification"]))
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(groups) + 2), 3))
+    ax.boxplot([g.kept.to_numpy() for _, g in groups], tick_labels=[f"{s}\n{m}" for (s, m), _
+                                                                     in groups])
+    ax.set_ylabel("tiles per slide")
+    ax.set_title("Tiles kept per slide", fontsize=9)
+    body += img(figure_uri(fig), "Tiles kept per slide by stain and magnification", "70%")
+    qc = out / "tiles" / "qc"
+    thumbs = sorted(qc.glob("*.png"))[:4] if qc.exists() else []
+    if thumbs:
+        body += "<h3>QC thumbnails</h3><p>Kept tiles outlined on the slide (first slides).</p>"
+        body += '<div class="grid">' + "".join(
+            image_file(p, p.stem, 900, jpeg=True) for p in thumbs) + "</div>"
+    norm = out / "tiles" / "norm"
+    refs = sorted(norm.glob("*-reference.png")) if norm.exists() else []
+    if refs:
+        body += ("<h3>Colour normalisation</h3><p>Each stain is normalised to its own "
+                 "reference, chosen from development slides only. Below each reference: a tile "
+                 "as read from the slide (left) and as stored (right).</p><div class=grid>")
+        for ref in refs:
+            stain = ref.stem.replace("-reference", "")
+            meta = _json(norm / f"{stain}.json") or {}
+            method = meta.get("reference", {}).get("method", "?")
+            body += "<div>" + image_file(ref, f"{stain}: reference ({method})", 400)
+            try:
+                example = _normalisation_example(out, index, stain)
+            except Exception as exc:  # a missing or unreadable slide must not stop the report
+                example, note = None, f"(example unavailable: {exc})"
+            else:
+                note = ""
+            if example is not None:
+                body += img(array_uri(example), f"{stain}: before | after")
+            elif note:
+                body += f'<p class="note">{esc(note)}</p>'
+            body += "</div>"
+        body += "</div>"
+    return section("tiling", "Tiling and quality control", body)
+
+
+def sweep_section(out: Path) -> str:
+    summary = _csv(out / "sweep" / "summary.csv")
+    selection = _json(out / "sweep" / "selection.json")
+    if summary is None or selection is None:
+        return section("sweep", "Model selection",
+                       missing("the sweep", "lncr sweep STUDY.yaml"))
+    plt = _plt()
+    stains = list(dict.fromkeys(summary.stain))
+    fig, axes = plt.subplots(1, len(stains), figsize=(3.2 * len(stains), 3), squeeze=False,
+                             sharey=True)
+    colours = {a: plt.get_cmap("tab10")(i) for i, a in
+               enumerate(sorted(summary.architecture.unique()))}
+    bags = sorted(summary.bag_size.unique())
+    for ax, stain in zip(axes[0], stains):
+        part = summary[summary.stain == stain]
+        for arch, rows in part.groupby("architecture"):
+            agg = rows.groupby("bag_size").mean_val_auc.mean()
+            chosen = selection["architectures"].get(stain) == arch
+            ax.plot(agg.index, agg.values, marker="o", lw=2.5 if chosen else 1,
+                    color=colours[arch], label=arch + (" (selected)" if chosen else ""))
+        ax.axvline(selection["bag_size"], color="grey", ls=":", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(bags, [str(b) for b in bags])
+        ax.minorticks_off()
+        ax.set_xlabel("bag size")
+        ax.set_title(stain, fontsize=9)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("mean validation AUC")
+    body = img(figure_uri(fig), "Validation AUC by architecture and bag size (mean over "
+                                "magnifications and repeats; dotted: the selected bag size)")
+    chosen = ", ".join(f"{s}: <b>{esc(a)}</b>" for s, a in selection["architectures"].items())
+    body += (f"<p>Selected: {chosen}; bag size <b>{esc(selection['bag_size'])}</b>.</p>"
+             f"<p class=note>Rule: {esc(selection.get('rule', ''))}</p>")
+    stopping = selection.get("early_stopping") or {}
+    if stopping.get("method", "none") != "none":
+        body += (f"<p>Early stopping ({esc(stopping['method'])}): "
+                 f"{esc(stopping.get('epochs_saved'))} of {esc(stopping.get('epochs_full_grid'))}"
+                 " epochs saved.</p>")
+    cols = ["stain", "magnification", "architecture", "bag_size", "units", "done", "failed",
+            "mean_val_auc", "sd_val_auc", "mean_val_loss"]
+    body += table(summary[[c for c in cols if c in summary]], "Sweep summary")
+    return section("sweep", "Model selection", body)
+
+
+def final_section(out: Path) -> str:
+    models = _csv(out / "final" / "models.csv")
+    if models is None:
+        return section("final", "Final models", missing("the final models",
+                                                         "lncr sweep STUDY.yaml"))
+    cols = [c for c in ("stain", "magnification", "architecture", "bag_size", "seed", "status",
+                        "val_auc", "error") if c in models]
+    return section("final", "Final models", table(models[cols], "One model per stain × "
+                                                                "magnification"))
+
+
+def results_section(out: Path) -> str:
+    ev = out / "evaluation"
+    metrics = _csv(ev / "metrics.csv")
+    if metrics is None:
+        return section("results", "Results", missing("the evaluation",
+                                                     "lncr predict STUDY.yaml && lncr evaluate "
+                                                     "STUDY.yaml"))
+    thresholds = _csv(ev / "threshold_metrics.csv")
+    comparisons = _csv(ev / "comparisons.csv")
+    body = ("<p>The threshold of each model is fixed on the validation patients and applied "
+            "unchanged to the external cohort. 95 % intervals: DeLong for AUCs, Wilson for "
+            "proportions.</p>")
+    for cohort in ("validation", "external"):
+        mine = metrics[metrics.cohort == cohort]
+        if mine.empty:
+            continue
+        body += f"<h3>{esc(cohort.capitalize())} cohort</h3><div class=grid>"
+        for kind in ("roc", "calibration"):
+            path = ev / f"{kind}-{cohort}.png"
+            if path.exists():
+                body += image_file(path, f"{kind.upper() if kind == 'roc' else 'Calibration'}"
+                                         f" — {cohort}", 900)
+        body += "</div>"
+        view = mine.assign(AUC=mine.auc.map("{:.2f}".format),
+                           CI=[f"{a:.2f}–{b:.2f}" for a, b in zip(mine.delong_ci_low,
+                                                                 mine.delong_ci_high)])
+        body += table(view[["model", "kind", "patients", "cr_patients", "AUC", "CI", "brier",
+                            "threshold"]], f"AUC and Brier score — {cohort}")
+        if thresholds is not None:
+            t = thresholds[thresholds.cohort == cohort]
+            t = t.assign(cell=[f"{v:.2f} ({a:.2f}–{b:.2f})" for v, a, b in
+                               zip(t.value, t.ci_low, t.ci_high)])
+            wide = t.pivot_table(index="model", columns="metric", values="cell",
+                                 aggfunc="first", sort=False).reset_index()
+            body += table(wide, f"Metrics at the validation-fixed threshold — {cohort}")
+        if comparisons is not None:
+            c = comparisons[comparisons.cohort == cohort]
+            if len(c):
+                body += table(c.drop(columns=["cohort"]),
+                              f"Paired DeLong tests — {cohort}")
+    return section("results", "Results", body)
+
+
+def explain_section(out: Path) -> str:
+    ex = out / "explain"
+    body = ""
+    heatmaps = sorted((ex / "heatmaps").rglob("*.png")) if (ex / "heatmaps").exists() else []
+    if heatmaps:
+        body += ("<h3>Attention heatmaps</h3><p>Relative attention of every tile on the slide "
+                 "(1 = an average tile); all of them are in <code>explain/heatmaps/</code>.</p>"
+                 "<div class=grid>")
+        body += "".join(image_file(p, f"{p.parent.parent.name} {p.parent.name} {p.stem}", 800,
+                                   jpeg=True) for p in heatmaps[:6]) + "</div>"
+    else:
+        body += missing("attention heatmaps", "lncr explain heatmap STUDY.yaml")
+    cams = _csv(ex / "gradcam" / "gradcam.csv")
+    if cams is not None:
+        meta = _json(ex / "gradcam" / "gradcam.json") or {}
+        why = {c["patient_id"]: f"{c['cohort']}: {c['why']}" for c in meta.get("chosen") or []}
+        body += ("<h3>Grad-CAM</h3><p>Influential tiles (top row) and the Grad-CAM of the bag "
+                 "probability over them (bottom row), computed inside their bag.</p>")
+        patients = list(why) or sorted(cams.patient_id.unique())
+        shown = [p for p in patients if p in set(cams.patient_id)][:MAX_CAM_PATIENTS]
+        if len(set(cams.patient_id)) > len(shown):
+            body += (f'<p class="note">{len(shown)} of {cams.patient_id.nunique()} explained '
+                     "patients shown; every gallery is in <code>explain/gradcam/</code>.</p>")
+        for patient in shown:
+            folder_mag = cams[cams.patient_id == patient][["stain", "magnification"]]
+            body += f"<h4>{esc(patient)} {esc(why.get(patient, ''))}</h4><div class=grid>"
+            for s, m in folder_mag.drop_duplicates().itertuples(index=False):
+                path = ex / "gradcam" / s / m / patient / "gallery.png"
+                if path.exists():
+                    body += image_file(path, f"{patient} {s} {m}", 1200, jpeg=True)
+            body += "</div>"
+    else:
+        body += missing("Grad-CAM galleries", "lncr explain gradcam STUDY.yaml")
+    units = sorted((ex / "clusters").glob("*/*/tiles.csv")) if (ex / "clusters").exists() else []
+    if units:
+        body += "<h3>DCCS clusters of influential tiles</h3>"
+        for t in units:
+            folder = t.parent
+            meta = _json(folder / "cluster.json") or {}
+            chi = meta.get("chi_square", {})
+            body += (f"<h4>{esc(meta.get('stain'))} {esc(meta.get('magnification'))}: "
+                     f"{esc(meta.get('tiles'))} tiles of {esc(meta.get('patients'))} development"
+                     f" patients; clusters × outcome chi-square p = "
+                     f"{chi.get('p_value', float('nan')):.3g}</h4><div class=grid>")
+            for name, caption in (("tsne-cluster.png", "t-SNE by cluster"),
+                                  ("tsne-outcome.png", "t-SNE by outcome"),
+                                  ("galleries.png", "The 10 most typical tiles per cluster"),
+                                  ("association.png", "Clusters by outcome")):
+                if (folder / name).exists():
+                    body += image_file(folder / name, caption, 1000,
+                                       jpeg=name == "galleries.png")
+            body += "</div>"
+            assoc = _csv(folder / "association.csv")
+            if assoc is not None:
+                body += table(assoc, "Outcome association per cluster (Fisher: tiles; "
+                                     "Mann-Whitney: patients)")
+    else:
+        body += missing("DCCS clusters", "lncr explain cluster STUDY.yaml")
+    return section("explain", "Explanations", body)
