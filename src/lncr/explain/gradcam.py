@@ -152,8 +152,18 @@ class BagCAM:
 
     def __call__(self, tiles: torch.Tensor, outcome: int) -> tuple[np.ndarray, float]:
         """Maps (N, H, W) in [0, 1] for the N normalised input tiles of one bag, and the bag's
-        P(CR)."""
-        maps = self._cam(input_tensor=tiles, targets=[BagTarget(outcome)])
+        P(CR).
+
+        TF32 is switched off while the maps are computed: each map is rescaled by its own
+        range, and with TF32 convolutions (PyTorch's default on GPUs) nearly flat maps came
+        out entirely different from the CPU's (``bench/gpu_explain.py``: largest difference
+        1.0 with TF32, 0.002 without, same model and tiles)."""
+        flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            maps = self._cam(input_tensor=tiles, targets=[BagTarget(outcome)])
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
         probability = float(torch.sigmoid(self._cam.outputs.detach().reshape(-1)[0]))
         return np.asarray(maps, dtype=np.float32), probability
 
