@@ -4,6 +4,7 @@ demo."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 from typer.testing import CliRunner
@@ -69,16 +70,16 @@ class DescribeSynthCommand:
 
 
 class DescribeDemoCommand:
-    def it_runs_the_pipeline_through_evaluation_and_prints_the_external_aucs(self, tmp_path,
-                                                                              monkeypatch):
+    def it_runs_the_whole_pipeline_ends_with_the_report_and_resumes(self, tmp_path,
+                                                                    monkeypatch):
         monkeypatch.chdir(tmp_path)  # a relative OUT, as `make demo` gives
         quick = ["magnification.powers=[10, 20]", "sweep.bag_sizes=[2]", "sweep.repeats=1",
                  "sweep.stains=[HE, PAS]", "sweep.epochs=1", "training.eval_tiles=4",
                  "training.input_size=128", "evaluation.bootstrap_resamples=200",
                  "explain.cluster_epochs=2", "explain.cluster_tile_size=32", "explain.top_k=4"]
-        result = runner.invoke(app, ["demo", "demo-out", "--patients", "4", "--external",
-                                     "2", "--workers", "2", "--epochs", "1"]
-                               + [a for s in quick for a in ("--set", s)])
+        args = (["demo", "demo-out", "--patients", "4", "--external", "2", "--workers", "2",
+                 "--epochs", "1"] + [a for s in quick for a in ("--set", s)])
+        result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         out = tmp_path / "demo-out" / "study" / "lncr-output"
         assert (out / "study" / "split.csv").exists() and "Tiles:" in result.output
@@ -107,6 +108,15 @@ class DescribeDemoCommand:
         assert "Not available yet" not in page  # every stage ran
         assert result.output.rstrip().endswith(str(report))
         assert "[10/10] report" in result.output
+        # Run again: every stage resumes from disk — no model retrained, no slide re-predicted.
+        runs = [Path(f) for f in models.folder]  # final models may be sweep runs reused
+        weights = {p: p.stat().st_mtime_ns for r in runs for p in r.glob("*.pt")}
+        predicted = {p: p.stat().st_mtime_ns for r in runs for p in r.glob("predictions/*")}
+        again = runner.invoke(app, args)
+        assert again.exit_code == 0, again.output
+        assert weights and {p: p.stat().st_mtime_ns for p in weights} == weights
+        assert predicted and {p: p.stat().st_mtime_ns for p in predicted} == predicted
+        assert again.output.rstrip().endswith(str(report))
 
 
 class DescribeTileCommands:

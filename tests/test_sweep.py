@@ -180,6 +180,44 @@ class DescribeLocalSweep:
         assert again.selection["bag_size"] == report.selection["bag_size"]
 
 
+class DescribeFinalPredictions:
+    def it_reuses_each_models_predictions_until_its_inputs_change(self, local_sweep,
+                                                                   monkeypatch):
+        from lncr.evaluation import final_predictions
+        from lncr.training import predict
+
+        study, _ = local_sweep
+        first = final_predictions.predict_final(study, TINY, device="cpu")
+
+        def no_prediction(*args, **kwargs):
+            raise AssertionError("predicted again")
+
+        monkeypatch.setattr(predict, "evaluate", no_prediction)  # the model's forward passes
+        again = final_predictions.predict_final(study, TINY, device="cpu")
+        pd.testing.assert_frame_equal(first.multi, again.multi)
+        # Changed inputs (see the fingerprint test below): predict again.
+        monkeypatch.setattr(predict, "inputs_fingerprint", lambda entries: "other slides")
+        with pytest.raises(AssertionError, match="predicted again"):
+            final_predictions.predict_final(study, TINY, device="cpu")
+
+    def it_fingerprints_the_slides_labels_sides_and_tile_stores(self, tmp_path):
+        import time
+
+        from lncr.training.bags import SlideEntry
+        from lncr.training.predict import inputs_fingerprint
+
+        store = tmp_path / "P1.tiles.zip"
+        store.write_bytes(b"tiles")
+        entry = SlideEntry("P1", "HE", "20x", str(store), 1, "val", 12)
+        first = inputs_fingerprint([entry])
+        assert inputs_fingerprint([entry]) == first
+        assert inputs_fingerprint([SlideEntry("P1", "HE", "20x", str(store), 0, "val", 12)]) \
+            != first  # another label
+        later = time.time() + 60
+        os.utime(store, (later, later))  # the slide was tiled again
+        assert inputs_fingerprint([entry]) != first
+
+
 class DescribeRayExecutor:
     def it_gives_the_same_results_as_the_local_pool(self, local_sweep, tiled, tmp_path):
         _, local = local_sweep

@@ -180,11 +180,15 @@ class DescribeResume:
         shutil.copytree(tiled, study)
         stores = sorted((study / "lncr-output" / "tiles").rglob("*.tiles.zip"))
         before = {p: p.stat().st_mtime_ns for p in stores}
+        thumbs = sorted((study / "lncr-output" / "tiles" / "qc").glob("*.png"))
+        drawn = {p: p.stat().st_mtime_ns for p in thumbs}
         again = tile_study(study / "study.yaml", FAST, workers=1)
         assert {r.status for r in again.results} == {"reused"}
         assert {p: p.stat().st_mtime_ns for p in stores} == before
+        assert thumbs and {p: p.stat().st_mtime_ns for p in thumbs} == drawn  # not redrawn
         changed = tile_study(study / "study.yaml", FAST + ["tiling.background_threshold=215"], workers=1)
         assert {r.status for r in changed.results} <= {"ok", "skipped-no-tissue"}
+        assert all(p.stat().st_mtime_ns != drawn[p] for p in thumbs)  # new tiles: redrawn
 
     def it_survives_being_killed_mid_run(self, phantom, tmp_path):
         study = tmp_path / "p"

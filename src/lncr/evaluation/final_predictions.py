@@ -14,7 +14,10 @@ Reads ``<output_dir>/final/models.csv`` (written by ``lncr sweep``) and writes
 - ``predictions.json`` — the checkpoint and tile choice, the models and package versions.
 
 Each model predicts with ``evaluation.checkpoint`` (``last`` by default: the final weights, so
-that validation patients did not pick the checkpoint) and ``evaluation.tiles``.
+that validation patients did not pick the checkpoint) and ``evaluation.tiles``. A model's
+predictions from an earlier run are reused when its checkpoint and the slides (labels, sides,
+tile stores) are unchanged (``predict_run(reuse=True)``), so an interrupted demo or study
+resumes.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def predict_final(study_yaml: str | Path, overrides: list[str] | None = None,
     tables = []
     for m in ready.itertuples():
         slides = predict_run(m.folder, "all", ev.checkpoint, ev.tiles, study=study_yaml,
-                             overrides=overrides, device=device, workers=workers)
+                             overrides=overrides, device=device, workers=workers, reuse=True)
         slides["architecture"], slides["bag_size"] = m.architecture, m.bag_size
         slides["run"] = m.folder
         tables.append(slides)

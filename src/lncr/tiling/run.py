@@ -24,11 +24,12 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
 from lncr import __version__
-from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.fileio import atomic_save_image, atomic_write_json, atomic_write_text
 from lncr.study.config import MagnificationSettings, StudyConfig
 from lncr.study.validate import Study, load_study
 from lncr.tiling.reference import ReferenceError, fit_reference
@@ -125,11 +126,17 @@ def _references(study: Study, folder: Path, params: TileParams
 
 
 def _qc(folder: Path, index: pd.DataFrame, magnifications: list[str]) -> None:
-    """Per slide: its thumbnail with the kept tiles of each magnification outlined."""
+    """Per slide: its thumbnail with the kept tiles of each magnification outlined. A slide
+    whose thumbnail is newer than all its tile stores is not drawn again (resume)."""
     from lncr.slides.reader import open_slide
 
     (folder / "qc").mkdir(exist_ok=True)
     for (pid, stain), group in index.groupby(["patient_id", "stain"]):
+        out = folder / "qc" / f"{pid}_{stain}.png"
+        stores = [Path(s) for s in group[group.status == "ok"].store if Path(s).exists()]
+        if out.exists() and stores and all(out.stat().st_mtime_ns >= s.stat().st_mtime_ns
+                                           for s in stores):
+            continue
         try:
             with open_slide(group.slide.iloc[0], group.slide_mpp.dropna().iloc[0]
                             if group.slide_mpp.notna().any() else None) as slide:
@@ -152,7 +159,7 @@ def _qc(folder: Path, index: pd.DataFrame, magnifications: list[str]) -> None:
         legend = "  ".join(f"{mag}: {int(group[group.magnification == mag].kept.sum())}"
                            for mag in magnifications)
         draw.text((4, 4), f"{pid} {stain}  {legend}", fill=(0, 0, 0))
-        image.save(folder / "qc" / f"{pid}_{stain}.png")
+        atomic_save_image(np.asarray(image), out)
 
 
 def summarise(index: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,7 @@ Predictions are written to ``<run>/predictions/<cohort>-<checkpoint>-<tiles>.csv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -82,12 +83,40 @@ def select(entries: list[SlideEntry], cohort: str) -> list[SlideEntry]:
     return list(entries)
 
 
+def inputs_fingerprint(entries: list[SlideEntry]) -> str:
+    """A digest of the slides a prediction covers: patient, stain, magnification, label, side,
+    tile count and the tile store's modification time (a re-tiled slide changes it)."""
+    rows = [[e.patient_id, e.stain, e.magnification, int(e.label), e.split, int(e.n_tiles),
+             str(e.store), Path(e.store).stat().st_mtime_ns if Path(e.store).exists() else 0]
+            for e in entries]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _earlier_prediction(folder: Path, cohort: str, checkpoint: str, tiles: str, chunk: int,
+                        fingerprint: str) -> pd.DataFrame | None:
+    out = prediction_path(folder, cohort, checkpoint, tiles)
+    record_path = out.with_suffix(".json")  # written after the CSV: a record means it is whole
+    if not (out.exists() and record_path.exists()):
+        return None
+    record = json.loads(record_path.read_text())
+    same = (record.get("inputs") == fingerprint
+            and (tiles == "eval" or record.get("chunk_size") == chunk)
+            and (folder / f"{checkpoint}.pt").stat().st_mtime_ns
+            <= record_path.stat().st_mtime_ns)
+    return pd.read_csv(out, dtype={"patient_id": str}) if same else None
+
+
 def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best",
                 tiles: str = "eval", chunk_size: int | None = None,
                 study: str | Path | None = None, overrides: list[str] | None = None,
-                device: str = "cpu", workers: int = 0, write: bool = True) -> pd.DataFrame:
+                device: str = "cpu", workers: int = 0, write: bool = True,
+                reuse: bool = False) -> pd.DataFrame:
     """One row per slide of ``cohort``: patient, stain, magnification, cohort, split, label,
-    probability, tiles used, chunks, run, checkpoint, epoch."""
+    probability, tiles used, chunks, run, checkpoint, epoch.
+
+    With ``reuse``, an earlier prediction file is returned instead when its record shows the
+    same checkpoint (not rewritten since), tile choice, chunk size and inputs — the same
+    slides with the same labels, sides and tile stores (:func:`inputs_fingerprint`)."""
     folder = Path(folder)
     if tiles not in TILE_CHOICES:
         raise ValueError(f"--tiles {tiles!r}: use eval or all")
@@ -106,6 +135,11 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
                          "tiles in this study")
     crop = config["geometry"]["crop"]
     chunk = chunk_size or settings.eval_tiles
+    fingerprint = inputs_fingerprint(entries)
+    if reuse:
+        earlier = _earlier_prediction(folder, cohort, checkpoint, tiles, chunk, fingerprint)
+        if earlier is not None:
+            return earlier
     ctx = Context(device=inputs.device)
     if tiles == "eval":
         ds = BagDataset(entries, 1, train=False, eval_tiles=settings.eval_tiles, crop=crop)
@@ -135,6 +169,6 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
         atomic_write_json(out.with_suffix(".json"), {
             "run": str(folder), "cohort": cohort, "checkpoint": checkpoint, "epoch": epoch,
             "tiles": tiles, "chunk_size": chunk if tiles == "all" else None,
-            "eval_tiles": settings.eval_tiles, "study": str(study),
+            "eval_tiles": settings.eval_tiles, "study": str(study), "inputs": fingerprint,
             "overrides": list(overrides or []), "versions": versions()})
     return table
