@@ -16,6 +16,13 @@ import numpy as np
 import pandas as pd
 
 
+def read_json(path: Path) -> dict | None:
+    """The JSON record at ``path``, or None when the stage that writes it has not run."""
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 

@@ -11,11 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lncr.report.assets import esc
-
-
-def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+from lncr.report.assets import esc, read_json
 
 
 def _mags(values) -> str:
@@ -23,7 +19,7 @@ def _mags(values) -> str:
 
 
 def _tiling(out: Path) -> str | None:
-    run = _json(out / "tiles" / "run.json")
+    run = read_json(out / "tiles" / "run.json")
     if run is None:
         return None
     s = run["settings"]
@@ -42,8 +38,8 @@ def _tiling(out: Path) -> str | None:
 
 
 def _training(out: Path) -> str | None:
-    final = _json(out / "final" / "final.json")
-    sweep = _json(out / "sweep" / "sweep.json")
+    final = read_json(out / "final" / "final.json")
+    sweep = read_json(out / "sweep" / "sweep.json")
     if final is None and sweep is None:
         return None
     text = ""
@@ -79,8 +75,8 @@ def _training(out: Path) -> str | None:
 
 
 def _evaluation(out: Path) -> str | None:
-    pred = _json(out / "predictions" / "predictions.json")
-    ev = _json(out / "evaluation" / "evaluation.json")
+    pred = read_json(out / "predictions" / "predictions.json")
+    ev = read_json(out / "evaluation" / "evaluation.json")
     if pred is None and ev is None:
         return None
     text = ""
@@ -103,12 +99,12 @@ def _evaluation(out: Path) -> str | None:
 def _explain(out: Path) -> str | None:
     ex = out / "explain"
     parts = []
-    heat = _json(ex / "explain.json")
+    heat = read_json(ex / "explain.json")
     if heat is not None:
         parts.append(f"Tile attention and leave-one-out effects were computed for every tile; "
                      f"the {heat['top_k']} tiles with the highest relative attention per slide "
                      f"are its influential tiles.")
-    cam = _json(ex / "gradcam" / "gradcam.json")
+    cam = read_json(ex / "gradcam" / "gradcam.json")
     if cam is not None:
         m = cam["models"][0] if cam["models"] else {}
         parts.append(f"Grad-CAM ({m.get('method')}, layer {m.get('layer')} of the backbone, "

@@ -12,15 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lncr.report.assets import (array_uri, esc, figure_uri, image_file, img, missing, section,
-                                table)
+from lncr.report.assets import (array_uri, esc, figure_uri, image_file, img, missing,
+                                read_json, section, table)
 
 
 MAX_CAM_PATIENTS = 4
-
-
-def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _csv(path: Path) -> pd.DataFrame | None:
@@ -37,7 +33,7 @@ def _plt():
 
 
 def study_section(out: Path) -> str:
-    summary = _json(out / "study" / "summary.json")
+    summary = read_json(out / "study" / "summary.json")
     if summary is None:
         return section("study", "Study", missing("the study summary", "lncr validate STUDY.yaml"))
     patients = pd.DataFrame(summary["patients"]).T.fillna(0).astype(int)
@@ -50,7 +46,7 @@ def study_section(out: Path) -> str:
     gaps = summary.get("missing_stains") or {}
     body += (f"<p>Missing stains: {esc(json.dumps(gaps))}.</p>" if gaps
              else "<p>Every patient has every stain.</p>")
-    split = _json(out / "study" / "split.json")
+    split = read_json(out / "study" / "split.json")
     if split:
         body += (f"<p>Patient-level split ({esc(split.get('source'))}, seed "
                  f"{esc(split.get('seed'))}): {esc(split.get('patients'))} development "
@@ -118,7 +114,7 @@ def tiling_section(out: Path) -> str:
                  "as read from the slide (left) and as stored (right).</p><div class=grid>")
         for ref in refs:
             stain = ref.stem.replace("-reference", "")
-            meta = _json(norm / f"{stain}.json") or {}
+            meta = read_json(norm / f"{stain}.json") or {}
             method = meta.get("reference", {}).get("method", "?")
             body += "<div>" + image_file(ref, f"{stain}: reference ({method})", 400)
             try:
@@ -138,7 +134,7 @@ def tiling_section(out: Path) -> str:
 
 def sweep_section(out: Path) -> str:
     summary = _csv(out / "sweep" / "summary.csv")
-    selection = _json(out / "sweep" / "selection.json")
+    selection = read_json(out / "sweep" / "selection.json")
     if summary is None or selection is None:
         return section("sweep", "Model selection",
                        missing("the sweep", "lncr sweep STUDY.yaml"))
@@ -248,7 +244,7 @@ def explain_section(out: Path) -> str:
         body += missing("attention heatmaps", "lncr explain heatmap STUDY.yaml")
     cams = _csv(ex / "gradcam" / "gradcam.csv")
     if cams is not None:
-        meta = _json(ex / "gradcam" / "gradcam.json") or {}
+        meta = read_json(ex / "gradcam" / "gradcam.json") or {}
         why = {c["patient_id"]: f"{c['cohort']}: {c['why']}" for c in meta.get("chosen") or []}
         body += ("<h3>Grad-CAM</h3><p>Influential tiles (top row) and the Grad-CAM of the bag "
                  "probability over them (bottom row), computed inside their bag.</p>")
@@ -272,7 +268,7 @@ def explain_section(out: Path) -> str:
         body += "<h3>DCCS clusters of influential tiles</h3>"
         for t in units:
             folder = t.parent
-            meta = _json(folder / "cluster.json") or {}
+            meta = read_json(folder / "cluster.json") or {}
             chi = meta.get("chi_square", {})
             body += (f"<h4>{esc(meta.get('stain'))} {esc(meta.get('magnification'))}: "
                      f"{esc(meta.get('tiles'))} tiles of {esc(meta.get('patients'))} development"
