@@ -14,9 +14,10 @@ after ``make demo``), whose lesion masks are known. For every final model:
 - attention pointing game over the validation and external slides: the fraction of each
   slide's top-k tiles by attention that contain lesion, against the fraction of all its tiles
   that do (random tiles);
-- Grad-CAM pointing game: ``lncr explain gradcam`` for the validation and external patients,
-  then the fraction of map maxima on lesion (one mask pixel tolerance) against random points of
-  the same tiles.
+- CAM pointing game, for each method of ``--methods`` (default Grad-CAM, Grad-CAM++,
+  LayerCAM): the maps of the influential tiles of the validation and external slides (in
+  their bags, target: the predicted outcome), then the fraction of map maxima on lesion (one
+  mask pixel tolerance) against random points of the same tiles.
 
 Then DCCS on the development influential tiles of one model (``lncr explain cluster``) against
 their planted tissue classes, beside k-means on their raw pixels. Writes into the study's
@@ -59,23 +60,23 @@ def digits(epochs: int, lr: float) -> None:
     print("  DCCS final losses: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()))
 
 
-def phantom(study: str, stain: str, magnification: str, overrides: list[str]) -> None:
+def phantom(study: str, stain: str, magnification: str, overrides: list[str],
+            methods: list[str]) -> None:
     import pandas as pd
     from sklearn.cluster import KMeans
 
     from lncr.explain.cluster_metrics import clustering_scores
     from lncr.explain.cluster_run import explain_clusters, influential_tiles, load_tiles
-    from lncr.explain.gradcam_run import explain_gradcam
-    from lncr.explain.models import cached_scores, final_models_for, slide_paths
+    from lncr.explain.gradcam import BagCAM
+    from lncr.explain.gradcam_run import model_thresholds, slide_peaks
+    from lncr.explain.models import cached_scores, final_models_for, output_dir, slide_paths
     from lncr.explain.phantom_truth import PhantomTruth
     from lncr.explain.pointing import attention_pointing, cam_pointing
 
-    patients = None
     print("Pointing game (validation + external slides; hit rate vs random, one-sided "
           "Wilcoxon p):")
     for fm in final_models_for(study, overrides, "all", None, "cpu"):
         entries = [e for e in fm.entries if e.split in ("val", "external")]
-        patients = sorted({e.patient_id for e in entries})
         truth = PhantomTruth.for_slide(slide_paths(fm.cfg.output_dir)[(entries[0].patient_id,
                                                                         fm.stain)])
         if truth is None:
@@ -86,14 +87,19 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str]) ->
               f"{summary['random_baseline']:.2f} ({summary['ratio']:.1f}×, "
               f"{summary['n']} slides with lesions, p={summary['p_value']:.2g})")
     t0 = time.perf_counter()
-    cams = explain_gradcam(study, overrides, patients, device="cpu")
-    t_cam = time.perf_counter() - t0
-    for (s, m), part in cams.groupby(["stain", "magnification"], sort=False):
-        summary, _ = cam_pointing(truth, part)
-        print(f"  Grad-CAM  {s:6s} {m}: {summary['hit_rate']:.2f} vs "
-              f"{summary['random_baseline']:.2f} ({summary['ratio']:.1f}×, {summary['n']} "
-              f"tiles with lesions, p={summary['p_value']:.2g})")
-    print(f"  (Grad-CAM of {len(cams)} tiles took {t_cam:.0f} s)")
+    thresholds = model_thresholds(output_dir(study, overrides))
+    for method in methods:
+        for fm in final_models_for(study, overrides, "all", None, "cpu"):
+            entries = [e for e in fm.entries if e.split in ("val", "external")]
+            threshold = thresholds.get(f"{fm.stain} {fm.magnification}", 0.5)
+            with BagCAM(fm.model, fm.input_size, method, fm.cfg.explain.cam_layer) as cam:
+                peaks = pd.concat([slide_peaks(fm, cam, e, fm.cfg.explain.top_k, "predicted",
+                                               threshold) for e in entries])
+            summary, _ = cam_pointing(truth, peaks)
+            print(f"  {method:9s} {fm.stain:6s} {fm.magnification}: {summary['hit_rate']:.2f} "
+                  f"vs {summary['random_baseline']:.2f} ({summary['ratio']:.2f}×, "
+                  f"{summary['n']} tiles with lesions, p={summary['p_value']:.2g})")
+    print(f"  (CAM pointing took {time.perf_counter() - t0:.0f} s)")
     done = explain_clusters(study, overrides, [stain], [magnification], "cpu")[0]
     fm = next(final_models_for(study, overrides, "development", None, "cpu", [stain],
                                [magnification]))
@@ -123,12 +129,15 @@ def main() -> None:
     p.add_argument("--stain", default="HE")
     p.add_argument("--magnification", default="20x")
     p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--methods", default="gradcam,gradcam++,layercam",
+                   help="CAM methods for the pointing game, comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.what == "digits":
         digits(args.epochs, args.lr)
     else:
-        phantom(args.study, args.stain, args.magnification, args.overrides)
+        phantom(args.study, args.stain, args.magnification, args.overrides,
+                args.methods.split(","))
 
 
 if __name__ == "__main__":

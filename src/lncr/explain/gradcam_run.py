@@ -97,14 +97,12 @@ def _gallery(tiles: list[np.ndarray], overlays: list[np.ndarray], titles: list[s
     plt.close(fig)
 
 
-def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability: float,
-                  outcome: int, top_k: int, folder: Path) -> pd.DataFrame:
-    """Explain one slide's influential tiles inside their bags; write its files."""
-    from lncr.explain.gradcam import overlay, peak
-    from lncr.explain.scores import influential
+def bag_maps(fm: FinalModel, cam, entry, top: pd.DataFrame, outcome: int
+             ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray, float]], float]:
+    """Each tile of ``top``: (the crop the model saw, its map, its bag's probability), from
+    one pass per chunk holding one of them; and the crop's fraction of the tile's side."""
     from lncr.training.bags import BagDataset
 
-    top = influential(scores, top_k)
     dataset = BagDataset([entry], 1, train=False, crop=fm.crop)
     n = entry.n_tiles
     chunks = math.ceil(n / fm.chunk)
@@ -116,7 +114,37 @@ def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability:
         for index in top.loc[top.chunk == c, "index"]:
             pos = int(np.flatnonzero(members == index)[0])
             found[int(index)] = (bag[pos].permute(1, 2, 0).numpy(), maps[pos], bag_probability)
-    tile_px = dataset.tiles(0, np.array([0])).shape[1]
+    crop = next(iter(found.values()))[0].shape[0] if found else fm.crop
+    return found, crop / dataset.tiles(0, np.array([0])).shape[1]
+
+
+def slide_peaks(fm: FinalModel, cam, entry, top_k: int, target: str, threshold: float
+                ) -> pd.DataFrame:
+    """The level-0 peak of each influential tile's map (no files): for the pointing game."""
+    from lncr.explain.gradcam import peak, resolve_target
+    from lncr.explain.scores import influential
+
+    scores, probability = cached_scores(fm, entry)
+    top = influential(scores, top_k)
+    found, fraction = bag_maps(fm, cam, entry, top, resolve_target(target, probability,
+                                                                   threshold))
+    rows = []
+    for r in top.itertuples():
+        px, py = peak(found[int(r.index)][1], float(r.size0), float(r.x), float(r.y), fraction)
+        rows.append({"patient_id": entry.patient_id, "stain": fm.stain,
+                     "magnification": fm.magnification, "index": int(r.index),
+                     "x": r.x, "y": r.y, "size0": r.size0, "peak_x": px, "peak_y": py})
+    return pd.DataFrame(rows)
+
+
+def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability: float,
+                  outcome: int, top_k: int, folder: Path) -> pd.DataFrame:
+    """Explain one slide's influential tiles inside their bags; write its files."""
+    from lncr.explain.gradcam import overlay, peak
+    from lncr.explain.scores import influential
+
+    top = influential(scores, top_k)
+    found, fraction = bag_maps(fm, cam, entry, top, outcome)
     folder.mkdir(parents=True, exist_ok=True)
     rows, maps, tiles, overlays, titles = [], [], [], [], []
     for rank, r in enumerate(top.itertuples(), start=1):
@@ -124,7 +152,7 @@ def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability:
         over = overlay(tile, cam_map)
         png = folder / f"tile-{rank:02d}-{int(r.index)}.png"
         atomic_save_image(np.hstack([tile, over]), png)
-        px, py = peak(cam_map, float(r.size0), float(r.x), float(r.y), tile.shape[0] / tile_px)
+        px, py = peak(cam_map, float(r.size0), float(r.x), float(r.y), fraction)
         rows.append({"rank": rank, "index": int(r.index), "x": int(r.x), "y": int(r.y),
                      "size0": float(r.size0), "peak_x": px, "peak_y": py,
                      "attention": float(r.attention),
