@@ -98,6 +98,18 @@ class DescribeTrainRun:
         bn = {k: v for k, v in weights_of(folder).items() if k.endswith("bn1.running_mean")}
         assert any(v.abs().sum() > 0 for v in bn.values())  # batch statistics were tracked
 
+    def it_stops_unfinished_with_a_clear_error_when_the_loss_diverges(self, entries, tmp_path):
+        from lncr.training.loop import TrainingDiverged
+
+        wild = SMALL.model_copy(update={"learning_rate": 1e30, "warmup_epochs": 0})
+        with pytest.raises(TrainingDiverged, match="learning_rate"):
+            train_run(RunSpec("PAS", "10x", "resnet18", 4, 0), entries, wild, tmp_path,
+                      tile_size=128)
+        folder = tmp_path / "PAS" / "10x" / "resnet18-b4-s0"
+        assert not (folder / "done.json").exists()
+        assert not pd.read_csv(folder / "metrics.csv").train_loss.map(
+            lambda v: v == v and abs(v) != float("inf")).iloc[-1]  # the diverged epoch is kept
+
     def it_skips_a_finished_run(self, entries, tmp_path):
         spec = RunSpec("PAS", "10x", "resnet18", 4, 2)
         folder = train_run(spec, entries, SMALL.model_copy(update={"epochs": 1}), tmp_path, 128)

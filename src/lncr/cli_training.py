@@ -39,7 +39,7 @@ def train(
 
     from lncr.models.backbones import WeightsUnavailable
     from lncr.training.distributed import setup, teardown
-    from lncr.training.loop import RunSpec, study_entries, train_run
+    from lncr.training.loop import RunSpec, TrainingDiverged, study_entries, train_run
 
     ctx = None
     try:
@@ -52,7 +52,7 @@ def train(
         source = {"study": str(Path(study_yaml).resolve()), "overrides": list(set_ or [])}
         folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
                            weights=w, device=ctx, force=force, source=source)
-    except (ValueError, WeightsUnavailable) as exc:
+    except (ValueError, WeightsUnavailable, TrainingDiverged) as exc:
         err_console.print(f"[red]ERROR {exc}[/red]")
         raise typer.Exit(1) from exc
     finally:

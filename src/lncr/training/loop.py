@@ -199,6 +199,10 @@ def _epoch_seed(seed: int, epoch: int, rank: int, step: int = 0) -> int:
     return int(np.random.default_rng([seed, epoch, rank, step]).integers(2 ** 62))
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the run stops unfinished (no ``done.json``)."""
+
+
 def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettings,
               runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
               force: bool = False, stop_after: Callable[[int, int | None], bool] | None = None,
@@ -370,6 +374,15 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
                 row.update(val_loss=float(l_val.mean()), val_auc=auc(labels_val, p_val),
                            val_accuracy=accuracy(labels_val, p_val, threshold))
             rows.append(row)
+            if not math.isfinite(row["train_loss"]):
+                if ctx.main:  # keep the evidence; no checkpoint of the diverged weights
+                    atomic_write_text(folder / "metrics.csv",
+                                      pd.DataFrame(rows).to_csv(index=False))
+                raise TrainingDiverged(
+                    f"{folder}: the training loss became {row['train_loss']} in epoch {epoch}; "
+                    f"the run diverged and is not finished. Lower training.learning_rate "
+                    f"(now {settings.learning_rate}) or start from pretrained weights, then "
+                    "re-run with --force (metrics.csv shows the epochs before)")
             score = row["val_auc"] if not math.isnan(row["val_auc"]) else row["train_auc"]
             key = (score if not math.isnan(score) else -1.0,
                    -(row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]))
