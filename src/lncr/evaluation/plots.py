@@ -7,14 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed on servers
-    import matplotlib.pyplot as plt
-
-    return plt
+from lncr.figures import pyplot
 
 
 def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +33,7 @@ def _save(fig, stem: Path) -> list[Path]:
 def roc_figure(rows: pd.DataFrame, metrics: pd.DataFrame, stem: Path, title: str) -> list[Path]:
     """One curve per model of ``rows`` (``model, label, probability``), the AUC with its
     DeLong CI in the legend. Models lacking one outcome are listed, not drawn."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
     by_model = metrics.set_index("model")
@@ -65,7 +58,7 @@ def calibration_figure(rows: pd.DataFrame, bins: int, stem: Path, title: str) ->
     """Observed CR rate against mean predicted probability per equal-width bin, per model."""
     from lncr.evaluation.classification import calibration_table
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="perfect calibration")
     for model, part in rows.groupby("model", sort=False):

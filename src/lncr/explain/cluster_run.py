@@ -101,10 +101,9 @@ def association(tiles: pd.DataFrame, clusters: int) -> tuple[pd.DataFrame, dict]
 
 
 def _scatter(xy: np.ndarray, values, names: dict, title: str, path: Path) -> None:
-    import matplotlib
+    from lncr.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     cmap = plt.get_cmap("tab10")
@@ -121,10 +120,9 @@ def _scatter(xy: np.ndarray, values, names: dict, title: str, path: Path) -> Non
 
 def _galleries(images: np.ndarray, tiles: pd.DataFrame, probability: np.ndarray,
                clusters: int, title: str, path: Path) -> pd.DataFrame:
-    import matplotlib
+    from lncr.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(clusters, GALLERY, figsize=(GALLERY * 0.9, clusters * 1.0 + 0.4),
                              squeeze=False)
@@ -151,10 +149,9 @@ def _galleries(images: np.ndarray, tiles: pd.DataFrame, probability: np.ndarray,
 
 
 def _association_figure(table: pd.DataFrame, title: str, path: Path) -> None:
-    import matplotlib
+    from lncr.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     k = np.arange(len(table))

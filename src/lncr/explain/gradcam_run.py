@@ -80,10 +80,9 @@ def default_patients(out: Path) -> tuple[list[str], pd.DataFrame]:
 
 def _gallery(tiles: list[np.ndarray], overlays: list[np.ndarray], titles: list[str],
              title: str, path: Path) -> None:
-    import matplotlib
+    from lncr.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     k = len(tiles)
     fig, axes = plt.subplots(2, k, figsize=(1.6 * k + 0.4, 3.6), squeeze=False)

@@ -38,14 +38,13 @@ def geojson(scores: pd.DataFrame, name: str = "lncr tile") -> dict:
 def heatmap_figure(slide_path: str | Path, scores: pd.DataFrame, out: Path, title: str,
                    column: str = "relative_attention", max_side: int = 1600) -> Path:
     """The scores of ``column`` painted over the slide thumbnail, with a colour bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
+    from lncr.figures import pyplot
     from lncr.slides.reader import open_slide
+
+    plt = pyplot()
 
     with open_slide(slide_path) as slide:
         thumb, down = slide.thumbnail(max_side)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lncr.figures import pyplot
 from lncr.report.assets import (array_uri, esc, figure_uri, image_file, img, missing,
                                 read_json, section, table)
 
@@ -21,15 +22,6 @@ MAX_CAM_PATIENTS = 4
 
 def _csv(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, dtype={"patient_id": str}) if path.exists() else None
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def study_section(out: Path) -> str:
@@ -91,7 +83,7 @@ def tiling_section(out: Path) -> str:
     body += (f"<p>{len(failed)} slide × magnification unit(s) failed; their errors are in "
              "<code>tiles/index.csv</code>.</p>" if len(failed) else
              "<p>Every slide was tiled.</p>")
-    plt = _plt()
+    plt = pyplot()
     ok = index[index.status == "ok"]
     groups = list(ok.groupby(["stain", "magnification"]))
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(groups) + 2), 3))
@@ -138,7 +130,7 @@ def sweep_section(out: Path) -> str:
     if summary is None or selection is None:
         return section("sweep", "Model selection",
                        missing("the sweep", "lncr sweep STUDY.yaml"))
-    plt = _plt()
+    plt = pyplot()
     stains = list(dict.fromkeys(summary.stain))
     fig, axes = plt.subplots(1, len(stains), figsize=(3.2 * len(stains), 3), squeeze=False,
                              sharey=True)
