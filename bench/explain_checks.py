@@ -2,6 +2,7 @@
 
     python bench/explain_checks.py digits [--epochs 60] [--lr 1e-3]
     python bench/explain_checks.py phantom STUDY.yaml [--stain HE --magnification 20x]
+        [--methods gradcam,gradcam++,layercam] [--target lesion] [--no-cluster]
 
 ``digits``: DCCS on scikit-learn's ``digits`` (1,797 labelled 8×8 images, bundled with
 scikit-learn, made by no one here) with 10 clusters, against k-means on the raw pixels
@@ -14,13 +15,16 @@ after ``make demo``), whose lesion masks are known. For every final model:
 - attention pointing game over the validation and external slides: the fraction of each
   slide's top-k tiles by attention that contain lesion, against the fraction of all its tiles
   that do (random tiles);
-- CAM pointing game, for each method of ``--methods`` (default Grad-CAM, Grad-CAM++,
-  LayerCAM): the maps of the influential tiles of the validation and external slides (in
-  their bags, target: the predicted outcome), then the fraction of map maxima on lesion (one
-  mask pixel tolerance) against random points of the same tiles.
+- CAM pointing games, for each method of ``--methods`` (default Grad-CAM, Grad-CAM++,
+  LayerCAM): the maps of the influential tiles of the validation and external slides, each in
+  its bag, explaining the outcome the phantom's lesions are evidence for (``--target lesion``;
+  ``predicted`` explains each slide's predicted outcome instead). Scored three ways
+  (``lncr.explain.pointing``): map maxima on lesion (one mask pixel tolerance) against a
+  random point of a random tile of the same slide, and against a random point of the same
+  tile; and the share of the map's mass on lesion against a uniform map's.
 
 Then DCCS on the development influential tiles of one model (``lncr explain cluster``) against
-their planted tissue classes, beside k-means on their raw pixels. Writes into the study's
+their planted tissue classes, beside k-means on their raw pixels (``--no-cluster`` skips it). Writes into the study's
 ``explain/`` folder like the commands do.
 """
 
@@ -60,20 +64,35 @@ def digits(epochs: int, lr: float) -> None:
     print("  DCCS final losses: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()))
 
 
+def validation_aucs(out) -> dict[str, float]:
+    """Each evaluated model's validation AUC (``lncr evaluate``), to tell which models have
+    anything to explain."""
+    import pandas as pd
+
+    path = out / "evaluation" / "metrics.csv"
+    if not path.exists():
+        return {}
+    metrics = pd.read_csv(path)
+    val = metrics[metrics.cohort == "validation"]
+    return dict(zip(val.model, val.auc.astype(float)))
+
+
 def phantom(study: str, stain: str, magnification: str, overrides: list[str],
-            methods: list[str]) -> None:
+            methods: list[str], target: str, cluster: bool = True) -> None:
     import pandas as pd
     from sklearn.cluster import KMeans
 
     from lncr.explain.cluster_metrics import clustering_scores
     from lncr.explain.cluster_run import explain_clusters, influential_tiles, load_tiles
-    from lncr.explain.gradcam import BagCAM
-    from lncr.explain.gradcam_run import model_thresholds, slide_peaks
+    from lncr.explain.gradcam import BagCAM, resolve_target
+    from lncr.explain.gradcam_run import model_thresholds, slide_maps
     from lncr.explain.models import cached_scores, final_models_for, output_dir, slide_paths
     from lncr.explain.phantom_truth import PhantomTruth
     from lncr.explain.pointing import attention_pointing, cam_pointing
+    from lncr.fileio import atomic_write_text
 
-    print("Pointing game (validation + external slides; hit rate vs random, one-sided "
+    rows = []
+    print("Pointing game (validation + external slides; score vs random, one-sided "
           "Wilcoxon p):")
     for fm in final_models_for(study, overrides, "all", None, "cpu"):
         entries = [e for e in fm.entries if e.split in ("val", "external")]
@@ -83,23 +102,62 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
             raise SystemExit(f"{study} is not a phantom study (no truth.json beside its slides)")
         slides = [(e.patient_id, fm.stain, cached_scores(fm, e)[0]) for e in entries]
         summary, _ = attention_pointing(truth, slides, fm.cfg.explain.top_k)
+        rows.append({"explanation": "attention", "game": "top_tiles_vs_random_tiles",
+                     "stain": fm.stain, "magnification": fm.magnification, **summary})
         print(f"  attention {fm.stain:6s} {fm.magnification}: {summary['hit_rate']:.2f} vs "
               f"{summary['random_baseline']:.2f} ({summary['ratio']:.1f}×, "
               f"{summary['n']} slides with lesions, p={summary['p_value']:.2g})")
+    lesion_outcome = truth.lesion_outcome()
+    print(f"CAM target: {target}" + (f" (P({'CR' if lesion_outcome else 'non-CR'}), the "
+                                      "outcome the phantom's lesions are evidence for)"
+                                      if target == "lesion" else ""))
+    print("  peak/random tile: maxima on lesion over all influential tiles vs a random point "
+          "of a random tile;\n  peak/same tile: maxima on lesion vs a random point of the "
+          "same tile (tiles with lesion);\n  energy: map mass on lesion vs a uniform map "
+          "(tiles with lesion)")
     t0 = time.perf_counter()
+    folder = output_dir(study, overrides) / "explain" / "pointing"
+    folder.mkdir(parents=True, exist_ok=True)
     thresholds = model_thresholds(output_dir(study, overrides))
+    aucs = validation_aucs(output_dir(study, overrides))
     for method in methods:
         for fm in final_models_for(study, overrides, "all", None, "cpu"):
             entries = [e for e in fm.entries if e.split in ("val", "external")]
             threshold = thresholds.get(f"{fm.stain} {fm.magnification}", 0.5)
+            parts, slide_tiles = [], {}
             with BagCAM(fm.model, fm.input_size, method, fm.cfg.explain.cam_layer) as cam:
-                peaks = pd.concat([slide_peaks(fm, cam, e, fm.cfg.explain.top_k, "predicted",
-                                               threshold) for e in entries])
-            summary, _ = cam_pointing(truth, peaks)
-            print(f"  {method:9s} {fm.stain:6s} {fm.magnification}: {summary['hit_rate']:.2f} "
-                  f"vs {summary['random_baseline']:.2f} ({summary['ratio']:.2f}×, "
-                  f"{summary['n']} tiles with lesions, p={summary['p_value']:.2g})")
+                for e in entries:
+                    scores, probability = cached_scores(fm, e)
+                    outcome = (lesion_outcome if target == "lesion"
+                               else resolve_target(target, probability, threshold))
+                    parts.append(slide_maps(fm, cam, e, fm.cfg.explain.top_k, outcome))
+                    slide_tiles[(e.patient_id, fm.stain)] = scores.assign(
+                        crop_fraction=parts[-1][0].crop_fraction.iloc[0])
+            tiles = pd.concat([t for t, _ in parts], ignore_index=True)
+            summaries, table = cam_pointing(truth, tiles,
+                                            np.concatenate([m for _, m in parts]), slide_tiles)
+            atomic_write_text(folder / f"{method}-{fm.stain}-{fm.magnification}.csv",
+                              table.to_csv(index=False))
+            line = []
+            for game, label in (("peak_vs_random_tiles", "peak/random tile"),
+                                ("peak_vs_points", "peak/same tile"),
+                                ("energy_vs_uniform", "energy")):
+                s = summaries[game]
+                rows.append({"explanation": method, "game": game, "target": target,
+                             "stain": fm.stain, "magnification": fm.magnification,
+                             "val_auc": aucs.get(f"{fm.stain} {fm.magnification}"), **s})
+                line.append(f"{label} {s['hit_rate']:.2f} vs {s['random_baseline']:.2f} "
+                            f"(n {s['n']}, p={s['p_value']:.2g})")
+            print(f"  {method:9s} {fm.stain:6s} {fm.magnification} (val AUC "
+                  f"{aucs.get(f'{fm.stain} {fm.magnification}', float('nan')):.2f}): "
+                  + "; ".join(line)
+                  + f"; flat maps {summaries['peak_vs_random_tiles']['flat_maps']}")
     print(f"  (CAM pointing took {time.perf_counter() - t0:.0f} s)")
+    path = folder / "pointing.csv"
+    atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
+    print(f"  written to {path}, one row per explained tile beside it")
+    if not cluster:
+        return
     done = explain_clusters(study, overrides, [stain], [magnification], "cpu")[0]
     fm = next(final_models_for(study, overrides, "development", None, "cpu", [stain],
                                [magnification]))
@@ -131,13 +189,19 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], dest="overrides")
     p.add_argument("--methods", default="gradcam,gradcam++,layercam",
                    help="CAM methods for the pointing game, comma-separated")
+    p.add_argument("--target", default="lesion", choices=["lesion", "predicted", "cr", "noncr"],
+                   help="outcome whose probability the maps explain; lesion (default): the one "
+                        "the phantom's lesions are evidence for")
+    p.add_argument("--no-cluster", dest="cluster", action="store_false",
+                   help="play the pointing games only (no DCCS on the phantom tiles)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.what == "digits":
         digits(args.epochs, args.lr)
     else:
         phantom(args.study, args.stain, args.magnification, args.overrides,
-                args.methods.split(","))
+                args.methods.split(","), args.target,
+                args.cluster)
 
 
 if __name__ == "__main__":

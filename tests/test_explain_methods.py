@@ -73,6 +73,7 @@ def test_the_peak_is_placed_in_level0_coordinates_of_the_centred_crop():
     cam[0, 3] = 1.0  # top-right cell
     x, y = peak(cam, size0=400, x=1000, y=2000, crop_fraction=0.5)
     assert (x, y) == (1000 + 100 + 3.5 * 50, 2000 + 100 + 0.5 * 50)
+    assert np.isnan(peak(np.zeros((4, 4)), size0=400, x=0, y=0)).all()  # flat: no maximum
 
 
 class DescribeHungarianAccuracy:
@@ -186,15 +187,55 @@ class DescribePointingGame:
         assert summary["hit_rate"] == 1.0 and summary["random_baseline"] == 0.25
         assert summary["ratio"] == 4.0
 
-    def it_scores_cam_maxima_against_random_points_of_the_same_tiles(self, phantom):
+    def it_scores_cam_peaks_and_energy_against_random_points_and_tiles(self, phantom):
         from lncr.explain.pointing import cam_pointing
 
-        cams = pd.DataFrame({"patient_id": ["P", "P"], "stain": ["HE", "HE"], "index": [0, 1],
-                             "x": [32, 32], "y": [32, 32], "size0": [64.0, 64.0],
-                             "peak_x": [40.0, 90.0], "peak_y": [40.0, 90.0]})
-        summary, table = cam_pointing(phantom, cams, tolerance=0)
-        assert list(table.hit) == [1.0, 0.0] and summary["hit_rate"] == 0.5
-        assert summary["random_baseline"] == pytest.approx(0.25)  # 2×2 of 4×4 mask px
+        # Tile (32, 32) of 64 px: its 4×4 map's pixel centres are at 40, 56, 72, 88; the
+        # lesion covers < 64, so the top-left 2×2 map pixels (a quarter) are on it.
+        tiles = pd.DataFrame({"patient_id": ["P"] * 3, "stain": ["HE"] * 3, "index": [0, 1, 2],
+                              "x": [32] * 3, "y": [32] * 3, "size0": [64.0] * 3,
+                              "crop_fraction": [1.0] * 3})
+        maps = np.zeros((3, 4, 4), np.float32)
+        maps[0, 0, 0] = 1.0  # peak on the lesion, all mass there
+        maps[1, 3, 3] = 1.0  # peak off the lesion
+        # maps[2] is flat: no maximum, it scores as a uniform map (a random point)
+        every = pd.DataFrame({"x": [32, 96], "y": [32, 96], "size0": [64.0, 64.0],
+                              "crop_fraction": [1.0, 1.0]})
+        summaries, table = cam_pointing(phantom, tiles, maps, {("P", "HE"): every},
+                                        tolerance=0)
+        assert list(table.hit) == [1.0, 0.0, 0.25] and list(table.flat) == [False, False, True]
+        assert list(table.random_point) == [0.25] * 3
+        assert list(table.energy) == pytest.approx([1.0, 0.0, 0.25])
+        peak = summaries["peak_vs_points"]
+        assert peak["hit_rate"] == pytest.approx(1.25 / 3) and peak["random_baseline"] == 0.25
+        assert summaries["energy_vs_uniform"]["hit_rate"] == pytest.approx(1.25 / 3)
+        # a random tile of the slide: half the time the lesioned one, a quarter of it lesion
+        assert summaries["peak_vs_random_tiles"]["random_baseline"] == pytest.approx(0.125)
+        assert peak["flat_maps"] == 1
+
+    def it_grows_lesions_by_the_tolerance_and_reads_crops(self, phantom):
+        from lncr.explain.pointing import cam_pointing
+
+        grid = phantom.lesion_grid("P", "HE", 32, 32, 64, (4, 4))
+        assert grid.sum() == 4 and grid[:2, :2].all()
+        assert phantom.lesion_grid("P", "HE", 32, 32, 64, (4, 4), tolerance=16).sum() == 9
+        # half-side centred crop of a 128-px tile at (0, 0): the square (32, 32) of 64 px
+        tiles = pd.DataFrame({"patient_id": ["P"], "stain": ["HE"], "index": [0], "x": [0],
+                              "y": [0], "size0": [128.0], "crop_fraction": [0.5]})
+        _, table = cam_pointing(phantom, tiles, np.eye(4, dtype=np.float32)[None], tolerance=0)
+        assert table.lesion_fraction.iloc[0] == 0.25 and table.energy.iloc[0] == 0.5
+
+    def it_finds_the_outcome_the_lesions_are_evidence_for(self, phantom, tmp_path):
+        truth = json.loads((tmp_path / "truth.json").read_text())
+        truth["patients"] = {"A": {"label": 0, "burden": 0.7}, "B": {"label": 1, "burden": 0.2}}
+        (tmp_path / "truth.json").write_text(json.dumps(truth))
+        from lncr.explain.phantom_truth import PhantomTruth
+
+        assert PhantomTruth(tmp_path).lesion_outcome() == 0
+        truth["patients"]["B"]["burden"] = 0.7
+        (tmp_path / "truth.json").write_text(json.dumps(truth))
+        with pytest.raises(ValueError, match="does not differ"):
+            PhantomTruth(tmp_path).lesion_outcome()
 
 
 def test_outcome_association_per_cluster_matches_scipys_fisher_test():

@@ -45,7 +45,7 @@ def gradcam(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. explain.top_k=4.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Grad-CAM of the bag probability for each slide's influential tiles, computed inside
+    """Grad-CAM of the bag's evidence (logit) for each slide's influential tiles, computed inside
     their bag: tile/overlay PNGs, a gallery per slide and the raw maps with coordinates."""
     from lncr.explain.gradcam_run import explain_gradcam
 

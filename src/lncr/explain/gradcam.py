@@ -1,10 +1,10 @@
-"""Grad-CAM of the *bag* probability for tiles seen inside their bag.
+"""Grad-CAM of the *bag's* prediction for tiles seen inside their bag.
 
 The maintained ``grad-cam`` package (pytorch-grad-cam) computes the maps. It expects a model
 that maps a batch of images to a batch of outputs; the bag model maps a bag of tiles to one
 output. :class:`BagAsBatch` bridges the two: the bag's N tiles go in as the package's "batch",
-the model returns the bag's single logit, and :class:`BagTarget` picks P(CR) or P(non-CR) of
-that bag. The package's hooks then see the target layer's activations and gradients for all N
+the model returns the bag's single logit, and :class:`BagTarget` picks the evidence for CR or
+for non-CR of that bag (± its logit, see there). The package's hooks then see the target layer's activations and gradients for all N
 tiles at once, so **one forward and one backward pass per bag** give the map of every tile in
 it, each computed with the rest of the bag present (the transformer lets tiles change one
 another's embeddings; the published code also ran Grad-CAM on the tile inside its bag).
@@ -63,15 +63,21 @@ class BagAsBatch(nn.Module):
 
 
 class BagTarget:
-    """Grad-CAM target: the bag's probability of complete response (``outcome=1``) or of no
-    complete response (``outcome=0``)."""
+    """Grad-CAM target: the evidence for complete response (``outcome=1``) or for no complete
+    response (``outcome=0``) of the bag — its logit, or minus its logit.
+
+    The logit (the log-odds of P(CR)) and not the probability is differentiated, as the
+    Grad-CAM paper differentiates the pre-softmax class score: the gradient of P(CR) is the
+    logit's times σ'(logit), a positive factor shared by every tile of the bag, so the maps of
+    Grad-CAM are the same either way — except that for a confident bag σ(logit) rounds to
+    exactly 1 in float32, σ' to 0, and every map of the bag would come out flat."""
 
     def __init__(self, outcome: int):
         self.outcome = int(outcome)
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(output.reshape(-1)[0])
-        return p if self.outcome == 1 else 1.0 - p
+        logit = output.reshape(-1)[0]
+        return logit if self.outcome == 1 else -logit
 
 
 def vit_tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
@@ -200,7 +206,10 @@ def overlay(tile: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray
 def peak(cam: np.ndarray, size0: float, x: float, y: float, crop_fraction: float = 1.0
          ) -> tuple[float, float]:
     """Level-0 coordinates of the map's maximum, for a map covering the tile's centred crop
-    (``crop_fraction`` of the tile's side)."""
+    (``crop_fraction`` of the tile's side); NaN for a flat map, which has no maximum (Grad-CAM
+    leaves nothing after its ReLU when no part of the tile raises the target)."""
+    if not cam.max() > cam.min():
+        return float("nan"), float("nan")
     h, w = cam.shape
     i, j = np.unravel_index(int(np.argmax(cam)), cam.shape)
     side = size0 * crop_fraction

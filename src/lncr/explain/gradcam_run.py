@@ -117,23 +117,20 @@ def bag_maps(fm: FinalModel, cam, entry, top: pd.DataFrame, outcome: int
     return found, crop / dataset.tiles(0, np.array([0])).shape[1]
 
 
-def slide_peaks(fm: FinalModel, cam, entry, top_k: int, target: str, threshold: float
-                ) -> pd.DataFrame:
-    """The level-0 peak of each influential tile's map (no files): for the pointing game."""
-    from lncr.explain.gradcam import peak, resolve_target
+def slide_maps(fm: FinalModel, cam, entry, top_k: int, outcome: int
+               ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The maps of a slide's influential tiles (no files), for the pointing game: one row per
+    tile (patient_id, stain, magnification, index, x, y, size0, crop_fraction) and (k, H, W)."""
     from lncr.explain.scores import influential
 
-    scores, probability = cached_scores(fm, entry)
+    scores, _ = cached_scores(fm, entry)
     top = influential(scores, top_k)
-    found, fraction = bag_maps(fm, cam, entry, top, resolve_target(target, probability,
-                                                                   threshold))
-    rows = []
-    for r in top.itertuples():
-        px, py = peak(found[int(r.index)][1], float(r.size0), float(r.x), float(r.y), fraction)
-        rows.append({"patient_id": entry.patient_id, "stain": fm.stain,
-                     "magnification": fm.magnification, "index": int(r.index),
-                     "x": r.x, "y": r.y, "size0": r.size0, "peak_x": px, "peak_y": py})
-    return pd.DataFrame(rows)
+    found, fraction = bag_maps(fm, cam, entry, top, outcome)
+    table = pd.DataFrame({"patient_id": entry.patient_id, "stain": fm.stain,
+                          "magnification": fm.magnification, "index": top["index"].astype(int),
+                          "x": top.x, "y": top.y, "size0": top.size0,
+                          "crop_fraction": fraction})
+    return table, np.stack([found[int(i)][1] for i in table["index"]])
 
 
 def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability: float,
@@ -162,7 +159,8 @@ def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability:
         tiles.append(tile)
         overlays.append(over)
         titles.append(f"#{rank} tile {int(r.index)}\nattn×n {r.relative_attention:.2f} "
-                      f"effect {r.effect:+.2g}")
+                      f"effect {r.effect:+.2g}"
+                      + ("\nflat: no evidence" if np.isnan(px) else ""))
     target = "CR" if outcome == 1 else "non-CR"
     _gallery(tiles, overlays, titles,
              f"{entry.patient_id} {fm.stain} {fm.magnification}: P(CR) {probability:.2f}, "

@@ -29,6 +29,7 @@ class PhantomTruth:
         self.downsample = int(generator["mask_downsample"])
         self.patients = truth["patients"]
         self._masks: dict[tuple[str, str], np.ndarray] = {}
+        self._near: dict[tuple[str, str, int], np.ndarray] = {}
 
     @classmethod
     def for_slide(cls, slide: str | Path) -> "PhantomTruth | None":
@@ -69,10 +70,7 @@ class PhantomTruth:
         point of the tile scores a hit under :meth:`on_lesion` with the same tolerance)."""
         if not tolerance:
             return self.tile_fractions(patient_id, stain, x, y, size0)[:, LESION_MIN_CODE:].sum(1)
-        from scipy.ndimage import maximum_filter
-
-        r = int(np.ceil(tolerance / self.downsample))
-        near = maximum_filter(self.mask(patient_id, stain) >= LESION_MIN_CODE, size=2 * r + 1)
+        near = self.near_lesion(patient_id, stain, tolerance)
         out = np.zeros(len(x))
         for i, (a, b, s) in enumerate(zip(x, y, size0)):
             box = self._box(near, float(a), float(b), float(s))
@@ -87,6 +85,47 @@ class PhantomTruth:
         lesions = fractions[:, LESION_MIN_CODE:]
         return [self.names[LESION_MIN_CODE + int(row.argmax())] if row.max() >= min_fraction
                 else "tissue" for row in lesions]
+
+    def lesion_outcome(self) -> int:
+        """The outcome the phantom's lesions are evidence for: the label whose patients carry
+        the larger mean lesion burden (non-CR, 0, unless the labels were planted the other way
+        round). Raises when the two groups' burdens are equal (e.g. no lesions at all)."""
+        burdens: dict[int, list[float]] = {0: [], 1: []}
+        for p in self.patients.values():
+            burdens[int(p["label"])].append(float(p["burden"]))
+        means = {k: float(np.mean(v)) if v else float("nan") for k, v in burdens.items()}
+        if not means[0] != means[1]:
+            raise ValueError(f"{self.folder / 'truth.json'}: lesion burden does not differ "
+                             f"between outcomes ({means}); the pointing game needs lesions that "
+                             "are evidence for one outcome")
+        return 0 if means[0] > means[1] else 1
+
+    def near_lesion(self, patient_id: str, stain: str, tolerance: float = 0.0) -> np.ndarray:
+        """The mask's lesion pixels, grown by ``tolerance`` level-0 px (cached)."""
+        r = int(np.ceil(tolerance / self.downsample))
+        key = (patient_id, stain, r)
+        if key not in self._near:
+            from scipy.ndimage import maximum_filter
+
+            lesion = self.mask(patient_id, stain) >= LESION_MIN_CODE
+            self._near[key] = maximum_filter(lesion, size=2 * r + 1) if r else lesion
+        return self._near[key]
+
+    def lesion_grid(self, patient_id: str, stain: str, x0: float, y0: float, side: float,
+                    shape: tuple[int, int], tolerance: float = 0.0) -> np.ndarray:
+        """(h, w) booleans for a map of ``shape`` covering the level-0 square at (x0, y0) of
+        ``side`` px: whether each map pixel's centre lies on a lesion (within ``tolerance``
+        level-0 px). A random point of the square hits with probability ``grid.mean()``."""
+        h, w = shape
+        cx = x0 + (np.arange(w) + 0.5) * side / w
+        cy = y0 + (np.arange(h) + 0.5) * side / h
+        mask = self.near_lesion(patient_id, stain, tolerance)
+        d = self.downsample
+        i = np.clip((cy // d).astype(int), 0, mask.shape[0] - 1)
+        j = np.clip((cx // d).astype(int), 0, mask.shape[1] - 1)
+        inside = ((cy >= 0) & (cy < mask.shape[0] * d))[:, None] & (
+            (cx >= 0) & (cx < mask.shape[1] * d))[None, :]
+        return mask[np.ix_(i, j)] & inside
 
     def on_lesion(self, patient_id: str, stain: str, px, py, tolerance: float = 0.0
                   ) -> np.ndarray:

@@ -5,13 +5,27 @@ Two checks, each against what pointing at random would score on the same slides:
 - **attention**: per slide, the fraction of its top-``k`` tiles by relative attention that
   contain lesion (any lesion pixel in the tile's mask box). Random baseline: the fraction of
   all the slide's tiles that contain lesion — the expected hit rate of ``k`` random tiles.
-- **Grad-CAM**: per explained tile that contains lesion, whether the map's maximum falls on a
-  lesion (``tolerance``: one mask pixel). Random baseline: the fraction of the tile's points
-  within the same tolerance of a lesion — the chance that a uniformly random point hits.
+- **CAM** (Grad-CAM and the other methods), three ways, each map over the crop of the tile
+  the model saw:
 
-Slides (tiles) without any lesion are left out: there is nothing to point at (the usual rule
-of the pointing game). The paired comparison across slides (tiles) is a one-sided Wilcoxon
-signed-rank test.
+  - ``peak_vs_random_tiles`` — the pointing game as the study's explanation is used: over all
+    explained (influential) tiles, whether the map's maximum falls on a lesion (``tolerance``:
+    one mask pixel), against a random point of a random tile of the same slide;
+  - ``peak_vs_points`` — the strict test of the map alone: over explained tiles that contain
+    lesion, the maximum against a random point of the *same* tile (the fraction of its map
+    pixels within the tolerance of a lesion);
+  - ``energy_vs_uniform`` — the energy-based pointing game (Wang et al., Score-CAM, 2020):
+    the share of the map's mass on lesion pixels, against a uniform map's share (the tile's
+    lesion fraction). It uses the whole map, not only its argmax, so it is not thrown by
+    ties or by a coarse last layer whose maximum falls on a cell centre.
+
+Slides (tiles) without any lesion are left out of the attention, ``peak_vs_points`` and
+``energy_vs_uniform`` games: there is nothing to point at (the usual rule). Each paired
+comparison across slides (tiles) is a one-sided Wilcoxon signed-rank test.
+
+The maps must explain the outcome the lesions are evidence for
+(:meth:`PhantomTruth.lesion_outcome`): a map of P(CR) on a phantom whose lesions signal
+non-response rightly points *away* from them.
 """
 
 from __future__ import annotations
@@ -57,20 +71,67 @@ def attention_pointing(truth: PhantomTruth, slides: list[tuple[str, str, pd.Data
     return _paired(table.hit_rate, table.random_baseline), table
 
 
-def cam_pointing(truth: PhantomTruth, cams: pd.DataFrame, tolerance: float | None = None
-                 ) -> tuple[dict, pd.DataFrame]:
-    """``cams``: rows of ``gradcam.csv`` (patient_id, stain, x, y, size0, peak_x, peak_y)."""
+def crop_boxes(tiles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Level-0 (x0, y0, side) of the centred crop each tile was seen through
+    (``crop_fraction`` of its side; 1 when the column is missing)."""
+    fraction = tiles["crop_fraction"].to_numpy(float) if "crop_fraction" in tiles else 1.0
+    side = tiles.size0.to_numpy(float) * fraction
+    offset = (tiles.size0.to_numpy(float) - side) / 2.0
+    return tiles.x.to_numpy(float) + offset, tiles.y.to_numpy(float) + offset, side
+
+
+def random_tile_baseline(truth: PhantomTruth, patient: str, stain: str, tiles: pd.DataFrame,
+                         tolerance: float) -> float:
+    """The chance that a random point of a random tile of the slide (all ``tiles``, seen
+    through their crops) lies within ``tolerance`` of a lesion."""
+    x0, y0, side = crop_boxes(tiles)
+    return float(truth.lesion_fraction(patient, stain, x0, y0, side, tolerance).mean())
+
+
+def cam_pointing(truth: PhantomTruth, tiles: pd.DataFrame, maps: np.ndarray,
+                 slide_tiles: dict[tuple[str, str], pd.DataFrame] | None = None,
+                 tolerance: float | None = None) -> tuple[dict[str, dict], pd.DataFrame]:
+    """Score CAM maps against the lesion masks.
+
+    ``tiles``: one row per map (patient_id, stain, index, x, y, size0, crop_fraction);
+    ``maps``: (n, h, w), each covering its tile's crop. ``slide_tiles``: every tile of each
+    slide, for the random-tile baseline. Three paired comparisons (see the module's doc):
+    ``peak_vs_points`` and ``energy_vs_uniform`` over tiles whose crop holds lesion,
+    ``peak_vs_random_tiles`` over all explained tiles. A flat map (Grad-CAM's ReLU leaves
+    nothing: no evidence for the outcome in the tile) has no maximum nor location: it scores
+    what a uniform map would, a random point's chance and the tile's lesion fraction, so it
+    neither helps nor hurts; ``flat_maps`` counts them.
+    """
     tolerance = truth.downsample if tolerance is None else tolerance
+    x0, y0, side = crop_boxes(tiles)
+    baselines = {}
     rows = []
-    for (patient, stain), part in cams.groupby(["patient_id", "stain"]):
-        fraction = truth.lesion_fraction(patient, stain, part.x, part.y, part.size0)
-        chance = truth.lesion_fraction(patient, stain, part.x, part.y, part.size0, tolerance)
-        hit = truth.on_lesion(patient, stain, part.peak_x, part.peak_y, tolerance)
-        for f, c, h, index in zip(fraction, chance, hit, part["index"]):
-            if f > 0:
-                rows.append({"patient_id": patient, "stain": stain, "index": int(index),
-                             "hit": float(h), "lesion_fraction": float(f),
-                             "random_baseline": float(c)})
-    table = pd.DataFrame(rows, columns=["patient_id", "stain", "index", "hit",
-                                        "lesion_fraction", "random_baseline"])
-    return _paired(table.hit, table.random_baseline), table
+    for i, r in enumerate(tiles.itertuples()):
+        cam = np.asarray(maps[i], float)
+        near = truth.lesion_grid(r.patient_id, r.stain, x0[i], y0[i], side[i], cam.shape,
+                                 tolerance)
+        on = truth.lesion_grid(r.patient_id, r.stain, x0[i], y0[i], side[i], cam.shape)
+        flat = not cam.max() > cam.min()
+        hit = float(near.mean()) if flat else float(near.flat[int(np.argmax(cam))])
+        energy = float((cam * on).sum() / cam.sum()) if cam.sum() > 0 else float(on.mean())
+        key = (r.patient_id, r.stain)
+        if key not in baselines:
+            everything = (slide_tiles or {}).get(key)
+            baselines[key] = (random_tile_baseline(truth, *key, everything, tolerance)
+                              if everything is not None else float("nan"))
+        rows.append({"patient_id": r.patient_id, "stain": r.stain, "index": int(r.index),
+                     "lesion_fraction": float(on.mean()), "flat": flat, "hit": hit,
+                     "random_point": float(near.mean()), "energy": energy,
+                     "random_tile": baselines[key]})
+    table = pd.DataFrame(rows, columns=["patient_id", "stain", "index", "lesion_fraction",
+                                        "flat", "hit", "random_point", "energy",
+                                        "random_tile"])
+    lesioned = table[table.lesion_fraction > 0]
+    summaries = {"peak_vs_points": _paired(lesioned.hit, lesioned.random_point),
+                 "energy_vs_uniform": _paired(lesioned.energy, lesioned.lesion_fraction)}
+    summaries["peak_vs_points"]["flat_maps"] = summaries["energy_vs_uniform"]["flat_maps"] = int(
+        lesioned.flat.sum())
+    if table.random_tile.notna().all():
+        summaries["peak_vs_random_tiles"] = _paired(table.hit, table.random_tile)
+        summaries["peak_vs_random_tiles"]["flat_maps"] = int(table.flat.sum())
+    return summaries, table

@@ -108,8 +108,8 @@ def _explain(out: Path) -> str | None:
     if cam is not None:
         m = cam["models"][0] if cam["models"] else {}
         parts.append(f"Grad-CAM ({m.get('method')}, layer {m.get('layer')} of the backbone, "
-                     f"target: {cam['target']}) was computed for the influential tiles inside "
-                     f"their bags with pytorch-grad-cam.")
+                     f"target: {cam['target']}, differentiating the bag's logit) was computed "
+                     f"for the influential tiles inside their bags with pytorch-grad-cam.")
     for path in sorted(ex.glob("clusters/*/*/cluster.json")):
         c = json.loads(path.read_text())
         d = c["dccs"]
