@@ -51,6 +51,24 @@ class DescribeBagCAM:
             non, _ = cam(x, outcome=0)
         assert not np.allclose(cr, non)
 
+    def it_differentiates_the_logit_so_a_confident_bag_still_has_maps(self):
+        import copy
+
+        torch.manual_seed(0)
+        model = build_mil("resnet18", 8, 1, 2, None, 8, 0.0).eval()
+        x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+        with BagCAM(model, 64) as cam:
+            plain, _ = cam(x, outcome=1)
+        confident = copy.deepcopy(model)
+        with torch.no_grad():  # P(CR) rounds to exactly 1 in float32: σ' is 0
+            confident.classifier.bias += 60.0
+        with BagCAM(confident, 64) as cam:
+            maps, probability = cam(x, outcome=1)
+        assert probability == 1.0
+        # the logit's gradients are unchanged by the bias: the same maps, none of them flat
+        assert (maps.max(axis=(1, 2)) > maps.min(axis=(1, 2))).all()
+        assert np.allclose(maps, plain, atol=1e-5)
+
     def it_rejects_unknown_methods_and_layers(self, tiny_model):
         with pytest.raises(ValueError, match="cam_method"):
             BagCAM(tiny_model, 64, "scorecam")
