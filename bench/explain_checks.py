@@ -92,6 +92,7 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
     from lncr.fileio import atomic_write_text
 
     rows = []
+    aucs = validation_aucs(output_dir(study, overrides))
     print("Pointing game (validation + external slides; score vs random, one-sided "
           "Wilcoxon p):")
     for fm in final_models_for(study, overrides, "all", None, "cpu"):
@@ -103,7 +104,8 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
         slides = [(e.patient_id, fm.stain, cached_scores(fm, e)[0]) for e in entries]
         summary, _ = attention_pointing(truth, slides, fm.cfg.explain.top_k)
         rows.append({"explanation": "attention", "game": "top_tiles_vs_random_tiles",
-                     "stain": fm.stain, "magnification": fm.magnification, **summary})
+                     "stain": fm.stain, "magnification": fm.magnification,
+                     "val_auc": aucs.get(f"{fm.stain} {fm.magnification}"), **summary})
         print(f"  attention {fm.stain:6s} {fm.magnification}: {summary['hit_rate']:.2f} vs "
               f"{summary['random_baseline']:.2f} ({summary['ratio']:.1f}×, "
               f"{summary['n']} slides with lesions, p={summary['p_value']:.2g})")
@@ -119,7 +121,6 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
     folder = output_dir(study, overrides) / "explain" / "pointing"
     folder.mkdir(parents=True, exist_ok=True)
     thresholds = model_thresholds(output_dir(study, overrides))
-    aucs = validation_aucs(output_dir(study, overrides))
     for method in methods:
         for fm in final_models_for(study, overrides, "all", None, "cpu"):
             entries = [e for e in fm.entries if e.split in ("val", "external")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -77,3 +78,18 @@ class DescribeReportInABrowser:
         with Image.open(shot) as im:
             assert im.size[0] == 1280 and im.size[1] > 2000  # the whole page, not a blank
             assert len(np.unique(np.asarray(im.convert("L").resize((64, 64))))) > 20
+
+
+def test_the_phantoms_pointing_games_are_shown_only_when_played(tmp_path):
+    from lncr.report.sections import explain_section
+
+    assert "Pointing games" not in explain_section(tmp_path)
+    (tmp_path / "explain" / "pointing").mkdir(parents=True)
+    pd.DataFrame([{"explanation": "gradcam", "game": "peak_vs_random_tiles", "target": "lesion",
+                   "stain": "PAS", "magnification": "20x", "val_auc": 0.94, "n": 192,
+                   "hit_rate": 0.55, "random_baseline": 0.24, "ratio": 2.3, "p_value": 1e-19,
+                   "flat_maps": 101}]).to_csv(tmp_path / "explain" / "pointing" / "pointing.csv",
+                                              index=False)
+    html = explain_section(tmp_path)
+    assert "Pointing games on the phantom" in html and "peak_vs_random_tiles" in html
+    assert "<td>0.55</td>" in html and "<td>0.24</td>" in html

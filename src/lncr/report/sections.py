@@ -222,6 +222,24 @@ def results_section(out: Path) -> str:
     return section("results", "Results", body)
 
 
+def pointing_table(ex: Path) -> str:
+    """The phantom's pointing games (``bench/explain_checks.py phantom``), when they were
+    played; nothing otherwise (a real cohort has no lesion masks)."""
+    games = _csv(ex / "pointing" / "pointing.csv")
+    if games is None:
+        return ""
+    columns = [c for c in ("explanation", "game", "target", "stain", "magnification", "val_auc",
+                           "n", "hit_rate", "random_baseline", "ratio", "p_value", "flat_maps")
+               if c in games.columns]
+    return ("<h3>Pointing games on the phantom</h3><p>How often the explanations land on the "
+            "planted lesions, against chance (one-sided Wilcoxon p): attention's top tiles "
+            "against random tiles; CAM maxima against a random point of a random tile "
+            "(<code>peak_vs_random_tiles</code>) and of the same tile "
+            "(<code>peak_vs_points</code>); the map's mass on lesion against a uniform map "
+            "(<code>energy_vs_uniform</code>). See docs/explain.md.</p>"
+            + table(games[columns], "explain/pointing/pointing.csv"))
+
+
 def explain_section(out: Path) -> str:
     ex = out / "explain"
     body = ""
@@ -238,8 +256,9 @@ def explain_section(out: Path) -> str:
     if cams is not None:
         meta = read_json(ex / "gradcam" / "gradcam.json") or {}
         why = {c["patient_id"]: f"{c['cohort']}: {c['why']}" for c in meta.get("chosen") or []}
-        body += ("<h3>Grad-CAM</h3><p>Influential tiles (top row) and the Grad-CAM of the bag "
-                 "probability over them (bottom row), computed inside their bag.</p>")
+        body += ("<h3>Grad-CAM</h3><p>Influential tiles (top row) and the Grad-CAM of the bag's "
+                 f"evidence for the target outcome ({esc(meta.get('target', 'predicted'))}) "
+                 "over them (bottom row), computed inside their bag.</p>")
         patients = list(why) or sorted(cams.patient_id.unique())
         shown = [p for p in patients if p in set(cams.patient_id)][:MAX_CAM_PATIENTS]
         if len(set(cams.patient_id)) > len(shown):
@@ -255,6 +274,7 @@ def explain_section(out: Path) -> str:
             body += "</div>"
     else:
         body += missing("Grad-CAM galleries", "lncr explain gradcam STUDY.yaml")
+    body += pointing_table(ex)
     units = sorted((ex / "clusters").glob("*/*/tiles.csv")) if (ex / "clusters").exists() else []
     if units:
         body += "<h3>DCCS clusters of influential tiles</h3>"
