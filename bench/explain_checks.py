@@ -24,8 +24,8 @@ after ``make demo``), whose lesion masks are known. For every final model:
   tile; and the share of the map's mass on lesion against a uniform map's.
 
 Then DCCS on the development influential tiles of one model (``lncr explain cluster``) against
-their planted tissue classes, beside k-means on their raw pixels (``--no-cluster`` skips it). Writes into the study's
-``explain/`` folder like the commands do.
+their planted tissue classes, beside k-means on their raw pixels (``--no-cluster`` skips it).
+Writes into the study's ``explain/`` folder like the commands do.
 """
 
 from __future__ import annotations
@@ -64,19 +64,6 @@ def digits(epochs: int, lr: float) -> None:
     print("  DCCS final losses: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()))
 
 
-def validation_aucs(out) -> dict[str, float]:
-    """Each evaluated model's validation AUC (``lncr evaluate``), to tell which models have
-    anything to explain."""
-    import pandas as pd
-
-    path = out / "evaluation" / "metrics.csv"
-    if not path.exists():
-        return {}
-    metrics = pd.read_csv(path)
-    val = metrics[metrics.cohort == "validation"]
-    return dict(zip(val.model, val.auc.astype(float)))
-
-
 def phantom(study: str, stain: str, magnification: str, overrides: list[str],
             methods: list[str], target: str, cluster: bool = True) -> None:
     import pandas as pd
@@ -85,14 +72,14 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
     from lncr.explain.cluster_metrics import clustering_scores
     from lncr.explain.cluster_run import explain_clusters, influential_tiles, load_tiles
     from lncr.explain.gradcam import BagCAM, resolve_target
-    from lncr.explain.gradcam_run import model_thresholds, slide_maps
+    from lncr.explain.gradcam_run import model_thresholds, slide_maps, validation_column
     from lncr.explain.models import cached_scores, final_models_for, output_dir, slide_paths
     from lncr.explain.phantom_truth import PhantomTruth
     from lncr.explain.pointing import attention_pointing, cam_pointing
     from lncr.fileio import atomic_write_text
 
     rows = []
-    aucs = validation_aucs(output_dir(study, overrides))
+    aucs = validation_column(output_dir(study, overrides), "auc")  # which models predict
     print("Pointing game (validation + external slides; score vs random, one-sided "
           "Wilcoxon p):")
     for fm in final_models_for(study, overrides, "all", None, "cpu"):
@@ -191,7 +178,7 @@ def main() -> None:
     p.add_argument("--methods", default="gradcam,gradcam++,layercam",
                    help="CAM methods for the pointing game, comma-separated")
     p.add_argument("--target", default="lesion", choices=["lesion", "predicted", "cr", "noncr"],
-                   help="outcome whose probability the maps explain; lesion (default): the one "
+                   help="outcome whose evidence the maps explain; lesion (default): the one "
                         "the phantom's lesions are evidence for")
     p.add_argument("--no-cluster", dest="cluster", action="store_false",
                    help="play the pointing games only (no DCCS on the phantom tiles)")
@@ -201,8 +188,7 @@ def main() -> None:
         digits(args.epochs, args.lr)
     else:
         phantom(args.study, args.stain, args.magnification, args.overrides,
-                args.methods.split(","), args.target,
-                args.cluster)
+                args.methods.split(","), args.target, args.cluster)
 
 
 if __name__ == "__main__":

@@ -38,14 +38,20 @@ from lncr.fileio import (atomic_save_array, atomic_save_figure, atomic_save_imag
 
 
 
-def model_thresholds(out: Path) -> dict[str, float]:
-    """Each evaluated model's validation-fixed threshold (``"HE 20x"``, ``"HE"``, ensemble)."""
+def validation_column(out: Path, column: str) -> dict[str, float]:
+    """One column of ``lncr evaluate``'s ``metrics.csv`` on the validation cohort, per model
+    (``"HE 20x"``, ``"HE"``, ensemble); empty before evaluation."""
     path = out / "evaluation" / "metrics.csv"
     if not path.exists():
         return {}
     metrics = pd.read_csv(path)
     val = metrics[metrics.cohort == "validation"]
-    return dict(zip(val.model, val.threshold.astype(float)))
+    return dict(zip(val.model, val[column].astype(float)))
+
+
+def model_thresholds(out: Path) -> dict[str, float]:
+    """Each evaluated model's validation-fixed threshold."""
+    return validation_column(out, "threshold")
 
 
 def default_patients(out: Path) -> tuple[list[str], pd.DataFrame]:
