@@ -49,7 +49,7 @@ def digits(epochs: int, lr: float) -> None:
     t0 = time.perf_counter()
     kmeans = KMeans(10, n_init=10, random_state=0).fit_predict(data.data)
     t_km = time.perf_counter() - t0
-    cfg = DCCSConfig(clusters=10, epochs=epochs, lr=lr, augment={
+    cfg = DCCSConfig(clusters=10, epochs=epochs, lr=lr, encoder="plain", augment={
         "crop_scale": (0.7, 1.0), "flips": False, "channel_shuffle": False, "jitter": 0.2})
     t0 = time.perf_counter()
     model, history = fit_dccs(x, cfg)
@@ -70,12 +70,15 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
     from sklearn.cluster import KMeans
 
     from lncr.explain.cluster_metrics import clustering_scores
-    from lncr.explain.cluster_run import explain_clusters, influential_tiles, load_tiles
+    from lncr.explain.cluster_run import (cluster_crop_fraction, explain_clusters,
+                                          influential_tiles, load_tiles)
     from lncr.explain.gradcam import BagCAM, resolve_target
-    from lncr.explain.gradcam_run import model_thresholds, slide_maps, validation_column
-    from lncr.explain.models import cached_scores, final_models_for, output_dir, slide_paths
+    from lncr.explain.gradcam_run import slide_maps
+    from lncr.explain.models import (cached_scores, final_models_for, model_thresholds,
+                                     output_dir, slide_paths, validation_column)
     from lncr.explain.phantom_truth import PhantomTruth
     from lncr.explain.pointing import attention_pointing, cam_pointing
+    from lncr.explain.scores import INFLUENCE_RULES
     from lncr.fileio import atomic_write_text
 
     rows = []
@@ -89,13 +92,17 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
         if truth is None:
             raise SystemExit(f"{study} is not a phantom study (no truth.json beside its slides)")
         slides = [(e.patient_id, fm.stain, cached_scores(fm, e)[0]) for e in entries]
-        summary, _ = attention_pointing(truth, slides, fm.cfg.explain.top_k)
-        rows.append({"explanation": "attention", "game": "top_tiles_vs_random_tiles",
-                     "stain": fm.stain, "magnification": fm.magnification,
-                     "val_auc": aucs.get(f"{fm.stain} {fm.magnification}"), **summary})
-        print(f"  attention {fm.stain:6s} {fm.magnification}: {summary['hit_rate']:.2f} vs "
-              f"{summary['random_baseline']:.2f} ({summary['ratio']:.1f}×, "
-              f"{summary['n']} slides with lesions, p={summary['p_value']:.2g})")
+        for rule in INFLUENCE_RULES:
+            summary, _ = attention_pointing(truth, slides, fm.cfg.explain.top_k, rule,
+                                            truth.lesion_outcome())
+            rows.append({"explanation": f"influential:{rule}",
+                         "game": "top_tiles_vs_random_tiles", "stain": fm.stain,
+                         "magnification": fm.magnification,
+                         "val_auc": aucs.get(f"{fm.stain} {fm.magnification}"), **summary})
+            print(f"  {rule:16s} {fm.stain:6s} {fm.magnification}: {summary['hit_rate']:.2f} "
+                  f"vs {summary['random_baseline']:.2f} ({summary['ratio']:.2f}×, lesion share "
+                  f"{summary['share_ratio']:.2f}×, {summary['n']} slides with lesions, "
+                  f"p={summary['p_value']:.2g})")
     lesion_outcome = truth.lesion_outcome()
     print(f"CAM target: {target}" + (f" (P({'CR' if lesion_outcome else 'non-CR'}), the "
                                       "outcome the phantom's lesions are evidence for)"
@@ -151,7 +158,8 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
                                [magnification]))
     tiles = influential_tiles(fm, fm.cfg.explain.top_k)
     clustered = pd.read_csv(f"{done['folder']}/tiles.csv", dtype={"patient_id": str})
-    images = load_tiles(tiles, fm.cfg.explain.cluster_tile_size)
+    images = load_tiles(tiles, fm.cfg.explain.cluster_tile_size,
+                        cluster_crop_fraction(fm.cfg.explain))
     kmeans = KMeans(fm.cfg.explain.clusters, n_init=10, random_state=0).fit_predict(
         images.reshape(len(images), -1).astype(np.float32) / 255.0)
     classes = clustered.planted_class.value_counts().to_dict()

@@ -60,7 +60,7 @@ def dccs_digits() -> dict:
 
     data = load_digits()
     x = torch.tensor(data.images[:, None] / 16.0, dtype=torch.float32)
-    cfg = DCCSConfig(clusters=10, epochs=60, lr=1e-3, augment={
+    cfg = DCCSConfig(clusters=10, epochs=60, lr=1e-3, encoder="plain", augment={
         "crop_scale": (0.7, 1.0), "flips": False, "channel_shuffle": False, "jitter": 0.2})
     t0 = time.perf_counter()
     model, history = fit_dccs(x, cfg, "cuda")

@@ -79,6 +79,28 @@ class DescribeThresholdTransfer:
         assert sens.total == int((ext.label == 1).sum())
 
 
+class DescribeSelectionBias:
+    def it_marks_validation_results_optimistic_and_external_ones_unbiased(self, rows):
+        metrics, thresholds, _, _ = evaluate_predictions(rows, SETTINGS)
+        estimate = metrics.groupby("cohort").estimate.unique()
+        assert list(estimate["validation"]) == ["optimistic"]
+        assert list(estimate["external"]) == ["unbiased"]
+        assert metrics[metrics.cohort == "validation"].estimate_note.str.contains(
+            "selected the architecture").all()
+        assert set(thresholds[thresholds.cohort == "external"].estimate) == {"unbiased"}
+
+    def it_sets_each_cohorts_own_threshold_as_the_authors_and_says_so(self, rows):
+        settings = EvaluationSettings(bootstrap_resamples=300, threshold="cohort_youden")
+        metrics, _, _, _ = evaluate_predictions(rows, settings)
+        ext = rows[(rows.model == "HE") & (rows.split == "external")]
+        m = metrics[metrics.model == "HE"].set_index("cohort")
+        assert m.loc["external", "threshold"] == youden_threshold(ext.label.to_numpy(),
+                                                                  ext.probability.to_numpy())
+        assert m.loc["external", "threshold"] != m.loc["validation", "threshold"]
+        assert (m.estimate == "optimistic").all()
+        assert "own predictions (optimistic)" in m.loc["external", "threshold_source"]
+
+
 class DescribeAucStatistics:
     def it_reports_delong_and_bootstrap_intervals_per_cohort(self, rows):
         metrics = evaluate_predictions(rows, SETTINGS)[0].set_index(["cohort", "model"])

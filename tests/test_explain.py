@@ -47,6 +47,20 @@ class DescribeInfluentialTiles:
         assert list(influential(scores, 3)["index"]) == [3, 2, 0]
 
 
+    def it_picks_the_evidence_for_the_explained_outcome_by_the_signed_effect(self):
+        scores = pd.DataFrame({"index": [0, 1, 2, 3], "relative_attention": [1.2, 0.5, 1.2, 2.0],
+                               "effect": [0.01, 0.3, -0.2, 0.0]})
+        assert list(influential(scores, 2, "effect", 1)["index"]) == [1, 0]
+        assert list(influential(scores, 2, "effect", 0)["index"]) == [2, 3]
+        top = influential(scores, 2, "attention_effect", 0)
+        assert list(top["index"]) == [2, 3] and top.influence.iloc[0] == pytest.approx(0.24)
+
+    def it_refuses_an_unknown_rule(self):
+        scores = pd.DataFrame({"index": [0], "relative_attention": [1.0], "effect": [0.0]})
+        with pytest.raises(ValueError, match="explain.influence"):
+            influential(scores, 1, "gradient", 1)
+
+
 class DescribeGeoJSON:
     def it_writes_one_closed_square_detection_per_tile_with_its_scores(self):
         scores = pd.DataFrame({"index": [4], "x": [1024], "y": [512], "size0": [256.0],
@@ -138,7 +152,7 @@ class DescribeGradCAMCommand:
             rows = pd.read_csv(slide / "cams.csv")
             scores = pd.read_csv(out / "explain" / "scores" / "HE" / "20x" / f"{patient}.csv")
             assert cams.shape[0] == len(rows) == 3 and cams.min() >= 0 and cams.max() <= 1
-            assert list(rows["index"]) == list(influential(scores, 3)["index"])
+            assert list(rows["index"]) == list(influential(scores, 3, "effect", 1)["index"])
             # the bag Grad-CAM ran is the chunk the tile was scored in: same probability
             chunk_p = scores.set_index("index").chunk_probability.loc[rows["index"]]
             assert rows.bag_probability.to_numpy() == pytest.approx(chunk_p.to_numpy(), abs=1e-5)
@@ -151,6 +165,41 @@ class DescribeGradCAMCommand:
             assert (slide / "gallery.png").stat().st_size > 0
         meta = json.loads((out / "explain" / "gradcam" / "gradcam.json").read_text())
         assert meta["models"][0]["layer"] == "layer4" and meta["models"][0]["method"] == "gradcam"
+
+    def it_recomputes_maps_for_another_method_or_a_retrained_model(self, final_study):
+        study, folder, entries, out = final_study
+        patient = sorted(e.patient_id for e in entries if e.split == "external")[0]
+        sets = [a for s in QUICK + ["explain.top_k=3"] for a in ("--set", s)]
+        args = ["explain", "gradcam", str(study), "--device", "cpu", "--target", "cr",
+                "--patient", patient] + sets
+        slide = out / "explain" / "gradcam" / "HE" / "20x" / patient
+        scores_csv = out / "explain" / "scores" / "HE" / "20x" / f"{patient}.csv"
+
+        def run(*extra: str) -> tuple[np.ndarray, str]:
+            result = CliRunner().invoke(app, args + list(extra))
+            assert result.exit_code == 0, result.output
+            meta = json.loads((out / "explain" / "gradcam" / "gradcam.json").read_text())
+            return np.load(slide / "cams.npy"), meta["models"][0]["method"]
+
+        first, method = run("--method", "gradcam")
+        again, _ = run("--method", "gradcam")
+        assert method == "gradcam" and np.array_equal(first, again)  # reused: same key
+        other, method = run("--method", "layercam")
+        assert method == "layercam" and not np.allclose(first, other)
+        checkpoint = folder / "last.pt"
+        original = checkpoint.read_bytes()
+        try:  # "retrain": other weights in the same run folder
+            state = torch.load(checkpoint, weights_only=True)
+            state["model"]["classifier.weight"] *= -1.0  # CR evidence becomes non-CR's
+            state["model"]["attention.weight"] += 0.3
+            torch.save(state, checkpoint)
+            before = pd.read_csv(scores_csv)
+            retrained, _ = run("--method", "layercam")
+            after = pd.read_csv(scores_csv)
+            assert not np.allclose(before.chunk_probability, after.chunk_probability)
+            assert np.isfinite(retrained).all() and not np.allclose(retrained, other)
+        finally:
+            checkpoint.write_bytes(original)
 
     def it_picks_the_most_confident_correct_and_incorrect_patients_by_default(self, tmp_path):
         from lncr.explain.gradcam_run import default_patients

@@ -23,6 +23,32 @@ def tiny_model():
     return build_mil("resnet18", 8, 1, 2, None, 8, 0.0).eval()
 
 
+class DescribeAuthorsGradCAM:
+    def it_finds_the_last_conv2d_as_the_authors_did(self):
+        torch.manual_seed(0)
+        model = build_mil("resnet50", 8, 1, 2, None, 8, 0.0).eval()
+        layer, reshape, name = find_cam_layer(model.encoder, 64, "last_conv")
+        assert name == "layer4.2.conv3" and reshape is None
+
+    def it_keeps_negative_evidence_without_relu(self, tiny_model):
+        x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        with BagCAM(tiny_model, 64, "gradcam", relu=False) as raw:
+            maps, _ = raw(x, outcome=1)
+            acts = raw._cam.activations_and_grads.activations[0]
+            grads = raw._cam.activations_and_grads.gradients[0]
+        with BagCAM(tiny_model, 64, "gradcam") as cam:
+            relu_maps, _ = cam(x, outcome=1)
+        assert maps.shape == relu_maps.shape == (4, 64, 64)
+        assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+        weighted = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1)
+        assert (weighted < 0).any()  # there was evidence against: ReLU would drop it
+        assert not np.allclose(maps, relu_maps, atol=1e-3)
+
+    def it_refuses_no_relu_for_other_methods(self, tiny_model):
+        with pytest.raises(ValueError, match="cam_relu"):
+            BagCAM(tiny_model, 64, "layercam", relu=False)
+
+
 class DescribeBagCAM:
     def it_gives_one_map_per_tile_at_input_size_scaled_to_unit_range(self, tiny_model):
         x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -151,6 +177,43 @@ class DescribeDCCS:
             trainer.encoder_step(x, draws)
         enc = trainer.encoder_losses(x, draws["x_aug"], draws["permutation"])
         assert sum(v.item() for v in enc.values()) < before
+
+    @pytest.mark.parametrize("encoder", ["resnet", "plain"])
+    def it_encodes_any_tile_size_into_style_and_category(self, encoder):
+        cfg = DCCSConfig(clusters=3, style_dim=5, encoder=encoder)
+        for size in (16, 48, 224):
+            model = DCCS(3, size, cfg).eval()
+            z, logits, features = model.latent(torch.rand(2, 3, size, size))
+            assert z.shape == (2, 8) and logits.shape == (2, 3)
+            assert features.shape == (2, model.encoder.feature_dim)
+
+    def it_uses_the_authors_residual_encoder_and_augmentation_by_default(self):
+        from lncr.explain.dccs import PUBLISHED_AUGMENT, ResNetEncoder
+
+        cfg = DCCSConfig()
+        assert cfg.epochs == 3000 and cfg.augment == PUBLISHED_AUGMENT
+        encoder = DCCS(3, 224, cfg).encoder
+        assert isinstance(encoder, ResNetEncoder)
+        widths = [b.body[-1].out_channels for b in encoder.features]
+        assert widths == [64, 128, 256, 512]  # the authors' Encoder96: 224 px → 14 × 14
+
+    def it_flips_only_horizontally_with_the_published_augmentation(self):
+        # brightness grows down the rows: only a vertical flip can make it fall
+        x = torch.linspace(0, 1, 16).view(1, 1, 16, 1).expand(64, 3, 16, 16).contiguous()
+
+        def falling(flips) -> torch.Tensor:
+            out = augment(x, {"crop_scale": (0.5, 1.0), "flips": flips},
+                          torch.Generator().manual_seed(1))
+            return out[:, 0, -1, :].mean(1) < out[:, 0, 0, :].mean(1)
+
+        assert not falling("horizontal").any() and falling(True).any()
+
+    def it_shifts_hue_when_asked(self):
+        x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        base = {"crop_scale": (1.0, 1.0), "flips": False, "brightness": 1e-6}
+        plain = augment(x, base, torch.Generator().manual_seed(1))
+        hued = augment(x, {**base, "hue": 0.125}, torch.Generator().manual_seed(1))
+        assert not torch.allclose(plain, hued, atol=1e-3)
 
     def it_follows_four_critic_steps_with_one_encoder_step(self):
         x, _ = _toy(16)

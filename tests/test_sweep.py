@@ -24,12 +24,14 @@ from lncr.sweep.selection import select
 
 pytestmark = pytest.mark.xdist_group("sweep")
 
-#: Tiny units (32-px inputs, 2 epochs); "nosuchnet" fails, as a broken configuration would.
+#: Tiny units (32-px inputs, 2 epochs); every AlexNet unit fails (its weights file is missing),
+#: as a configuration broken at run time would.
 TINY = FAST + ["tiling.encoding=jpeg", "training.pretrained=false", "training.epochs=2",
                "training.warmup_epochs=1", "training.input_size=32", "training.crop_size=96",
                "training.embedding_dim=16", "training.transformer_heads=2",
                "training.feedforward_dim=16", "training.eval_tiles=8",
-               "training.loader_workers=0", "sweep.architectures=[resnet18, nosuchnet]",
+               "training.loader_workers=0", "sweep.architectures=[resnet18, alexnet]",
+               "sweep.weights={alexnet: missing-alexnet.pt}",
                "sweep.bag_sizes=[2, 4]", "sweep.repeats=2", "sweep.stains=[HE]",
                "sweep.magnifications=[10x]"]
 NUMBERS = ["epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss"]
@@ -132,14 +134,40 @@ class DescribeSelectionRule:
             select(units([("HE", "x", 8, "10x", 0, np.nan, np.nan, "failed")]), self.settings)
 
 
+class DescribeCompleteFailures:
+    def it_names_architectures_and_groups_all_of_whose_units_failed(self):
+        from lncr.sweep.selection import complete_failures, failure_lines
+
+        table = units([("HE", "a", 8, "10x", 0, 0.7, 0.6, "done"),
+                       ("HE", "a", 8, "20x", 0, 0.7, 0.6, "done"),
+                       ("HE", "b", 8, "10x", 0, np.nan, np.nan, "failed"),
+                       ("HE", "b", 8, "20x", 0, np.nan, np.nan, "failed"),
+                       ("PAS", "a", 8, "20x", 0, np.nan, np.nan, "failed"),
+                       ("PAS", "b", 8, "20x", 0, np.nan, np.nan, "failed"),
+                       ("PAS", "a", 8, "10x", 0, 0.6, 0.6, "done")])
+        failures = complete_failures(table)
+        assert failures["architectures"] == ["b"]
+        assert failures["stain_magnifications"] == [["PAS", "20x"]]
+        lines = failure_lines(failures)
+        assert lines[0].startswith("every unit of architecture b failed")
+        assert "every unit of PAS 20x failed" in lines[1] and len(lines) == 2
+
+    def it_finds_nothing_when_every_group_has_a_finished_unit(self):
+        from lncr.sweep.selection import complete_failures
+
+        table = units([("HE", "a", 8, "10x", 0, 0.7, 0.6, "done"),
+                       ("HE", "a", 8, "10x", 1, np.nan, np.nan, "failed")])
+        assert all(v == [] for v in complete_failures(table).values())
+
+
 class DescribeLocalSweep:
     def it_records_every_unit_and_keeps_going_after_failures(self, local_sweep):
         study, report = local_sweep
         table = pd.read_csv(report.folder / "units.csv")
         assert len(table) == 8
-        ok, bad = table[table.architecture == "resnet18"], table[table.architecture == "nosuchnet"]
+        ok, bad = table[table.architecture == "resnet18"], table[table.architecture == "alexnet"]
         assert (ok.status == "done").all() and (ok.epochs_trained == 2).all()
-        assert (bad.status == "failed").all() and bad.error.str.contains("nosuchnet").all()
+        assert (bad.status == "failed").all() and bad.error.str.contains("missing-alexnet").all()
         assert len(list((report.folder / "failures").glob("*.txt"))) == 4
         assert sorted(ok.seed.unique()) == [0, 1]
 
@@ -157,6 +185,15 @@ class DescribeLocalSweep:
         assert sel["architectures"] == {"HE": "resnet18"} and sel["bag_size"] in (2, 4)
         assert "last epoch" in sel["rule"] and sel["units"]["failed"] == 4
         assert sel["evidence"]["architecture"]["HE"][0]["units"] == 4
+
+    def it_says_loudly_that_a_whole_architecture_failed(self, local_sweep):
+        _, report = local_sweep
+        sel = json.loads((report.folder / "selection.json").read_text())
+        assert sel["status"] == "incomplete"
+        assert sel["failures"]["architectures"] == ["alexnet"]
+        assert sel["failures"]["stain_magnifications"] == []
+        assert report.failures == ["every unit of architecture alexnet failed: the selection "
+                                   "ranked the others only"]
 
     def it_trains_a_final_model_per_magnification_reusing_the_sweep_run(self, local_sweep):
         study, report = local_sweep
@@ -254,7 +291,9 @@ class DescribeResumeAfterKill:
         stamps = {p: p.stat().st_mtime_ns for p in finished}
         result = CliRunner().invoke(app, ["sweep", str(study), "--workers", "1", "--no-final",
                                           "--device", "cpu"] + args[10:])
-        assert result.exit_code == 0, result.output
+        # every AlexNet unit failed: the sweep finishes the rest and exits 1, saying so
+        assert result.exit_code == 1, result.output
+        assert "every unit of architecture alexnet failed" in result.output
         assert {p: p.stat().st_mtime_ns for p in finished} == stamps  # not retrained
         after = pd.read_csv(study.parent / "lncr-output" / "sweep" / "units.csv")
         a = local.units.sort_values(["bag_size", "repeat", "architecture"]).reset_index()

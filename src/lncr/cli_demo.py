@@ -28,6 +28,7 @@ from lncr.cli_common import table as _table
 DEMO_TILING = ["tiling.encoding=jpeg", "tiling.tile_size=128", "magnification.powers=[10, 20]",
                "split.val_fraction=0.25"]
 DEMO_TRAINING = ["training.pretrained=false", "training.backbone_lr_factor=0",
+                 "training.augment=true",
                  "training.channel_stats=imagenet", "training.epochs=8",
                  "training.warmup_epochs=1", "training.optimiser=adam",
                  "training.learning_rate=0.001", "training.input_size=384",
@@ -39,7 +40,8 @@ DEMO_SWEEP = ["sweep.architectures=[timm:tf_efficientnet_lite0, resnet18]",
               "sweep.epochs=3", "evaluation.tiles=all"]
 # DCCS on the CPU: small tiles and a short schedule (the defaults are for a GPU).
 DEMO_EXPLAIN = ["explain.cluster_tile_size=48", "explain.cluster_epochs=120",
-                "explain.cluster_lr=0.001"]
+                "explain.cluster_lr=0.001", "explain.cluster_encoder=plain",
+                "explain.cluster_augment=light", "explain.cluster_crop=512"]
 DEMO_CLUSTER = ("HE", "20x")  # the one final model the demo clusters
 
 

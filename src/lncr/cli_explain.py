@@ -41,7 +41,7 @@ def gradcam(
     study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
     patient: Annotated[Optional[list[str]], typer.Option(help="Explain these patients (repeatable); default: the most confident correct and incorrect prediction per cohort.")] = None,
     method: Annotated[Optional[str], typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, eigengradcam or gradcamelementwise (default: explain.cam_method).")] = None,
-    target: Annotated[str, typer.Option(help="Explain P(CR) (cr), P(non-CR) (noncr) or the predicted outcome (predicted).")] = "predicted",
+    target: Annotated[Optional[str], typer.Option(help="Explain P(CR) (cr), P(non-CR) (noncr) or the predicted outcome (predicted); default: explain.target.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. explain.top_k=4.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:

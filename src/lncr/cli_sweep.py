@@ -66,6 +66,13 @@ def sweep(
     if failed:
         err_console.print(f"[yellow]{failed} unit(s) failed; see {report.folder / 'failures'}"
                           " (re-run to retry them)[/yellow]")
+    for line in report.failures:
+        err_console.print(f"[red]ERROR {line}[/red]")
+    if report.failures:
+        err_console.print(f"[red]The sweep is incomplete (selection.json: status "
+                          f"'incomplete'); fix the cause in {report.folder / 'failures'} and "
+                          "re-run to retry the failed units.[/red]")
+        raise typer.Exit(1)
 
 
 def evaluate(
@@ -84,14 +91,14 @@ def evaluate(
         raise typer.Exit(1) from exc
     m = result.metrics[result.metrics.kind != "single model"]
     console.print(table("Ensembles (evaluation/metrics.csv)",
-                        ["cohort", "model", "patients", "AUC", "95% CI (DeLong)",
+                        ["cohort", "estimate", "model", "patients", "AUC", "95% CI (DeLong)",
                          "95% CI (bootstrap)", "Brier"],
-                        [(r.cohort, r.model, str(r.patients), _fmt(r.auc),
+                        [(r.cohort, r.estimate, r.model, str(r.patients), _fmt(r.auc),
                           f"{_fmt(r.delong_ci_low)}–{_fmt(r.delong_ci_high)}",
                           f"{_fmt(r.bootstrap_ci_low)}–{_fmt(r.bootstrap_ci_high)}",
                           _fmt(r.brier)) for r in m.itertuples()]))
     for r in m[m.model == "multi-stain"].itertuples():
         console.print(f"Multi-stain ensemble, {r.cohort} cohort ({r.patients} patients): AUC "
                       f"{_fmt(r.auc)} (95% CI {_fmt(r.delong_ci_low)}–{_fmt(r.delong_ci_high)}, "
-                      "DeLong)")
+                      f"DeLong) — {r.estimate} estimate: {r.estimate_note}")
     console.print(f"Written: {result.folder}")

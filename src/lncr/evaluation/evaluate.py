@@ -37,6 +37,15 @@ from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc, delong_test
 from lncr.fileio import atomic_write_json, atomic_write_text
 
 COHORTS = ("validation", "external")
+
+#: What each cohort's estimates are worth: the validation patients chose the architecture and
+#: bag size in ``lncr sweep`` (and the threshold), so their results are optimistic; the
+#: external cohort never reached a choice and is the unbiased estimate.
+ESTIMATES = {
+    "validation": ("optimistic", "these development patients selected the architecture, the "
+                   "bag size and the threshold (selection bias)"),
+    "external": ("unbiased", "independent cohort: no choice was made on it"),
+}
 MULTI = "multi-stain"
 
 
@@ -70,6 +79,21 @@ def _cohort(rows: pd.DataFrame, cohort: str) -> pd.DataFrame:
     return rows[rows.split == "val"] if cohort == "validation" else rows[rows.cohort == cohort]
 
 
+def model_threshold(rows: pd.DataFrame, cohort: str, rule: str) -> tuple[float, str]:
+    """(threshold, where it came from) for one model's rows: set on the validation patients
+    (``youden``, ``0.5``), or on ``cohort``'s own predictions (``cohort_youden``, the authors'
+    test script; optimistic)."""
+    source_cohort = cohort if rule == "cohort_youden" else "validation"
+    fit = _cohort(rows, source_cohort).dropna(subset=["probability"])
+    if fit.label.nunique() != 2:
+        return 0.5, f"0.5 ({source_cohort} patients lack one outcome)"
+    if rule == "cohort_youden":
+        return (development_threshold(fit.label, fit.probability, "youden"),
+                f"youden on the {cohort} patients' own predictions (optimistic)")
+    return (development_threshold(fit.label, fit.probability, rule),
+            f"{rule} on validation patients")
+
+
 def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ...]:
     """Metrics, threshold metrics, calibration and comparisons from :func:`long_predictions`
     rows; ``settings`` is the study's ``evaluation`` section."""
@@ -77,17 +101,16 @@ def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ..
     order = list(dict.fromkeys(rows.model))
     for model in order:
         mine = rows[rows.model == model]
-        val = _cohort(mine, "validation").dropna(subset=["probability"])
-        if val.label.nunique() == 2:
-            threshold = development_threshold(val.label, val.probability, settings.threshold)
-            source = f"{settings.threshold} on validation patients"
-        else:
-            threshold, source = 0.5, "0.5 (validation patients lack one outcome)"
         for cohort in COHORTS:
             part = _cohort(mine, cohort)
             have = part.dropna(subset=["probability"])
             y, p = have.label.to_numpy().astype(int), have.probability.to_numpy(float)
-            row = {"cohort": cohort, "model": model, "kind": mine.kind.iloc[0],
+            threshold, source = model_threshold(mine, cohort, settings.threshold)
+            estimate, why = ESTIMATES[cohort]
+            if settings.threshold == "cohort_youden":
+                estimate, why = "optimistic", why + "; threshold set on this cohort's labels"
+            row = {"cohort": cohort, "estimate": estimate, "estimate_note": why,
+                   "model": model, "kind": mine.kind.iloc[0],
                    "patients": len(part), "cr_patients": int(y.sum()),
                    "without_prediction": int(len(part) - len(have)), "auc": math.nan,
                    "auc_variance": math.nan, "delong_ci_low": math.nan,
@@ -98,7 +121,7 @@ def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ..
                 row["brier"] = brier_score(y, p)
                 t = threshold_metrics(y, p, threshold, settings.confidence,
                                       settings.bootstrap_resamples, settings.seed)
-                thresholds.append(t.assign(cohort=cohort, model=model))
+                thresholds.append(t.assign(cohort=cohort, model=model, estimate=estimate))
                 calibration.append(calibration_table(y, p, settings.calibration_bins)
                                    .assign(cohort=cohort, model=model))
             if len(set(y)) == 2:
@@ -158,6 +181,7 @@ def evaluate_study(study_yaml: str | Path, overrides: list[str] | None = None,
     atomic_write_json(folder / "evaluation.json", {
         "metrics": records(metrics), "threshold_metrics": records(thresholds),
         "calibration": records(calibration), "comparisons": records(comparisons),
+        "estimates": {c: {"estimate": e, "why": w} for c, (e, w) in ESTIMATES.items()},
         "settings": cfg.evaluation.model_dump(mode="json"),
         "ensemble": cfg.ensemble.model_dump(mode="json"),
         "study": str(Path(study_yaml).resolve()), "overrides": list(overrides or []),

@@ -2,8 +2,9 @@
 t-SNE map, galleries and association with the outcome.
 
 For each chosen final model (stain × magnification), the influential tiles (``explain.top_k``
-per slide, from the cached tile scores) of the **development** patients are resized to
-``explain.cluster_tile_size`` and clustered with DCCS (:mod:`lncr.explain.dccs`,
+per slide, from the cached tile scores) of the **development** patients are centre-cropped to
+``explain.cluster_crop`` (given for 512-px tiles), resized to ``explain.cluster_tile_size``
+— the authors' CenterCrop(384) → Resize(224) — and clustered with DCCS (:mod:`lncr.explain.dccs`,
 ``explain.clusters`` clusters, ``explain.style_dim`` style dimensions,
 ``explain.cluster_epochs``). External patients never enter. Writes
 ``<output_dir>/explain/clusters/<stain>/<mag>/``:
@@ -21,6 +22,9 @@ per slide, from the cached tile scores) of the **development** patients are resi
   among the tiles assigned to it);
 - ``dccs.pt`` (model), ``history.csv`` (losses per epoch), ``cluster.json`` (settings, the
   chi-square test of clusters × outcome, phantom scores, versions).
+
+``tiles.csv`` carries the key of what made it (model, checkpoint, DCCS settings); a re-run with
+other settings or after retraining clusters again.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lncr.explain.models import FinalModel, cached_scores, final_models_for, slide_paths
+from lncr.explain.models import (FinalModel, cached_scores, final_models_for, is_fresh,
+                                 slide_paths, stamp)
 from lncr.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, partial_path
 
 GALLERY = 10
@@ -51,8 +56,9 @@ def influential_tiles(fm: FinalModel, top_k: int) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def load_tiles(table: pd.DataFrame, size: int) -> np.ndarray:
-    """(N, size, size, 3) uint8: the tiles of ``table`` (store, index), resized."""
+def load_tiles(table: pd.DataFrame, size: int, crop_fraction: float = 1.0) -> np.ndarray:
+    """(N, size, size, 3) uint8: the tiles of ``table`` (store, index), their centred
+    ``crop_fraction`` of the side, resized."""
     import cv2
 
     from lncr.tiling.store import TileStore
@@ -62,9 +68,31 @@ def load_tiles(table: pd.DataFrame, size: int) -> np.ndarray:
         with TileStore(store_path) as store:
             for row, index in zip(part.index, part["index"]):
                 tile = store[int(index)]
+                side = max(1, min(tile.shape[0], round(tile.shape[0] * crop_fraction)))
+                top = (tile.shape[0] - side) // 2
+                left = (tile.shape[1] - side) // 2
+                tile = tile[top:top + side, left:left + side]
                 out[table.index.get_loc(row)] = cv2.resize(tile, (size, size),
                                                            interpolation=cv2.INTER_AREA)
     return out
+
+
+def dccs_config(ex, stain: str, n_tiles: int):
+    """The DCCS settings of ``explain`` for one stain (the authors' brightness jitter is 0.1
+    for PAS, 0.4 otherwise)."""
+    from lncr.explain.dccs import LIGHT_AUGMENT, PUBLISHED_AUGMENT, DCCSConfig
+
+    augment = dict(LIGHT_AUGMENT if ex.cluster_augment == "light" else PUBLISHED_AUGMENT)
+    if ex.cluster_augment == "published" and stain == "PAS":
+        augment["brightness"] = 0.1
+    return DCCSConfig(clusters=ex.clusters, style_dim=ex.style_dim, epochs=ex.cluster_epochs,
+                      lr=ex.cluster_lr, batch_size=min(ex.cluster_batch_size, n_tiles),
+                      encoder=ex.cluster_encoder, augment=augment, seed=ex.seed)
+
+
+def cluster_crop_fraction(ex) -> float:
+    """``explain.cluster_crop`` (px of a 512-px tile) as a fraction of the tile's side."""
+    return min(1.0, ex.cluster_crop / 512)
 
 
 def association(tiles: pd.DataFrame, clusters: int) -> tuple[pd.DataFrame, dict]:
@@ -189,7 +217,7 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
     import torch
 
     from lncr.explain.cluster_metrics import clustering_scores
-    from lncr.explain.dccs import DCCSConfig, assign, fit_dccs
+    from lncr.explain.dccs import assign, fit_dccs
     from lncr.explain.phantom_truth import PhantomTruth
     from lncr.provenance import package_versions
     from lncr.training.distributed import resolve_device
@@ -197,14 +225,13 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
     cfg = fm.cfg
     ex = cfg.explain
     folder = cfg.output_dir / "explain" / "clusters" / fm.stain / fm.magnification
-    if (folder / "tiles.csv").exists():
+    key = fm.key(explain=ex.model_dump(mode="json"))
+    if is_fresh(folder / "tiles.csv", key):
         return {"stain": fm.stain, "magnification": fm.magnification, "folder": str(folder),
                 "tiles": int(len(pd.read_csv(folder / "tiles.csv"))), "reused": True}
     tiles = influential_tiles(fm, ex.top_k)
-    images = load_tiles(tiles, ex.cluster_tile_size)
-    config = DCCSConfig(clusters=ex.clusters, style_dim=ex.style_dim, epochs=ex.cluster_epochs,
-                        lr=ex.cluster_lr, batch_size=min(ex.cluster_batch_size, len(tiles)),
-                        seed=ex.seed)
+    images = load_tiles(tiles, ex.cluster_tile_size, cluster_crop_fraction(ex))
+    config = dccs_config(ex, fm.stain, len(tiles))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
     model, history = fit_dccs(x, config, str(resolve_device(device)))
     z, cluster = assign(model, x)
@@ -249,6 +276,7 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
         "dccs": config.to_dict(), "chi_square": overall, "final_losses": history[-1],
         **extra, "versions": package_versions("torch", "scikit-learn", "scipy", "numpy")})
     atomic_write_text(folder / "tiles.csv", tiles.drop(columns=["store"]).to_csv(index=False))
+    stamp(folder / "tiles.csv", key)
     if log:
         log(f"{name}: {len(tiles)} tiles in {ex.clusters} clusters; chi-square p "
             f"{overall['p_value']:.3g}")

@@ -16,12 +16,19 @@ values) and a categorical part ``z_c`` (a softmax over ``clusters``); the cluste
   feeds the discriminator the whole flattened map (100,352 values for a ResNet-50-sized map);
   here it is average-pooled to ``pooled × pooled`` first, which keeps memory small;
 - **augmentation consistency** (``beta_aug`` = 2): KL(``z_c(x)`` ‖ ``z_c(aug(x))``), so an
-  image and its augmented copy fall in the same cluster. Augmentations (batched, on the device):
-  random resized crop, horizontal/vertical flips, channel shuffle, colour jitter.
+  image and its augmented copy fall in the same cluster. Augmentations (batched, on the
+  device), :data:`PUBLISHED_AUGMENT` by default — the authors' ``datasets.py``: random resized
+  crop (scale 0.4–1, ratio 3/4–4/3), horizontal flip, channel shuffle, colour jitter
+  (brightness 0.4 — 0.1 for PAS —, contrast 0.4, saturation 0.4, hue 0.125); or
+  :data:`LIGHT_AUGMENT` (crop 0.6–1, both flips, channel shuffle, jitter 0.3), which small
+  tile sets at small sizes cluster better with.
 
 Encoder and discriminator share one Adam optimiser, the critic another; both use lr 1e-4 and
-betas (0.5, 0.9). The encoder is a small convolutional network sized to the input (no
-pretrained weights are involved; the tiles are small).
+betas (0.5, 0.9). The encoder (``encoder``) is ``resnet`` by default, shaped like the authors'
+``Encoder96``: an optimised residual down-block, three residual down-blocks (doubling the
+width from 64), one residual block, BatchNorm-ReLU, global pooling and a linear layer to
+``style_dim + clusters``; the MI discriminator sees the fourth block's map. ``plain`` is a
+small stack of strided convolutions for quick CPU runs. No pretrained weights are involved.
 
 There is no maintained library for DCCS; this module is written from the paper and the recipe
 of the authors' code (loss weights, prior, critic schedule, optimiser), not copied from it.
@@ -54,20 +61,73 @@ class DCCSConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
     batch_size: int = 64
-    epochs: int = 200
-    width: int = 32  # channels of the encoder's first layer (doubled at each downsampling, ≤ 128)
-    pooled: int = 4  # the MI discriminator sees the feature map pooled to pooled × pooled
-    augment: dict = field(default_factory=lambda: {
-        "crop_scale": (0.6, 1.0), "flips": True, "channel_shuffle": True, "jitter": 0.3})
+    epochs: int = 3000
+    encoder: str = "resnet"  # "resnet" (the authors' shape) or "plain"
+    width: int | None = None  # first layer's channels; None: 64 (resnet) or 32 (plain)
+    # The MI discriminator sees the feature map pooled to pooled × pooled (the authors: the
+    # whole 512 × 14 × 14 map, a 103-million-parameter first layer; 0 restores that).
+    pooled: int = 4
+    augment: dict = field(default_factory=lambda: dict(PUBLISHED_AUGMENT))
     seed: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+#: The authors' augmentation of DCCS inputs (``datasets.py``; brightness 0.1 for PAS).
+PUBLISHED_AUGMENT = {"crop_scale": (0.4, 1.0), "flips": "horizontal", "channel_shuffle": True,
+                     "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.125}
+#: lncr's lighter recipe for small, low-resolution tile sets (the demo).
+LIGHT_AUGMENT = {"crop_scale": (0.6, 1.0), "flips": True, "channel_shuffle": True,
+                 "jitter": 0.3}
+
+
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
                          nn.LeakyReLU(0.2, inplace=True))
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block (BN-ReLU-conv3×3 twice), optionally average-pooled by 2;
+    ``first`` is the optimised input block (no normalisation before the first conv)."""
+
+    def __init__(self, c_in: int, c_out: int, down: bool, first: bool = False):
+        super().__init__()
+        pre = [] if first else [nn.BatchNorm2d(c_in), nn.ReLU()]
+        self.body = nn.Sequential(*pre, nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out),
+                                  nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out or down else nn.Identity()
+        self.down = nn.AvgPool2d(2) if down else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.body(x)) + self.down(self.skip(x))
+
+
+class ResNetEncoder(nn.Module):
+    """The authors' DCCS encoder shape (``Encoder96``) for any input size: 4 residual
+    down-blocks (fewer for small images), one more block, BN-ReLU, global pooling, linear."""
+
+    def __init__(self, channels: int, size: int, config: DCCSConfig):
+        super().__init__()
+        w = config.width or 64
+        downs = max(1, min(4, int(math.floor(math.log2(max(size, 4) / 2)))))
+        widths = [w * 2 ** min(i, 3) for i in range(downs)]
+        blocks = [ResBlock(channels, widths[0], True, first=True)]
+        blocks += [ResBlock(widths[i - 1], widths[i], True) for i in range(1, downs)]
+        self.features = nn.Sequential(*blocks)
+        self.last = nn.Sequential(ResBlock(widths[-1], widths[-1], False),
+                                  nn.BatchNorm2d(widths[-1]), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(widths[-1], config.style_dim + config.clusters))
+        self.pool = nn.AdaptiveAvgPool2d(config.pooled) if config.pooled else nn.Identity()
+        side = config.pooled or max(1, size // 2 ** downs)
+        self.feature_dim = widths[-1] * side * side
+        self.style_dim = config.style_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        maps = self.features(x)
+        out = self.last(maps)
+        return out[:, :self.style_dim], out[:, self.style_dim:], self.pool(maps).flatten(1)
 
 
 class DCCSEncoder(nn.Module):
@@ -78,7 +138,7 @@ class DCCSEncoder(nn.Module):
         stem = 1 if size <= 16 else 2  # tiny images (digits) keep their resolution
         inner = size // stem
         downs = max(1, int(math.floor(math.log2(max(inner, 8) / 4))))
-        widths = [min(config.width * 2 ** i, 128) for i in range(downs + 1)]
+        widths = [min((config.width or 32) * 2 ** i, 128) for i in range(downs + 1)]
         layers = [_block(channels, widths[0], stem)]
         layers += [_block(widths[i], widths[i + 1], 2) for i in range(downs)]
         self.features = nn.Sequential(*layers)
@@ -107,7 +167,10 @@ class DCCS(nn.Module):
     def __init__(self, channels: int, size: int, config: DCCSConfig):
         super().__init__()
         self.config = config
-        self.encoder = DCCSEncoder(channels, size, config)
+        if config.encoder not in ("resnet", "plain"):
+            raise ValueError(f"DCCS encoder {config.encoder!r}: use resnet or plain")
+        self.encoder = (ResNetEncoder if config.encoder == "resnet" else DCCSEncoder)(
+            channels, size, config)
         latent = config.style_dim + config.clusters
         self.critic = _mlp(latent)
         self.discriminator = _mlp(self.encoder.feature_dim + latent)
@@ -148,24 +211,39 @@ def augment(x: torch.Tensor, settings: dict, generator: torch.Generator) -> torc
                         dim=1)
     out = roi_align(x, boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2,
                     aligned=True)
-    if settings.get("flips", True):
+    flips = settings.get("flips", True)
+    if flips:
         flip_h = uniform(b) < 0.5
         flip_v = uniform(b) < 0.5
         out = torch.where(flip_h.view(b, 1, 1, 1), out.flip(3), out)
-        out = torch.where(flip_v.view(b, 1, 1, 1), out.flip(2), out)
+        if flips != "horizontal":
+            out = torch.where(flip_v.view(b, 1, 1, 1), out.flip(2), out)
     if c == 3 and settings.get("channel_shuffle", True):
         order = torch.argsort(torch.rand(b, 3, generator=generator), dim=1).to(dev)
         out = out.gather(1, order.view(b, 3, 1, 1).expand_as(out))
-    jitter = float(settings.get("jitter", 0.3))
-    if jitter:
-        factors = 1.0 + jitter * (2 * uniform(b, 3) - 1)
+    jitter = float(settings.get("jitter", 0.0))
+    amounts = torch.tensor([float(settings.get(k, jitter))
+                            for k in ("brightness", "contrast", "saturation")], device=dev)
+    if bool((amounts > 0).any()):
+        factors = 1.0 + amounts * (2 * uniform(b, 3) - 1)
         if c == 3:
             out = colour_jitter(out, factors)
+            out = _hue(out, float(settings.get("hue", 0.0)), uniform)
         else:  # brightness and contrast of grey images
             out = out * factors[:, 0].view(b, 1, 1, 1)
             mean = out.mean(dim=(1, 2, 3), keepdim=True)
             out = ((out - mean) * factors[:, 1].view(b, 1, 1, 1) + mean).clamp(0, 1)
     return out
+
+
+def _hue(x: torch.Tensor, amount: float, uniform) -> torch.Tensor:
+    """A random hue shift in [−amount, amount] per image (torchvision's ``adjust_hue``)."""
+    if not amount:
+        return x
+    from torchvision.transforms.v2.functional import adjust_hue
+
+    shifts = amount * (2 * uniform(x.shape[0]) - 1)
+    return torch.stack([adjust_hue(img, float(s)) for img, s in zip(x, shifts)])
 
 
 def sample_prior(n: int, config: DCCSConfig, generator: torch.Generator,

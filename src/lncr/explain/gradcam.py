@@ -18,10 +18,15 @@ The target layer is found by a dry run: the last module whose output is still a 
 (N, C, h, w) with more than one position, adaptive pooling excepted — for ResNets the last
 residual stage, for DenseNet the final feature block, for EfficientNet the head's BN-activation.
 ViTs are handled by the usual token-to-grid reshape of the last block's first LayerNorm. Both
-can be overridden with ``explain.cam_layer`` (a dotted module path inside the backbone).
+can be overridden with ``explain.cam_layer``: a dotted module path inside the backbone, or
+``last_conv`` — the last ``Conv2d`` of the backbone, the authors' rule (``gradCAM.py``; for
+ResNet-50 ``layer4.2.conv3``, before the last BatchNorm, residual sum and ReLU).
 
 Each map is rescaled by the package to [0, 1] per tile (min subtracted, divided by max) and
-resized to the model's input size.
+resized to the model's input size, after a ReLU that keeps only evidence *for* the target.
+``relu=False`` (``explain.cam_relu``; Grad-CAM only) is the authors' map: the raw weighted sum
+of activations, negative evidence included, min-max rescaled — computed here from the
+activations and gradients the package's hooks recorded.
 """
 
 from __future__ import annotations
@@ -103,6 +108,11 @@ def find_cam_layer(encoder: TileEncoder, size: int, name: str | None = None
     """The backbone layer to explain, its reshape transform (ViT) and its dotted name."""
     model = encoder.model
     names = {m: n for n, m in model.named_modules()}
+    if name == "last_conv":
+        convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ValueError(f"explain.cam_layer=last_conv: {encoder.spec.name} has no Conv2d")
+        return convs[-1][1], None, convs[-1][0]  # (a ViT's: its patch embedding's grid)
     if name:
         try:
             layer = model.get_submodule(name)
@@ -143,12 +153,16 @@ class BagCAM:
     """Grad-CAM (or another method of :data:`CAM_METHODS`) for every tile of a bag."""
 
     def __init__(self, model: AttentionMIL, input_size: int, method: str = "gradcam",
-                 layer: str | None = None):
+                 layer: str | None = None, relu: bool = True):
         import pytorch_grad_cam
 
         if method not in CAM_METHODS:
             raise ValueError(f"explain.cam_method {method!r}: use one of "
                              f"{', '.join(CAM_METHODS)}")
+        if not relu and method != "gradcam":
+            raise ValueError(f"explain.cam_relu=false is the authors' Grad-CAM without ReLU; "
+                             f"it is not defined for {method!r}: use cam_method=gradcam")
+        self.relu = relu
         self.model = model.eval()
         self.model.requires_grad_(True)  # frozen backbones too: the hooks need gradients
         target, reshape, self.layer_name = find_cam_layer(model.encoder, input_size, layer)
@@ -168,10 +182,28 @@ class BagCAM:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         try:
             maps = self._cam(input_tensor=tiles, targets=[BagTarget(outcome)])
+            if not self.relu:
+                maps = self._raw_maps(tiles.shape[-1])
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
         probability = float(torch.sigmoid(self._cam.outputs.detach().reshape(-1)[0]))
         return np.asarray(maps, dtype=np.float32), probability
+
+    def _raw_maps(self, size: int) -> np.ndarray:
+        """Grad-CAM without the ReLU (the authors' ``gradCAM.py``): Σ_c mean(∂y/∂A_c)·A_c,
+        min-max rescaled per tile, resized to the input size."""
+        import cv2
+
+        recorded = self._cam.activations_and_grads
+        acts = recorded.activations[0].float().cpu().numpy()
+        grads = recorded.gradients[0].float().cpu().numpy()
+        cams = (grads.mean(axis=(2, 3), keepdims=True) * acts).sum(axis=1)
+        out = np.empty((len(cams), size, size), dtype=np.float32)
+        for i, cam in enumerate(cams):
+            cam = cam - cam.min()
+            cam = cam / (cam.max() + 1e-7)
+            out[i] = cv2.resize(cam.astype(np.float32), (size, size))
+        return out
 
     def close(self) -> None:
         self._cam.activations_and_grads.release()
@@ -192,8 +224,9 @@ def resolve_target(target: str, probability: float, threshold: float = 0.5) -> i
     return 1 if target == "cr" else 0
 
 
-def overlay(tile: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The tile (H, W, 3 uint8) with the map (h, w in [0, 1]) in the JET colour map over it."""
+def overlay(tile: np.ndarray, cam: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """The tile (H, W, 3 uint8) with the map (h, w in [0, 1]) in the JET colour map over it,
+    ``alpha`` × map + (1 − ``alpha``) × tile (the authors: 0.6)."""
     import cv2
     from pytorch_grad_cam.utils.image import show_cam_on_image
 

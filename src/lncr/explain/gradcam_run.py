@@ -32,26 +32,11 @@ import numpy as np
 import pandas as pd
 
 from lncr.evaluation.evaluate import MULTI
-from lncr.explain.models import FinalModel, cached_scores, final_models_for, output_dir
+from lncr.explain.models import (FinalModel, cached_scores, final_models_for, is_fresh,
+                                 model_thresholds, output_dir, stamp, validation_column)
 from lncr.fileio import (atomic_save_array, atomic_save_figure, atomic_save_image,
                          atomic_write_json, atomic_write_text)
 
-
-
-def validation_column(out: Path, column: str) -> dict[str, float]:
-    """One column of ``lncr evaluate``'s ``metrics.csv`` on the validation cohort, per model
-    (``"HE 20x"``, ``"HE"``, ensemble); empty before evaluation."""
-    path = out / "evaluation" / "metrics.csv"
-    if not path.exists():
-        return {}
-    metrics = pd.read_csv(path)
-    val = metrics[metrics.cohort == "validation"]
-    return dict(zip(val.model, val[column].astype(float)))
-
-
-def model_thresholds(out: Path) -> dict[str, float]:
-    """Each evaluated model's validation-fixed threshold."""
-    return validation_column(out, "threshold")
 
 
 def default_patients(out: Path) -> tuple[list[str], pd.DataFrame]:
@@ -125,12 +110,13 @@ def bag_maps(fm: FinalModel, cam, entry, top: pd.DataFrame, outcome: int
 
 def slide_maps(fm: FinalModel, cam, entry, top_k: int, outcome: int
                ) -> tuple[pd.DataFrame, np.ndarray]:
-    """The maps of a slide's influential tiles (no files), for the pointing game: one row per
-    tile (patient_id, stain, magnification, index, x, y, size0, crop_fraction) and (k, H, W)."""
+    """The maps of a slide's influential tiles for ``outcome`` (no files), for the pointing
+    game: one row per tile (patient_id, stain, magnification, index, x, y, size0,
+    crop_fraction) and (k, H, W)."""
     from lncr.explain.scores import influential
 
     scores, _ = cached_scores(fm, entry)
-    top = influential(scores, top_k)
+    top = influential(scores, top_k, fm.cfg.explain.influence, outcome)
     found, fraction = bag_maps(fm, cam, entry, top, outcome)
     table = pd.DataFrame({"patient_id": entry.patient_id, "stain": fm.stain,
                           "magnification": fm.magnification, "index": top["index"].astype(int),
@@ -145,13 +131,15 @@ def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability:
     from lncr.explain.gradcam import overlay, peak
     from lncr.explain.scores import influential
 
-    top = influential(scores, top_k)
+    top = influential(scores, top_k, fm.cfg.explain.influence, outcome)
     found, fraction = bag_maps(fm, cam, entry, top, outcome)
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("tile-*.png"):  # an earlier, other explanation's tiles
+        old.unlink()
     rows, maps, tiles, overlays, titles = [], [], [], [], []
     for rank, r in enumerate(top.itertuples(), start=1):
         tile, cam_map, bag_probability = found[int(r.index)]
-        over = overlay(tile, cam_map)
+        over = overlay(tile, cam_map, fm.cfg.explain.cam_overlay_alpha)
         png = folder / f"tile-{rank:02d}-{int(r.index)}.png"
         atomic_save_image(np.hstack([tile, over]), png)
         px, py = peak(cam_map, float(r.size0), float(r.x), float(r.y), fraction)
@@ -159,7 +147,8 @@ def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability:
                      "size0": float(r.size0), "peak_x": px, "peak_y": py,
                      "attention": float(r.attention),
                      "relative_attention": float(r.relative_attention),
-                     "effect": float(r.effect), "chunk": int(r.chunk),
+                     "effect": float(r.effect), "influence": float(r.influence),
+                     "chunk": int(r.chunk),
                      "bag_probability": bag_probability, "png": png.name})
         maps.append(cam_map)
         tiles.append(tile)
@@ -179,7 +168,7 @@ def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability:
 
 def explain_gradcam(study_yaml: str | Path, overrides: list[str] | None = None,
                     patients: list[str] | None = None, method: str | None = None,
-                    target: str = "predicted", device: str = "auto",
+                    target: str | None = None, device: str = "auto",
                     progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Grad-CAM galleries for the influential tiles of the chosen patients' slides."""
     from lncr.explain.gradcam import BagCAM, resolve_target
@@ -190,26 +179,31 @@ def explain_gradcam(study_yaml: str | Path, overrides: list[str] | None = None,
     chosen = None
     if not patients:
         patients, chosen = default_patients(out)
-    thresholds = model_thresholds(out)
     rows, used, cfg = [], [], None
     for fm in final_models_for(study_yaml, overrides, "all", patients, device):
         cfg = fm.cfg
-        name = method or cfg.explain.cam_method
-        threshold = thresholds.get(f"{fm.stain} {fm.magnification}", 0.5)
-        with BagCAM(fm.model, fm.input_size, name, cfg.explain.cam_layer) as cam:
+        ex = cfg.explain
+        name = method or ex.cam_method
+        target = target or ex.target
+        threshold = fm.threshold
+        with BagCAM(fm.model, fm.input_size, name, ex.cam_layer, ex.cam_relu) as cam:
             used.append({"stain": fm.stain, "magnification": fm.magnification,
                          "run": fm.folder, "epoch": fm.epoch, "layer": cam.layer_name,
-                         "method": name, "threshold": threshold})
+                         "method": name, "relu": ex.cam_relu, "threshold": threshold})
             for e in fm.entries:
                 folder = (out / "explain" / "gradcam" / fm.stain / fm.magnification
                           / e.patient_id)
                 scores, probability = cached_scores(fm, e)
                 outcome = resolve_target(target, probability, threshold)
-                if (folder / "cams.csv").exists():
+                key = fm.key(e, method=name, layer=cam.layer_name, relu=ex.cam_relu,
+                             outcome=outcome, influence=ex.influence, top_k=ex.top_k,
+                             overlay_alpha=ex.cam_overlay_alpha)
+                if is_fresh(folder / "cams.csv", key):
                     table = pd.read_csv(folder / "cams.csv")
                 else:
                     table = slide_gradcam(fm, cam, e, scores, probability, outcome,
-                                          cfg.explain.top_k, folder)
+                                          ex.top_k, folder)
+                    stamp(folder / "cams.csv", key)
                 rows.append(table.assign(
                     stain=fm.stain, magnification=fm.magnification, patient_id=e.patient_id,
                     split=e.split, label=e.label, slide_probability=probability,
@@ -226,6 +220,7 @@ def explain_gradcam(study_yaml: str | Path, overrides: list[str] | None = None,
     atomic_write_text(folder / "gradcam.csv", table.to_csv(index=False))
     atomic_write_json(folder / "gradcam.json", {
         "models": used, "target": target, "top_k": cfg.explain.top_k,
+        "influence": cfg.explain.influence,
         "checkpoint": cfg.evaluation.checkpoint, "patients": patients,
         "chosen": None if chosen is None else chosen.to_dict("records"),
         "study": str(Path(study_yaml).resolve()), "overrides": overrides,

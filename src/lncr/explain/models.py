@@ -4,17 +4,24 @@ each slide's tile scores, computed once and kept on disk.
 Tile scores (:mod:`lncr.explain.scores`) are cached as
 ``<output_dir>/explain/scores/<stain>/<mag>/<patient>.csv`` (written atomically, so a file that
 exists is complete); ``heatmap``, ``gradcam`` and ``cluster`` all read that cache first.
+
+Every cached output carries the **key** of what made it — the run, its checkpoint (name, epoch
+and SHA-256 of the weights), the tile store, the chunking and, for maps, the method, layer,
+target and settings — in ``<marker>.key.json`` beside the file that marks it complete
+(:func:`is_fresh`, :func:`stamp`). An output whose key differs (another ``--method``, another
+checkpoint, a retrained model, a re-tiled slide) is recomputed, never relabelled.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from lncr.fileio import atomic_write_text
+from lncr.fileio import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -30,6 +37,9 @@ class FinalModel:
     epoch: int
     entries: list  # SlideEntry of the chosen patients
     cfg: object  # StudyConfig
+    checkpoint: str = "last"
+    weights_sha256: str = ""
+    threshold: float = 0.5  # validation-fixed threshold of ``lncr evaluate`` (0.5 before)
 
     @property
     def chunk(self) -> int:
@@ -43,9 +53,84 @@ class FinalModel:
     def input_size(self) -> int:
         return int(self.config["geometry"]["size"])
 
+    def key(self, entry=None, **extra) -> dict:
+        """What an output of this model (and of ``entry``'s slide) depends on."""
+        key = {"run": _relative(self.folder, self.cfg.output_dir), "checkpoint": self.checkpoint,
+               "epoch": self.epoch, "weights_sha256": self.weights_sha256, "crop": self.crop,
+               "chunk": self.chunk, "input_size": self.input_size}
+        if entry is not None:
+            store = Path(entry.store)
+            stat = store.stat() if store.exists() else None
+            key["store"] = {"path": _relative(store, self.cfg.output_dir),
+                            "bytes": stat.st_size if stat else None,
+                            "mtime_ns": stat.st_mtime_ns if stat else None,
+                            "tiles": int(entry.n_tiles)}
+        return {**key, **extra}
+
+    def outcome(self, probability: float) -> int:
+        """The outcome explained for a slide (``explain.target``): 1 = CR, 0 = non-CR."""
+        from lncr.explain.gradcam import resolve_target
+
+        return resolve_target(self.cfg.explain.target, probability, self.threshold)
+
     def scores_path(self, patient_id: str) -> Path:
         return (self.cfg.output_dir / "explain" / "scores" / self.stain / self.magnification
                 / f"{patient_id}.csv")
+
+
+def _relative(path: str | Path, root: Path) -> str:
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _key_file(marker: Path) -> Path:
+    return marker.with_name(marker.name + ".key.json")
+
+
+def is_fresh(marker: Path, key: dict) -> bool:
+    """True when ``marker`` (the file that marks an output complete) exists and was made with
+    exactly ``key``."""
+    keyfile = _key_file(marker)
+    if not (marker.exists() and keyfile.exists()):
+        return False
+    try:
+        return json.loads(keyfile.read_text()) == json.loads(json.dumps(key))
+    except ValueError:
+        return False
+
+
+def stamp(marker: Path, key: dict) -> None:
+    """Record ``key`` for the complete output marked by ``marker`` (write the marker first)."""
+    atomic_write_json(_key_file(marker), key)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def validation_column(out: Path, column: str) -> dict[str, float]:
+    """One column of ``lncr evaluate``'s ``metrics.csv`` on the validation cohort, per model
+    (``"HE 20x"``, ``"HE"``, ensemble); empty before evaluation."""
+    path = out / "evaluation" / "metrics.csv"
+    if not path.exists():
+        return {}
+    metrics = pd.read_csv(path)
+    val = metrics[metrics.cohort == "validation"]
+    return dict(zip(val.model, val[column].astype(float)))
+
+
+def model_thresholds(out: Path) -> dict[str, float]:
+    """Each evaluated model's validation-fixed threshold."""
+    return validation_column(out, "threshold")
 
 
 def output_dir(study_yaml: str | Path, overrides: list[str] | None) -> Path:
@@ -75,13 +160,17 @@ def final_models_for(study_yaml: str | Path, overrides: list[str] | None = None,
         raise ValueError("no finished final model matches: check --stain/--magnification and "
                          "that `lncr sweep` trained the final models")
     wanted = set(patients) if patients else None
+    thresholds = model_thresholds(output_dir(study_yaml, overrides))
     for m in models.itertuples():
         cfg, entries = study_entries(study_yaml, m.stain, m.magnification, overrides)
-        model, config, inputs, epoch = load_run(m.folder, cfg.evaluation.checkpoint, device)
+        checkpoint = cfg.evaluation.checkpoint
+        model, config, inputs, epoch = load_run(m.folder, checkpoint, device)
         chosen = [e for e in select(entries, cohort)
                   if wanted is None or e.patient_id in wanted]
         yield FinalModel(m.stain, m.magnification, m.folder, model, config, inputs, epoch,
-                         chosen, cfg)
+                         chosen, cfg, checkpoint,
+                         file_sha256(Path(m.folder) / f"{checkpoint}.pt"),
+                         thresholds.get(f"{m.stain} {m.magnification}", 0.5))
 
 
 def cached_scores(fm: FinalModel, entry) -> tuple[pd.DataFrame, float]:
@@ -89,12 +178,14 @@ def cached_scores(fm: FinalModel, entry) -> tuple[pd.DataFrame, float]:
     from lncr.explain.scores import slide_scores
 
     path = fm.scores_path(entry.patient_id)
-    if path.exists():
+    key = fm.key(entry)
+    if is_fresh(path, key):
         scores = pd.read_csv(path)
         return scores, float(scores.groupby("chunk").chunk_probability.first().mean())
     scores, probability = slide_scores(fm.model, fm.inputs, entry, fm.crop, fm.chunk)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, scores.to_csv(index=False))
+    stamp(path, key)
     return scores, probability
 
 

@@ -2,9 +2,12 @@
 
 Two checks, each against what pointing at random would score on the same slides:
 
-- **attention**: per slide, the fraction of its top-``k`` tiles by relative attention that
-  contain lesion (any lesion pixel in the tile's mask box). Random baseline: the fraction of
-  all the slide's tiles that contain lesion — the expected hit rate of ``k`` random tiles.
+- **influential tiles** (by any ``explain.influence`` rule — attention, signed effect, their
+  product — for the outcome the lesions signal): per slide, the fraction of its ``k``
+  influential tiles that contain lesion (any lesion pixel in the tile's mask box). Random
+  baseline: the fraction of all the slide's tiles that contain lesion — the expected hit rate
+  of ``k`` random tiles. Also the mean lesion fraction of the influential tiles against that
+  of all tiles (``share_ratio``).
 - **CAM** (Grad-CAM and the other methods), three ways, each map over the crop of the tile
   the model saw:
 
@@ -30,6 +33,8 @@ non-response rightly points *away* from them.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -52,23 +57,33 @@ def _paired(hit: np.ndarray, baseline: np.ndarray) -> dict:
 
 
 def attention_pointing(truth: PhantomTruth, slides: list[tuple[str, str, pd.DataFrame]],
-                       top_k: int) -> tuple[dict, pd.DataFrame]:
-    """``slides``: (patient, stain, every tile's scores). Summary and one row per slide."""
+                       top_k: int, rule: str = "attention", outcome: int = 1
+                       ) -> tuple[dict, pd.DataFrame]:
+    """``slides``: (patient, stain, every tile's scores). The influential tiles by ``rule``
+    for ``outcome`` (:func:`lncr.explain.scores.influential`) against all tiles: the share
+    holding any lesion (``hit_rate`` vs ``random_baseline``) and the mean lesion fraction
+    (``lesion_share`` vs ``mean_lesion_share``). Summary and one row per slide."""
     from lncr.explain.scores import influential
 
     rows = []
     for patient, stain, scores in slides:
-        lesion = truth.lesion_fraction(patient, stain, scores.x, scores.y, scores.size0) > 0
-        if not lesion.any():
+        fraction = truth.lesion_fraction(patient, stain, scores.x, scores.y, scores.size0)
+        if not (fraction > 0).any():
             continue
-        top = influential(scores, top_k)
-        top_lesion = truth.lesion_fraction(patient, stain, top.x, top.y, top.size0) > 0
+        top = influential(scores, top_k, rule, outcome)
+        top_fraction = truth.lesion_fraction(patient, stain, top.x, top.y, top.size0)
         rows.append({"patient_id": patient, "stain": stain, "tiles": len(scores),
-                     "hit_rate": float(top_lesion.mean()), "random_baseline": float(
-                         lesion.mean())})
+                     "hit_rate": float((top_fraction > 0).mean()),
+                     "random_baseline": float((fraction > 0).mean()),
+                     "lesion_share": float(np.mean(top_fraction)),
+                     "mean_lesion_share": float(np.mean(fraction))})
     table = pd.DataFrame(rows, columns=["patient_id", "stain", "tiles", "hit_rate",
-                                        "random_baseline"])
-    return _paired(table.hit_rate, table.random_baseline), table
+                                        "random_baseline", "lesion_share",
+                                        "mean_lesion_share"])
+    summary = _paired(table.hit_rate, table.random_baseline)
+    share = table.mean_lesion_share.mean()
+    summary["share_ratio"] = float(table.lesion_share.mean() / share) if share > 0 else math.nan
+    return summary, table
 
 
 def crop_boxes(tiles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

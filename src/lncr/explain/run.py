@@ -13,7 +13,8 @@ writes under ``<output_dir>/explain/``:
   the slide's probability, cohort, split and label;
 - ``explain.json`` — the models, checkpoint, chunk size, top-k and package versions.
 
-Files are written atomically; a slide whose files exist is skipped on a re-run.
+Files are written atomically; a slide whose files were made by the same model, checkpoint and
+tile store (their ``.key.json``) is skipped on a re-run, any other is redrawn.
 """
 
 from __future__ import annotations
@@ -24,20 +25,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from lncr.explain.models import FinalModel, cached_scores, final_models_for, slide_paths
+from lncr.explain.models import (FinalModel, cached_scores, final_models_for, is_fresh,
+                                 slide_paths, stamp)
 from lncr.fileio import atomic_write_json, atomic_write_text
 
 
 def influential_rows(fm: FinalModel, entry, scores: pd.DataFrame, probability: float,
                      top_k: int) -> pd.DataFrame:
-    """The slide's ``top_k`` influential tiles, ranked, with the slide's identity."""
+    """The slide's ``top_k`` influential tiles for the outcome explained (``explain.target``,
+    rule ``explain.influence``), ranked, with the slide's identity."""
     from lncr.explain.scores import influential
 
-    top = influential(scores, top_k)
+    outcome = fm.outcome(probability)
+    top = influential(scores, top_k, fm.cfg.explain.influence, outcome)
     top.insert(0, "rank", range(1, len(top) + 1))
     return top.assign(patient_id=entry.patient_id, stain=fm.stain,
                       magnification=fm.magnification, split=entry.split, label=entry.label,
-                      slide_probability=probability)
+                      slide_probability=probability,
+                      explained="CR" if outcome == 1 else "non-CR")
 
 
 INFLUENTIAL_FIRST = ["stain", "magnification", "patient_id", "split", "label",
@@ -67,12 +72,15 @@ def explain_heatmaps(study_yaml: str | Path, overrides: list[str] | None = None,
             geo = out / "geojson" / rel.with_suffix(".geojson")
             scores, probability = cached_scores(fm, e)
             name = f"{e.patient_id} {fm.stain} {fm.magnification}"
-            if not geo.exists():
+            key = fm.key(e)
+            if not is_fresh(geo, key):
                 geo.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(geo, json.dumps(geojson(scores, name)))
-            if not png.exists():
+                stamp(geo, key)
+            if not is_fresh(png, key):
                 heatmap_figure(slides[(e.patient_id, fm.stain)], scores, png,
                                f"{name}: P(CR) {probability:.2f}, label {e.label} ({e.split})")
+                stamp(png, key)
             rows.append(influential_rows(fm, e, scores, probability, cfg.explain.top_k))
             if progress:
                 progress(f"{fm.stain} {fm.magnification} {e.patient_id}")
@@ -85,6 +93,7 @@ def explain_heatmaps(study_yaml: str | Path, overrides: list[str] | None = None,
     atomic_write_text(out / "influential.csv", table.to_csv(index=False))
     atomic_write_json(out / "explain.json", {
         "models": used, "checkpoint": cfg.evaluation.checkpoint, "top_k": cfg.explain.top_k,
+        "influence": cfg.explain.influence, "target": cfg.explain.target,
         "cohort": cohort, "patients": patients, "study": str(Path(study_yaml).resolve()),
         "overrides": overrides,
         "versions": package_versions("torch", "torchvision", "numpy", "matplotlib")})

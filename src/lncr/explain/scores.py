@@ -12,8 +12,19 @@ probability is the mean over chunks). For each tile:
   towards non-response. This is the tile's effect *in the bag context* — the transformer lets
   tiles change each other's embeddings, so it is not a property of the tile alone.
 
-**Influential tiles** of a slide are its ``top_k`` tiles by ``relative_attention`` (ties by
-larger absolute effect), with their coordinates; ``explain.top_k`` sets k.
+**Influential tiles** of a slide are its ``explain.top_k`` tiles that are the strongest
+evidence for the outcome being explained (``explain.target``: the predicted outcome by default),
+by the rule ``explain.influence``:
+
+- ``effect`` (default): the signed leave-one-out effect toward that outcome (``effect`` for CR,
+  ``-effect`` for non-CR) — the tiles whose removal would most weaken the explained outcome;
+- ``attention_effect``: relative attention × that signed effect;
+- ``attention``: relative attention alone (the tiles the bag representation pools, whatever
+  they argue for; lncr's rule before 0.2).
+
+The default was chosen by the pointing game on the phantom's lesion masks
+(``bench/explain_checks.py phantom``, docs/explain.md). Attention stays a column of every
+table.
 
 Cost: every tile goes through the backbone **once** (in batches); the leave-one-out bags re-use
 the embeddings and run only the transformer/attention head (one batched call per chunk), which
@@ -92,8 +103,27 @@ def slide_scores(model: AttentionMIL, inputs: DeviceInput, entry: SlideEntry, cr
     return table[SCORE_COLUMNS], float(np.mean(probabilities))
 
 
-def influential(scores: pd.DataFrame, top_k: int) -> pd.DataFrame:
-    """The ``top_k`` tiles by relative attention (ties: larger absolute effect)."""
-    order = scores.assign(_abs=scores.effect.abs()).sort_values(
-        ["relative_attention", "_abs", "index"], ascending=[False, False, True])
-    return order.drop(columns="_abs").head(top_k).reset_index(drop=True)
+INFLUENCE_RULES = ("effect", "attention_effect", "attention")
+
+
+def influence_score(scores: pd.DataFrame, rule: str, outcome: int) -> pd.Series:
+    """Each tile's evidence for ``outcome`` (1 = CR, 0 = non-CR) under ``rule``."""
+    toward = scores.effect if outcome == 1 else -scores.effect
+    if rule == "effect":
+        return toward
+    if rule == "attention_effect":
+        return scores.relative_attention * toward
+    if rule == "attention":
+        return scores.relative_attention
+    raise ValueError(f"explain.influence {rule!r}: use one of {', '.join(INFLUENCE_RULES)}")
+
+
+def influential(scores: pd.DataFrame, top_k: int, rule: str = "attention",
+                outcome: int = 1) -> pd.DataFrame:
+    """The ``top_k`` tiles by :func:`influence_score` (ties: the larger absolute effect for
+    ``attention``, the larger relative attention otherwise; then the lower index), with the
+    score in an ``influence`` column."""
+    tie = scores.effect.abs() if rule == "attention" else scores.relative_attention
+    order = scores.assign(influence=influence_score(scores, rule, outcome), _tie=tie).sort_values(
+        ["influence", "_tie", "index"], ascending=[False, False, True])
+    return order.drop(columns="_tie").head(top_k).reset_index(drop=True)

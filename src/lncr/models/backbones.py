@@ -1,21 +1,43 @@
-"""Tile encoders ("backbones") by name, with their pretrained weights resolved the library's way.
+"""Tile encoders ("backbones") by name, built as the authors built them, with their pretrained
+weights resolved the libraries' way.
 
-The published architectures are registered with their native input size and where their
-classification head is; any other torchvision classification model is accepted by its
-torchvision name, and any timm model by ``timm:<name>`` when timm is installed. Each backbone's
-head is replaced by a linear layer to ``embedding_dim`` features.
+The six published architectures are registered with their native input size, the weights the
+authors started from, and the authors' projection head (``ModelTrain.py`` of
+neolibin/LNCR-DL-model):
 
-Weights: ``weights="imagenet"`` uses torchvision's weight enum (``DEFAULT``) or timm's
-pretrained tag, downloading through the library's cache when online; ``weights=PATH`` loads a
-local state dict (a file saved from the same architecture); ``weights=None`` starts from
-random initialisation (tests). Offline without a cached file, :class:`WeightsUnavailable`
-explains both fixes.
+- AlexNet and VGG-11: the whole classifier (fc6, fc7, fc8 and their dropout) is replaced by one
+  ``Linear(9216 → L)`` / ``Linear(25088 → L)`` on the flattened pooled feature map;
+- DenseNet-121, Inception-V3 and ResNet-50: ``classifier``/``fc`` → ``Linear(features → L)``;
+- every such projection has Xavier-normal weights (biases keep PyTorch's default);
+- ViT (``vit_base_patch16_384``, the default ViT): timm's ViT-B/16 at 384 px with the
+  ImageNet-21k → 1k "augreg" weights the authors loaded, **keeping** its 1000-way head and
+  adding ``Linear(1000 → 128)`` (PyTorch's default initialisation, as the authors left it);
+- ``vit_b_16``: torchvision's ViT-B/16 at 384 px with its 384-px weights (SWAG, fine-tuned end
+  to end on ImageNet-1k) and the head replaced by ``Linear(768 → L)`` — an alternative for
+  users without timm's weights, not the published model.
+
+Inception-V3's pretrained weights need the auxiliary classifier at construction; it is dropped
+afterwards, as the authors' torchvision did (``aux_logits=False`` after loading).
+
+Any other torchvision classification model is accepted by its torchvision name (its last Linear
+layer becomes the projection) and any timm model by ``timm:<name>`` (pooled features →
+projection). ``list_backbones()`` names the registered ones; :func:`check_backbone` builds one on
+the meta device (no memory, no download) so a study can be checked before any unit runs.
+
+Weights: ``weights="imagenet"`` uses torchvision's weight enum or timm's pretrained tag,
+downloading through the library's cache when online (``TORCH_HOME``, ``HF_HOME``); a cached file
+is used offline. ``weights=PATH`` loads a local file through the same code (timm's
+``pretrained_cfg_overlay=dict(file=PATH)``, which resamples a ViT's position embedding to the
+model's size; for torchvision ViTs, torchvision's ``interpolate_embeddings``). ``weights=None``
+starts from random initialisation. Offline without a cached or local file,
+:class:`WeightsUnavailable` explains both fixes.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +45,13 @@ from torch import nn
 
 
 class WeightsUnavailable(RuntimeError):
-    """Pretrained weights cannot be downloaded (offline) and no local file was given."""
+    """Pretrained weights cannot be downloaded (offline) and no local file was given, or a local
+    file does not fit the architecture."""
+
+
+#: ``head(model, embedding_dim)`` replaces the model's classification head in place and returns
+#: the new projection layer.
+HeadRule = Callable[[nn.Module, int], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -32,11 +60,13 @@ class BackboneSpec:
 
     name: str
     input_size: int  # native input size (pixels)
-    builder: Callable[[object], nn.Module]  # weights enum value or None -> model
-    head: Callable[[nn.Module], tuple[int, Callable[[nn.Module, nn.Module], None]]]
-    weights_enum: str | None = None  # torchvision enum class name
+    builder: Callable[..., nn.Module]  # (None | "imagenet" | "local", file=None) -> model
+    head: HeadRule
     package: str = "torchvision"
     fixed_input: bool = False  # True when the model only accepts ``input_size`` (ViT)
+    embedding_dim: int | None = None  # the published feature width, if it differs from 512
+    weights: str = ""  # which pretrained weights "imagenet" means
+    extras: dict = field(default_factory=dict)
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -48,62 +78,145 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def _classifier_last(model: nn.Module):
-    """Head = the last Linear of ``model.classifier`` (AlexNet, VGG)."""
-    layers = model.classifier
-    idx = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
-
-    def replace(m: nn.Module, new: nn.Module) -> None:
-        m.classifier[idx] = new
-
-    return layers[idx].in_features, replace
+def list_backbones() -> list[str]:
+    """The registered architecture names (any torchvision classifier and ``timm:<name>`` are
+    accepted too)."""
+    return sorted(BACKBONES)
 
 
-def _attribute(name: str):
-    def head(model: nn.Module):
-        def replace(m: nn.Module, new: nn.Module) -> None:
-            setattr(m, name, new)
+def _xavier_linear(features: int, out: int) -> nn.Linear:
+    layer = nn.Linear(features, out)
+    nn.init.xavier_normal_(layer.weight)  # the authors' init; the bias keeps PyTorch's default
+    return layer
 
-        return getattr(model, name).in_features, replace
+
+def replace_attribute(name: str) -> HeadRule:
+    """``model.<name>`` (a Linear) → Xavier-normal ``Linear(in_features → dim)``."""
+
+    def head(model: nn.Module, dim: int) -> nn.Module:
+        new = _xavier_linear(getattr(model, name).in_features, dim)
+        setattr(model, name, new)
+        return new
 
     return head
 
 
-def _vit_head(model: nn.Module):
-    def replace(m: nn.Module, new: nn.Module) -> None:
-        m.heads.head = new
+def replace_classifier(model: nn.Module, dim: int) -> nn.Module:
+    """AlexNet/VGG as published: the whole ``classifier`` → one Xavier-normal
+    ``Linear(flattened pooled features → dim)``."""
+    first = next(m for m in model.classifier if isinstance(m, nn.Linear))
+    model.classifier = _xavier_linear(first.in_features, dim)
+    return model.classifier
 
-    return model.heads.head.in_features, replace
+
+def replace_last_linear(model: nn.Module, dim: int) -> nn.Module:
+    """Other torchvision models (lncr's rule): the last Linear of ``classifier`` → projection."""
+    layers = model.classifier
+    idx = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
+    layers[idx] = _xavier_linear(layers[idx].in_features, dim)
+    return layers[idx]
 
 
-def _tv(name: str, enum: str, size: int, head, fixed: bool = False, **kwargs) -> BackboneSpec:
-    def build(weights):
+def append_projection(model: nn.Module, dim: int) -> nn.Module:
+    """The authors' ViT: keep the 1000-way ImageNet head and add ``Linear(1000 → dim)`` after it
+    (PyTorch's default initialisation, as in their code)."""
+    projection = nn.Linear(model.num_classes, dim)
+    model.lncr_projection = projection
+    return projection
+
+
+def pooled_projection(model: nn.Module, dim: int) -> nn.Module:
+    """Any timm model: drop the classifier, project the pooled features."""
+    features = model.num_features
+    model.reset_classifier(0)
+    model.lncr_projection = _xavier_linear(features, dim)
+    return model.lncr_projection
+
+
+def _vit_head(model: nn.Module, dim: int) -> nn.Module:
+    model.heads.head = _xavier_linear(model.heads.head.in_features, dim)
+    return model.heads.head
+
+
+def _torchvision(name: str, enum: str, member: str = "DEFAULT", pretrained_kwargs=None,
+                 random_kwargs=None, after: Callable[[nn.Module], None] | None = None):
+    """A builder: ``"imagenet"`` → the weight enum's member (downloaded or cached),
+    ``"local"`` → the same construction without weights (a file is loaded next), None →
+    random initialisation."""
+
+    def build(weights: str | None, file: str | None = None) -> nn.Module:
         import torchvision
 
-        return getattr(torchvision.models, name)(weights=weights, **kwargs)
+        ctor = getattr(torchvision.models, name)
+        if weights == "imagenet":
+            model = ctor(weights=getattr(getattr(torchvision.models, enum), member))
+        elif weights == "local":
+            model = ctor(weights=None, **(pretrained_kwargs or {}))
+        else:
+            model = ctor(weights=None, **(random_kwargs or {}))
+        if after is not None:
+            after(model)
+        return model
 
-    return BackboneSpec(name, size, build, head, enum, fixed_input=fixed)
+    return build
+
+
+def _drop_aux(model: nn.Module) -> None:
+    """Inception-V3 after loading: the auxiliary classifier only serves ImageNet training."""
+    model.aux_logits = False
+    model.AuxLogits = None
+
+
+def _timm(name: str):
+    def build(weights: str | None, file: str | None = None) -> nn.Module:
+        try:
+            import timm
+        except ImportError as exc:
+            raise ValueError(f"{name} needs the timm package: pip install timm") from exc
+        if weights == "local":
+            return timm.create_model(name, pretrained=True,
+                                     pretrained_cfg_overlay={"file": str(file)})
+        return timm.create_model(name, pretrained=weights == "imagenet")
+
+    return build
+
+
+# The published architectures, at their native input sizes, with the authors' heads.
+register(BackboneSpec("alexnet", 224, _torchvision("alexnet", "AlexNet_Weights"),
+                      replace_classifier, weights="AlexNet_Weights.IMAGENET1K_V1"))
+register(BackboneSpec("densenet121", 224, _torchvision("densenet121", "DenseNet121_Weights"),
+                      replace_attribute("classifier"),
+                      weights="DenseNet121_Weights.IMAGENET1K_V1"))
+register(BackboneSpec(
+    "inception_v3", 299,
+    _torchvision("inception_v3", "Inception_V3_Weights",
+                 pretrained_kwargs={"aux_logits": True, "transform_input": True,
+                                    "init_weights": False},
+                 # transform_input as torchvision sets it for the weights, in every case, so
+                 # that a run's model is rebuilt identically for prediction
+                 random_kwargs={"aux_logits": False, "transform_input": True,
+                                "init_weights": True}, after=_drop_aux),
+    replace_attribute("fc"), weights="Inception_V3_Weights.IMAGENET1K_V1"))
+register(BackboneSpec("resnet50", 224, _torchvision("resnet50", "ResNet50_Weights"),
+                      replace_attribute("fc"), weights="ResNet50_Weights.DEFAULT (IMAGENET1K_V2)"))
+register(BackboneSpec("vgg11", 224, _torchvision("vgg11", "VGG11_Weights"), replace_classifier,
+                      weights="VGG11_Weights.IMAGENET1K_V1"))
+register(BackboneSpec("vit_base_patch16_384", 384, _timm("vit_base_patch16_384"),
+                      append_projection, package="timm", fixed_input=True, embedding_dim=128,
+                      weights="timm vit_base_patch16_384.augreg_in21k_ft_in1k"))
+register(BackboneSpec(
+    "vit_b_16", 384,
+    _torchvision("vit_b_16", "ViT_B_16_Weights", "IMAGENET1K_SWAG_E2E_V1",
+                 pretrained_kwargs={"image_size": 384}, random_kwargs={"image_size": 384}),
+    _vit_head, fixed_input=True, embedding_dim=128,
+    weights="ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1 (384 px)"))
+# Small ones for tests and CPU demos.
+register(BackboneSpec("resnet18", 224, _torchvision("resnet18", "ResNet18_Weights"),
+                      replace_attribute("fc"), weights="ResNet18_Weights.IMAGENET1K_V1"))
 
 
 def backbone_spec(name: str) -> BackboneSpec:
     """The registry entry for ``name`` (torchvision and ``timm:`` names resolved too)."""
-    return _resolve_spec(name)
-
-
-# The published architectures (torchvision), at their native input sizes.
-register(_tv("alexnet", "AlexNet_Weights", 224, _classifier_last))
-register(_tv("densenet121", "DenseNet121_Weights", 224, _attribute("classifier")))
-# Inception-V3: the auxiliary classifier is only used by ImageNet training; dropped here.
-register(_tv("inception_v3", "Inception_V3_Weights", 299, _attribute("fc"), aux_logits=False,
-             init_weights=False))
-register(_tv("resnet50", "ResNet50_Weights", 224, _attribute("fc")))
-register(_tv("vgg11", "VGG11_Weights", 224, _classifier_last))
-register(_tv("vit_b_16", "ViT_B_16_Weights", 384, _vit_head, fixed=True, image_size=384))
-# Small ones for tests and CPU demos.
-register(_tv("resnet18", "ResNet18_Weights", 224, _attribute("fc")))
-
-
-def _resolve_spec(name: str) -> BackboneSpec:
     if name in BACKBONES:
         return BACKBONES[name]
     if name.startswith("timm:"):
@@ -114,16 +227,19 @@ def _resolve_spec(name: str) -> BackboneSpec:
         model = torchvision.models.get_model(name, weights=None)
         for attr in ("fc", "classifier", "head"):
             layer = getattr(model, attr, None)
-            if isinstance(layer, nn.Linear):
-                return BackboneSpec(name, 224, lambda w, n=name: torchvision.models.get_model(
-                    n, weights=w), _attribute(attr), "DEFAULT")
-            if isinstance(layer, nn.Sequential) and any(isinstance(m, nn.Linear) for m in layer):
-                return BackboneSpec(name, 224, lambda w, n=name: torchvision.models.get_model(
-                    n, weights=w), _classifier_last, "DEFAULT")
+            rule = (replace_attribute(attr) if isinstance(layer, nn.Linear) else
+                    replace_last_linear if isinstance(layer, nn.Sequential)
+                    and any(isinstance(m, nn.Linear) for m in layer) else None)
+            if rule is not None:
+                enum = type(torchvision.models.get_model_weights(name).DEFAULT).__name__
+                return BackboneSpec(name, 224, _torchvision(name, enum), rule,
+                                    weights=f"{enum}.DEFAULT")
         raise ValueError(f"torchvision model {name!r} has no recognisable classification head")
-    known = ", ".join(sorted(BACKBONES))
-    raise ValueError(f"unknown architecture {name!r}: use one of {known}, another torchvision "
-                     "classification model, or timm:<name> (with timm installed)")
+    close = difflib.get_close_matches(name, list_backbones(), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown architecture {name!r}: {hint}use one of "
+                     f"{', '.join(list_backbones())}, another torchvision classification model, "
+                     "or timm:<name> (with timm installed)")
 
 
 def _timm_spec(name: str) -> BackboneSpec:
@@ -131,30 +247,15 @@ def _timm_spec(name: str) -> BackboneSpec:
         import timm
     except ImportError as exc:
         raise ValueError(f"timm:{name} needs the timm package: pip install timm") from exc
-
-    def build(weights):
-        return timm.create_model(name, pretrained=weights is not None)
-
-    def head(model: nn.Module):
-        def replace(m: nn.Module, new: nn.Module) -> None:
-            m.reset_classifier(0)
-            m.lncr_projection = new  # applied after the pooled features, see TileEncoder
-
-        return model.num_features, replace
-
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f" (did you mean timm:{close[0]}?)" if close else ""
+        raise ValueError(f"timm has no model {name!r}{hint}")
     cfg = timm.get_pretrained_cfg(name)
     size = int(cfg.input_size[-1]) if cfg is not None else 224
-    return BackboneSpec(f"timm:{name}", size, build, head, None, "timm",
-                        fixed_input="vit" in name or "deit" in name)
-
-
-def _pretrained_weights(spec: BackboneSpec):
-    if spec.package == "timm":
-        return "imagenet"
-    import torchvision
-
-    return torchvision.models.get_model_weights(spec.name).DEFAULT \
-        if spec.weights_enum == "DEFAULT" else getattr(torchvision.models, spec.weights_enum).DEFAULT
+    return BackboneSpec(f"timm:{name}", size, _timm(name), pooled_projection, "timm",
+                        fixed_input="vit" in name or "deit" in name,
+                        weights=f"timm {name} (default tag)")
 
 
 class TileEncoder(nn.Module):
@@ -169,48 +270,117 @@ class TileEncoder(nn.Module):
         """The (pre-trained) backbone's parameters: everything but the new projection head."""
         return [p for p in self.parameters() if id(p) not in self._head]
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The projection head's parameters (the layer lncr added)."""
+        return [p for p in self.parameters() if id(p) in self._head]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
         projection = getattr(self.model, "lncr_projection", None)
         return projection(out) if projection is not None else out
 
 
+#: Parameter-name prefixes of the classification heads a local weights file may carry and the
+#: projection replaces (or, for Inception-V3, the dropped auxiliary classifier).
+HEAD_PREFIXES = ("fc.", "classifier.", "heads.", "head.", "AuxLogits.")
+
+
 def build_backbone(name: str, embedding_dim: int, weights: str | Path | None = None
                    ) -> TileEncoder:
-    """Build ``name`` with its head replaced by ``Linear(features, embedding_dim)``.
+    """Build ``name`` with the authors' head: a projection to ``embedding_dim`` features.
 
-    ``weights``: ``None`` (random), ``"imagenet"`` (the library's pretrained weights) or a path
-    to a local state dict of the same architecture (its original head is discarded).
+    ``weights``: ``None`` (random), ``"imagenet"`` (the library's pretrained weights, from its
+    cache offline) or a path to a local weights file of the same architecture (its original
+    head is discarded).
 
-    >>> enc = build_backbone("resnet18", 128)            # doctest: +SKIP
-    >>> enc(torch.zeros(2, 3, 224, 224)).shape            # doctest: +SKIP
+    >>> enc = build_backbone("resnet18", 128)
+    >>> enc(torch.zeros(2, 3, 224, 224)).shape
     torch.Size([2, 128])
     """
-    spec = _resolve_spec(name)
+    spec = backbone_spec(name)
     if weights == "imagenet":
-        try:
-            model = spec.builder(_pretrained_weights(spec))
-        except (OSError, RuntimeError) as exc:  # URLError is an OSError
-            raise WeightsUnavailable(
-                f"cannot download ImageNet weights for {spec.name} ({exc}). Either connect "
-                "once so that the library caches them, or pass a local file with --weights "
-                f"PATH (a state dict saved from {spec.name}), or train from scratch with "
-                "--no-pretrained") from exc
+        model = _download(spec)
+    elif weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsUnavailable(f"weights file {path} does not exist")
+        if spec.package == "timm":
+            model = _timm_local(spec, path)
+        else:
+            model = spec.builder("local")
     else:
         model = spec.builder(None)
-        if weights is not None:
-            path = Path(weights)
-            if not path.exists():
-                raise WeightsUnavailable(f"weights file {path} does not exist")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state:
-                state = state["state_dict"]
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if len(missing) > 4 or len(unexpected) > 4:  # tolerate only a different head
-                raise WeightsUnavailable(
-                    f"{path} does not fit {spec.name}: {len(missing)} missing and "
-                    f"{len(unexpected)} unexpected tensors (e.g. {(missing + unexpected)[:3]})")
-    features, replace = spec.head(model)
-    head = nn.Linear(features, embedding_dim)
-    replace(model, head)
+    head = spec.head(model, embedding_dim)
+    if weights not in (None, "imagenet") and spec.package != "timm":
+        _load_local(model, spec, Path(weights), head)
     return TileEncoder(model, spec, head)
+
+
+def _download(spec: BackboneSpec) -> nn.Module:
+    try:
+        return spec.builder("imagenet")
+    except (OSError, RuntimeError) as exc:  # URLError and the hub's offline errors: OSError
+        raise WeightsUnavailable(
+            f"cannot download the ImageNet weights of {spec.name} ({spec.weights}): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. Either connect "
+            "once so that the library caches them (TORCH_HOME for torchvision, HF_HOME for "
+            f"timm), or pass a local file with --weights PATH (weights saved from {spec.name}), "
+            "or train from scratch with --no-pretrained") from exc
+
+
+def _timm_local(spec: BackboneSpec, path: Path) -> nn.Module:
+    """timm's own loader for a local file (it resamples a ViT's position embedding)."""
+    try:
+        return spec.builder("local", file=str(path))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise WeightsUnavailable(f"{path} does not fit {spec.name}: {exc}") from exc
+
+
+def _read_state(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def _load_local(model: nn.Module, spec: BackboneSpec, path: Path, head: nn.Module) -> None:
+    """Load a state dict into a model whose head was already replaced: every tensor but the
+    head's must be present with its shape. A torchvision ViT's position embedding is
+    interpolated to the model's image size (e.g. a 224-px file into the 384-px model)."""
+    state = _read_state(path)
+    if getattr(model, "image_size", None) and "encoder.pos_embedding" in state:
+        from torchvision.models.vision_transformer import interpolate_embeddings
+
+        state = interpolate_embeddings(model.image_size, model.patch_size, state)
+    own = model.state_dict()
+    mine = {id(p) for p in head.parameters()}
+    head_keys = {n for n, p in model.named_parameters() if id(p) in mine}
+    wrong = [f"{k} {tuple(state[k].shape)} ≠ {tuple(own[k].shape)}" for k in state
+             if k in own and k not in head_keys and state[k].shape != own[k].shape]
+    missing = [k for k in own if k not in state and k not in head_keys]
+    extra = [k for k in state if k not in own and not k.startswith(HEAD_PREFIXES)]
+    if wrong or missing or extra:
+        raise WeightsUnavailable(
+            f"{path} does not fit {spec.name}: {len(missing)} missing, {len(extra)} unexpected "
+            f"and {len(wrong)} mis-shaped tensors (e.g. {(wrong + missing + extra)[:3]}); save "
+            f"the state dict of a {spec.name} model (torchvision's or timm's layout)")
+    model.load_state_dict({k: v for k, v in state.items() if k in own and k not in head_keys},
+                          strict=False)
+
+
+def check_backbone(name: str, embedding_dim: int = 512) -> None:
+    """Build ``name`` on the meta device (no memory, no weights): raises ValueError with the
+    fix when the name is unknown or the model cannot be built."""
+    try:
+        with torch.device("meta"):
+            build_backbone(name, embedding_dim, None)
+    except ValueError:
+        raise
+    except Exception as exc:  # a registry entry that cannot be built is a bug to report
+        raise ValueError(f"architecture {name!r} cannot be built: {type(exc).__name__}: "
+                         f"{exc}") from exc

@@ -1,9 +1,11 @@
 """The published bag model: tile encoder → transformer encoder → attention pooling → P(CR).
 
 The embeddings of the tiles of one bag go through a transformer encoder (2 layers, 8 heads,
-GELU, final LayerNorm), then attention pooling (a linear score per tile, softmax over the bag),
-then a linear layer: one logit per bag, whose sigmoid is the probability of complete response.
-The attention weights are returned too (explanations use them).
+GELU, final LayerNorm with eps 1e-6), then attention pooling (a linear score per tile, softmax
+over the bag), then a linear layer: one logit per bag, whose sigmoid is the probability of
+complete response. The attention weights are returned too (explanations use them). As in the
+authors' ``Attention_Gated``, the attention and output layers get Xavier-normal weights and
+keep PyTorch's default bias initialisation.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lncr.models.backbones import TileEncoder, build_backbone
+from lncr.models.backbones import TileEncoder, backbone_spec, build_backbone
 
 
 class AttentionMIL(nn.Module):
@@ -29,14 +31,13 @@ class AttentionMIL(nn.Module):
                                            dim_feedforward=feedforward_dim, dropout=dropout,
                                            activation="gelu", batch_first=True)
         self.transformer = (nn.TransformerEncoder(layer, num_layers=layers,
-                                                  norm=nn.LayerNorm(embedding_dim),
+                                                  norm=nn.LayerNorm(embedding_dim, eps=1e-6),
                                                   enable_nested_tensor=False)
                             if layers else nn.LayerNorm(embedding_dim))
         self.attention = nn.Linear(embedding_dim, 1)
         self.classifier = nn.Linear(embedding_dim, 1)
         for layer in (self.attention, self.classifier):  # as the published model
             nn.init.xavier_normal_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
     def forward(self, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n = bags.shape[:2]
@@ -57,12 +58,22 @@ class AttentionMIL(nn.Module):
 
 def build_mil(architecture: str, embedding_dim: int = 512, layers: int = 2, heads: int = 8,
               weights=None, feedforward_dim: int = 2048, dropout: float = 0.1) -> AttentionMIL:
-    """The published model for ``architecture`` (ViT variants default to 128 features, as
+    """The published model for ``architecture`` (the ViTs default to 128 features, as
     published, when ``embedding_dim`` is left at 512)."""
-    if architecture.startswith("vit") and embedding_dim == 512:
-        embedding_dim = 128
+    embedding_dim = published_embedding_dim(architecture, embedding_dim)
     encoder = build_backbone(architecture, embedding_dim, weights)
     return AttentionMIL(encoder, embedding_dim, layers, heads, feedforward_dim, dropout)
+
+
+def published_embedding_dim(architecture: str, embedding_dim: int) -> int:
+    """``embedding_dim``, or the architecture's published width (128 for the ViTs) when it is
+    left at the default 512."""
+    spec = backbone_spec(architecture)
+    if embedding_dim == 512 and spec.embedding_dim is not None:
+        return spec.embedding_dim
+    if embedding_dim == 512 and spec.fixed_input and architecture.startswith("timm:"):
+        return 128  # other timm ViTs: as the published ViT
+    return embedding_dim
 
 
 def freeze_batch_norm(model: nn.Module) -> int:

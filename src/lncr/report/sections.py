@@ -124,9 +124,22 @@ def tiling_section(out: Path) -> str:
     return section("tiling", "Tiling and quality control", body)
 
 
+def failures_box(selection: dict) -> str:
+    """A warning naming every architecture or stain × magnification whose units all failed."""
+    lines = selection.get("failure_lines") or []
+    if not lines:
+        return ""
+    return ("<div class=failure><strong>The sweep is incomplete.</strong><ul>"
+            + "".join(f"<li>{esc(line)}</li>" for line in lines)
+            + "</ul><p>See <code>sweep/failures/</code>; re-running <code>lncr sweep</code> "
+              "retries the failed units.</p></div>")
+
+
 def sweep_section(out: Path) -> str:
     summary = _csv(out / "sweep" / "summary.csv")
     selection = read_json(out / "sweep" / "selection.json")
+    if selection is not None and selection.get("status") == "failed":
+        return section("sweep", "Model selection", failures_box(selection))
     if summary is None or selection is None:
         return section("sweep", "Model selection",
                        missing("the sweep", "lncr sweep STUDY.yaml"))
@@ -152,8 +165,9 @@ def sweep_section(out: Path) -> str:
         ax.set_title(stain, fontsize=9)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("mean validation AUC")
-    body = img(figure_uri(fig), "Validation AUC by architecture and bag size (mean over "
-                                "magnifications and repeats; dotted: the selected bag size)")
+    body = failures_box(selection)
+    body += img(figure_uri(fig), "Validation AUC by architecture and bag size (mean over "
+                                 "magnifications and repeats; dotted: the selected bag size)")
     chosen = ", ".join(f"{s}: <b>{esc(a)}</b>" for s, a in selection["architectures"].items())
     body += (f"<p>Selected: {chosen}; bag size <b>{esc(selection['bag_size'])}</b>.</p>"
              f"<p class=note>Rule: {esc(selection.get('rule', ''))}</p>")
@@ -195,7 +209,12 @@ def results_section(out: Path) -> str:
         mine = metrics[metrics.cohort == cohort]
         if mine.empty:
             continue
-        body += f"<h3>{esc(cohort.capitalize())} cohort</h3><div class=grid>"
+        body += f"<h3>{esc(cohort.capitalize())} cohort</h3>"
+        if "estimate" in mine.columns:
+            estimate, note = mine.estimate.iloc[0], mine.estimate_note.iloc[0]
+            body += (f"<p class=estimate-{esc(estimate)}><strong>{esc(estimate.capitalize())} "
+                     f"estimate</strong>: {esc(note)}.</p>")
+        body += "<div class=grid>"
         for kind in ("roc", "calibration"):
             path = ev / f"{kind}-{cohort}.png"
             if path.exists():
@@ -213,7 +232,9 @@ def results_section(out: Path) -> str:
                                zip(t.value, t.ci_low, t.ci_high)])
             wide = t.pivot_table(index="model", columns="metric", values="cell",
                                  aggfunc="first", sort=False).reset_index()
-            body += table(wide, f"Metrics at the validation-fixed threshold — {cohort}")
+            body += table(wide, f"Metrics at the threshold ({mine.threshold_source.iloc[0]})"
+                                f" — {cohort}" if "threshold_source" in mine.columns
+                          else f"Metrics at the validation-fixed threshold — {cohort}")
         if comparisons is not None:
             c = comparisons[comparisons.cohort == cohort]
             if len(c):

@@ -108,7 +108,7 @@ class TrainingSettings(_Settings):
     input_size: int = Field(299, ge=8)
     eval_tiles: int = Field(128, ge=1)
     channel_stats: Literal["computed", "published", "imagenet"] = "computed"
-    augment: bool = True
+    augment: bool = False  # the authors: random crop only (no flips, rotations or jitter)
     colour_jitter: float = Field(0.05, ge=0, lt=1)
     bags_per_step: int = Field(1, ge=1)
     epochs: int = Field(100, ge=1)
@@ -120,7 +120,7 @@ class TrainingSettings(_Settings):
     min_learning_rate: float = Field(1e-6, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "fp32"  # the authors: fp32 (apex O0)
     loader_workers: int = Field(2, ge=0)
     checkpoint_every: int = Field(50, ge=0)
     seed: int = 0
@@ -131,7 +131,7 @@ class SweepSettings(_Settings):
     (docs/sweep.md explains the design, the selection rule and the executors)."""
 
     architectures: tuple[str, ...] = ("alexnet", "densenet121", "inception_v3", "resnet50",
-                                      "vgg11", "vit_b_16")
+                                      "vgg11", "vit_base_patch16_384")
     bag_sizes: tuple[int, ...] = (8, 16, 32, 64)
     repeats: int = Field(10, ge=1)
     stains: tuple[str, ...] | None = None  # None: every stain of the study
@@ -173,7 +173,9 @@ class EvaluationSettings(_Settings):
     """``lncr predict``/``lncr evaluate`` on the final models: threshold fixed on the development
     validation patients, CIs by DeLong and bootstrap."""
 
-    threshold: Literal["youden", "0.5"] = "youden"
+    # youden: fixed on the development validation patients; cohort_youden: each cohort's own
+    # Youden threshold, as the authors' ModelTest.py (optimistic: the test labels set it).
+    threshold: Literal["youden", "0.5", "cohort_youden"] = "youden"
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_resamples: int = Field(2000, ge=100)
     calibration_bins: int = Field(5, ge=2)
@@ -186,13 +188,28 @@ class ExplainSettings(_Settings):
     """``lncr explain``: Grad-CAM, attention heatmaps, DCCS clustering."""
 
     top_k: int = Field(8, ge=1)
+    # Which tiles are "influential" (docs/explain.md): attention, effect (signed leave-one-out
+    # effect toward the explained outcome) or attention_effect (their product).
+    influence: Literal["attention", "effect", "attention_effect"] = "effect"
     cam_method: Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
                         "eigengradcam", "gradcamelementwise"] = "gradcam"
-    cam_layer: str | None = None  # dotted module path in the backbone; None: found by a dry run
+    # Dotted module path in the backbone; None: the last spatial map (found by a dry run);
+    # "last_conv": the last Conv2d, as the authors' gradCAM.py.
+    cam_layer: str | None = None
+    # The outcome explained (influential tiles and Grad-CAM): the slide's predicted outcome at
+    # the validation-fixed threshold, or always CR / non-CR (the authors: P(CR)).
+    target: Literal["predicted", "cr", "noncr"] = "predicted"
+    cam_relu: bool = True  # False: the authors' raw map (no ReLU) rescaled to [0, 1]
+    cam_overlay_alpha: float = Field(0.6, ge=0, le=1)  # map weight in the overlay (authors 0.6)
     clusters: int = Field(6, ge=2)
     style_dim: int = Field(50, ge=1)
-    cluster_tile_size: int = Field(96, ge=16)  # tiles are resized to this for DCCS
-    cluster_epochs: int = Field(200, ge=1)
+    cluster_encoder: Literal["resnet", "plain"] = "resnet"
+    cluster_augment: Literal["published", "light"] = "published"
+    # DCCS input: the centred ``cluster_crop`` (px of a 512-px tile, scaled with the tile size)
+    # resized to ``cluster_tile_size`` — the authors' CenterCrop(384) → Resize(224).
+    cluster_crop: int = Field(384, ge=8)
+    cluster_tile_size: int = Field(224, ge=16)
+    cluster_epochs: int = Field(3000, ge=1)
     cluster_lr: float = Field(1e-4, gt=0)  # the paper's; small tile sets need more (1e-3)
     cluster_batch_size: int = Field(64, ge=4)
     seed: int = 0
@@ -202,6 +219,9 @@ class StudyConfig(_Settings):
     """The whole study: where its tables are, and the settings of every stage."""
 
     name: str = "study"
+    # "published": every setting the authors' code fixes takes their value unless the study
+    # sets it explicitly (lncr.study.recipes.PUBLISHED, docs/fidelity.md).
+    recipe: Literal["lncr", "published"] = "lncr"
     patients: Path
     slides: Path
     output_dir: Path = Path("lncr-output")
@@ -214,6 +234,13 @@ class StudyConfig(_Settings):
     ensemble: EnsembleSettings = EnsembleSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     explain: ExplainSettings = ExplainSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe(cls, data: Any) -> Any:
+        from lncr.study.recipes import apply_recipe
+
+        return apply_recipe(data)
 
     @field_validator("stains")
     @classmethod

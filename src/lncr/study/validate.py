@@ -9,6 +9,7 @@ missing from a cohort) do not.
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,37 @@ def _check_coverage(study: Study) -> None:
                        code="no-development")
 
 
+def _check_models(cfg: StudyConfig, path: Path, problems: Problems) -> None:
+    """Every architecture the study trains exists and builds (on the meta device: no memory,
+    no download); settings that leave the study's recipe are named."""
+    from lncr.study.recipes import recipe_deviations
+
+    names = dict.fromkeys([*cfg.sweep.architectures, cfg.training.architecture])
+    for name in names:
+        problem = _model_problem(name, cfg.training.embedding_dim)
+        if problem:
+            where = ("sweep.architectures" if name in cfg.sweep.architectures
+                     else "training.architecture")
+            problems.error(path, None, f"{where}: {problem}",
+                           "use a registered name (lncr.models.backbones.list_backbones()), "
+                           "a torchvision classifier or timm:<name>", code="bad-architecture")
+    for key, (recipe, mine) in recipe_deviations(cfg).items():
+        problems.warning(path, None, f"{key} = {mine!r} leaves recipe '{cfg.recipe}' "
+                         f"({recipe!r})", f"remove {key} from the study to follow the recipe",
+                         code="leaves-recipe")
+
+
+@functools.lru_cache(maxsize=64)
+def _model_problem(name: str, embedding_dim: int) -> str:
+    from lncr.models.backbones import check_backbone
+
+    try:
+        check_backbone(name, embedding_dim)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
 def load_study(path: str | Path, overrides: list[str] | dict | None = None,
                check_files: bool = True, workers: int = 4) -> Study:
     """Load and check a study without raising on data problems: every problem found is in
@@ -157,6 +189,7 @@ def load_study(path: str | Path, overrides: list[str] | dict | None = None,
             study.problems.error(path, None, msg, code="bad-config")
         return study
     cfg = study.config
+    _check_models(cfg, path, study.problems)
     study.patients = read_patients(cfg.patients, study.problems)
     ids = set(study.patients.patient_id) - {""} if study.patients is not None else None
     study.slides = read_slides(cfg.slides, cfg.stains, ids, study.problems)

@@ -36,7 +36,8 @@ import pandas as pd
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.study.config import StudyConfig
 from lncr.sweep.grid import Unit, build_grid, sweep_stains, write_repeat_splits
-from lncr.sweep.selection import RULE, select, summary_table
+from lncr.sweep.selection import (RULE, complete_failures, failure_lines, select,
+                                  summary_table)
 from lncr.sweep.unit import UnitTask, result_row
 
 UNIT_COLUMNS = ["stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split",
@@ -54,6 +55,11 @@ class SweepReport:
     selection: dict | None
     final: pd.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # whole architectures/groups that failed
+
+
+class SweepFailed(ValueError):
+    """No sweep unit finished: nothing could be selected (``selection.json`` says why)."""
 
 
 def halving_rungs(epochs: int, min_epochs: int, rate: int) -> list[int]:
@@ -241,12 +247,22 @@ def run_sweep(study_yaml: str | Path, overrides: list[str] | None = None,
         table = book.table()
         summary = summary_table(table)
         atomic_write_text(folder / "summary.csv", summary.to_csv(index=False))
+        failures = complete_failures(table)
+        lines = failure_lines(failures)
+        if not (table.status == "done").any():
+            atomic_write_json(folder / "selection.json", {
+                "status": "failed", "failures": failures, "failure_lines": lines,
+                "rule": RULE, "study": source, "versions": versions()})
+            raise SweepFailed("no sweep unit finished every epoch: nothing to select from "
+                              f"(see {folder / 'failures'}):\n  " + "\n  ".join(lines))
         selection = select(table, cfg.training)
         full = len(units) * epochs
         trained = int(table.epochs_trained.sum())
         stopped = table[table.status == "stopped"]
         saved = int((epochs - stopped.epochs_trained).sum())
         selection.update({
+            "status": "incomplete" if lines else "complete",
+            "failures": failures, "failure_lines": lines,
             "units": {s: int((table.status == s).sum()) for s in
                       ("done", "failed", "stopped", "pending")},
             "early_stopping": {"method": sw.early_stopping, "rungs": rungs,
@@ -268,7 +284,7 @@ def run_sweep(study_yaml: str | Path, overrides: list[str] | None = None,
     timings["total"] = time.perf_counter() - t_start
     atomic_write_json(folder / "sweep.json", {**record, "status": "finished",
                                               "timings": timings})
-    return SweepReport(folder, table, summary, selection, final_table, timings)
+    return SweepReport(folder, table, summary, selection, final_table, timings, lines)
 
 
 def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:

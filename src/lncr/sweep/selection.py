@@ -72,6 +72,36 @@ def summary_table(units: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def complete_failures(units: pd.DataFrame) -> dict[str, list]:
+    """What failed as a whole: architectures none of whose units ran (in any stain or
+    magnification), and stain × magnification × architecture groups and stain ×
+    magnification groups all of whose units failed. Empty lists when nothing did."""
+    failed = units.status == "failed"
+
+    def whole(keys: list[str]) -> list:
+        groups = failed.groupby([units[k] for k in keys]).all()
+        return [list(k) if isinstance(k, tuple) else k for k in groups[groups].index]
+
+    return {"architectures": whole(["architecture"]),
+            "stain_magnification_architectures": whole(["stain", "magnification",
+                                                        "architecture"]),
+            "stain_magnifications": whole(["stain", "magnification"])}
+
+
+def failure_lines(failures: dict[str, list]) -> list[str]:
+    """One readable line per complete failure of :func:`complete_failures`."""
+    lines = [f"every unit of architecture {a} failed: the selection ranked the others only"
+             for a in failures.get("architectures", [])]
+    lines += [f"every unit of {s} {m} failed: no model for that stain × magnification"
+              for s, m in failures.get("stain_magnifications", [])]
+    arch = set(failures.get("architectures", []))
+    sm = {tuple(x) for x in failures.get("stain_magnifications", [])}
+    lines += [f"every unit of {a} at {s} {m} failed"
+              for s, m, a in failures.get("stain_magnification_architectures", [])
+              if a not in arch and (s, m) not in sm]
+    return lines
+
+
 def select(units: pd.DataFrame, settings) -> dict:
     """Apply the rule to the unit results (``settings``: the training settings, for model
     sizes). Returns the choice and the evidence; raises if no unit finished."""
