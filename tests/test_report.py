@@ -93,3 +93,28 @@ def test_the_phantoms_pointing_games_are_shown_only_when_played(tmp_path):
     html = explain_section(tmp_path)
     assert "Pointing games on the phantom" in html and "peak_vs_random_tiles" in html
     assert "<td>0.55</td>" in html and "<td>0.24</td>" in html
+
+
+def test_an_incomplete_sweep_is_shown_as_such(tmp_path):
+    import json
+
+    from lncr.report.sections import sweep_section
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    pd.DataFrame([{"stain": "HE", "magnification": "10x", "architecture": "resnet50",
+                   "bag_size": 8, "units": 1, "done": 1, "failed": 0, "mean_val_auc": 0.7,
+                   "sd_val_auc": None, "mean_val_loss": 0.6}]).to_csv(sweep / "summary.csv",
+                                                                       index=False)
+    line = "every unit of architecture vgg11 failed: the selection ranked the others only"
+    selection = {"status": "incomplete", "failure_lines": [line], "rule": "r",
+                 "architectures": {"HE": "resnet50"}, "bag_size": 8}
+    (sweep / "selection.json").write_text(json.dumps(selection))
+    html = sweep_section(tmp_path)
+    assert "The sweep is incomplete" in html and line in html
+    (sweep / "selection.json").write_text(json.dumps({**selection, "failure_lines": []}))
+    assert "incomplete" not in sweep_section(tmp_path)
+    (sweep / "selection.json").write_text(json.dumps({"status": "failed",
+                                                      "failure_lines": ["every unit of HE 10x "
+                                                                        "failed"]}))
+    assert "every unit of HE 10x failed" in sweep_section(tmp_path)

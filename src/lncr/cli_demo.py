@@ -184,11 +184,12 @@ def _demo_models(study_yaml: Path, workers: int, epochs: int, extra: list[str],
                   + ", ".join(f"{s} {a}" for s, a in sel["architectures"].items())
                   + f"; bag size {sel['bag_size']} ({sweep.folder / 'selection.json'})")
     m = result.metrics
-    rows = [(r.cohort, r.model, str(r.patients), f"{r.auc:.2f}",
+    rows = [(r.cohort, r.estimate, r.model, str(r.patients), f"{r.auc:.2f}",
              f"{r.delong_ci_low:.2f}–{r.delong_ci_high:.2f}")
             for r in m[m.kind != "single model"].itertuples()]
-    console.print(_table("Ensemble AUCs (95% CI, DeLong)", ["cohort", "model", "patients", "AUC",
-                                                           "CI"], rows))
+    console.print(_table("Ensemble AUCs (95% CI, DeLong; validation patients chose the "
+                         "configuration: optimistic)",
+                         ["cohort", "estimate", "model", "patients", "AUC", "CI"], rows))
     ext = m[(m.cohort == "external") & (m.model == "multi-stain")].iloc[0]
     console.print(f"Heatmaps and influential tiles of {', '.join(chosen)}: "
                   f"{explained.attrs['folder']}")
