@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lncr-installed
 
-.PHONY: demo test install browser bench constraints clean
+.PHONY: demo test test-fast lint install browser bench constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ browser:
 		$$SUDO apt-get update -qq && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-test: $(STAMP) browser
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+test: $(STAMP) browser lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q --durations=12
+
+# Everything but the tests marked slow (training, the demo, Ray, torchrun, the browser,
+# kill-and-resume): under 2 minutes on a 2-core machine, for the edit-test loop.
+test-fast: $(STAMP) lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/synth.py

@@ -70,12 +70,22 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
     from sklearn.cluster import KMeans
 
     from lncr.explain.cluster_metrics import clustering_scores
-    from lncr.explain.cluster_run import (cluster_crop_fraction, explain_clusters,
-                                          influential_tiles, load_tiles)
+    from lncr.explain.cluster_run import (
+        cluster_crop_fraction,
+        explain_clusters,
+        influential_tiles,
+        load_tiles,
+    )
     from lncr.explain.gradcam import BagCAM, resolve_target
     from lncr.explain.gradcam_run import slide_maps
-    from lncr.explain.models import (cached_scores, final_models_for, model_thresholds,
-                                     output_dir, slide_paths, validation_column)
+    from lncr.explain.models import (
+        cached_scores,
+        final_models_for,
+        model_thresholds,
+        output_dir,
+        slide_paths,
+        validation_column,
+    )
     from lncr.explain.phantom_truth import PhantomTruth
     from lncr.explain.pointing import attention_pointing, cam_pointing
     from lncr.explain.scores import INFLUENCE_RULES

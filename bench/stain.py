@@ -109,8 +109,8 @@ def stain_colour(tile: np.ndarray) -> np.ndarray | None:
 
 def cohort_gap() -> None:
     from lncr.synth.cohort import SynthSettings, synthesize
-    from lncr.tiling.unit import TileParams, TileUnit, tile_unit
     from lncr.tiling.store import TileStore
+    from lncr.tiling.unit import TileParams, TileUnit, tile_unit
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

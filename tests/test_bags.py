@@ -6,10 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lncr.training.bags import (BagDataset, EpochSampler, collate_bags, eval_indices,
-                                train_indices)
-
 from conftest import tiled_entries
+from lncr.training.bags import BagDataset, EpochSampler, collate_bags, eval_indices, train_indices
 
 
 @pytest.fixture

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from lncr.evaluation.classification import (brier_score, calibration_table,
-                                            development_threshold, threshold_metrics)
+from lncr.evaluation.classification import (
+    brier_score,
+    calibration_table,
+    development_threshold,
+    threshold_metrics,
+)
 
 LABELS = [1, 1, 1, 0, 0, 0, 1, 0]
 PROBS = [0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.7, 0.4]

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from lncr import __version__
@@ -41,19 +42,19 @@ class DescribeValidateCommand:
 
         rows = PATIENTS_OK[:2] + [("P3", "development", "maybe")] + PATIENTS_OK[3:]
         result = runner.invoke(app, ["validate", str(make_study(rows))])
-        assert result.exit_code == 1
+        assert result.exit_code == 2  # bad input
         assert "patients.csv:4" in result.output and "'maybe'" in result.output
 
     def it_fails_on_an_unknown_override(self, make_study):
         result = runner.invoke(app, ["validate", str(make_study()), "--set", "tiling.tilesize=3"])
-        assert result.exit_code == 1 and "tiling.tile_size" in result.output
+        assert result.exit_code == 2 and "tiling.tile_size" in result.output
 
     def it_refuses_to_silently_change_a_recorded_split(self, make_study):
         rows = [(f"P{i:02d}", "development", str(i % 2)) for i in range(12)]
         study = make_study(rows, stains=("HE",))
         assert runner.invoke(app, ["validate", str(study)]).exit_code == 0
         result = runner.invoke(app, ["validate", str(study), "--set", "split.seed=99"])
-        assert result.exit_code == 1 and "holds a split made from other" in result.output
+        assert result.exit_code == 2 and "holds a split made from other" in result.output
 
 
 class DescribeSynthCommand:
@@ -69,6 +70,7 @@ class DescribeSynthCommand:
         assert result.exit_code == 2 and "--signal" in result.output
 
 
+@pytest.mark.slow  # the whole demo
 class DescribeDemoCommand:
     def it_runs_the_whole_pipeline_ends_with_the_report_and_resumes(self, tmp_path,
                                                                     monkeypatch):
@@ -149,8 +151,8 @@ class DescribeTileCommands:
 
         rows = PATIENTS_OK[:1] + [("P2", "development", "7")] + PATIENTS_OK[2:]
         result = runner.invoke(app, ["tile", str(make_study(rows))])
-        assert result.exit_code == 1 and "lncr validate" in result.output and "'7'" in result.output
+        assert result.exit_code == 2 and "lncr validate" in result.output and "'7'" in result.output
 
     def it_asks_for_tiling_before_export(self, make_study, tmp_path):
         result = runner.invoke(app, ["tiles", "export", str(make_study()), str(tmp_path / "o")])
-        assert result.exit_code == 1 and "lncr tile" in result.output
+        assert result.exit_code == 2 and "lncr tile" in result.output

@@ -180,4 +180,4 @@ class DescribeEvaluateCommand:
     def it_explains_what_to_run_when_predictions_are_missing(self, tmp_path):
         (tmp_path / "study.yaml").write_text("patients: p.csv\nslides: s.csv\n")
         result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "study.yaml")])
-        assert result.exit_code == 1 and "lncr predict" in result.output
+        assert result.exit_code == 2 and "lncr predict" in result.output

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from lncr.study.config import TrainingSettings
-from lncr.training.inputs import (DeviceInput, InputGeometry, colour_jitter, input_geometry,
-                                  preset_stats, tile_channel_stats)
+from lncr.training.inputs import (
+    DeviceInput,
+    InputGeometry,
+    colour_jitter,
+    input_geometry,
+    preset_stats,
+    tile_channel_stats,
+)
 from lncr.training.loop import autocast_dtype, make_optimiser
 
 

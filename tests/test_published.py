@@ -22,6 +22,8 @@ from lncr.cli import app
 from lncr.models.backbones import BACKBONES, build_backbone
 from lncr.study.config import SweepSettings
 
+pytestmark = pytest.mark.slow  # trains real models
+
 PUBLISHED = list(SweepSettings().architectures)
 CACHED = PUBLISHED + ["vit_b_16"]
 #: Parameters of the projection heads as the authors' ModelTrain.py builds them.
@@ -47,8 +49,9 @@ def weights_cache(tmp_path_factory) -> tuple:
 
 @pytest.fixture(scope="session")
 def tiled512(phantom, tmp_path_factory):
-    """The phantom's H&E slides tiled at 40x in 512-px tiles, as published (no colour
-    normalisation: it is not what this checks)."""
+    """Four development patients of the phantom (two of each label; two train, two validate),
+    their H&E slides tiled at 40x in 512-px tiles, as published (no colour normalisation: it is
+    not what this checks). Small, because a ViT-B step at 384 px costs seconds on a CPU."""
     from lncr.tiling.run import tile_study
 
     root = _shared_tmp(tmp_path_factory)
@@ -56,11 +59,16 @@ def tiled512(phantom, tmp_path_factory):
     with FileLock(str(root / "phantom-512.lock")):
         if not (out / "lncr-output" / "tiles" / "index.csv").exists():
             shutil.copytree(phantom, out, dirs_exist_ok=True)
+            patients = pd.read_csv(out / "patients.csv", dtype=str)
+            dev = patients[patients.cohort == "development"]
+            keep = pd.concat([dev[dev.label == label].head(2) for label in ("0", "1")])
+            keep.to_csv(out / "patients.csv", index=False)
             slides = pd.read_csv(out / "slides.csv", dtype=str)
-            slides[slides.stain == "HE"].to_csv(out / "slides.csv", index=False)
+            slides[(slides.stain == "HE") & slides.patient_id.isin(keep.patient_id)].to_csv(
+                out / "slides.csv", index=False)
             (out / "study.yaml").write_text(
                 "patients: patients.csv\nslides: slides.csv\nstains: [HE]\n"
-                "magnification: {powers: [40]}\nsplit: {val_fraction: 0.34}\n"
+                "magnification: {powers: [40]}\nsplit: {val_fraction: 0.5}\n"
                 "tiling: {tile_size: 512, encoding: jpeg, normalisation: {HE: none}}\n")
             tile_study(out / "study.yaml", workers=2)
     return out
@@ -168,7 +176,7 @@ class DescribePublishedSweep:
         pretrained_cache.use(weights_cache[0], monkeypatch)
         study = validated_copy(tiled512, tmp_path / "study")
         sets = QUICK + ["sweep.bag_sizes=[1]", "sweep.repeats=1", "training.eval_tiles=1"]
-        result = CliRunner().invoke(app, ["sweep", str(study), "--no-final", "--workers", "2",
+        result = CliRunner().invoke(app, ["sweep", str(study), "--no-final", "--workers", "1",
                                           "--device", "cpu"]
                                     + [a for s in sets for a in ("--set", s)])
         assert result.exit_code == 0, result.output

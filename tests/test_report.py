@@ -45,6 +45,7 @@ class DescribeReportFile:
         assert "Tiling</h3><p>Slides were read with OpenSlide" in page  # methods from run.json
 
 
+@pytest.mark.slow  # a browser
 class DescribeReportInABrowser:
     def it_renders_every_section_and_image_without_errors(self, tiled_report, tmp_path):
         from playwright.sync_api import sync_playwright

@@ -39,6 +39,7 @@ def train_args(study, *extra: str) -> list[str]:
 
 
 @pytest.mark.xdist_group("heavy")
+@pytest.mark.slow  # torchrun
 class DescribeSeveralProcesses:
     def it_trains_on_disjoint_shares_and_logs_what_one_process_re_evaluates(self, study):
         env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -100,15 +101,15 @@ class DescribePredictCommand:
 
     def it_names_an_unknown_cohort_or_tile_choice(self, run):
         bad_cohort = CliRunner().invoke(app, ["predict", str(run), "--cohort", "test"])
-        assert bad_cohort.exit_code == 1 and "development, external, all" in bad_cohort.output
+        assert bad_cohort.exit_code == 2 and "development, external, all" in bad_cohort.output
         bad_tiles = CliRunner().invoke(app, ["predict", str(run), "--tiles", "some"])
-        assert bad_tiles.exit_code == 1 and "use eval or all" in bad_tiles.output
+        assert bad_tiles.exit_code == 2 and "use eval or all" in bad_tiles.output
         bad_checkpoint = CliRunner().invoke(app, ["predict", str(run), "--checkpoint", "config"])
-        assert bad_checkpoint.exit_code == 1 and "use best or last" in bad_checkpoint.output
+        assert bad_checkpoint.exit_code == 2 and "use best or last" in bad_checkpoint.output
 
     def it_explains_a_folder_that_is_not_a_run(self, tmp_path):
         result = CliRunner().invoke(app, ["predict", str(tmp_path)])
-        assert result.exit_code == 1 and "not a run folder" in result.output
+        assert result.exit_code == 2 and "not a run folder" in result.output
 
 
 class DescribeWeightsOptions:
@@ -121,7 +122,7 @@ class DescribeWeightsOptions:
         monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
         args = [a for a in train_args(study, *sets(QUICK)) if a != "--no-pretrained"]
         result = CliRunner().invoke(app, args)
-        assert result.exit_code == 1 and "--weights PATH" in result.output
+        assert result.exit_code == 2 and "--weights PATH" in result.output
 
     def it_trains_from_a_local_weights_file(self, study, tmp_path):
         import torchvision
@@ -137,4 +138,4 @@ class DescribeWeightsOptions:
 
     def it_names_a_missing_weights_file(self, study, tmp_path):
         result = CliRunner().invoke(app, train_args(study, "--weights", str(tmp_path / "no.pth")))
-        assert result.exit_code == 1 and "no such file" in result.output
+        assert result.exit_code == 2 and "no such file" in result.output

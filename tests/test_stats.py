@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from lncr.evaluation.stats import (bootstrap_auc_ci, delong_auc, delong_test,
-                                   wilson_interval)
+from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc, delong_test, wilson_interval
 from lncr.training.metrics import auc
 
 REFERENCE = REPO.parent / "shared" / "data" / "reference"

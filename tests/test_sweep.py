@@ -80,6 +80,7 @@ def units(rows):
     return pd.DataFrame(rows, columns=cols)
 
 
+@pytest.mark.slow  # trains sweep units
 class DescribeRepeatSplits:
     def it_trains_a_resplit_repeat_on_its_own_recorded_split(self, tiled, tmp_path):
         from lncr.study.validate import load_study
@@ -160,6 +161,7 @@ class DescribeCompleteFailures:
         assert all(v == [] for v in complete_failures(table).values())
 
 
+@pytest.mark.slow  # trains sweep units
 class DescribeLocalSweep:
     def it_records_every_unit_and_keeps_going_after_failures(self, local_sweep):
         study, report = local_sweep
@@ -217,6 +219,7 @@ class DescribeLocalSweep:
         assert again.selection["bag_size"] == report.selection["bag_size"]
 
 
+@pytest.mark.slow  # trains sweep units
 class DescribeFinalPredictions:
     def it_reuses_each_models_predictions_until_its_inputs_change(self, local_sweep,
                                                                    monkeypatch):
@@ -255,6 +258,7 @@ class DescribeFinalPredictions:
         assert inputs_fingerprint([entry]) != first
 
 
+@pytest.mark.slow  # trains sweep units
 class DescribeRayExecutor:
     def it_gives_the_same_results_as_the_local_pool(self, local_sweep, tiled, tmp_path):
         _, local = local_sweep
@@ -270,6 +274,7 @@ class DescribeRayExecutor:
                           .read_text())["executor"] == "ray"
 
 
+@pytest.mark.slow  # trains sweep units
 class DescribeResumeAfterKill:
     def it_keeps_finished_units_and_ends_with_the_uninterrupted_results(self, local_sweep,
                                                                        tiled, tmp_path):
@@ -323,6 +328,7 @@ class DescribeSuccessiveHalving:
         kept, stopped = promote(alive, results, 2, 3, lambda arch: 1)
         assert sorted(u.bag_size for u in kept) == [1, 5] and len(stopped) == 4
 
+    @pytest.mark.slow  # trains sweep units
     def it_reports_the_compute_it_saved(self, tiled, tmp_path):
         study = validated_copy(tiled, tmp_path / "study")
         sets = [s for s in TINY if not s.startswith("sweep.")] + [

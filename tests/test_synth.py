@@ -11,10 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import PHANTOM
 from lncr.synth.cohort import SynthError, SynthSettings, parse_size, plan_cohort, synthesize
 from lncr.synth.render import MASK_CODES
-
-from conftest import PHANTOM
 
 
 def files_digest(folder):

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import FAST
 from lncr.slides.reader import open_slide
 from lncr.tiling.run import export_tiles, tile_study
 from lncr.tiling.store import TileStore, TileStoreWriter, read_meta
 from lncr.tiling.tissue import background_fraction, grey, keeps
 from lncr.tiling.unit import TileParams, TileUnit, grid, tile_unit
 
-from conftest import FAST
 
 def index_of(study_dir):
     return pd.read_csv(study_dir / "lncr-output" / "tiles" / "index.csv")
@@ -174,6 +174,7 @@ class DescribeStore:
                                    & (index.magnification == "20x")].kept.iloc[0]
 
 
+@pytest.mark.slow  # kills and resumes tiling
 class DescribeResume:
     def it_reuses_finished_stores_and_retiles_when_a_setting_changes(self, tiled, tmp_path):
         study = tmp_path / "p"

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import tiled_entries
 from lncr.study.config import TrainingSettings
 from lncr.training.loop import RunSpec, lr_lambda, train_run
 from lncr.training.metrics import auc, youden_threshold
@@ -15,8 +16,6 @@ from lncr.training.metrics import auc, youden_threshold
 SMALL = TrainingSettings(pretrained=False, embedding_dim=32, transformer_heads=4, epochs=3,
                          warmup_epochs=1, eval_tiles=4, learning_rate=1e-3, feedforward_dim=64,
                          input_size=256, loader_workers=0)
-
-from conftest import tiled_entries
 
 
 @pytest.fixture
@@ -164,4 +163,4 @@ class DescribeTrainCommand:
 
         result = CliRunner().invoke(app, ["train", str(make_study()), "--stain", "HE",
                                           "--magnification", "20x", "--no-pretrained"])
-        assert result.exit_code == 1 and "lncr validate" in result.output
+        assert result.exit_code == 2 and "lncr validate" in result.output

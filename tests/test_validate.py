@@ -6,9 +6,8 @@ import shutil
 
 import pytest
 
-from lncr.study.validate import load_study
-
 from conftest import PATIENTS_OK
+from lncr.study.validate import load_study
 
 
 def problems_with(study, code):

@@ -7,19 +7,22 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
 from lncr import __version__
-from lncr.cli_common import console, err_console
+from lncr.cli_common import ErrorBoundary, console, err_console
 from lncr.cli_common import default_workers as _default_workers
 from lncr.cli_common import print_study as _print_study
 from lncr.cli_common import run_synth as _run_synth
 from lncr.cli_common import table as _table
 from lncr.cli_demo import demo
 from lncr.cli_explain import explain_app
-from lncr.cli_sweep import evaluate, sweep
 from lncr.cli_report import report
+from lncr.cli_sweep import evaluate, sweep
 from lncr.cli_training import predict, train
+from lncr.errors import BadInput
 
 app = typer.Typer(
+    cls=ErrorBoundary,
     name="lncr",
     help="Predict complete response in lupus nephritis from multi-stain renal biopsy slides.",
     no_args_is_help=True,
@@ -36,10 +39,17 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error "
+                                        "instead of its one-line explanation.")] = False,
 ) -> None:
-    """lncr: the published multi-stain, multi-magnification attention-MIL method, as software."""
+    """lncr: the published multi-stain, multi-magnification attention-MIL method, as software.
+
+    Exit codes: 0 done, 2 bad input (the message names the file, row or setting and the fix),
+    1 the work failed."""
+    ctx.ensure_object(dict)["debug"] = debug
 
 
 
@@ -55,7 +65,6 @@ def validate(
     workers: Annotated[int, typer.Option(help="Threads that open slides.")] = 4,
 ) -> None:
     """Check a study (settings, tables, slide files) and print a summary and every problem."""
-    from lncr.study.split import SplitMismatchError
     from lncr.study.validate import load_study, save_study_record
 
     study = load_study(study_yaml, set_, check_files=files, workers=workers)
@@ -64,13 +73,9 @@ def validate(
     if n_err:
         err_console.print(f"[red]{n_err} error(s), {n_warn} warning(s): the study is not usable "
                           "until the errors are fixed.[/red]")
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     if record:
-        try:
-            folder = save_study_record(study)
-        except SplitMismatchError as exc:
-            err_console.print(f"[red]ERROR {exc}[/red]")
-            raise typer.Exit(1) from exc
+        folder = save_study_record(study)  # SplitMismatchError: the boundary explains it
         console.print(f"Split and effective settings written to {folder}")
     console.print(f"[green]OK[/green]: {n_warn} warning(s), no errors.")
 
@@ -92,16 +97,12 @@ def synth(
     force: Annotated[bool, typer.Option(help="Overwrite a folder holding other content.")] = False,
 ) -> None:
     """Write a synthetic multi-stain phantom cohort whose ground truth is known."""
-    from lncr.synth.cohort import SynthError, SynthSettings
+    from lncr.synth.cohort import SynthSettings
 
-    try:
-        settings = SynthSettings(patients=patients, external=external, seed=seed, size=size,
-                                 signal=signal, permute_labels=permute_labels,
-                                 stains=tuple(s.strip() for s in stains.split(",") if s.strip()))
-        result = _run_synth(out, settings, workers or _default_workers(), force)
-    except SynthError as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(2) from exc
+    settings = SynthSettings(patients=patients, external=external, seed=seed, size=size,
+                             signal=signal, permute_labels=permute_labels,
+                             stains=tuple(s.strip() for s in stains.split(",") if s.strip()))
+    result = _run_synth(out, settings, workers or _default_workers(), force)
     console.print(f"Phantom study written to {result.study} ({result.rendered} slides rendered, "
                   f"{result.reused} reused)")
 
@@ -117,7 +118,7 @@ def tile(
     """Cut every slide into normalised tiles at every magnification (the tile stores)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lncr.tiling.run import TilingError, summarise, tile_study
+    from lncr.tiling.run import summarise, tile_study
 
     tiles = {"n": 0}
     t0 = time.perf_counter()
@@ -131,12 +132,8 @@ def tile(
             elapsed = max(time.perf_counter() - t0, 1e-6)
             bar.update(task, advance=1, rate=f"{tiles['n'] / elapsed:.1f} new tiles/s")
 
-        try:
-            report = tile_study(study_yaml, set_, workers=workers or None, force=force,
-                                progress=advance)
-        except TilingError as exc:
-            err_console.print(f"[red]ERROR {exc}[/red]")
-            raise typer.Exit(1) from exc
+        report = tile_study(study_yaml, set_, workers=workers or None, force=force,
+                            progress=advance)
     index = report.index()
     console.print(_table("Tiles per stain and magnification",
                          ["stain", "magnification", "cohort", "slides", "tiles", "tiles_per_slide"],
@@ -180,9 +177,7 @@ def tiles_export(
     cfg = load_config(study_yaml, set_)
     folder = cfg.output_dir / "tiles"
     if not (folder / "index.csv").exists():
-        err_console.print(f"[red]ERROR no tiles in {folder}: run `lncr tile {study_yaml}` "
-                          "first[/red]")
-        raise typer.Exit(1)
+        raise BadInput(f"no tiles in {folder}: run `lncr tile {study_yaml}` first")
     n = export_tiles(folder, out)
     console.print(f"{n} tiles written under {out}")
 

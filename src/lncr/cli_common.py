@@ -1,5 +1,5 @@
-"""What the command modules share: the consoles, summary tables, the study summary and the
-phantom's rendering progress."""
+"""What the command modules share: the consoles, the error boundary, summary tables, the study
+summary and the phantom's rendering progress."""
 
 from __future__ import annotations
 
@@ -7,14 +7,66 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from lncr.errors import LncrError
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 if TYPE_CHECKING:
     from lncr.study.validate import Study
+
+
+#: OS errors that mean the user named something wrong (exit 2); other OS errors (a full disk, a
+#: read-only folder) mean the work failed (exit 1).
+_BAD_PATH = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one-line explanation of an error reaching the command line."""
+    if isinstance(exc, LncrError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted; run the same command again to resume"
+    if isinstance(exc, _BAD_PATH):
+        return 2, f"{exc.strerror or exc}: {exc.filename} (check the path)"
+    if isinstance(exc, PermissionError):
+        return 2, f"permission denied: {exc.filename} (check who may read or write it)"
+    if isinstance(exc, OSError) and exc.errno == 40:  # ELOOP
+        return 2, f"symbolic link loop at {exc.filename}"
+    if isinstance(exc, UnicodeDecodeError):
+        return 2, f"a text file is not UTF-8 ({exc.reason} at byte {exc.start}): save it as UTF-8"
+    if isinstance(exc, OSError):
+        return 1, (f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) + (
+            " (free some space and run again)" if exc.errno == 28 else "")
+    if isinstance(exc, ValueError):
+        return 2, str(exc)
+    return 1, (f"internal error ({type(exc).__name__}: {exc}); run again with --debug for the "
+               "traceback and report it")
+
+
+class ErrorBoundary(TyperGroup):
+    """The one place where errors become messages: every lncr error (and the usual OS and
+    value errors) is printed as one red line with exit code 2 (bad input) or 1 (failed work);
+    ``lncr --debug …`` lets the traceback through instead."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # exits and usage errors: typer's
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            code, message = describe_error(exc)
+            err_console.print(f"[red]ERROR {escape(message)}[/red]")
+            raise typer.Exit(code) from exc
 
 
 def table(title: str, columns: list[str], rows) -> Table:

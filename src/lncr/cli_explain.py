@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli_common import console, err_console
+from lncr.cli_common import console
 
 explain_app = typer.Typer(help="Explain the final models' predictions: tile scores and heatmaps, Grad-CAM, DCCS clusters.",
                           no_args_is_help=True)
@@ -25,11 +25,7 @@ def heatmap(
     effect), paint the scores on the slide, export them as GeoJSON, list influential tiles."""
     from lncr.explain.run import explain_heatmaps
 
-    try:
-        table = explain_heatmaps(study_yaml, set_, cohort, patient, device)
-    except ValueError as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
+    table = explain_heatmaps(study_yaml, set_, cohort, patient, device)
     slides = table.groupby(["stain", "magnification", "patient_id"]).ngroups
     console.print(f"Explained {slides} slide × magnification units; influential tiles in "
                   f"{table.attrs['folder']}/influential.csv; heatmaps/, geojson/ and scores/ "
@@ -49,11 +45,7 @@ def gradcam(
     their bag: tile/overlay PNGs, a gallery per slide and the raw maps with coordinates."""
     from lncr.explain.gradcam_run import explain_gradcam
 
-    try:
-        table = explain_gradcam(study_yaml, set_, patient, method, target, device)
-    except ValueError as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
+    table = explain_gradcam(study_yaml, set_, patient, method, target, device)
     slides = table.groupby(["stain", "magnification", "patient_id"]).ngroups
     patients = ", ".join(sorted(table.patient_id.unique()))
     console.print(f"Grad-CAM of {len(table)} influential tiles on {slides} slide × "
@@ -73,12 +65,8 @@ def cluster(
     cluster galleries and the clusters' association with the outcome."""
     from lncr.explain.cluster_run import explain_clusters
 
-    try:
-        done = explain_clusters(study_yaml, set_, stain, magnification, device,
-                                log=lambda m: console.print(m))
-    except ValueError as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
+    done = explain_clusters(study_yaml, set_, stain, magnification, device,
+                            log=lambda m: console.print(m))
     for d in done:
         phantom = d.get("phantom", {}).get("dccs")
         extra = (f"; against the phantom's planted classes: accuracy {phantom['accuracy']:.2f}, "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli_common import console, err_console
+from lncr.cli_common import console
 
 
 def report(
@@ -20,9 +20,5 @@ def report(
     appendix written from the settings that ran. Sections whose stage has not run say so."""
     from lncr.report.build import build_report
 
-    try:
-        path = build_report(study_yaml, set_, out)
-    except (ValueError, FileNotFoundError) as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
+    path = build_report(study_yaml, set_, out)
     console.print(f"Report: {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")

@@ -29,7 +29,6 @@ def sweep(
 
     Resumes: finished units are kept, interrupted ones continue, failed ones are retried.
     """
-    from lncr.models.backbones import WeightsUnavailable
     from lncr.sweep.run import run_sweep
 
     def progress(row: dict) -> None:
@@ -41,12 +40,8 @@ def sweep(
             console.print(f"{row['status']:>7} {what}: epochs {row['epochs_trained']}, "
                           f"validation AUC {_fmt(row['val_auc'], 2)} ({row['seconds']:.0f} s)")
 
-    try:
-        report = run_sweep(study_yaml, set_, executor, workers, address, device, final,
-                           progress)
-    except (ValueError, WeightsUnavailable) as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
+    report = run_sweep(study_yaml, set_, executor, workers, address, device, final,
+                       progress)
     sel = report.selection
     console.print(table("Selection (sweep/selection.json)", ["stain", "architecture",
                                                              "mean val AUC", "units"],
@@ -84,11 +79,7 @@ def evaluate(
     paired tests, for the validation and the external cohort."""
     from lncr.evaluation.evaluate import evaluate_study
 
-    try:
-        result = evaluate_study(study_yaml, set_, figures)
-    except ValueError as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
+    result = evaluate_study(study_yaml, set_, figures)
     m = result.metrics[result.metrics.kind != "single model"]
     console.print(table("Ensembles (evaluation/metrics.csv)",
                         ["cohort", "estimate", "model", "patients", "AUC", "95% CI (DeLong)",

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli_common import console, err_console, table
+from lncr.cli_common import console, table
 
 
 def _weights(weights: Optional[Path], pretrained: bool, configured: bool):
@@ -37,9 +37,8 @@ def train(
     """
     import pandas as pd
 
-    from lncr.models.backbones import WeightsUnavailable
     from lncr.training.distributed import setup, teardown
-    from lncr.training.loop import RunSpec, TrainingDiverged, study_entries, train_run
+    from lncr.training.loop import RunSpec, study_entries, train_run
 
     ctx = None
     try:
@@ -52,9 +51,6 @@ def train(
         source = {"study": str(Path(study_yaml).resolve()), "overrides": list(set_ or [])}
         folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
                            weights=w, device=ctx, force=force, source=source)
-    except (ValueError, WeightsUnavailable, TrainingDiverged) as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
     finally:
         if ctx is not None:
             teardown(ctx)
@@ -80,17 +76,13 @@ def predict(
     """Predict P(complete response): with a study file, every final model of the sweep and the
     single-stain and multi-stain ensembles (predictions/*.csv); with a run folder, that run."""
     from lncr.training.metrics import auc
-    from lncr.training.predict import prediction_path, predict_run
+    from lncr.training.predict import predict_run, prediction_path
 
-    if target.is_file() and target.suffix in (".yaml", ".yml"):
+    if target.suffix in (".yaml", ".yml"):  # a study (load_config names a missing one)
         _predict_study(target, set_, device, workers)
         return
-    try:
-        rows = predict_run(target, cohort, checkpoint, tiles, chunk_size, study, set_, device,
-                           workers)
-    except ValueError as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
+    rows = predict_run(target, cohort, checkpoint, tiles, chunk_size, study, set_, device,
+                       workers)
     summary = []
     for split, part in rows.groupby("split", sort=False):
         both = part.label.nunique() == 2
@@ -105,11 +97,7 @@ def _predict_study(study_yaml: Path, overrides: list[str] | None, device: str,
     from lncr.evaluation.final_predictions import predict_final
     from lncr.training.metrics import auc
 
-    try:
-        result = predict_final(study_yaml, overrides, device, workers)
-    except ValueError as exc:
-        err_console.print(f"[red]ERROR {exc}[/red]")
-        raise typer.Exit(1) from exc
+    result = predict_final(study_yaml, overrides, device, workers)
     rows = []
     for name, t in (("multi-stain", result.multi.assign(stain="multi-stain")),
                     ("", result.stains)):

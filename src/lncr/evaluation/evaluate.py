@@ -31,8 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lncr.evaluation.classification import (brier_score, calibration_table,
-                                            development_threshold, threshold_metrics)
+from lncr.evaluation.classification import (
+    brier_score,
+    calibration_table,
+    development_threshold,
+    threshold_metrics,
+)
 from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc, delong_test
 from lncr.fileio import atomic_write_json, atomic_write_text
 

@@ -61,14 +61,11 @@ def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:
 def predict_final(study_yaml: str | Path, overrides: list[str] | None = None,
                   device: str = "auto", workers: int = 0) -> FinalPredictions:
     """Predict with every finished final model, build the ensembles, write the tables."""
-    from lncr.study.validate import load_study
+    from lncr.study.validate import usable_study
     from lncr.training.loop import versions
     from lncr.training.predict import predict_run
 
-    study = load_study(study_yaml, overrides, check_files=False)
-    if not study.ok:
-        raise ValueError("the study has errors; run `lncr validate` and fix them:\n  "
-                         + "\n  ".join(str(e) for e in study.problems.errors[:5]))
+    study = usable_study(study_yaml, overrides)
     cfg = study.config
     models = final_models(cfg.output_dir)
     ready = models[models.status == "done"]

@@ -36,8 +36,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lncr.explain.models import (FinalModel, cached_scores, final_models_for, is_fresh,
-                                 slide_paths, stamp)
+from lncr.explain.models import (
+    FinalModel,
+    cached_scores,
+    final_models_for,
+    is_fresh,
+    slide_paths,
+    stamp,
+)
 from lncr.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, partial_path
 
 GALLERY = 10

@@ -38,20 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lncr.explain.cam_methods import CAM_METHODS
 from lncr.models.backbones import TileEncoder
 from lncr.models.mil import AttentionMIL
 
-# name → class in pytorch_grad_cam
-CAM_METHODS: dict[str, str] = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "xgradcam": "XGradCAM",
-    "hirescam": "HiResCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM",
-    "eigengradcam": "EigenGradCAM",
-    "gradcamelementwise": "GradCAMElementWise",
-}
 TARGETS = ("predicted", "cr", "noncr")
 
 

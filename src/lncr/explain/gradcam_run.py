@@ -32,11 +32,22 @@ import numpy as np
 import pandas as pd
 
 from lncr.evaluation.evaluate import MULTI
-from lncr.explain.models import (FinalModel, cached_scores, final_models_for, is_fresh,
-                                 model_thresholds, output_dir, stamp, validation_column)
-from lncr.fileio import (atomic_save_array, atomic_save_figure, atomic_save_image,
-                         atomic_write_json, atomic_write_text)
-
+from lncr.explain.models import (
+    FinalModel,
+    cached_scores,
+    final_models_for,
+    is_fresh,
+    model_thresholds,
+    output_dir,
+    stamp,
+)
+from lncr.fileio import (
+    atomic_save_array,
+    atomic_save_figure,
+    atomic_save_image,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def default_patients(out: Path) -> tuple[list[str], pd.DataFrame]:

@@ -25,8 +25,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from lncr.explain.models import (FinalModel, cached_scores, final_models_for, is_fresh,
-                                 slide_paths, stamp)
+from lncr.explain.models import (
+    FinalModel,
+    cached_scores,
+    final_models_for,
+    is_fresh,
+    slide_paths,
+    stamp,
+)
 from lncr.fileio import atomic_write_json, atomic_write_text
 
 

@@ -43,8 +43,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lncr.errors import BadInput
 
-class WeightsUnavailable(RuntimeError):
+
+class WeightsUnavailable(BadInput, RuntimeError):
     """Pretrained weights cannot be downloaded (offline) and no local file was given, or a local
     file does not fit the architecture."""
 

@@ -71,11 +71,17 @@ def build_report(study_yaml: str | Path, overrides: list[str] | None = None,
                  progress: Callable[[str], None] | None = None) -> Path:
     """Write the study's HTML report; returns its path."""
     from lncr.report.methods import methods_section
-    from lncr.report.sections import (explain_section, final_section, results_section,
-                                      study_section, sweep_section, tiling_section)
-    from lncr.study.config import load_config
+    from lncr.report.sections import (
+        explain_section,
+        final_section,
+        results_section,
+        study_section,
+        sweep_section,
+        tiling_section,
+    )
+    from lncr.study.validate import usable_study
 
-    cfg = load_config(study_yaml, list(overrides or []))
+    cfg = usable_study(study_yaml, list(overrides or [])).config
     folder = cfg.output_dir
     parts = []
     for name, fn in (("study", study_section), ("tiling", tiling_section),

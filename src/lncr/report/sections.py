@@ -13,9 +13,17 @@ import numpy as np
 import pandas as pd
 
 from lncr.figures import pyplot
-from lncr.report.assets import (array_uri, esc, figure_uri, image_file, img, missing,
-                                read_json, section, table)
-
+from lncr.report.assets import (
+    array_uri,
+    esc,
+    figure_uri,
+    image_file,
+    img,
+    missing,
+    read_json,
+    section,
+    table,
+)
 
 MAX_CAM_PATIENTS = 4
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lncr.errors import BadInput
+
 #: µm/px outside this range are treated as a metadata error, not as a real scan.
 PLAUSIBLE_MPP = (0.1, 2.0)
 
@@ -20,7 +22,7 @@ PLAUSIBLE_MPP = (0.1, 2.0)
 _PROBE_PIXELS = 1024
 
 
-class SlideReadError(Exception):
+class SlideReadError(BadInput):
     """A slide file is missing, not a slide, or cannot be decoded."""
 
 

@@ -15,11 +15,28 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lncr.errors import BadInput
+
 DEFAULT_STAINS: tuple[str, ...] = ("HE", "PAS", "PASM", "MASSON")
-NORMALISERS = ("macenko", "vahadane", "reinhard", "none")
 
 
-class StudyConfigError(Exception):
+def registered(value: str, names: list[str], what: str) -> str:
+    """``value`` when it is one of ``names`` (a registry's), else a ValueError naming the
+    closest."""
+    if value in names:
+        return value
+    close = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown {what} {value!r}: {hint}use one of {', '.join(names)}")
+
+
+def _normalisers() -> list[str]:
+    from lncr.tiling.normalisers import list_normalisers
+
+    return list_normalisers()
+
+
+class StudyConfigError(BadInput):
     """``study.yaml`` (or an override) is not a valid study; ``problems`` lists every one."""
 
     def __init__(self, path: Path | None, problems: list[str]):
@@ -74,17 +91,28 @@ class TilingSettings(_Settings):
     prefilter: bool = True
     luminosity_standardise: bool = True
     luminosity_percentile: float = Field(95.0, gt=50, le=100)
-    normalisation: dict[str, Literal["macenko", "vahadane", "reinhard", "none"]] = Field(
+    normalisation: dict[str, str] = Field(
         # Chosen from the cohort-gap measurement of bench/stain.py (docs/tiling.md).
         default_factory=lambda: {"HE": "vahadane", "PAS": "vahadane", "PASM": "vahadane",
                                  "MASSON": "reinhard"})
-    default_normalisation: Literal["macenko", "vahadane", "reinhard", "none"] = "reinhard"
+    default_normalisation: str = "reinhard"  # a registered normaliser (list_normalisers())
     stain_estimate: Literal["slide", "tile"] = "slide"
     reference_images: dict[str, Path] = Field(default_factory=dict)
     encoding: Literal["jpeg", "png"] = "png"
     jpeg_quality: int = Field(90, ge=50, le=100)
     png_compression: int = Field(1, ge=0, le=9)
     workers: int = Field(0, ge=0)
+
+    @field_validator("normalisation")
+    @classmethod
+    def _registered_methods(cls, v: dict[str, str]) -> dict[str, str]:
+        names = _normalisers()
+        return {stain: registered(m, names, "normalisation method") for stain, m in v.items()}
+
+    @field_validator("default_normalisation")
+    @classmethod
+    def _registered_default(cls, v: str) -> str:
+        return registered(v, _normalisers(), "normalisation method")
 
     def method_for(self, stain: str) -> str:
         """The normalisation of ``stain`` (``default_normalisation`` if not listed)."""
@@ -141,11 +169,18 @@ class SweepSettings(_Settings):
     early_stopping: Literal["none", "halving"] = "none"
     halving_rate: int = Field(3, ge=2)
     min_epochs: int = Field(10, ge=1)
-    executor: Literal["local", "ray"] = "local"
+    executor: str = "local"  # a registered executor (lncr.sweep.executors.EXECUTORS)
     workers: int = Field(0, ge=0)  # 0: one per GPU, or one per `unit_cpus` CPU cores
     unit_cpus: int = Field(1, ge=1)  # CPU threads (and Ray CPUs) of one unit
     unit_gpus: float = Field(1.0, ge=0)  # Ray GPUs of one unit when the cluster has GPUs
     weights: dict[str, Path] = Field(default_factory=dict)  # architecture -> local weights file
+
+    @field_validator("executor")
+    @classmethod
+    def _registered_executor(cls, v: str) -> str:
+        from lncr.sweep.executor_registry import list_executors
+
+        return registered(v, list_executors(), "executor")
 
     @field_validator("bag_sizes")
     @classmethod
@@ -191,8 +226,7 @@ class ExplainSettings(_Settings):
     # Which tiles are "influential" (docs/explain.md): attention, effect (signed leave-one-out
     # effect toward the explained outcome) or attention_effect (their product).
     influence: Literal["attention", "effect", "attention_effect"] = "effect"
-    cam_method: Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
-                        "eigengradcam", "gradcamelementwise"] = "gradcam"
+    cam_method: str = "gradcam"  # a registered CAM method (lncr.explain.gradcam.CAM_METHODS)
     # Dotted module path in the backbone; None: the last spatial map (found by a dry run);
     # "last_conv": the last Conv2d, as the authors' gradCAM.py.
     cam_layer: str | None = None
@@ -213,6 +247,13 @@ class ExplainSettings(_Settings):
     cluster_lr: float = Field(1e-4, gt=0)  # the paper's; small tile sets need more (1e-3)
     cluster_batch_size: int = Field(64, ge=4)
     seed: int = 0
+
+    @field_validator("cam_method")
+    @classmethod
+    def _registered_cam(cls, v: str) -> str:
+        from lncr.explain.cam_methods import list_cam_methods
+
+        return registered(v, list_cam_methods(), "CAM method")
 
 
 class StudyConfig(_Settings):

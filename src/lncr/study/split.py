@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from lncr import __version__
+from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json, atomic_write_text
 
 SPLIT_COLUMNS = ["patient_id", "label", "split"]
 
 
-class SplitMismatchError(Exception):
+class SplitMismatchError(BadInput):
     """The split on disk was made from other patients or settings."""
 
 

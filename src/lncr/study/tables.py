@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lncr.study.report import Problems
 from lncr.slides.reader import PLAUSIBLE_MPP
+from lncr.study.report import Problems
 
 PATIENT_COLUMNS = ("patient_id", "cohort", "label")
 PATIENT_OPTIONAL = ("split",)

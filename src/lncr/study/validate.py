@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from lncr import __version__
+from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.slides.reader import PLAUSIBLE_MPP, SlideReadError, probe_slide
 from lncr.study.config import StudyConfig, StudyConfigError, config_to_dict, load_config
@@ -205,6 +206,23 @@ def load_study(path: str | Path, overrides: list[str] | dict | None = None,
             study.problems.warning(cfg.patients, None, "the validation split does not hold "
                                    "both labels", "raise split.val_fraction or add patients",
                                    code="one-class-val")
+    return study
+
+
+class StudyHasErrors(BadInput):
+    """A stage was asked to run on a study that ``lncr validate`` rejects."""
+
+
+def usable_study(path: str | Path, overrides: list[str] | dict | None = None) -> Study:
+    """The study, loaded and checked (slide files are not opened); raises
+    :class:`StudyHasErrors` listing its errors when it has any. Every stage starts here."""
+    study = load_study(path, overrides, check_files=False)
+    if not study.ok or study.config is None:
+        errors = study.problems.errors
+        more = f"\n  … and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise StudyHasErrors(f"the study has {len(errors)} error(s); run `lncr validate {path}` "
+                             "and fix them:\n  " + "\n  ".join(str(e) for e in errors[:10])
+                             + more)
     return study
 
 

@@ -139,13 +139,23 @@ class RayExecutor:
             self.ray.shutdown()
 
 
+def local_executor(workers: int, unit_cpus: int, unit_gpus: float, address: str | None,
+                   device: str) -> LocalExecutor:
+    if address:
+        raise ValueError("--address is for the Ray executor; add --executor ray")
+    return LocalExecutor(workers, unit_cpus, device)
+
+
+def ray_executor(workers: int, unit_cpus: int, unit_gpus: float, address: str | None,
+                 device: str) -> RayExecutor:
+    return RayExecutor(address, workers, unit_cpus, unit_gpus)
+
+
 def make_executor(kind: str, workers: int = 0, unit_cpus: int = 1, unit_gpus: float = 1.0,
                   address: str | None = None, device: str = "auto"):
-    """The executor a sweep asked for (``local`` or ``ray``)."""
-    if kind == "local":
-        if address:
-            raise ValueError("--address is for the Ray executor; add --executor ray")
-        return LocalExecutor(workers, unit_cpus, device)
-    if kind == "ray":
-        return RayExecutor(address, workers, unit_cpus, unit_gpus)
-    raise ValueError(f"executor {kind!r}: use local or ray")
+    """The executor a sweep asked for (registered in :mod:`lncr.sweep.executor_registry`)."""
+    from lncr.study.config import registered
+    from lncr.sweep.executor_registry import EXECUTORS
+
+    factory = globals()[EXECUTORS[registered(kind, list(EXECUTORS), "executor")]]
+    return factory(workers, unit_cpus, unit_gpus, address, device)

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from lncr.errors import WorkFailed
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.study.config import StudyConfig
 from lncr.sweep.grid import Unit, build_grid, sweep_stains, write_repeat_splits
-from lncr.sweep.selection import (RULE, complete_failures, failure_lines, select,
-                                  summary_table)
+from lncr.sweep.selection import RULE, complete_failures, failure_lines, select, summary_table
 from lncr.sweep.unit import UnitTask, result_row
 
 UNIT_COLUMNS = ["stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split",
@@ -58,7 +58,7 @@ class SweepReport:
     failures: list[str] = field(default_factory=list)  # whole architectures/groups that failed
 
 
-class SweepFailed(ValueError):
+class SweepFailed(WorkFailed):
     """No sweep unit finished: nothing could be selected (``selection.json`` says why)."""
 
 
@@ -173,17 +173,14 @@ def run_sweep(study_yaml: str | Path, overrides: list[str] | None = None,
               address: str | None = None, device: str = "auto", final: bool = True,
               progress: Callable[[dict], None] | None = None) -> SweepReport:
     """Run (or resume) the sweep of a validated, tiled study; select; train final models."""
-    from lncr.study.validate import load_study
+    from lncr.study.validate import usable_study
     from lncr.sweep.executors import make_executor
     from lncr.sweep.selection import parameter_count
     from lncr.training.loop import versions
 
     t_start = time.perf_counter()
     overrides = list(overrides or [])
-    study = load_study(study_yaml, overrides, check_files=False)
-    if not study.ok:
-        raise ValueError("the study has errors; run `lncr validate` and fix them:\n  "
-                         + "\n  ".join(str(e) for e in study.problems.errors[:5]))
+    study = usable_study(study_yaml, overrides)
     cfg: StudyConfig = study.config
     sw = cfg.sweep
     kind = executor or sw.executor

@@ -35,12 +35,20 @@ import numpy as np
 from PIL import Image
 
 from lncr import __version__
+from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json, atomic_write_text, partial_path
 from lncr.synth.geometry import GLOMERULAR_LESIONS, make_patient_geometry, section_of
 from lncr.synth.pyramid import downsample2, write_pyramid
 from lncr.synth.render import MASK_CODES, render_section
-from lncr.synth.stains import (COMPARTMENTS, DEVELOPMENT_STYLE, DYES, EXTERNAL_STYLE, RECIPES,
-                               CohortStyle, compartment_od)
+from lncr.synth.stains import (
+    COMPARTMENTS,
+    DEVELOPMENT_STYLE,
+    DYES,
+    EXTERNAL_STYLE,
+    RECIPES,
+    CohortStyle,
+    compartment_od,
+)
 
 #: Named canvas sizes in µm (width, height) of level 0.
 SIZES: dict[str, tuple[float, float]] = {
@@ -51,7 +59,7 @@ DEFAULT_STAINS: tuple[str, ...] = ("HE", "PAS", "PASM", "MASSON")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x×X]\s*(\d+)\s*$")
 
 
-class SynthError(Exception):
+class SynthError(BadInput):
     """The phantom cannot be written as asked."""
 
 

@@ -24,19 +24,19 @@ import numpy as np
 from PIL import Image
 
 from lncr import __version__
+from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json
 from lncr.slides.reader import open_slide
 from lncr.tiling.luminosity import LuminosityStandardiser
 from lncr.tiling.normalisers import make_normaliser
 from lncr.tiling.tissue import LowResTissueMask
-from lncr.tiling.unit import (CellReader, TileParams, grid, overview, richest_first,
-                              tissue_tiles)
+from lncr.tiling.unit import CellReader, TileParams, grid, overview, richest_first, tissue_tiles
 
 REFERENCE_SLIDES = 8
 TILES_PER_SLIDE = 4
 
 
-class ReferenceError(Exception):
+class NormalisationReferenceError(BadInput):
     """A stain's colour reference cannot be fitted."""
 
 
@@ -100,7 +100,7 @@ def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | 
             tiles += got
             used += [{"patient_id": pid, "slide": slide_path, "x": x, "y": y} for x, y in coords]
         if not tiles:
-            raise ReferenceError(f"no development {stain} slide gave a tissue tile at "
+            raise NormalisationReferenceError(f"no development {stain} slide gave a tissue tile at "
                                  f"{target_mpp:g} µm/px to fit the {method} reference; set "
                                  f"tiling.reference_images.{stain} or tiling.normalisation."
                                  f"{stain}: none")
@@ -109,7 +109,7 @@ def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | 
     try:
         normaliser.fit(image)
     except Exception as exc:
-        raise ReferenceError(f"cannot fit the {method} reference of {stain}: {exc}") from exc
+        raise NormalisationReferenceError(f"cannot fit the {method} reference of {stain}: {exc}") from exc
     reference = normaliser.to_dict()
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"digest": digest, "spec": spec, "reference": reference,

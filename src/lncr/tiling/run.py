@@ -29,10 +29,11 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from lncr import __version__
+from lncr.errors import BadInput
 from lncr.fileio import atomic_save_image, atomic_write_json, atomic_write_text
 from lncr.study.config import MagnificationSettings, StudyConfig
-from lncr.study.validate import Study, load_study
-from lncr.tiling.reference import ReferenceError, fit_reference
+from lncr.study.validate import Study, usable_study
+from lncr.tiling.reference import NormalisationReferenceError, fit_reference
 from lncr.tiling.store import TileStore
 from lncr.tiling.unit import TileParams, TileUnit, UnitResult, tile_unit
 
@@ -42,7 +43,7 @@ INDEX_COLUMNS = ["patient_id", "cohort", "stain", "magnification", "target_mpp",
                  "normaliser_fallbacks", "seconds", "slide", "store", "error"]
 
 
-class TilingError(Exception):
+class TilingError(BadInput):
     """The study cannot be tiled (its tables have errors)."""
 
 
@@ -120,7 +121,7 @@ def _references(study: Study, folder: Path, params: TileParams
             refs[stain] = fit_reference(stain, cfg.tiling.method_for(stain), slides, ref_mpp,
                                         params, cfg.split.seed, folder / "norm",
                                         cfg.tiling.reference_images.get(stain))
-        except ReferenceError as exc:
+        except NormalisationReferenceError as exc:
             errors[stain] = str(exc)
     return refs, errors
 
@@ -177,11 +178,7 @@ def tile_study(study_yaml: str | Path, overrides: list[str] | dict | None = None
                progress: Callable[[UnitResult], None] | None = None) -> TilingReport:
     """Tile every slide × magnification of a study (the Python API of ``lncr tile``)."""
     t0 = time.perf_counter()
-    study = load_study(study_yaml, overrides, check_files=False)
-    table_errors = [p for p in study.problems.errors]
-    if table_errors or study.config is None:
-        raise TilingError("the study has errors; run `lncr validate` and fix them:\n  "
-                          + "\n  ".join(str(p) for p in table_errors))
+    study = usable_study(study_yaml, overrides)
     cfg = study.config
     folder = cfg.output_dir / "tiles"
     folder.mkdir(parents=True, exist_ok=True)

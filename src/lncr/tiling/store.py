@@ -59,9 +59,14 @@ def decode(data: bytes) -> np.ndarray:
 class TileStoreWriter:
     """Write a store atomically: use as a context manager; on error nothing is left behind.
 
-    >>> with TileStoreWriter("P1.tiles.zip", "png") as w:  # doctest: +SKIP
-    ...     w.add(tile, x=0, y=0, size0=512, background_fraction=0.1)
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "P1.tiles.zip"
+    >>> tile = np.full((64, 64, 3), 200, np.uint8)
+    >>> with TileStoreWriter(path, "png") as w:
+    ...     index = w.add(tile, x=0, y=0, size0=512, background_fraction=0.1)
     ...     w.meta = {"patient_id": "P1"}
+    >>> path.exists()
+    True
     """
 
     def __init__(self, path: str | Path, encoding: str = "png", jpeg_quality: int = 90,
@@ -105,8 +110,14 @@ class TileStoreWriter:
 class TileStore:
     """Read a store: ``len(store)``, ``store[i]`` (RGB uint8), ``store.coords``, ``store.meta``.
 
-    >>> store = TileStore("tiles/HE/20x/P1.tiles.zip")  # doctest: +SKIP
-    >>> tile = store[3]; store.coords.loc[3, ["x", "y"]]  # doctest: +SKIP
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "P1.tiles.zip"
+    >>> with TileStoreWriter(path, "png") as w:
+    ...     index = w.add(np.full((64, 64, 3), 200, np.uint8), x=512, y=0, size0=512,
+    ...           background_fraction=0.0)
+    >>> with TileStore(path) as store:
+    ...     len(store), store[0].shape, int(store.coords.loc[0, "x"])
+    (1, (64, 64, 3), 512)
     """
 
     def __init__(self, path: str | Path):

@@ -41,13 +41,13 @@ from torch.distributed.algorithms.join import Join
 from torch.utils.data import DataLoader
 
 from lncr import __version__
+from lncr.errors import WorkFailed
 from lncr.fileio import atomic_write_json, atomic_write_text, partial_path
 from lncr.models.mil import AttentionMIL, build_mil, freeze_batch_norm
 from lncr.study.config import TrainingSettings
 from lncr.training.bags import BagDataset, EpochSampler, SlideEntry, collate_bags, eval_indices
 from lncr.training.distributed import Context, resolve_device
-from lncr.training.inputs import (DeviceInput, input_geometry, preset_stats,
-                                  tile_channel_stats)
+from lncr.training.inputs import DeviceInput, input_geometry, preset_stats, tile_channel_stats
 from lncr.training.metrics import accuracy, auc, youden_threshold
 
 #: Settings that do not change what a run computes (a resume may change them).
@@ -176,8 +176,8 @@ def evaluate(model: torch.nn.Module, batches, inputs: DeviceInput, ctx: Context,
         logits = logits.float()
         losses = F.binary_cross_entropy_with_logits(logits, labels.to(logits.device),
                                                     reduction="none")
-        mine += [(int(s), float(p), float(l))
-                 for s, p, l in zip(slides, torch.sigmoid(logits), losses)]
+        mine += [(int(s), float(p), float(loss))
+                 for s, p, loss in zip(slides, torch.sigmoid(logits), losses)]
     model.train(was_training)
     return [row for part in ctx.gather(mine) for row in part]
 
@@ -199,7 +199,7 @@ def _epoch_seed(seed: int, epoch: int, rank: int, step: int = 0) -> int:
     return int(np.random.default_rng([seed, epoch, rank, step]).integers(2 ** 62))
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(WorkFailed):
     """The training loss became NaN or infinite: the run stops unfinished (no ``done.json``)."""
 
 
@@ -342,7 +342,7 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
                     scaler.scale(losses.mean()).backward()
                     scaler.step(optimiser)
                     scaler.update()
-                    mine += [(int(s), float(p), float(l)) for s, p, l in
+                    mine += [(int(s), float(p), float(loss)) for s, p, loss in
                              zip(slides, torch.sigmoid(logits.detach()), losses.detach())]
                     step += 1
                     every = settings.checkpoint_every
@@ -357,8 +357,8 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
             seen = [s for s, _, _ in outputs]
             p_train = np.zeros(len(train))
             l_train = np.zeros(len(train))
-            for s, p, l in outputs:
-                p_train[s], l_train[s] = p, l
+            for s, p, loss in outputs:
+                p_train[s], l_train[s] = p, loss
             threshold = youden_threshold(labels_train, p_train)
             row = {"epoch": epoch, "lr": optimiser.param_groups[0]["lr"],
                    "train_loss": float(l_train.mean()), "train_auc": auc(labels_train, p_train),
@@ -368,7 +368,8 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
                    "bags": len(seen)}
             ctx.broadcast_buffers(model)
             if val_loader is not None:
-                res = {s: (p, l) for s, p, l in evaluate(model, val_loader, inputs, ctx, amp)}
+                res = {s: (p, loss) for s, p, loss in
+                       evaluate(model, val_loader, inputs, ctx, amp)}
                 p_val = np.array([res[i][0] for i in range(len(val))])
                 l_val = np.array([res[i][1] for i in range(len(val))])
                 row.update(val_loss=float(l_val.mean()), val_auc=auc(labels_val, p_val),
@@ -419,13 +420,10 @@ def study_entries(study_yaml: str | Path, stain: str, magnification: str,
                   overrides: list[str] | None = None):
     """The study's config and the slides of one stain × magnification with their sides, from
     the recorded split (``lncr validate``) and the tile index (``lncr tile``)."""
-    from lncr.study.validate import load_study
+    from lncr.study.validate import usable_study
     from lncr.training.bags import slide_entries
 
-    study = load_study(study_yaml, overrides, check_files=False)
-    if not study.ok:
-        raise ValueError("the study has errors; run `lncr validate` and fix them:\n  "
-                         + "\n  ".join(str(e) for e in study.problems.errors[:5]))
+    study = usable_study(study_yaml, overrides)
     cfg = study.config
     split_csv = cfg.output_dir / "study" / "split.csv"
     if not split_csv.exists():

@@ -21,6 +21,11 @@ NORMALISERS: dict[str, type[StainNormaliser]] = {
 }
 
 
+def list_normalisers() -> list[str]:
+    """The registered normaliser names (what ``tiling.normalisation`` accepts)."""
+    return list(NORMALISERS)
+
+
 def make_normaliser(name: str) -> StainNormaliser:
     """A new, unfitted normaliser of the named method."""
     try:
@@ -36,4 +41,5 @@ def load_normaliser(data: dict[str, Any]) -> StainNormaliser:
 
 
 __all__ = ["NORMALISERS", "Identity", "Macenko", "NotEnoughTissue", "Reinhard",
-           "StainNormaliser", "Vahadane", "load_normaliser", "make_normaliser"]
+           "StainNormaliser", "Vahadane", "list_normalisers", "load_normaliser",
+           "make_normaliser"]

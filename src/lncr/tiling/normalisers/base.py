@@ -9,6 +9,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lncr.errors import BadInput
+
 #: Pixels with optical density below this in any channel are background (Macenko's β).
 OD_THRESHOLD = 0.15
 #: A tile needs at least this many tissue pixels (and 0.5 % of its pixels) to be normalised;
@@ -56,7 +58,7 @@ def enough_tissue(n_tissue: int, n_pixels: int) -> bool:
     return n_tissue >= max(MIN_TISSUE_PIXELS, 0.005 * n_pixels)
 
 
-class NotEnoughTissue(ValueError):
+class NotEnoughTissue(BadInput):
     """An image has too little tissue (or too little colour variation) to estimate stains."""
 
 

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 
-import cv2
-
-from lncr.tiling.normalisers.base import (NotEnoughTissue, StainNormaliser, enough_tissue,
-                                          from_od, tissue_pixels, to_od)
+from lncr.tiling.normalisers.base import (
+    NotEnoughTissue,
+    StainNormaliser,
+    enough_tissue,
+    from_od,
+    tissue_pixels,
+    to_od,
+)
 
 ALPHA = 1.0  # percentile of the extreme angles
 
