@@ -89,7 +89,9 @@ class DescribeDemoCommand:
         assert len(units) == 4 and (units.status == "done").all()  # 2 stains × 2 backbones
         lite0 = out / "sweep" / "runs" / "HE" / "10x" / "timm-tf_efficientnet_lite0-b2-s0"
         assert "tf_efficientnet_lite0.pth" in (lite0 / "config.json").read_text()  # pretrained
-        models = pd.read_csv(out / "final" / "models.csv")
+        from lncr.evaluation.final_predictions import final_models
+
+        models = final_models(out)  # run folders resolved against the output folder
         assert len(models) == 4 and (models.status == "done").all()
         multi = pd.read_csv(out / "predictions" / "multi_stain.csv")
         assert len(multi) == 6 and set(multi.stains_used) == {"HE+PAS"}
@@ -122,6 +124,7 @@ class DescribeDemoCommand:
 
 
 class DescribeTileCommands:
+    @pytest.mark.slow  # tiles the whole phantom
     def it_tiles_a_study_and_exports_the_tiles(self, phantom, tmp_path):
         from conftest import FAST
 
@@ -135,6 +138,7 @@ class DescribeTileCommands:
         result = runner.invoke(app, ["tiles", "export", str(study / "study.yaml"), str(out), *overrides])
         assert result.exit_code == 0 and list(out.glob("DEV-001/HE/20x/*_*.png"))
 
+    @pytest.mark.slow  # tiles the whole phantom
     def it_exits_non_zero_and_names_each_failed_slide(self, phantom, tmp_path):
         from conftest import FAST
 

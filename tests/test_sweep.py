@@ -259,6 +259,46 @@ class DescribeFinalPredictions:
 
 
 @pytest.mark.slow  # trains sweep units
+class DescribeACopiedStudy:
+    def it_predicts_evaluates_explains_and_reports_in_the_copy_alone(self, local_sweep,
+                                                                     tmp_path):
+        import shutil
+
+        from lncr.evaluation.evaluate import evaluate_study
+        from lncr.evaluation.final_predictions import final_models, predict_final
+        from lncr.explain.run import explain_heatmaps
+        from lncr.report.build import build_report
+
+        study, _ = local_sweep
+        original = study.parent
+        copy = tmp_path / "moved"
+        shutil.copytree(original, copy)
+        before = {p: p.stat().st_mtime_ns for p in original.rglob("*") if p.is_file()}
+        moved = copy / "study.yaml"
+        models = final_models(copy / "lncr-output")
+        assert all(str(f).startswith(str(copy)) for f in models.folder)
+        result = predict_final(moved, TINY, device="cpu")
+        assert str(result.folder).startswith(str(copy))
+        assert list(copy.glob("lncr-output/sweep/runs/HE/*/*/predictions/*.csv"))
+        assert evaluate_study(moved, TINY).folder == copy / "lncr-output" / "evaluation"
+        patient = result.multi[result.multi.cohort == "external"].patient_id.iloc[0]
+        explain_heatmaps(moved, TINY, "external", [patient], device="cpu")
+        assert build_report(moved, TINY).is_relative_to(copy)
+        after = {p: p.stat().st_mtime_ns for p in original.rglob("*") if p.is_file()}
+        assert after == before  # the original was neither read into nor written to
+
+    def it_stores_paths_relative_to_the_output_folder(self, local_sweep):
+        study, _ = local_sweep
+        out = study.parent / "lncr-output"
+        index = pd.read_csv(out / "tiles" / "index.csv")
+        assert not index.store.str.startswith("/").any()
+        assert index.slide.str.startswith("../").all()  # the phantom's slides sit beside it
+        assert not pd.read_csv(out / "final" / "models.csv").folder.str.startswith("/").any()
+        config = json.loads(next((out / "sweep" / "runs").rglob("config.json")).read_text())
+        assert not config["source"]["study"].startswith("/")
+
+
+@pytest.mark.slow  # trains sweep units
 class DescribeRayExecutor:
     def it_gives_the_same_results_as_the_local_pool(self, local_sweep, tiled, tmp_path):
         _, local = local_sweep

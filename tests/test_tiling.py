@@ -22,7 +22,10 @@ from lncr.tiling.unit import TileParams, TileUnit, grid, tile_unit
 
 
 def index_of(study_dir):
-    return pd.read_csv(study_dir / "lncr-output" / "tiles" / "index.csv")
+    """The tile index with its (relative) paths resolved, as every reader reads it."""
+    from lncr.paths import read_tiles_index
+
+    return read_tiles_index(study_dir / "lncr-output")
 
 
 def unit(slide, mag="20x", mpp_target=0.5, mpp=None, store=None, tmp=None):
@@ -125,6 +128,7 @@ class DescribeBadInput:
         assert r.status == "failed" and r.error
         assert not list(tmp_path.glob("*.tiles.zip")) and not list(tmp_path.glob(".*partial"))
 
+    @pytest.mark.slow  # tiles the whole phantom
     def it_continues_the_cohort_when_one_slide_fails(self, phantom, tmp_path):
         study = tmp_path / "p"
         shutil.copytree(phantom, study)

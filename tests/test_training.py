@@ -28,6 +28,7 @@ def weights_of(folder):
 
 
 class DescribeTrainRun:
+    @pytest.mark.slow  # trains and resumes runs
     def it_writes_a_complete_run_folder(self, entries, tmp_path):
         spec = RunSpec("PAS", "10x", "resnet18", 4, 0)
         folder = train_run(spec, entries, SMALL, tmp_path, tile_size=128)
@@ -44,6 +45,7 @@ class DescribeTrainRun:
         final = torch.load(folder / "last.pt", weights_only=True)
         assert set(final) == {"model", "epoch", "step", "complete"} and final["epoch"] == 3
 
+    @pytest.mark.slow  # trains and resumes runs
     def it_resumes_to_exactly_the_weights_of_an_uninterrupted_run(self, entries, tmp_path):
         spec = RunSpec("PAS", "10x", "resnet18", 4, 1)
         straight = train_run(spec, entries, SMALL, tmp_path / "a", tile_size=128)
@@ -56,6 +58,7 @@ class DescribeTrainRun:
         pd.testing.assert_frame_equal(pd.read_csv(straight / "metrics.csv"),
                                       pd.read_csv(resumed / "metrics.csv"))
 
+    @pytest.mark.slow  # trains and resumes runs
     def it_resumes_mid_epoch_with_workers_to_the_same_weights(self, entries, tmp_path):
         spec = RunSpec("PAS", "10x", "resnet18", 4, 3)
         every = SMALL.model_copy(update={"checkpoint_every": 1, "epochs": 2})

@@ -44,7 +44,9 @@ def final_models(output_dir: Path) -> pd.DataFrame:
     path = Path(output_dir) / "final" / "models.csv"
     if not path.exists():
         raise ValueError(f"no final models at {path}: run `lncr sweep STUDY.yaml` first")
-    return pd.read_csv(path)
+    from lncr.paths import resolve_columns
+
+    return resolve_columns(pd.read_csv(path), ["folder"], output_dir)
 
 
 def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:

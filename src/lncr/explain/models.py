@@ -191,5 +191,7 @@ def cached_scores(fm: FinalModel, entry) -> tuple[pd.DataFrame, float]:
 
 def slide_paths(output_dir: Path) -> dict[tuple[str, str], str]:
     """(patient, stain) → slide file, from the tile index."""
-    index = pd.read_csv(output_dir / "tiles" / "index.csv", dtype={"patient_id": str})
+    from lncr.paths import read_tiles_index
+
+    index = read_tiles_index(output_dir)
     return {(r.patient_id, r.stain): r.slide for r in index.itertuples()}

@@ -81,8 +81,10 @@ def _normalisation_example(out: Path, index: pd.DataFrame, stain: str) -> np.nda
 
 
 def tiling_section(out: Path) -> str:
+    from lncr.paths import read_tiles_index
+
     summary = _csv(out / "tiles" / "summary.csv")
-    index = _csv(out / "tiles" / "index.csv")
+    index = read_tiles_index(out) if (out / "tiles" / "index.csv").exists() else None
     if summary is None or index is None:
         return section("tiling", "Tiling and quality control",
                        missing("the tiles", "lncr tile STUDY.yaml"))

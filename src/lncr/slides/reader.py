@@ -105,9 +105,9 @@ def probe_slide(path: str | Path, decode: bool = True) -> SlideInfo:
 
     Raises :class:`SlideReadError` with the reason when no backend can open or decode it.
 
-    >>> probe_slide("missing.svs")  # doctest: +SKIP
+    >>> probe_slide("missing.svs")
     Traceback (most recent call last):
-    SlideReadError: missing.svs: file not found
+    lncr.slides.reader.SlideReadError: missing.svs: file not found
     """
     path = Path(path)
     if not path.exists():
@@ -172,9 +172,10 @@ class Slide:
     transparent pixels, are white (empty glass), so a grid that runs over the slide's edge is
     read like any other cell instead of being dropped.
 
-    >>> with open_slide("CMU-1-Small-Region.svs") as s:  # doctest: +SKIP
-    ...     s.mpp, s.level_for(4.0)
-    (0.499, 0)
+    For example, with the Aperio test slide of ``shared/data/real``::
+
+        with open_slide("CMU-1-Small-Region.svs") as s:
+            s.mpp, s.level_for(4.0)   # (0.499, 0)
     """
 
     def __init__(self, path: Path, handle, backend: str, info: SlideInfo, mpp: float):

@@ -35,6 +35,7 @@ import pandas as pd
 
 from lncr.errors import WorkFailed
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.paths import store_columns, stored
 from lncr.study.config import StudyConfig
 from lncr.sweep.grid import Unit, build_grid, sweep_stains, write_repeat_splits
 from lncr.sweep.selection import RULE, complete_failures, failure_lines, select, summary_table
@@ -114,10 +115,12 @@ def promote(units: list[Unit], results: dict[str, dict], rung: int, rate: int,
 
 class _Book:
     """The sweep's bookkeeping: ``units.csv`` and failure tracebacks, rewritten atomically as
-    results come in (the main process is the only writer)."""
+    results come in (the main process is the only writer); run folders are stored relative to
+    the output folder (``output_dir``)."""
 
-    def __init__(self, folder: Path, units: list[Unit]):
+    def __init__(self, folder: Path, units: list[Unit], output_dir: Path):
         self.folder = folder
+        self.output_dir = output_dir
         self.rows: dict[str, dict] = {
             u.name: {**u.to_dict(), "status": "pending", "epochs_trained": 0,
                      "val_auc": math.nan, "val_loss": math.nan, "train_auc": math.nan,
@@ -141,7 +144,8 @@ class _Book:
         return pd.DataFrame(list(self.rows.values()), columns=UNIT_COLUMNS)
 
     def write(self) -> None:
-        atomic_write_text(self.folder / "units.csv", self.table().to_csv(index=False))
+        table = store_columns(self.table(), ["folder"], self.output_dir)
+        atomic_write_text(self.folder / "units.csv", table.to_csv(index=False))
 
 
 def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], stop_epoch: int,
@@ -230,7 +234,7 @@ def run_sweep(study_yaml: str | Path, overrides: list[str] | None = None,
               "settings": sw.model_dump(mode="json"),
               "training": cfg.training.model_dump(mode="json"), "versions": versions()}
     atomic_write_json(folder / "sweep.json", {**record, "status": "running"})
-    book = _Book(folder, units)
+    book = _Book(folder, units, cfg.output_dir)
     alive = list(units)
     try:
         for i, rung in enumerate(rungs):
@@ -304,7 +308,7 @@ def train_final(cfg: StudyConfig, selection: dict, source: str, overrides: list[
     # The sweep's repeat 0 of a configuration is the final model when the epochs agree.
     root = sweep_runs if sweep_epochs == epochs else folder / "runs"
     units = final_units(cfg, selection)
-    book = _Book(folder, units)
+    book = _Book(folder, units, cfg.output_dir)
     results = _run_units(units, task_for(root, epochs), epochs, book, executor_factory,
                          progress)
     rows = [{"stain": u.stain, "magnification": u.magnification,
@@ -313,10 +317,11 @@ def train_final(cfg: StudyConfig, selection: dict, source: str, overrides: list[
              "folder": results[u.name]["folder"], "error": results[u.name].get("error", "")}
             for u in units]
     table = pd.DataFrame(rows)
-    atomic_write_text(folder / "models.csv", table.to_csv(index=False))
+    atomic_write_text(folder / "models.csv",
+                      store_columns(table, ["folder"], cfg.output_dir).to_csv(index=False))
     atomic_write_json(folder / "final.json", {
-        "selection": str(cfg.output_dir / "sweep" / "selection.json"),
+        "selection": stored(cfg.output_dir / "sweep" / "selection.json", cfg.output_dir),
         "architectures": selection["architectures"], "bag_size": selection["bag_size"],
-        "epochs": epochs, "seed": cfg.training.seed, "runs_root": str(root),
+        "epochs": epochs, "seed": cfg.training.seed, "runs_root": stored(root, cfg.output_dir),
         "study": source, "overrides": overrides, "rule": RULE, "versions": versions()})
     return table

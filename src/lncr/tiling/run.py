@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from lncr import __version__
 from lncr.errors import BadInput
 from lncr.fileio import atomic_save_image, atomic_write_json, atomic_write_text
+from lncr.paths import read_tiles_index, store_columns
 from lncr.study.config import MagnificationSettings, StudyConfig
 from lncr.study.validate import Study, usable_study
 from lncr.tiling.reference import NormalisationReferenceError, fit_reference
@@ -212,7 +213,8 @@ def tile_study(study_yaml: str | Path, overrides: list[str] | dict | None = None
     report.results.sort(key=lambda r: order[(r.unit.patient_id, r.unit.stain, r.unit.magnification)])
     report.seconds = time.perf_counter() - t0
     index = report.index()
-    atomic_write_text(folder / "index.csv", index.to_csv(index=False))
+    atomic_write_text(folder / "index.csv", store_columns(index, ["slide", "store"],
+                                                          cfg.output_dir).to_csv(index=False))
     atomic_write_text(folder / "summary.csv", summarise(index).to_csv(index=False))
     _qc(folder, index, [MagnificationSettings.label(p) for p in cfg.magnification.powers])
     statuses = index.status.value_counts().to_dict()
@@ -230,7 +232,7 @@ def tile_study(study_yaml: str | Path, overrides: list[str] | dict | None = None
 def export_tiles(folder: Path, out: Path) -> int:
     """Write every kept tile as ``<patient>/<stain>/<mag>/<x>_<y>.png`` (the original scripts'
     layout). Returns the number of files written."""
-    index = pd.read_csv(folder / "index.csv")
+    index = read_tiles_index(folder.parent)
     written = 0
     for row in index[index.status == "ok"].itertuples():
         target = out / str(row.patient_id) / row.stain / row.magnification

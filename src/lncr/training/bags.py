@@ -44,7 +44,9 @@ def slide_entries(tiles_folder: str | Path, patients: pd.DataFrame, split: pd.Da
     ``patients`` has ``patient_id, cohort, label``; ``split`` (``patient_id, split``) covers the
     development patients. External patients get split ``external``.
     """
-    index = pd.read_csv(Path(tiles_folder) / "index.csv", dtype={"patient_id": str})
+    from lncr.paths import read_tiles_index
+
+    index = read_tiles_index(Path(tiles_folder).parent)
     rows = index[(index.status == "ok") & (index.stain == stain)
                  & (index.magnification == magnification) & (index.kept > 0)]
     info = patients.set_index("patient_id")

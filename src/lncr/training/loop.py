@@ -199,6 +199,18 @@ def _epoch_seed(seed: int, epoch: int, rank: int, step: int = 0) -> int:
     return int(np.random.default_rng([seed, epoch, rank, step]).integers(2 ** 62))
 
 
+def _portable_source(source: dict | None, folder: Path) -> dict | None:
+    """The run's study file relative to the run folder when the run lies inside the study's
+    folder, so a copied study's runs point at the copy (see lncr.paths)."""
+    if not source or not source.get("study"):
+        return source
+    study = Path(os.path.abspath(source["study"]))
+    run = Path(os.path.abspath(folder))
+    if study.parent in run.parents:
+        return {**source, "study": Path(os.path.relpath(study, run)).as_posix()}
+    return source
+
+
 class TrainingDiverged(WorkFailed):
     """The training loss became NaN or infinite: the run stops unfinished (no ``done.json``)."""
 
@@ -243,6 +255,7 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
     else:
         stats = preset_stats(settings.channel_stats, spec.stain) or channel_stats(train)
     amp = autocast_dtype(settings.precision, dev)
+    source = _portable_source(source, folder)
     config = {"spec": asdict(spec), "settings": settings.model_dump(mode="json"),
               "tile_size": tile_size, "geometry": asdict(geometry),
               "channel_mean": stats[0], "channel_std": stats[1],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,10 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
     model, config, inputs, epoch = load_run(folder, checkpoint, device)
     settings = TrainingSettings(**config["settings"])
     source = config.get("source") or {}
-    study = study or source.get("study")
+    recorded = source.get("study")
+    if study is None and recorded:  # stored relative to the run folder (lncr.paths)
+        study = (recorded if Path(recorded).is_absolute()
+                 else os.path.normpath(Path(folder).absolute() / recorded))
     if study is None:
         raise ValueError(f"{folder} does not record its study; give the study file (--study)")
     spec = config["spec"]
