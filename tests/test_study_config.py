@@ -64,6 +64,23 @@ class DescribeLoadConfig:
         with pytest.raises(StudyConfigError, match="mapping"):
             load_config(write(tmp_path, "- a\n- b\n"))
 
+    def it_refuses_a_key_repeated_in_one_mapping(self, tmp_path):
+        text = ("patients: p.csv\nslides: s.csv\ntraining:\n  epochs: 5\n"
+                "training:\n  bag_size: 8\n")
+        with pytest.raises(StudyConfigError, match="'training' appears twice.*line 3"):
+            load_config(write(tmp_path, text))
+        with pytest.raises(StudyConfigError, match="'epochs' appears twice"):
+            load_config(write(tmp_path, "patients: p.csv\nslides: s.csv\ntraining:\n"
+                                        "  epochs: 5\n  epochs: 6\n"))
+
+    def it_names_a_folder_or_a_latin1_file_given_as_the_study(self, tmp_path):
+        with pytest.raises(StudyConfigError, match="not a file"):
+            load_config(tmp_path)
+        path = tmp_path / "latin.yaml"
+        path.write_bytes("name: étude\npatients: p.csv\nslides: s.csv\n".encode("latin-1"))
+        with pytest.raises(StudyConfigError, match="not UTF-8"):
+            load_config(path)
+
     def it_rejects_a_missing_file_with_its_path(self, tmp_path):
         with pytest.raises(StudyConfigError, match="file not found"):
             load_config(tmp_path / "nope.yaml")

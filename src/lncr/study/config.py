@@ -405,6 +405,22 @@ def apply_overrides(data: dict, overrides: list[str] | dict | None) -> dict:
     return out
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key that a mapping repeats (PyYAML keeps the last one
+    silently, so a second ``training:`` block would drop the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping (first on line "
+                    f"{seen[key] + 1}): merge the two", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> StudyConfig:
     """Read and validate ``study.yaml``. Table and output paths are made absolute (relative
     paths are relative to the YAML file's folder). Raises :class:`StudyConfigError` listing
@@ -412,9 +428,15 @@ def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> 
     path = Path(path)
     if not path.exists():
         raise StudyConfigError(path, [f"file not found (expected a study YAML at {path})"])
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise StudyConfigError(path, ["not a file: give the study's YAML file"])
     try:
-        data = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StudyConfigError(path, [f"not UTF-8 text (byte {exc.start}): save it as UTF-8"]
+                               ) from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise StudyConfigError(path, [f"not valid YAML: {exc}"]) from exc
     if data is None:
