@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.paths import stored
 
 
 @dataclass
@@ -55,13 +56,13 @@ class FinalModel:
 
     def key(self, entry=None, **extra) -> dict:
         """What an output of this model (and of ``entry``'s slide) depends on."""
-        key = {"run": _relative(self.folder, self.cfg.output_dir), "checkpoint": self.checkpoint,
+        key = {"run": stored(self.folder, self.cfg.output_dir), "checkpoint": self.checkpoint,
                "epoch": self.epoch, "weights_sha256": self.weights_sha256, "crop": self.crop,
                "chunk": self.chunk, "input_size": self.input_size}
         if entry is not None:
             store = Path(entry.store)
             stat = store.stat() if store.exists() else None
-            key["store"] = {"path": _relative(store, self.cfg.output_dir),
+            key["store"] = {"path": stored(store, self.cfg.output_dir),
                             "bytes": stat.st_size if stat else None,
                             "mtime_ns": stat.st_mtime_ns if stat else None,
                             "tiles": int(entry.n_tiles)}
@@ -76,14 +77,6 @@ class FinalModel:
     def scores_path(self, patient_id: str) -> Path:
         return (self.cfg.output_dir / "explain" / "scores" / self.stain / self.magnification
                 / f"{patient_id}.csv")
-
-
-def _relative(path: str | Path, root: Path) -> str:
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path(root).resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _key_file(marker: Path) -> Path:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,7 +68,6 @@ class BackboneSpec:
     fixed_input: bool = False  # True when the model only accepts ``input_size`` (ViT)
     embedding_dim: int | None = None  # the published feature width, if it differs from 512
     weights: str = ""  # which pretrained weights "imagenet" means
-    extras: dict = field(default_factory=dict)
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
