@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lncr.study.validate import Study
+
 TILES = ["tiling.tile_size=128", "magnification.powers=[20]", "tiling.encoding=jpeg"]
 
 
@@ -60,8 +62,8 @@ def main() -> None:
     from lncr.synth.cohort import SynthSettings, synthesize
     from lncr.tiling.run import tile_study
     from lncr.training.bags import BagDataset
+    from lncr.training.entries import study_entries
     from lncr.training.inputs import DeviceInput, InputGeometry
-    from lncr.training.loop import study_entries
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "phantom"
@@ -69,8 +71,8 @@ def main() -> None:
                                          stains=("HE",)), workers=2)
         study = folder / "study.yaml"
         save_study_record(load_study(study, TILES))
-        tile_study(study, TILES, workers=2)
-        _, entries = study_entries(study, "HE", "20x", TILES)
+        tile_study(Study.load(study, TILES), workers=2)
+        entries = study_entries(Study.load(study, TILES), "HE", "20x")
         torch.manual_seed(0)
         model = build_mil(args.architecture, 32, 2, 4, None, 64, 0.0).eval()
         size = round(args.input_size * 128 / 512)

@@ -82,7 +82,6 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
         cached_scores,
         final_models_for,
         model_thresholds,
-        output_dir,
         slide_paths,
         validation_column,
     )
@@ -90,12 +89,15 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
     from lncr.explain.pointing import attention_pointing, cam_pointing
     from lncr.explain.scores import INFLUENCE_RULES
     from lncr.fileio import atomic_write_text
+    from lncr.study.validate import Study
 
+    loaded = Study.load(study, overrides)
+    out = loaded.config.output_dir
     rows = []
-    aucs = validation_column(output_dir(study, overrides), "auc")  # which models predict
+    aucs = validation_column(out, "auc")  # which models predict
     print("Pointing game (validation + external slides; score vs random, one-sided "
           "Wilcoxon p):")
-    for fm in final_models_for(study, overrides, "all", None, "cpu"):
+    for fm in final_models_for(loaded, "all", None, "cpu"):
         entries = [e for e in fm.entries if e.split in ("val", "external")]
         truth = PhantomTruth.for_slide(slide_paths(fm.cfg.output_dir)[(entries[0].patient_id,
                                                                         fm.stain)])
@@ -122,11 +124,11 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
           "same tile (tiles with lesion);\n  energy: map mass on lesion vs a uniform map "
           "(tiles with lesion)")
     t0 = time.perf_counter()
-    folder = output_dir(study, overrides) / "explain" / "pointing"
+    folder = out / "explain" / "pointing"
     folder.mkdir(parents=True, exist_ok=True)
-    thresholds = model_thresholds(output_dir(study, overrides))
+    thresholds = model_thresholds(out)
     for method in methods:
-        for fm in final_models_for(study, overrides, "all", None, "cpu"):
+        for fm in final_models_for(loaded, "all", None, "cpu"):
             entries = [e for e in fm.entries if e.split in ("val", "external")]
             threshold = thresholds.get(f"{fm.stain} {fm.magnification}", 0.5)
             parts, slide_tiles = [], {}
@@ -163,8 +165,8 @@ def phantom(study: str, stain: str, magnification: str, overrides: list[str],
     print(f"  written to {path}, one row per explained tile beside it")
     if not cluster:
         return
-    done = explain_clusters(study, overrides, [stain], [magnification], "cpu")[0]
-    fm = next(final_models_for(study, overrides, "development", None, "cpu", [stain],
+    done = explain_clusters(loaded, [stain], [magnification], "cpu")[0]
+    fm = next(final_models_for(loaded, "development", None, "cpu", [stain],
                                [magnification]))
     tiles = influential_tiles(fm, fm.cfg.explain.top_k)
     clustered = pd.read_csv(f"{done['folder']}/tiles.csv", dtype={"patient_id": str})

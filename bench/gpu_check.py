@@ -24,12 +24,16 @@ from pathlib import Path
 
 import torch
 
+from lncr.study.validate import Study
+
 
 def amp_runs(study: Path, sets: list[str], out: Path) -> dict:
-    from lncr.training.loop import RunSpec, study_entries, train_run
+    from lncr.training.entries import study_entries
+    from lncr.training.loop import RunSpec, train_run
     from lncr.training.predict import predict_run
 
-    cfg, entries = study_entries(study, "HE", "10x", sets)
+    loaded = Study.load(study, sets)
+    cfg, entries = loaded.config, study_entries(loaded, "HE", "10x")
     results = {}
     for precision in ("fp32", "fp16", "bf16"):
         settings = cfg.training.model_copy(update={"precision": precision})
@@ -101,10 +105,10 @@ def step_throughput(architecture: str, crop: int, size: int, precision: str,
 def sweep_on_gpu(study: Path, sets: list[str]) -> dict:
     from lncr.sweep.run import run_sweep
 
-    report = run_sweep(study, sets + ["sweep.architectures=[resnet18]", "sweep.bag_sizes=[4, 8]",
-                                      "sweep.repeats=1", "sweep.stains=[HE]",
-                                      "sweep.magnifications=[10x]"],
-                       executor="local", device="auto", final=False)
+    grid = ["sweep.architectures=[resnet18]", "sweep.bag_sizes=[4, 8]", "sweep.repeats=1",
+            "sweep.stains=[HE]", "sweep.magnifications=[10x]"]
+    report = run_sweep(Study.load(study, sets + grid), executor="local", device="auto",
+                       final=False)
     devices = {json.loads((Path(f) / "config.json").read_text())["device"]
                for f in report.units.folder}
     return {"units": len(report.units), "done": int((report.units.status == "done").sum()),

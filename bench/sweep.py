@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lncr.study.validate import Study
+
 TILES = ["tiling.tile_size=128", "magnification.powers=[10]", "tiling.encoding=jpeg"]
 TINY = TILES + ["training.pretrained=false", "training.architecture=resnet18",
                 "training.input_size=16", "training.crop_size=64", "training.embedding_dim=8",
@@ -34,7 +36,7 @@ def phantom(folder: Path) -> Path:
     synthesize(folder, SynthSettings(patients=6, external=2, seed=7, size="small"), workers=2)
     study = folder / "study.yaml"
     save_study_record(load_study(study, TILES))
-    tile_study(study, TILES, workers=2)
+    tile_study(Study.load(study, TILES), workers=2)
     return study
 
 
@@ -51,7 +53,7 @@ def overhead(study: Path, executor: str, workers: int) -> None:
     sets = TINY + ["training.epochs=1", "sweep.bag_sizes=[2, 3, 4]", "sweep.repeats=5"]
     t0 = time.perf_counter()
     arrivals: list[tuple[float, float]] = []  # (time since start, the unit's own seconds)
-    report = run_sweep(study, sets, executor=executor, workers=workers, device="cpu",
+    report = run_sweep(Study.load(study, sets), executor=executor, workers=workers, device="cpu",
                        final=False, progress=lambda row: arrivals.append(
                            (time.perf_counter() - t0, row["seconds"])))
     wall = time.perf_counter() - t0
@@ -59,7 +61,7 @@ def overhead(study: Path, executor: str, workers: int) -> None:
     units = report.units
     busy = units.seconds.sum() / workers
     t1 = time.perf_counter()
-    run_sweep(study, sets, executor=executor, workers=workers, device="cpu", final=False)
+    run_sweep(Study.load(study, sets), executor=executor, workers=workers, device="cpu", final=False)
     again = time.perf_counter() - t1
     print(f"executor {executor}, {workers} workers, {len(units)} units "
           f"({(units.status == 'done').sum()} done)")
@@ -80,10 +82,11 @@ def halving(study: Path, workers: int) -> None:
 
     sets = TINY + ["training.epochs=9", "sweep.bag_sizes=[2, 3, 4, 5, 6, 8]", "sweep.repeats=2",
                    "sweep.stains=[HE, PAS]", "training.input_size=256", "training.crop_size=384"]
-    full = run_sweep(fresh(study, "full"), sets, workers=workers, device="cpu", final=False)
-    half = run_sweep(fresh(study, "half"), sets + ["sweep.early_stopping=halving",
-                                                   "sweep.min_epochs=1",
-                                                   "sweep.halving_rate=3"],
+    full = run_sweep(Study.load(fresh(study, "full"), sets), workers=workers, device="cpu",
+                     final=False)
+    half = run_sweep(Study.load(fresh(study, "half"), sets + ["sweep.early_stopping=halving",
+                                                              "sweep.min_epochs=1",
+                                                              "sweep.halving_rate=3"]),
                      workers=workers, device="cpu", final=False)
     es = half.selection["early_stopping"]
     print(f"grid {len(full.units)} units × 9 epochs; rungs {es['rungs']}")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lncr.study.config import TrainingSettings
+from lncr.study.validate import Study
 from lncr.training.bags import BagDataset, EpochSampler
 from lncr.training.distributed import resolve_device
 from lncr.training.inputs import DeviceInput, input_geometry
@@ -36,14 +37,14 @@ def phantom_entries(tile_size: int, root: Path):
     from lncr.study.validate import load_study, save_study_record
     from lncr.synth.cohort import SynthSettings, synthesize
     from lncr.tiling.run import tile_study
-    from lncr.training.loop import study_entries
+    from lncr.training.entries import study_entries
 
     synthesize(root, SynthSettings(patients=8, external=0, seed=1, size="small",
                                    stains=("HE",)), workers=2)
     sets = [f"tiling.tile_size={tile_size}", "magnification.powers=[20]"]
     save_study_record(load_study(root / "study.yaml", sets))
-    tile_study(root / "study.yaml", sets, workers=2)
-    return study_entries(root / "study.yaml", "HE", "20x", sets)[1]
+    tile_study(Study.load(root / "study.yaml", sets), workers=2)
+    return study_entries(Study.load(root / "study.yaml", sets), "HE", "20x")
 
 
 def measure_loader(entries, settings, geometry, workers: int, device, seconds: float) -> float:
@@ -120,9 +121,10 @@ def main() -> None:
                                 crop_size=args.crop_size, input_size=args.input_size)
     with tempfile.TemporaryDirectory() as tmp:
         if args.study:
-            from lncr.training.loop import study_entries
+            from lncr.training.entries import study_entries
 
-            cfg, entries = study_entries(args.study, args.stain, args.magnification)
+            loaded = Study.load(args.study)
+            cfg, entries = loaded.config, study_entries(loaded, args.stain, args.magnification)
             tile_size = cfg.tiling.tile_size
         else:
             tile_size = args.tile_size

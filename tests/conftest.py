@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
+from lncr.study.validate import Study
 from lncr.synth.cohort import SynthSettings, synthesize
 from lncr.synth.pyramid import write_pyramid
 
@@ -62,7 +63,7 @@ def tiled(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with FileLock(str(root / "phantom-tiled.lock")):
         if not (out / "lncr-output" / "tiles" / "index.csv").exists():
             shutil.copytree(phantom, out, dirs_exist_ok=True)
-            tile_study(out / "study.yaml", FAST, workers=2)
+            tile_study(Study.load(out / "study.yaml", FAST), workers=2)
     return out
 
 
@@ -86,13 +87,14 @@ def tiled_entries(tiled: Path, stain: str, magnification: str) -> list:
     leaves both labels on both sides."""
     import pandas as pd
 
+    from lncr.layout import Layout
     from lncr.study.split import stratified_split
     from lncr.training.bags import slide_entries
 
     patients = pd.read_csv(tiled / "patients.csv", dtype={"patient_id": str})
     patients["split"] = ""
     split = stratified_split(patients, 0.34, seed=0)
-    return slide_entries(tiled / "lncr-output" / "tiles", patients, split, stain, magnification)
+    return slide_entries(Layout(tiled / "lncr-output"), patients, split, stain, magnification)
 
 
 @pytest.fixture(scope="session")

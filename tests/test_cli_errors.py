@@ -58,15 +58,16 @@ class DescribeEveryCommand:
 
 class DescribeDebug:
     def it_lets_the_traceback_through(self, tmp_path):
-        from lncr.study.config import StudyConfigError
+        from lncr.study.validate import StudyHasErrors
 
         result = CliRunner().invoke(app, ["--debug", "evaluate", str(tmp_path / "none.yaml")])
-        assert isinstance(result.exception, StudyConfigError)
+        assert isinstance(result.exception, StudyHasErrors)
+        assert "none.yaml" in str(result.exception) and "file not found" in str(result.exception)
 
 
 class DescribeErrorKinds:
     def it_gives_bad_input_exit_2_and_failed_work_exit_1(self):
-        from lncr.cli_common import describe_error
+        from lncr.cli.common import describe_error
 
         assert describe_error(BadInput("x"))[0] == 2 and describe_error(WorkFailed("y"))[0] == 1
         assert describe_error(FileNotFoundError(2, "No such file", "a.csv")) == (

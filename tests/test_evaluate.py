@@ -148,10 +148,18 @@ class DescribeRocPoints:
         assert list(fpr) == [0, 0, 0.5, 1] and list(tpr) == [0, 0.5, 1, 1]
 
 
+def write_study(folder, rows: pd.DataFrame, stains: str = "[HE, PAS]") -> None:
+    """A study whose tables hold the predicted patients (slide files are never opened)."""
+    (folder / "study.yaml").write_text(f"patients: p.csv\nslides: s.csv\nstains: {stains}\n")
+    patients = rows[["patient_id", "cohort", "label"]].drop_duplicates("patient_id")
+    patients.to_csv(folder / "p.csv", index=False)
+    pd.DataFrame([(p, st, f"{p}_{st}.svs") for p in patients.patient_id for st in ("HE", "PAS")],
+                 columns=["patient_id", "stain", "path"]).to_csv(folder / "s.csv", index=False)
+
+
 class DescribeEvaluateCommand:
     def it_writes_tables_json_and_figures(self, tmp_path, rows):
-        (tmp_path / "study.yaml").write_text("patients: p.csv\nslides: s.csv\n"
-                                             "stains: [HE, PAS]\n")
+        write_study(tmp_path, rows)
         folder = tmp_path / "lncr-output" / "predictions"
         folder.mkdir(parents=True)
         cols = ["patient_id", "cohort", "split", "label", "probability"]
@@ -177,7 +185,7 @@ class DescribeEvaluateCommand:
         assert "AUC" in (out / "roc-external.svg").read_text()
         assert "Multi-stain ensemble, external cohort (30 patients): AUC" in result.output
 
-    def it_explains_what_to_run_when_predictions_are_missing(self, tmp_path):
-        (tmp_path / "study.yaml").write_text("patients: p.csv\nslides: s.csv\n")
+    def it_explains_what_to_run_when_predictions_are_missing(self, tmp_path, rows):
+        write_study(tmp_path, rows)
         result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "study.yaml")])
         assert result.exit_code == 2 and "lncr predict" in result.output

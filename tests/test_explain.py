@@ -17,7 +17,9 @@ from lncr.cli import app
 from lncr.explain.heatmap import geojson
 from lncr.explain.scores import influential, leave_one_out, slide_scores
 from lncr.models.mil import build_mil
-from lncr.training.loop import RunSpec, study_entries, train_run
+from lncr.study.validate import Study
+from lncr.training.entries import study_entries
+from lncr.training.loop import RunSpec, train_run
 from lncr.training.predict import load_run, predict_run
 
 QUICK = FAST + ["training.pretrained=false", "training.epochs=1", "training.warmup_epochs=0",
@@ -79,7 +81,8 @@ class DescribeGeoJSON:
 @pytest.fixture(scope="module")
 def trained(tiled, tmp_path_factory):
     study = validated_copy(tiled, tmp_path_factory.mktemp("explain") / "study")
-    cfg, entries = study_entries(study, "HE", "20x", QUICK)
+    loaded = Study.load(study, QUICK)
+    cfg, entries = loaded.config, study_entries(loaded, "HE", "20x")
     folder = train_run(RunSpec("HE", "20x", "resnet18", 4, 0), entries, cfg.training,
                        cfg.output_dir / "runs", cfg.tiling.tile_size,
                        source={"study": str(study), "overrides": QUICK})

@@ -21,6 +21,7 @@ from conftest import _shared_tmp, validated_copy
 from lncr.cli import app
 from lncr.models.backbones import BACKBONES, build_backbone
 from lncr.study.config import SweepSettings
+from lncr.study.validate import Study
 
 pytestmark = pytest.mark.slow  # trains real models
 
@@ -70,7 +71,7 @@ def tiled512(phantom, tmp_path_factory):
                 "patients: patients.csv\nslides: slides.csv\nstains: [HE]\n"
                 "magnification: {powers: [40]}\nsplit: {val_fraction: 0.5}\n"
                 "tiling: {tile_size: 512, encoding: jpeg, normalisation: {HE: none}}\n")
-            tile_study(out / "study.yaml", workers=2)
+            tile_study(Study.load(out / "study.yaml"), workers=2)
     return out
 
 

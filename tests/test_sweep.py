@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from conftest import FAST, validated_copy
 from lncr.cli import app
 from lncr.study.config import StudyConfig, load_config
+from lncr.study.validate import Study
 from lncr.sweep.grid import build_grid, repeat_split
 from lncr.sweep.run import halving_rungs, promote, run_sweep
 from lncr.sweep.selection import select
@@ -40,7 +41,7 @@ NUMBERS = ["epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss"]
 @pytest.fixture(scope="module")
 def local_sweep(tiled, tmp_path_factory):
     study = validated_copy(tiled, tmp_path_factory.mktemp("sweep-local") / "study")
-    return study, run_sweep(study, TINY, executor="local", workers=2, device="cpu")
+    return study, run_sweep(Study.load(study, TINY), executor="local", workers=2, device="cpu")
 
 
 class DescribeGrid:
@@ -90,7 +91,7 @@ class DescribeRepeatSplits:
         study = validated_copy(tiled, tmp_path / "study")
         sets = TINY + ["sweep.resplit=true"]
         unit = Unit("HE", "10x", "resnet18", 2, 1, 1, "split1")
-        row = run_unit(UnitTask(unit, str(study), tuple(sets), str(tmp_path / "runs"), 1, 1,
+        row = run_unit(UnitTask(unit, Study.load(study, sets), str(tmp_path / "runs"), 1, 1,
                                 device="cpu"))
         assert row["status"] == "done", row["error"]
         used = pd.read_csv(tmp_path / "runs" / "HE" / "10x" / "resnet18-b2-s1-split1" /
@@ -213,7 +214,7 @@ class DescribeLocalSweep:
         started = []
         monkeypatch.setattr(executors.LocalExecutor, "map",
                             lambda self, tasks: started.append(tasks) or iter(()))
-        again = run_sweep(study, TINY + ["sweep.architectures=[resnet18]"], executor="local",
+        again = run_sweep(Study.load(study, TINY + ["sweep.architectures=[resnet18]"]), executor="local",
                           workers=2, device="cpu")
         assert started == [] and (again.units.status == "done").all()
         assert again.selection["bag_size"] == report.selection["bag_size"]
@@ -227,18 +228,18 @@ class DescribeFinalPredictions:
         from lncr.training import predict
 
         study, _ = local_sweep
-        first = final_predictions.predict_final(study, TINY, device="cpu")
+        first = final_predictions.predict_final(Study.load(study, TINY), device="cpu")
 
         def no_prediction(*args, **kwargs):
             raise AssertionError("predicted again")
 
         monkeypatch.setattr(predict, "evaluate", no_prediction)  # the model's forward passes
-        again = final_predictions.predict_final(study, TINY, device="cpu")
+        again = final_predictions.predict_final(Study.load(study, TINY), device="cpu")
         pd.testing.assert_frame_equal(first.multi, again.multi)
         # Changed inputs (see the fingerprint test below): predict again.
         monkeypatch.setattr(predict, "inputs_fingerprint", lambda entries: "other slides")
         with pytest.raises(AssertionError, match="predicted again"):
-            final_predictions.predict_final(study, TINY, device="cpu")
+            final_predictions.predict_final(Study.load(study, TINY), device="cpu")
 
     def it_fingerprints_the_slides_labels_sides_and_tile_stores(self, tmp_path):
         import time
@@ -266,7 +267,7 @@ class DescribeACopiedStudy:
 
         from lncr.evaluation.evaluate import evaluate_study
         from lncr.evaluation.final_predictions import final_models, predict_final
-        from lncr.explain.run import explain_heatmaps
+        from lncr.explain.heatmap_run import explain_heatmaps
         from lncr.report.build import build_report
 
         study, _ = local_sweep
@@ -277,13 +278,13 @@ class DescribeACopiedStudy:
         moved = copy / "study.yaml"
         models = final_models(copy / "lncr-output")
         assert all(str(f).startswith(str(copy)) for f in models.folder)
-        result = predict_final(moved, TINY, device="cpu")
+        result = predict_final(Study.load(moved, TINY), device="cpu")
         assert str(result.folder).startswith(str(copy))
         assert list(copy.glob("lncr-output/sweep/runs/HE/*/*/predictions/*.csv"))
-        assert evaluate_study(moved, TINY).folder == copy / "lncr-output" / "evaluation"
+        assert evaluate_study(Study.load(moved, TINY)).folder == copy / "lncr-output" / "evaluation"
         patient = result.multi[result.multi.cohort == "external"].patient_id.iloc[0]
-        explain_heatmaps(moved, TINY, "external", [patient], device="cpu")
-        assert build_report(moved, TINY).is_relative_to(copy)
+        explain_heatmaps(Study.load(moved, TINY), "external", [patient], device="cpu")
+        assert build_report(Study.load(moved, TINY)).is_relative_to(copy)
         after = {p: p.stat().st_mtime_ns for p in original.rglob("*") if p.is_file()}
         assert after == before  # the original was neither read into nor written to
 
@@ -303,7 +304,7 @@ class DescribeRayExecutor:
     def it_gives_the_same_results_as_the_local_pool(self, local_sweep, tiled, tmp_path):
         _, local = local_sweep
         study = validated_copy(tiled, tmp_path / "study")
-        ray = run_sweep(study, TINY, executor="ray", workers=2, device="cpu")
+        ray = run_sweep(Study.load(study, TINY), executor="ray", workers=2, device="cpu")
         a = local.units.sort_values(["bag_size", "repeat", "architecture"]).reset_index()
         b = ray.units.sort_values(["bag_size", "repeat", "architecture"]).reset_index()
         assert list(a.status) == list(b.status)
@@ -375,7 +376,8 @@ class DescribeSuccessiveHalving:
             "training.epochs=3", "sweep.architectures=[resnet18]", "sweep.bag_sizes=[2, 3, 4]",
             "sweep.repeats=1", "sweep.stains=[HE]", "sweep.magnifications=[10x]",
             "sweep.early_stopping=halving", "sweep.min_epochs=1", "sweep.halving_rate=2"]
-        report = run_sweep(study, sets, executor="local", workers=2, device="cpu", final=False)
+        report = run_sweep(Study.load(study, sets), executor="local", workers=2, device="cpu",
+                           final=False)
         t = report.units
         assert sorted(t.status) == ["done", "stopped", "stopped"]
         assert sorted(t.epochs_trained) == [1, 2, 3]

@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import FAST
 from lncr.slides.reader import open_slide
+from lncr.study.validate import Study
 from lncr.tiling.run import export_tiles, tile_study
 from lncr.tiling.store import TileStore, TileStoreWriter, read_meta
 from lncr.tiling.tissue import background_fraction, grey, keeps
@@ -134,7 +135,8 @@ class DescribeBadInput:
         shutil.copytree(phantom, study)
         target = study / "slides" / "DEV-003_PASM.tiff"
         target.write_bytes(target.read_bytes()[:5000])
-        report = tile_study(study / "study.yaml", FAST + ["stains=[HE, PAS, PASM, MASSON]"], workers=1)
+        report = tile_study(Study.load(study / "study.yaml", FAST + ["stains=[HE, PAS, PASM, MASSON]"]),
+                            workers=1)
         failed = [(r.unit.patient_id, r.unit.stain) for r in report.failed]
         assert set(failed) == {("DEV-003", "PASM")}
         index = index_of(study)
@@ -170,7 +172,7 @@ class DescribeStore:
         assert "meta.json" in names and "tiles.csv" in names and names[0].endswith(".png")
 
     def it_exports_the_original_folder_layout(self, tiled, tmp_path):
-        n = export_tiles(tiled / "lncr-output" / "tiles", tmp_path)
+        n = export_tiles(Study.load(tiled / "study.yaml", FAST), tmp_path)
         index = index_of(tiled)
         assert n == index[index.status == "ok"].kept.sum()
         files = list((tmp_path / "DEV-001" / "HE" / "20x").glob("*_*.png"))
@@ -187,11 +189,12 @@ class DescribeResume:
         before = {p: p.stat().st_mtime_ns for p in stores}
         thumbs = sorted((study / "lncr-output" / "tiles" / "qc").glob("*.png"))
         drawn = {p: p.stat().st_mtime_ns for p in thumbs}
-        again = tile_study(study / "study.yaml", FAST, workers=1)
+        again = tile_study(Study.load(study / "study.yaml", FAST), workers=1)
         assert {r.status for r in again.results} == {"reused"}
         assert {p: p.stat().st_mtime_ns for p in stores} == before
         assert thumbs and {p: p.stat().st_mtime_ns for p in thumbs} == drawn  # not redrawn
-        changed = tile_study(study / "study.yaml", FAST + ["tiling.background_threshold=215"], workers=1)
+        changed = tile_study(Study.load(study / "study.yaml", FAST + ["tiling.background_threshold=215"]),
+                             workers=1)
         assert {r.status for r in changed.results} <= {"ok", "skipped-no-tissue"}
         assert all(p.stat().st_mtime_ns != drawn[p] for p in thumbs)  # new tiles: redrawn
 
@@ -212,7 +215,7 @@ class DescribeResume:
         for path in finished:  # every store that exists is complete
             assert read_meta(path)["status"] in ("ok", "skipped-no-tissue")
         mtimes = {p: p.stat().st_mtime_ns for p in finished}
-        report = tile_study(study / "study.yaml", FAST, workers=2)
+        report = tile_study(Study.load(study / "study.yaml", FAST), workers=2)
         assert not report.failed and len(report.results) == 64
         reused = {r.unit.store for r in report.results if r.status == "reused"}
         assert {str(p) for p in finished} <= reused
@@ -247,7 +250,7 @@ class DescribeRealStudy:
                   ("TCGA", "HE", str(real_data / "tcga-cr-7395-01a-01-ts1.svs"), "")]
         study = make_study(rows, slides=slides, slide_header="patient_id,stain,path,mpp",
                            stains=("HE",))
-        report = tile_study(study, ["tiling.tile_size=256"], workers=2)
+        report = tile_study(Study.load(study, ["tiling.tile_size=256"]), workers=2)
         status = {(r.unit.patient_id, r.unit.magnification): r.status for r in report.results}
         assert status[("CMU", "20x")] == "ok" and status[("CMU", "10x")] == "ok"
         assert status[("CMU", "40x")] == "skipped-resolution"

@@ -2,7 +2,7 @@
 
 Every error a user can cause or meet derives from :class:`LncrError`; its message names the
 file, row, setting or value and the fix. The command line turns any of them into one red line
-(``lncr.cli_common.ErrorBoundary``) with the exit code of its kind:
+(``lncr.cli.common.ErrorBoundary``) with the exit code of its kind:
 
 - :class:`BadInput` (exit 2): the study, a table, a slide, a setting or an option is wrong;
 - :class:`WorkFailed` (exit 1): the input was fine but the work did not finish (a diverged

@@ -17,3 +17,20 @@ def package_versions(*names: str) -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def training_versions() -> dict[str, str]:
+    """What training, prediction and the sweep record: lncr, torch (with its build, e.g.
+    ``2.14.1+cu130``, which the package metadata leaves out), torchvision and numpy."""
+    import torch
+
+    return {**package_versions("torch", "torchvision", "numpy"), "torch": torch.__version__}
+
+
+def tiling_versions() -> dict[str, str]:
+    """What a tile store records: the image libraries, and the OpenSlide C library's version
+    (not a Python package, so asked of openslide-python)."""
+    import openslide
+
+    return {**package_versions("numpy", "opencv-python-headless", "openslide-python",
+                               "tiffslide"), "openslide": openslide.__library_version__}

@@ -39,6 +39,7 @@ from lncr.evaluation.classification import (
 )
 from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc, delong_test
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.study.validate import Study
 
 COHORTS = ("validation", "external")
 
@@ -163,13 +164,11 @@ def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ..
             frame(comparisons, ["cohort", "model_a", "model_b"]))
 
 
-def evaluate_study(study_yaml: str | Path, overrides: list[str] | None = None,
-                   figures: bool = True) -> Evaluation:
+def evaluate_study(study: Study, figures: bool = True) -> Evaluation:
     """Evaluate the predictions of ``lncr predict STUDY.yaml`` and write every output."""
     from lncr.provenance import package_versions
-    from lncr.study.config import load_config
 
-    cfg = load_config(study_yaml, overrides)
+    cfg = study.config
     rows = long_predictions(cfg.output_dir / "predictions")
     metrics, thresholds, calibration, comparisons = evaluate_predictions(rows, cfg.evaluation)
     folder = cfg.output_dir / "evaluation"
@@ -188,8 +187,7 @@ def evaluate_study(study_yaml: str | Path, overrides: list[str] | None = None,
         "estimates": {c: {"estimate": e, "why": w} for c, (e, w) in ESTIMATES.items()},
         "settings": cfg.evaluation.model_dump(mode="json"),
         "ensemble": cfg.ensemble.model_dump(mode="json"),
-        "study": str(Path(study_yaml).resolve()), "overrides": list(overrides or []),
-        "versions": package_versions("numpy", "pandas", "scipy", "matplotlib")})
+        **study.source, "versions": package_versions("numpy", "pandas", "scipy", "matplotlib")})
     paths: list[Path] = []
     if figures:
         from lncr.evaluation.plots import calibration_figure, roc_figure

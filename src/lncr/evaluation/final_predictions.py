@@ -29,6 +29,8 @@ import pandas as pd
 
 from lncr.evaluation.ensemble import multi_stain_ensemble, stain_ensembles
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.layout import Layout
+from lncr.study.validate import Study
 
 
 @dataclass
@@ -41,18 +43,13 @@ class FinalPredictions:
 
 def final_models(output_dir: Path) -> pd.DataFrame:
     """The study's final models (``final/models.csv``), or a clear error."""
-    path = Path(output_dir) / "final" / "models.csv"
-    if not path.exists():
-        raise ValueError(f"no final models at {path}: run `lncr sweep STUDY.yaml` first")
-    from lncr.paths import resolve_columns
-
-    return resolve_columns(pd.read_csv(path), ["folder"], output_dir)
+    return Layout(Path(output_dir)).read_final_models()
 
 
 def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:
     """``patient_id, cohort, label, split`` for every patient (external patients: split
     ``external``)."""
-    split = pd.read_csv(Path(output_dir) / "study" / "split.csv", dtype={"patient_id": str})
+    split = Layout(Path(output_dir)).read_split()
     sides = dict(zip(split.patient_id, split.split))
     out = patients[["patient_id", "cohort", "label"]].copy()
     out["split"] = [("external" if c == "external" else sides.get(p, ""))
@@ -60,14 +57,11 @@ def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("patient_id").reset_index(drop=True)
 
 
-def predict_final(study_yaml: str | Path, overrides: list[str] | None = None,
-                  device: str = "auto", workers: int = 0) -> FinalPredictions:
+def predict_final(study: Study, device: str = "auto", workers: int = 0) -> FinalPredictions:
     """Predict with every finished final model, build the ensembles, write the tables."""
-    from lncr.study.validate import usable_study
     from lncr.training.loop import versions
     from lncr.training.predict import predict_run
 
-    study = usable_study(study_yaml, overrides)
     cfg = study.config
     models = final_models(cfg.output_dir)
     ready = models[models.status == "done"]
@@ -77,8 +71,8 @@ def predict_final(study_yaml: str | Path, overrides: list[str] | None = None,
     ev = cfg.evaluation
     tables = []
     for m in ready.itertuples():
-        slides = predict_run(m.folder, "all", ev.checkpoint, ev.tiles, study=study_yaml,
-                             overrides=overrides, device=device, workers=workers, reuse=True)
+        slides = predict_run(m.folder, "all", ev.checkpoint, ev.tiles, study=study,
+                             device=device, workers=workers, reuse=True)
         slides["architecture"], slides["bag_size"] = m.architecture, m.bag_size
         slides["run"] = m.folder
         tables.append(slides)
@@ -110,6 +104,5 @@ def predict_final(study_yaml: str | Path, overrides: list[str] | None = None,
         .to_dict("records"),
         "missing_models": models[models.status != "done"][["stain", "magnification"]]
         .to_dict("records"),
-        "study": str(Path(study_yaml).resolve()), "overrides": list(overrides or []),
-        "versions": versions()})
+        **study.source, "versions": versions()})
     return FinalPredictions(folder, single, per_stain, multi)

@@ -45,13 +45,14 @@ from lncr.explain.models import (
     stamp,
 )
 from lncr.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, partial_path
+from lncr.study.validate import Study
 
 GALLERY = 10
 
 
 def influential_tiles(fm: FinalModel, top_k: int) -> pd.DataFrame:
     """The development patients' influential tiles of one final model."""
-    from lncr.explain.run import influential_rows
+    from lncr.explain.heatmap_run import influential_rows
 
     rows = []
     for e in fm.entries:
@@ -290,11 +291,10 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
             "tiles": len(tiles), "reused": False, "chi_square_p": overall["p_value"], **extra}
 
 
-def explain_clusters(study_yaml: str | Path, overrides: list[str] | None = None,
-                     stains: list[str] | None = None, magnifications: list[str] | None = None,
+def explain_clusters(study: Study, stains: list[str] | None = None, magnifications: list[str] | None = None,
                      device: str = "auto", log: Callable[[str], None] | None = None
                      ) -> list[dict]:
     """DCCS clustering for each chosen final model; one summary dict per model."""
     return [cluster_model(fm, device, log)
-            for fm in final_models_for(study_yaml, overrides, "development", None, device,
-                                       stains, magnifications)]
+            for fm in final_models_for(study, "development", None, device, stains,
+                                       magnifications)]

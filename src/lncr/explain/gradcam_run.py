@@ -24,7 +24,6 @@ predictions a reader most needs to see explained.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +37,6 @@ from lncr.explain.models import (
     final_models_for,
     is_fresh,
     model_thresholds,
-    output_dir,
     stamp,
 )
 from lncr.fileio import (
@@ -48,6 +46,7 @@ from lncr.fileio import (
     atomic_write_json,
     atomic_write_text,
 )
+from lncr.study.validate import Study
 
 
 def default_patients(out: Path) -> tuple[list[str], pd.DataFrame]:
@@ -102,14 +101,14 @@ def bag_maps(fm: FinalModel, cam, entry, top: pd.DataFrame, outcome: int
              ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray, float]], float]:
     """Each tile of ``top``: (the crop the model saw, its map, its bag's probability), from
     one pass per chunk holding one of them; and the crop's fraction of the tile's side."""
-    from lncr.training.bags import BagDataset
+    from lncr.training.bags import BagDataset, chunk_count, chunk_members
 
     dataset = BagDataset([entry], 1, train=False, crop=fm.crop)
     n = entry.n_tiles
-    chunks = math.ceil(n / fm.chunk)
+    chunks = chunk_count(n, fm.chunk)
     found: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
     for c in sorted(set(top.chunk.astype(int))):
-        members = np.arange(n)[c::chunks]
+        members = chunk_members(n, chunks, c)
         bag, _, _, _ = dataset.bag(0, members, epoch=0)
         maps, bag_probability = cam(fm.inputs(bag[None])[0], outcome)
         for index in top.loc[top.chunk == c, "index"]:
@@ -177,21 +176,19 @@ def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability:
     return table
 
 
-def explain_gradcam(study_yaml: str | Path, overrides: list[str] | None = None,
-                    patients: list[str] | None = None, method: str | None = None,
+def explain_gradcam(study: Study, patients: list[str] | None = None, method: str | None = None,
                     target: str | None = None, device: str = "auto",
                     progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Grad-CAM galleries for the influential tiles of the chosen patients' slides."""
     from lncr.explain.gradcam import BagCAM, resolve_target
     from lncr.provenance import package_versions
 
-    overrides = list(overrides or [])
-    out = output_dir(study_yaml, overrides)
+    out = study.config.output_dir
     chosen = None
     if not patients:
         patients, chosen = default_patients(out)
     rows, used, cfg = [], [], None
-    for fm in final_models_for(study_yaml, overrides, "all", patients, device):
+    for fm in final_models_for(study, "all", patients, device):
         cfg = fm.cfg
         ex = cfg.explain
         name = method or ex.cam_method
@@ -234,7 +231,7 @@ def explain_gradcam(study_yaml: str | Path, overrides: list[str] | None = None,
         "influence": cfg.explain.influence,
         "checkpoint": cfg.evaluation.checkpoint, "patients": patients,
         "chosen": None if chosen is None else chosen.to_dict("records"),
-        "study": str(Path(study_yaml).resolve()), "overrides": overrides,
+        **study.source,
         "versions": package_versions("torch", "torchvision", "grad-cam", "numpy")})
     table.attrs["folder"] = str(folder)
     return table

@@ -22,7 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.layout import Layout
 from lncr.paths import stored
+from lncr.study.validate import Study
 
 
 @dataclass
@@ -113,10 +115,9 @@ def file_sha256(path: Path) -> str:
 def validation_column(out: Path, column: str) -> dict[str, float]:
     """One column of ``lncr evaluate``'s ``metrics.csv`` on the validation cohort, per model
     (``"HE 20x"``, ``"HE"``, ensemble); empty before evaluation."""
-    path = out / "evaluation" / "metrics.csv"
-    if not path.exists():
+    metrics = Layout(out).read_metrics()
+    if metrics is None:
         return {}
-    metrics = pd.read_csv(path)
     val = metrics[metrics.cohort == "validation"]
     return dict(zip(val.model, val[column].astype(float)))
 
@@ -126,24 +127,16 @@ def model_thresholds(out: Path) -> dict[str, float]:
     return validation_column(out, "threshold")
 
 
-def output_dir(study_yaml: str | Path, overrides: list[str] | None) -> Path:
-    from lncr.study.config import load_config
-
-    return load_config(study_yaml, list(overrides or [])).output_dir
-
-
-def final_models_for(study_yaml: str | Path, overrides: list[str] | None = None,
-                     cohort: str = "all", patients: list[str] | None = None,
+def final_models_for(study: Study, cohort: str = "all", patients: list[str] | None = None,
                      device: str = "auto", stains: list[str] | None = None,
                      magnifications: list[str] | None = None) -> Iterator[FinalModel]:
     """Each finished final model (optionally only some stains/magnifications), loaded with the
     checkpoint ``evaluation.checkpoint``, with the slides of ``cohort``/``patients``."""
-    from lncr.evaluation.final_predictions import final_models
-    from lncr.training.loop import study_entries
+    from lncr.training.entries import study_entries
     from lncr.training.predict import load_run, select
 
-    overrides = list(overrides or [])
-    models = final_models(output_dir(study_yaml, overrides))
+    cfg = study.config
+    models = Layout(cfg.output_dir).read_final_models()
     models = models[models.status == "done"]
     if stains:
         models = models[models.stain.isin(stains)]
@@ -153,9 +146,9 @@ def final_models_for(study_yaml: str | Path, overrides: list[str] | None = None,
         raise ValueError("no finished final model matches: check --stain/--magnification and "
                          "that `lncr sweep` trained the final models")
     wanted = set(patients) if patients else None
-    thresholds = model_thresholds(output_dir(study_yaml, overrides))
+    thresholds = model_thresholds(cfg.output_dir)
     for m in models.itertuples():
-        cfg, entries = study_entries(study_yaml, m.stain, m.magnification, overrides)
+        entries = study_entries(study, m.stain, m.magnification)
         checkpoint = cfg.evaluation.checkpoint
         model, config, inputs, epoch = load_run(m.folder, checkpoint, device)
         chosen = [e for e in select(entries, cohort)
@@ -184,7 +177,5 @@ def cached_scores(fm: FinalModel, entry) -> tuple[pd.DataFrame, float]:
 
 def slide_paths(output_dir: Path) -> dict[tuple[str, str], str]:
     """(patient, stain) → slide file, from the tile index."""
-    from lncr.paths import read_tiles_index
-
-    index = read_tiles_index(output_dir)
+    index = Layout(output_dir).read_tiles_index()
     return {(r.patient_id, r.stain): r.slide for r in index.itertuples()}

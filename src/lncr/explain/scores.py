@@ -33,15 +33,13 @@ is small beside the backbone.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import torch
 
 from lncr.models.mil import AttentionMIL
 from lncr.tiling.store import TileStore
-from lncr.training.bags import BagDataset, SlideEntry
+from lncr.training.bags import BagDataset, SlideEntry, chunk_count, chunk_members
 from lncr.training.inputs import DeviceInput
 
 SCORE_COLUMNS = ["index", "x", "y", "size0", "chunk", "attention", "relative_attention",
@@ -85,13 +83,13 @@ def slide_scores(model: AttentionMIL, inputs: DeviceInput, entry: SlideEntry, cr
     dataset = BagDataset([entry], 1, train=False, crop=crop)
     embeddings = embed_tiles(model, inputs, dataset, 0)
     n = entry.n_tiles
-    chunks = math.ceil(n / chunk_size)
+    chunks = chunk_count(n, chunk_size)
     with TileStore(entry.store) as store:
         coords = store.coords.set_index("index")
     out = []
     probabilities = []
     for c in range(chunks):
-        members = np.arange(n)[c::chunks]
+        members = chunk_members(n, chunks, c)
         probability, attention, effect = leave_one_out(model, embeddings[members])
         probabilities.append(probability)
         out.append(pd.DataFrame({

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lncr.fileio import atomic_write_text
 from lncr.report.assets import esc
+from lncr.study.validate import Study
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2329;
@@ -66,8 +67,7 @@ SECTIONS = [("study", "Study"), ("tiling", "Tiling"), ("sweep", "Selection"),
             ("methods", "Methods")]
 
 
-def build_report(study_yaml: str | Path, overrides: list[str] | None = None,
-                 out: str | Path | None = None,
+def build_report(study: Study, out: str | Path | None = None,
                  progress: Callable[[str], None] | None = None) -> Path:
     """Write the study's HTML report; returns its path."""
     from lncr.report.methods import methods_section
@@ -79,9 +79,7 @@ def build_report(study_yaml: str | Path, overrides: list[str] | None = None,
         sweep_section,
         tiling_section,
     )
-    from lncr.study.validate import usable_study
-
-    cfg = usable_study(study_yaml, list(overrides or [])).config
+    cfg = study.config
     folder = cfg.output_dir
     parts = []
     for name, fn in (("study", study_section), ("tiling", tiling_section),
@@ -100,7 +98,7 @@ def build_report(study_yaml: str | Path, overrides: list[str] | None = None,
             f"<title>{esc(cfg.name)} — lncr report</title><style>{STYLE}</style></head><body>"
             f"<header><h1>{esc(cfg.name)}: prediction of complete response in lupus "
             f"nephritis</h1><p>lncr {esc(__version__)} · {esc(stamp)} · "
-            f"{esc(Path(study_yaml).resolve())}</p></header><nav>{nav}</nav><main>"
+            f"{esc(study.source['study'] or cfg.output_dir)}</p></header><nav>{nav}</nav><main>"
             + "".join(parts) +
             f'</main><div id="lightbox"></div>'
             f"<script>{SCRIPT}</script></body></html>")

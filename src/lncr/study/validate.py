@@ -9,7 +9,9 @@ missing from a cohort) do not.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +29,14 @@ from lncr.study.split import resolve_split, write_split
 from lncr.study.tables import read_patients, read_slides
 
 
-@dataclass
+@dataclass(frozen=True)
 class Study:
-    """A loaded study: settings, both tables and what validation found."""
+    """A loaded study: settings, both tables, the development split and what validation found.
+
+    Every stage's Python API takes one. Load it from a file with :meth:`Study.load` (checked:
+    raises on errors), or build the settings in code and call :meth:`Study.from_config`.
+    Treat it as read-only: the tables are shared by every stage that receives it.
+    """
 
     yaml_path: Path | None
     config: StudyConfig | None
@@ -38,6 +45,26 @@ class Study:
     problems: Problems = field(default_factory=Problems)
     split: pd.DataFrame | None = None
     split_source: str | None = None
+    overrides: tuple[str, ...] = ()  # the ``--set`` strings it was loaded with (recorded)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | dict | None = None) -> Study:
+        """The study in ``path`` with ``overrides``, checked (slide files are not opened);
+        raises :class:`StudyHasErrors` listing its errors when it has any."""
+        return usable_study(path, overrides)
+
+    @classmethod
+    def from_config(cls, config: StudyConfig, yaml_path: str | Path | None = None) -> Study:
+        """A study whose settings were built in code (``StudyConfig(patients=…, slides=…,
+        output_dir=…)`` with absolute paths), checked like :meth:`load`."""
+        study = check_study(config, Path(yaml_path) if yaml_path else None, (), False, 4)
+        return _usable(study, yaml_path or config.output_dir)
+
+    @property
+    def source(self) -> dict:
+        """Where the study came from, as recorded in every run (``lncr predict`` reloads it)."""
+        return {"study": str(self.yaml_path.resolve()) if self.yaml_path else None,
+                "overrides": list(self.overrides)}
 
     @property
     def ok(self) -> bool:
@@ -177,36 +204,52 @@ def _model_problem(name: str, embedding_dim: int) -> str:
     return ""
 
 
+def _override_strings(overrides: list[str] | dict | None) -> tuple[str, ...]:
+    if not overrides:
+        return ()
+    if isinstance(overrides, dict):
+        return tuple(f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+                     for k, v in overrides.items())
+    return tuple(overrides)
+
+
 def load_study(path: str | Path, overrides: list[str] | dict | None = None,
                check_files: bool = True, workers: int = 4) -> Study:
     """Load and check a study without raising on data problems: every problem found is in
     ``study.problems``. Only an unreadable ``study.yaml`` leaves ``config`` empty."""
     path = Path(path)
-    study = Study(path, None, None, None)
     try:
-        study.config = load_config(path, overrides)
+        config = load_config(path, overrides)
     except StudyConfigError as exc:
+        study = Study(path, None, None, None, overrides=_override_strings(overrides))
         for msg in exc.problems:
             study.problems.error(path, None, msg, code="bad-config")
         return study
-    cfg = study.config
-    _check_models(cfg, path, study.problems)
-    study.patients = read_patients(cfg.patients, study.problems)
-    ids = set(study.patients.patient_id) - {""} if study.patients is not None else None
-    study.slides = read_slides(cfg.slides, cfg.stains, ids, study.problems)
-    if study.patients is not None and study.slides is not None:
+    return check_study(config, path, _override_strings(overrides), check_files, workers)
+
+
+def check_study(cfg: StudyConfig, path: Path | None, overrides: tuple[str, ...],
+                check_files: bool, workers: int) -> Study:
+    """Read the tables of ``cfg`` and check everything (see :func:`load_study`)."""
+    problems = Problems()
+    where = path or cfg.output_dir
+    _check_models(cfg, where, problems)
+    patients = read_patients(cfg.patients, problems)
+    ids = set(patients.patient_id) - {""} if patients is not None else None
+    slides = read_slides(cfg.slides, cfg.stains, ids, problems)
+    study = Study(path, cfg, patients, slides, problems, overrides=overrides)
+    if patients is not None and slides is not None:
         _check_coverage(study)
-    if study.slides is not None and check_files:
+    if slides is not None and check_files:
         _check_files(study, workers)
-    if study.patients is not None and not study.problems.errors:
-        study.split, study.split_source = resolve_split(
-            study.patients, cfg.split.val_fraction, cfg.split.seed)
-        val = study.split[study.split.split == "val"]
-        if len(study.split) and set(val.label) != {0, 1}:
-            study.problems.warning(cfg.patients, None, "the validation split does not hold "
-                                   "both labels", "raise split.val_fraction or add patients",
-                                   code="one-class-val")
-    return study
+    if patients is None or problems.errors:
+        return study
+    split, source = resolve_split(patients, cfg.split.val_fraction, cfg.split.seed)
+    val = split[split.split == "val"]
+    if len(split) and set(val.label) != {0, 1}:
+        problems.warning(cfg.patients, None, "the validation split does not hold both labels",
+                         "raise split.val_fraction or add patients", code="one-class-val")
+    return dataclasses.replace(study, split=split, split_source=source)
 
 
 class StudyHasErrors(BadInput):
@@ -216,7 +259,10 @@ class StudyHasErrors(BadInput):
 def usable_study(path: str | Path, overrides: list[str] | dict | None = None) -> Study:
     """The study, loaded and checked (slide files are not opened); raises
     :class:`StudyHasErrors` listing its errors when it has any. Every stage starts here."""
-    study = load_study(path, overrides, check_files=False)
+    return _usable(load_study(path, overrides, check_files=False), path)
+
+
+def _usable(study: Study, path: str | Path) -> Study:
     if not study.ok or study.config is None:
         errors = study.problems.errors
         more = f"\n  … and {len(errors) - 10} more" if len(errors) > 10 else ""
@@ -237,7 +283,8 @@ def save_study_record(study: Study) -> Path:
     folder = cfg.output_dir / "study"
     write_split(folder, study.split, study.split_source or "seeded", cfg.split.val_fraction,
                 cfg.split.seed)
-    effective = {"lncr_version": __version__, "study_yaml": str(study.yaml_path.resolve()),
+    effective = {"lncr_version": __version__, "study_yaml": (str(study.yaml_path.resolve())
+                                                    if study.yaml_path else None),
                  "settings": config_to_dict(cfg)}
     atomic_write_text(folder / "config.yaml",
                       "# Effective settings of this study (study.yaml + defaults + overrides)\n"

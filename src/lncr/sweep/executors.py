@@ -24,8 +24,22 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from lncr.sweep.unit import UnitTask, result_row, run_unit
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where sweep units run. ``map`` yields one result row per task (a row of
+    :func:`lncr.sweep.unit.result_row`, with ``status="failed"`` for a unit that could not
+    run) in completion order; ``close`` releases what the executor started."""
+
+    name: str
+
+    def map(self, tasks: list[UnitTask]) -> Iterator[dict]: ...
+
+    def close(self) -> None: ...
 
 
 def _failed(task: UnitTask, error: str) -> dict:
@@ -56,6 +70,9 @@ class LocalExecutor:
 
     def _device(self, slot: int) -> str:
         return self.devices[slot % len(self.devices)] if self.devices else "cpu"
+
+    def close(self) -> None:
+        """Nothing to release: each :meth:`map` starts and stops its own pool."""
 
     def map(self, tasks: list[UnitTask]) -> Iterator[dict]:
         """Run ``tasks``; yield result rows in completion order."""
@@ -152,7 +169,7 @@ def ray_executor(workers: int, unit_cpus: int, unit_gpus: float, address: str | 
 
 
 def make_executor(kind: str, workers: int = 0, unit_cpus: int = 1, unit_gpus: float = 1.0,
-                  address: str | None = None, device: str = "auto"):
+                  address: str | None = None, device: str = "auto") -> Executor:
     """The executor a sweep asked for (registered in :mod:`lncr.sweep.executor_registry`)."""
     from lncr.study.config import registered
     from lncr.sweep.executor_registry import EXECUTORS

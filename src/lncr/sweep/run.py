@@ -37,6 +37,8 @@ from lncr.errors import WorkFailed
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.paths import store_columns, stored
 from lncr.study.config import StudyConfig
+from lncr.study.validate import Study
+from lncr.sweep.executors import Executor
 from lncr.sweep.grid import Unit, build_grid, sweep_stains, write_repeat_splits
 from lncr.sweep.selection import RULE, complete_failures, failure_lines, select, summary_table
 from lncr.sweep.unit import UnitTask, result_row
@@ -172,120 +174,182 @@ def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], st
     return results
 
 
-def run_sweep(study_yaml: str | Path, overrides: list[str] | None = None,
-              executor: str | None = None, workers: int | None = None,
-              address: str | None = None, device: str = "auto", final: bool = True,
-              progress: Callable[[dict], None] | None = None) -> SweepReport:
-    """Run (or resume) the sweep of a validated, tiled study; select; train final models."""
-    from lncr.study.validate import usable_study
-    from lncr.sweep.executors import make_executor
-    from lncr.sweep.selection import parameter_count
-    from lncr.training.loop import versions
+def run_sweep(study: Study, executor: str | Executor | None = None,
+              workers: int | None = None, address: str | None = None, device: str = "auto",
+              final: bool = True, progress: Callable[[dict], None] | None = None
+              ) -> SweepReport:
+    """Run (or resume) the sweep of a validated, tiled study; select; train final models.
+    ``executor`` is a registered name (``sweep.executor`` by default) or an object with the
+    :class:`~lncr.sweep.executors.Executor` protocol."""
+    return Sweep(study, executor, workers, address, device, progress).run(final)
 
-    t_start = time.perf_counter()
-    overrides = list(overrides or [])
-    study = usable_study(study_yaml, overrides)
-    cfg: StudyConfig = study.config
-    sw = cfg.sweep
-    kind = executor or sw.executor
-    n_workers = sw.workers if workers is None else workers
-    folder = cfg.output_dir / "sweep"
-    folder.mkdir(parents=True, exist_ok=True)
-    runs_root = folder / "runs"
-    units = build_grid(cfg)
-    write_repeat_splits(folder / "splits", study.patients, cfg)
-    epochs = sw.epochs or cfg.training.epochs
-    rungs = (halving_rungs(epochs, sw.min_epochs, sw.halving_rate)
-             if sw.early_stopping == "halving" else [epochs])
 
-    def weights(architecture: str) -> str | None:
+class Sweep:
+    """One study's sweep: the grid in successive-halving rungs, the selection, the final
+    models. Units run on an :class:`~lncr.sweep.executors.Executor`, started on first use."""
+
+    def __init__(self, study: Study, executor: str | Executor | None = None,
+                 workers: int | None = None, address: str | None = None, device: str = "auto",
+                 progress: Callable[[dict], None] | None = None):
+        self.study, self.cfg = study, study.config
+        sw = self.cfg.sweep
+        self.kind = executor.name if hasattr(executor, "map") else (executor or sw.executor)
+        self._executor = executor if hasattr(executor, "map") else None
+        self.workers = sw.workers if workers is None else workers
+        self.address, self.device, self.progress = address, device, progress
+        self.folder = self.cfg.output_dir / "sweep"
+        self.runs_root = self.folder / "runs"
+        self.epochs = sw.epochs or self.cfg.training.epochs
+        self.rungs = (halving_rungs(self.epochs, sw.min_epochs, sw.halving_rate)
+                      if sw.early_stopping == "halving" else [self.epochs])
+        self.timings = {"executor_start": 0.0}
+        self._sizes: dict[str, int] = {}
+        self._owns_executor = self._executor is None
+
+    def executor(self) -> Executor:
+        """The executor, started the first time a unit has to run."""
+        if self._executor is None:
+            from lncr.sweep.executors import make_executor
+
+            t0 = time.perf_counter()
+            sw = self.cfg.sweep
+            self._executor = make_executor(self.kind, self.workers, sw.unit_cpus, sw.unit_gpus,
+                                           self.address, self.device)
+            self.timings["executor_start"] += time.perf_counter() - t0
+        return self._executor
+
+    def weights(self, architecture: str) -> str | None:
         """A local file from ``sweep.weights``, else the library's ImageNet weights when
         ``training.pretrained``, else none (random initialisation)."""
-        if architecture in sw.weights:
-            return str(sw.weights[architecture])
-        return "imagenet" if cfg.training.pretrained else None
-    source = str(Path(study_yaml).resolve())
-    timings = {"executor_start": 0.0}
-    state: dict = {}
+        if architecture in self.cfg.sweep.weights:
+            return str(self.cfg.sweep.weights[architecture])
+        return "imagenet" if self.cfg.training.pretrained else None
 
-    def executor_factory():
-        if "executor" not in state:
-            t0 = time.perf_counter()
-            state["executor"] = make_executor(kind, n_workers, sw.unit_cpus, sw.unit_gpus,
-                                              address, device)
-            timings["executor_start"] += time.perf_counter() - t0
-        return state["executor"]
-
-    def task_for(root: Path, run_epochs: int):
+    def tasks(self, root: Path, epochs: int) -> Callable[[Unit, int], UnitTask]:
+        """Task maker for runs under ``root`` with a schedule of ``epochs``."""
         def make(u: Unit, stop: int) -> UnitTask:
-            return UnitTask(u, source, tuple(overrides), str(root), run_epochs, stop,
-                            device, sw.unit_cpus, weights(u.architecture))
+            return UnitTask(u, self.study, str(root), epochs, stop, self.device,
+                            self.cfg.sweep.unit_cpus, self.weights(u.architecture))
         return make
 
-    sizes: dict[str, int] = {}
+    def size(self, architecture: str) -> int:
+        from lncr.sweep.selection import parameter_count
 
-    def size(arch: str) -> int:
-        if arch not in sizes:
-            sizes[arch] = parameter_count(arch, cfg.training)
-        return sizes[arch]
+        if architecture not in self._sizes:
+            self._sizes[architecture] = parameter_count(architecture, self.cfg.training)
+        return self._sizes[architecture]
 
-    record = {"study": source, "overrides": overrides, "executor": kind, "address": address,
-              "workers": n_workers, "units": len(units), "epochs": epochs, "rungs": rungs,
-              "settings": sw.model_dump(mode="json"),
-              "training": cfg.training.model_dump(mode="json"), "versions": versions()}
-    atomic_write_json(folder / "sweep.json", {**record, "status": "running"})
-    book = _Book(folder, units, cfg.output_dir)
-    alive = list(units)
-    try:
-        for i, rung in enumerate(rungs):
-            results = _run_units(alive, task_for(runs_root, epochs), rung, book,
-                                 executor_factory, progress)
-            if i < len(rungs) - 1:
-                alive, stopped = promote(alive, results, rung, sw.halving_rate, size)
+    def record(self) -> dict:
+        from lncr.training.loop import versions
+
+        return {**self.study.source, "executor": self.kind, "address": self.address,
+                "workers": self.workers, "units": len(build_grid(self.cfg)),
+                "epochs": self.epochs, "rungs": self.rungs,
+                "settings": self.cfg.sweep.model_dump(mode="json"),
+                "training": self.cfg.training.model_dump(mode="json"), "versions": versions()}
+
+    def run(self, final: bool = True) -> SweepReport:
+        t_start = time.perf_counter()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_repeat_splits(self.folder / "splits", self.study.patients, self.cfg)
+        record = self.record()
+        atomic_write_json(self.folder / "sweep.json", {**record, "status": "running"})
+        try:
+            book = self.run_grid()
+            table = book.table()
+            summary = summary_table(table)
+            atomic_write_text(self.folder / "summary.csv", summary.to_csv(index=False))
+            selection, lines = self.select(table)
+            final_table = self.train_final(selection) if final else None
+        finally:
+            if self._owns_executor and self._executor is not None \
+                    and hasattr(self._executor, "close"):
+                self._executor.close()
+        self.timings["bookkeeping"] = book.seconds
+        self.timings["total"] = time.perf_counter() - t_start
+        atomic_write_json(self.folder / "sweep.json", {**record, "status": "finished",
+                                                       "timings": self.timings})
+        return SweepReport(self.folder, table, summary, selection, final_table, self.timings,
+                           lines)
+
+    def run_grid(self) -> _Book:
+        """Every unit to the last rung, stopping the configurations halving drops."""
+        units = build_grid(self.cfg)
+        book = _Book(self.folder, units, self.cfg.output_dir)
+        alive = list(units)
+        for i, rung in enumerate(self.rungs):
+            results = _run_units(alive, self.tasks(self.runs_root, self.epochs), rung, book,
+                                 self.executor, self.progress)
+            if i < len(self.rungs) - 1:
+                alive, stopped = promote(alive, results, rung, self.cfg.sweep.halving_rate,
+                                         self.size)
                 for u in stopped:
                     book.record(u.name, {**results[u.name], "status": "stopped"
                                          if results[u.name]["status"] != "failed" else "failed"})
-        table = book.table()
-        summary = summary_table(table)
-        atomic_write_text(folder / "summary.csv", summary.to_csv(index=False))
+        return book
+
+    def select(self, table: pd.DataFrame) -> tuple[dict, list[str]]:
+        """Write ``selection.json``; raises :class:`SweepFailed` when no unit finished."""
+        from lncr.training.loop import versions
+
         failures = complete_failures(table)
         lines = failure_lines(failures)
         if not (table.status == "done").any():
-            atomic_write_json(folder / "selection.json", {
+            atomic_write_json(self.folder / "selection.json", {
                 "status": "failed", "failures": failures, "failure_lines": lines,
-                "rule": RULE, "study": source, "versions": versions()})
+                "rule": RULE, "study": self.study.source["study"], "versions": versions()})
             raise SweepFailed("no sweep unit finished every epoch: nothing to select from "
-                              f"(see {folder / 'failures'}):\n  " + "\n  ".join(lines))
-        selection = select(table, cfg.training)
-        full = len(units) * epochs
-        trained = int(table.epochs_trained.sum())
-        stopped = table[table.status == "stopped"]
-        saved = int((epochs - stopped.epochs_trained).sum())
+                              f"(see {self.folder / 'failures'}):\n  " + "\n  ".join(lines))
+        selection = select(table, self.cfg.training)
         selection.update({
             "status": "incomplete" if lines else "complete",
             "failures": failures, "failure_lines": lines,
             "units": {s: int((table.status == s).sum()) for s in
                       ("done", "failed", "stopped", "pending")},
-            "early_stopping": {"method": sw.early_stopping, "rungs": rungs,
-                               "halving_rate": sw.halving_rate,
-                               "epochs_trained": trained, "epochs_full_grid": full,
-                               "epochs_saved": saved,
-                               "compute_saved": saved / full if full else 0.0},
-            "study": source, "overrides": overrides, "versions": versions()})
-        atomic_write_json(folder / "selection.json", selection)
-        final_table = None
-        if final:
-            final_table = train_final(cfg, selection, source, overrides, runs_root, epochs,
-                                      task_for, executor_factory, progress)
-    finally:
-        ex = state.get("executor")
-        if ex is not None and hasattr(ex, "close"):
-            ex.close()
-    timings["bookkeeping"] = book.seconds
-    timings["total"] = time.perf_counter() - t_start
-    atomic_write_json(folder / "sweep.json", {**record, "status": "finished",
-                                              "timings": timings})
-    return SweepReport(folder, table, summary, selection, final_table, timings, lines)
+            "early_stopping": self.compute_saved(table),
+            **self.study.source, "versions": versions()})
+        atomic_write_json(self.folder / "selection.json", selection)
+        return selection, lines
+
+    def compute_saved(self, table: pd.DataFrame) -> dict:
+        sw = self.cfg.sweep
+        full = len(table) * self.epochs
+        stopped = table[table.status == "stopped"]
+        saved = int((self.epochs - stopped.epochs_trained).sum())
+        return {"method": sw.early_stopping, "rungs": self.rungs,
+                "halving_rate": sw.halving_rate,
+                "epochs_trained": int(table.epochs_trained.sum()), "epochs_full_grid": full,
+                "epochs_saved": saved, "compute_saved": saved / full if full else 0.0}
+
+    def train_final(self, selection: dict) -> pd.DataFrame:
+        """Train (or reuse) the final models; write ``final/models.csv`` and ``final.json``."""
+        from lncr.training.loop import versions
+
+        cfg = self.cfg
+        folder = cfg.output_dir / "final"
+        folder.mkdir(parents=True, exist_ok=True)
+        epochs = cfg.training.epochs
+        # The sweep's repeat 0 of a configuration is the final model when the epochs agree.
+        root = self.runs_root if self.epochs == epochs else folder / "runs"
+        units = final_units(cfg, selection)
+        book = _Book(folder, units, cfg.output_dir)
+        results = _run_units(units, self.tasks(root, epochs), epochs, book, self.executor,
+                             self.progress)
+        rows = [{"stain": u.stain, "magnification": u.magnification,
+                 "architecture": u.architecture, "bag_size": u.bag_size, "seed": u.seed,
+                 "status": results[u.name]["status"], "val_auc": results[u.name]["val_auc"],
+                 "folder": results[u.name]["folder"],
+                 "error": results[u.name].get("error", "")} for u in units]
+        table = pd.DataFrame(rows)
+        atomic_write_text(folder / "models.csv",
+                          store_columns(table, ["folder"], cfg.output_dir).to_csv(index=False))
+        atomic_write_json(folder / "final.json", {
+            "selection": stored(cfg.output_dir / "sweep" / "selection.json", cfg.output_dir),
+            "architectures": selection["architectures"], "bag_size": selection["bag_size"],
+            "epochs": epochs, "seed": cfg.training.seed,
+            "runs_root": stored(root, cfg.output_dir), **self.study.source, "rule": RULE,
+            "versions": versions()})
+        return table
 
 
 def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
@@ -294,34 +358,3 @@ def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
                  cfg.training.seed)
             for stain in sweep_stains(cfg) if stain in selection["architectures"]
             for mag in cfg.magnification_labels()]
-
-
-def train_final(cfg: StudyConfig, selection: dict, source: str, overrides: list[str],
-                sweep_runs: Path, sweep_epochs: int, task_for, executor_factory,
-                progress) -> pd.DataFrame:
-    """Train (or reuse) the final models; write ``final/models.csv`` and ``final.json``."""
-    from lncr.training.loop import versions
-
-    folder = cfg.output_dir / "final"
-    folder.mkdir(parents=True, exist_ok=True)
-    epochs = cfg.training.epochs
-    # The sweep's repeat 0 of a configuration is the final model when the epochs agree.
-    root = sweep_runs if sweep_epochs == epochs else folder / "runs"
-    units = final_units(cfg, selection)
-    book = _Book(folder, units, cfg.output_dir)
-    results = _run_units(units, task_for(root, epochs), epochs, book, executor_factory,
-                         progress)
-    rows = [{"stain": u.stain, "magnification": u.magnification,
-             "architecture": u.architecture, "bag_size": u.bag_size, "seed": u.seed,
-             "status": results[u.name]["status"], "val_auc": results[u.name]["val_auc"],
-             "folder": results[u.name]["folder"], "error": results[u.name].get("error", "")}
-            for u in units]
-    table = pd.DataFrame(rows)
-    atomic_write_text(folder / "models.csv",
-                      store_columns(table, ["folder"], cfg.output_dir).to_csv(index=False))
-    atomic_write_json(folder / "final.json", {
-        "selection": stored(cfg.output_dir / "sweep" / "selection.json", cfg.output_dir),
-        "architectures": selection["architectures"], "bag_size": selection["bag_size"],
-        "epochs": epochs, "seed": cfg.training.seed, "runs_root": stored(root, cfg.output_dir),
-        "study": source, "overrides": overrides, "rule": RULE, "versions": versions()})
-    return table

@@ -15,21 +15,23 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from lncr.sweep.grid import Unit, repeat_split
 
+if TYPE_CHECKING:
+    from lncr.study.validate import Study
+
 
 @dataclass(frozen=True)
 class UnitTask:
-    """Everything a worker needs to run a unit (plain values: it crosses process borders)."""
+    """Everything a worker needs to run a unit (picklable: it crosses process borders)."""
 
     unit: Unit
-    study: str
-    overrides: tuple[str, ...]
+    study: Study
     runs_root: str
     epochs: int  # the run's total epochs (its learning-rate schedule)
     stop_epoch: int  # train up to here now (< epochs: a successive-halving rung)
@@ -62,27 +64,21 @@ def result_row(unit: Unit, folder: Path, status: str, error: str = "", **extra) 
             "traceback": "", "seconds": 0.0, **unit_metrics(folder), **extra}
 
 
-@lru_cache(maxsize=32)
-def _entries(study: str, overrides: tuple[str, ...], stain: str, magnification: str):
-    """A worker reads the study's tables once per stain × magnification."""
-    from lncr.training.loop import study_entries
-
-    return study_entries(study, stain, magnification, list(overrides))
-
-
-@lru_cache(maxsize=4)
-def _patients(study: str, overrides: tuple[str, ...]) -> pd.DataFrame:
-    from lncr.study.validate import load_study
-
-    return load_study(study, list(overrides), check_files=False).patients
+#: A worker reads each stain × magnification's slides once per study it is sent.
+_ENTRIES: dict[tuple, tuple] = {}
 
 
 def unit_entries(task: UnitTask):
     """The unit's study config and slides, with the repeat's own split applied if it has one."""
-    u = task.unit
-    cfg, entries = _entries(task.study, task.overrides, u.stain, u.magnification)
+    from lncr.training.entries import study_entries
+
+    u, study = task.unit, task.study
+    key = (study.source["study"], study.overrides, u.stain, u.magnification)
+    if key not in _ENTRIES:
+        _ENTRIES[key] = study.config, study_entries(study, u.stain, u.magnification)
+    cfg, entries = _ENTRIES[key]
     if u.split:
-        split = repeat_split(_patients(task.study, task.overrides), cfg, u.repeat)
+        split = repeat_split(study.patients, cfg, u.repeat)
         sides = dict(zip(split.patient_id, split.split))
         entries = [e if e.split == "external" else dataclasses.replace(e, split=sides[e.patient_id])
                    for e in entries]
@@ -112,7 +108,7 @@ def run_unit(task: UnitTask) -> dict:
                 return step is None and epoch + 1 >= task.stop_epoch
         train_run(u.spec(), entries, settings, Path(task.runs_root), cfg.tiling.tile_size,
                   weights=task.weights, device=task.device, stop_after=stop,
-                  source={"study": task.study, "overrides": list(task.overrides)})
+                  source=task.study.source)
         status = "done" if (folder / "done.json").exists() else "paused"
         row = result_row(u, folder, status, **where)
     except Exception as exc:  # recorded, and the sweep goes on

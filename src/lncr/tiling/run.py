@@ -30,10 +30,10 @@ from PIL import Image, ImageDraw
 
 from lncr import __version__
 from lncr.errors import BadInput
-from lncr.fileio import atomic_save_image, atomic_write_json, atomic_write_text
-from lncr.paths import read_tiles_index, store_columns
+from lncr.fileio import atomic_save_image, atomic_write_json
+from lncr.layout import Layout, write_table
 from lncr.study.config import MagnificationSettings, StudyConfig
-from lncr.study.validate import Study, usable_study
+from lncr.study.validate import Study
 from lncr.tiling.reference import NormalisationReferenceError, fit_reference
 from lncr.tiling.store import TileStore
 from lncr.tiling.unit import TileParams, TileUnit, UnitResult, tile_unit
@@ -174,13 +174,12 @@ def summarise(index: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def tile_study(study_yaml: str | Path, overrides: list[str] | dict | None = None,
-               workers: int | None = None, force: bool = False,
+def tile_study(study: Study, workers: int | None = None, force: bool = False,
                progress: Callable[[UnitResult], None] | None = None) -> TilingReport:
     """Tile every slide × magnification of a study (the Python API of ``lncr tile``)."""
     t0 = time.perf_counter()
-    study = usable_study(study_yaml, overrides)
     cfg = study.config
+    layout = Layout(cfg.output_dir)
     folder = cfg.output_dir / "tiles"
     folder.mkdir(parents=True, exist_ok=True)
     params = tile_params(cfg)
@@ -213,12 +212,11 @@ def tile_study(study_yaml: str | Path, overrides: list[str] | dict | None = None
     report.results.sort(key=lambda r: order[(r.unit.patient_id, r.unit.stain, r.unit.magnification)])
     report.seconds = time.perf_counter() - t0
     index = report.index()
-    atomic_write_text(folder / "index.csv", store_columns(index, ["slide", "store"],
-                                                          cfg.output_dir).to_csv(index=False))
-    atomic_write_text(folder / "summary.csv", summarise(index).to_csv(index=False))
+    layout.write_tiles_index(index)
+    write_table(layout.tiles_summary, summarise(index))
     _qc(folder, index, [MagnificationSettings.label(p) for p in cfg.magnification.powers])
     statuses = index.status.value_counts().to_dict()
-    atomic_write_json(folder / "run.json", {
+    atomic_write_json(layout.tiles_record, {
         "lncr_version": __version__, "settings": asdict(params),
         "normalisation": {s: cfg.tiling.method_for(s) for s in cfg.stains},
         "magnifications": {MagnificationSettings.label(p): cfg.magnification.mpp(p)
@@ -229,10 +227,10 @@ def tile_study(study_yaml: str | Path, overrides: list[str] | dict | None = None
     return report
 
 
-def export_tiles(folder: Path, out: Path) -> int:
+def export_tiles(study: Study, out: Path) -> int:
     """Write every kept tile as ``<patient>/<stain>/<mag>/<x>_<y>.png`` (the original scripts'
     layout). Returns the number of files written."""
-    index = read_tiles_index(folder.parent)
+    index = Layout(study.config.output_dir).read_tiles_index()
     written = 0
     for row in index[index.status == "ok"].itertuples():
         target = out / str(row.patient_id) / row.stain / row.magnification

@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lncr import __version__
+from lncr.provenance import tiling_versions
 from lncr.slides.reader import Slide, open_slide
 from lncr.tiling.luminosity import LuminosityStandardiser
 from lncr.tiling.normalisers import StainNormaliser, load_normaliser
@@ -240,14 +240,5 @@ def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | No
             "counts": {"grid_cells": result.grid_cells, "prefiltered": result.prefiltered,
                        "rejected": result.rejected, "kept": result.kept,
                        "normaliser_fallbacks": result.normaliser_fallbacks},
-            "versions": _versions(),
+            "versions": tiling_versions(),
         }
-
-
-def _versions() -> dict[str, str]:
-    import openslide
-    import tiffslide
-
-    return {"lncr": __version__, "numpy": np.__version__, "opencv": cv2.__version__,
-            "openslide": openslide.__library_version__, "openslide_python": openslide.__version__,
-            "tiffslide": tiffslide.__version__}

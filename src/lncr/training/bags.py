@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from lncr.layout import Layout
 from lncr.tiling.store import TileStore
 
 
@@ -37,16 +37,14 @@ class SlideEntry:
     n_tiles: int
 
 
-def slide_entries(tiles_folder: str | Path, patients: pd.DataFrame, split: pd.DataFrame | None,
+def slide_entries(layout: Layout, patients: pd.DataFrame, split: pd.DataFrame | None,
                   stain: str, magnification: str) -> list[SlideEntry]:
     """Slides of one stain × magnification with tiles, labelled, with their split.
 
     ``patients`` has ``patient_id, cohort, label``; ``split`` (``patient_id, split``) covers the
     development patients. External patients get split ``external``.
     """
-    from lncr.paths import read_tiles_index
-
-    index = read_tiles_index(Path(tiles_folder).parent)
+    index = layout.read_tiles_index()
     rows = index[(index.status == "ok") & (index.stain == stain)
                  & (index.magnification == magnification) & (index.kept > 0)]
     info = patients.set_index("patient_id")
@@ -79,6 +77,23 @@ def eval_indices(n_tiles: int, limit: int) -> np.ndarray:
     if n_tiles <= limit:
         return np.arange(n_tiles)
     return np.unique(np.linspace(0, n_tiles - 1, limit).round().astype(int))
+
+
+def chunk_count(n_tiles: int, chunk_size: int) -> int:
+    """How many chunks (bags) of at most ``chunk_size`` tiles a slide of ``n_tiles`` needs."""
+    return -(-n_tiles // chunk_size)
+
+
+def chunk_members(n_tiles: int, chunks: int, chunk: int) -> np.ndarray:
+    """The tiles of chunk ``chunk`` of ``chunks``: interleaved, ``chunk, chunk + chunks, …``,
+    so every chunk spans the whole slide. Prediction (``--tiles all``), tile scores and
+    Grad-CAM all deal tiles with this rule, so an explanation sees the bags the prediction
+    saw.
+
+    >>> chunk_members(7, 3, 1).tolist()
+    [1, 4]
+    """
+    return np.arange(n_tiles)[chunk::chunks]
 
 
 class BagDataset(Dataset):

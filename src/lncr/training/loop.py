@@ -25,30 +25,24 @@ writes the files.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.distributed.algorithms.join import Join
 from torch.utils.data import DataLoader
 
-from lncr import __version__
 from lncr.errors import WorkFailed
-from lncr.fileio import atomic_write_json, atomic_write_text, partial_path
-from lncr.models.mil import AttentionMIL, build_mil, freeze_batch_norm
+from lncr.fileio import partial_path
+from lncr.models.mil import AttentionMIL, build_mil
 from lncr.study.config import TrainingSettings
-from lncr.training.bags import BagDataset, EpochSampler, SlideEntry, collate_bags, eval_indices
-from lncr.training.distributed import Context, resolve_device
-from lncr.training.inputs import DeviceInput, input_geometry, preset_stats, tile_channel_stats
-from lncr.training.metrics import accuracy, auc, youden_threshold
+from lncr.training.bags import BagDataset, SlideEntry, collate_bags, eval_indices
+from lncr.training.distributed import Context
+from lncr.training.inputs import DeviceInput, tile_channel_stats
 
 #: Settings that do not change what a run computes (a resume may change them).
 NEUTRAL_SETTINGS = ("loader_workers", "checkpoint_every")
@@ -70,10 +64,10 @@ class RunSpec:
 
 
 def versions() -> dict[str, str]:
-    import torchvision
+    """The package versions a training artifact records (:mod:`lncr.provenance`)."""
+    from lncr.provenance import training_versions
 
-    return {"lncr": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__}
+    return training_versions()
 
 
 def channel_stats(entries: list[SlideEntry], tiles_per_slide: int = 16) -> tuple[list, list]:
@@ -226,224 +220,10 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
     :func:`lncr.training.distributed.setup`. ``stop_after(epoch, step)`` is asked after every
     checkpoint (``step`` is None at the end of an epoch); True ends the call there, as an
     interruption would. ``source`` (the study file and overrides) is recorded for
-    ``lncr predict``.
+    ``lncr predict``. The work is :class:`lncr.training.trainer.Trainer`'s.
     """
-    ctx = device if isinstance(device, Context) else Context(device=resolve_device(device))
-    dev = ctx.device
-    folder = spec.folder(runs_root)
-    train = [e for e in entries if e.split == "train"]
-    val = [e for e in entries if e.split == "val"]
-    if not train:
-        raise ValueError(f"no training slides for {spec.stain} {spec.magnification}")
-    if (folder / "done.json").exists() and not force:
-        return folder
-    settings = settings.model_copy(update={"bag_size": spec.bag_size, "seed": spec.seed,
-                                           "architecture": spec.architecture})
-    if weights is None and settings.backbone_lr_factor != 1:  # only pretrained backbones
-        settings = settings.model_copy(update={"backbone_lr_factor": 1.0})
-    geometry = input_geometry(settings, tile_size)
-    last = folder / "last.pt"
-    if ctx.main:
-        folder.mkdir(parents=True, exist_ok=True)
-        if force:
-            for name in ("last.pt", "best.pt", "done.json", "metrics.csv"):
-                (folder / name).unlink(missing_ok=True)
-    ctx.barrier()
-    old = json.loads((folder / "config.json").read_text()) if last.exists() else None
-    if old is not None:  # a resumed run keeps the statistics it started with
-        stats = old["channel_mean"], old["channel_std"]
-    else:
-        stats = preset_stats(settings.channel_stats, spec.stain) or channel_stats(train)
-    amp = autocast_dtype(settings.precision, dev)
-    source = _portable_source(source, folder)
-    config = {"spec": asdict(spec), "settings": settings.model_dump(mode="json"),
-              "tile_size": tile_size, "geometry": asdict(geometry),
-              "channel_mean": stats[0], "channel_std": stats[1],
-              "precision": str(amp).replace("torch.", "") if amp else "fp32",
-              "device": dev.type, "world_size": ctx.world,
-              "weights": str(weights) if weights is not None else None,
-              "source": source, "versions": versions()}
-    if old is not None:
+    from lncr.training.trainer import Trainer
 
-        def key(c: dict) -> dict:
-            s = {k: v for k, v in c["settings"].items() if k not in NEUTRAL_SETTINGS}
-            return {"spec": c["spec"], "settings": s, "tile_size": c["tile_size"]}
-
-        if key(old) != key(config):
-            raise ValueError(f"{folder} was started with other settings; use --force to restart")
-    if ctx.main:
-        atomic_write_json(folder / "config.json", config)
-        atomic_write_text(folder / "split.csv", pd.DataFrame(
-            [(e.patient_id, e.split, e.label, e.n_tiles, e.store) for e in train + val],
-            columns=["patient_id", "split", "label", "tiles", "store"]).to_csv(index=False))
-
-    torch.manual_seed(spec.seed)
-    model = build_model(settings, weights).to(dev)
-    optimiser = make_optimiser(model, spec.architecture, settings)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_lambda(settings))
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
-    rows: list[dict] = []
-    start_epoch, start_step, prior, best_key, rng = 0, 0, [], None, None
-    if last.exists():
-        state = torch.load(last, map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step = int(state["epoch"]), int(state["step"])
-        prior = [tuple(o) for o in state["outputs"]]
-        best_key = tuple(state["best_key"]) if state["best_key"] is not None else None
-        rng = state["rng"] if start_step else None
-        if (folder / "metrics.csv").exists():
-            rows = pd.read_csv(folder / "metrics.csv").to_dict("records")[:start_epoch]
-    net = model
-    if ctx.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    inputs = DeviceInput(geometry, stats[0], stats[1], dev)
-    jitter = settings.colour_jitter if settings.augment else 0.0
-    train_ds = BagDataset(train, settings.bag_size, train=True, seed=spec.seed,
-                          crop=geometry.crop, augment=settings.augment, jitter=jitter)
-    sampler = EpochSampler(len(train), spec.seed, ctx.rank, ctx.world)
-    bps = settings.bags_per_step
-    train_loader = loader(train_ds, sampler, bps, settings.loader_workers, dev)
-    val_ds = BagDataset(val, 1, train=False, eval_tiles=settings.eval_tiles, crop=geometry.crop)
-    val_loader = loader(val_ds, list(range(len(val)))[ctx.rank::ctx.world], 1,
-                        settings.loader_workers, dev) if val else None
-    writer = None
-    if ctx.main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(folder / "tb"), purge_step=start_epoch)
-    labels_train = np.array([e.label for e in train])
-    labels_val = np.array([e.label for e in val])
-
-    def checkpoint(epoch: int, step: int, outputs: list) -> None:
-        if ctx.main:
-            _save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                   "epoch": epoch, "step": step, "outputs": [list(o) for o in outputs],
-                   "best_key": list(best_key) if best_key is not None else None,
-                   "rng": _rng_state(dev)}, last)
-
-    try:
-        for epoch in range(start_epoch, settings.epochs):
-            step = start_step if epoch == start_epoch else 0
-            if rng is not None and epoch == start_epoch and ctx.main:
-                _set_rng_state(rng, dev)
-            else:
-                torch.manual_seed(_epoch_seed(spec.seed, epoch, ctx.rank, step))
-            if step == 0:
-                prior = []
-            sampler.set_epoch(epoch, step * bps)
-            steps_of = [-(-len(sampler.share(epoch, r)) // bps) for r in range(ctx.world)]
-            net.train()
-            if settings.batch_norm == "frozen":
-                freeze_batch_norm(net)
-            mine: list[tuple] = []
-            join = (Join([net]) if ctx.distributed
-                    else contextlib.nullcontext())
-            with join:
-                for bags, factors, labels, slides in train_loader:
-                    x = inputs(bags, factors if jitter else None)
-                    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                        logits, _ = net(x)
-                    logits = logits.float()
-                    losses = F.binary_cross_entropy_with_logits(
-                        logits, labels.to(dev), reduction="none")
-                    optimiser.zero_grad(set_to_none=True)
-                    scaler.scale(losses.mean()).backward()
-                    scaler.step(optimiser)
-                    scaler.update()
-                    mine += [(int(s), float(p), float(loss)) for s, p, loss in
-                             zip(slides, torch.sigmoid(logits.detach()), losses.detach())]
-                    step += 1
-                    every = settings.checkpoint_every
-                    if every and step % every == 0 and step < min(steps_of):
-                        prior += [o for part in ctx.gather(mine) for o in part]
-                        mine = []
-                        checkpoint(epoch, step, prior)
-                        if stop_after is not None and stop_after(epoch, step):
-                            return folder
-            scheduler.step()
-            outputs = prior + [o for part in ctx.gather(mine) for o in part]
-            seen = [s for s, _, _ in outputs]
-            p_train = np.zeros(len(train))
-            l_train = np.zeros(len(train))
-            for s, p, loss in outputs:
-                p_train[s], l_train[s] = p, loss
-            threshold = youden_threshold(labels_train, p_train)
-            row = {"epoch": epoch, "lr": optimiser.param_groups[0]["lr"],
-                   "train_loss": float(l_train.mean()), "train_auc": auc(labels_train, p_train),
-                   "train_accuracy": accuracy(labels_train, p_train, threshold),
-                   "threshold": threshold, "val_loss": float("nan"), "val_auc": float("nan"),
-                   "val_accuracy": float("nan"), "slides_seen": len(set(seen)),
-                   "bags": len(seen)}
-            ctx.broadcast_buffers(model)
-            if val_loader is not None:
-                res = {s: (p, loss) for s, p, loss in
-                       evaluate(model, val_loader, inputs, ctx, amp)}
-                p_val = np.array([res[i][0] for i in range(len(val))])
-                l_val = np.array([res[i][1] for i in range(len(val))])
-                row.update(val_loss=float(l_val.mean()), val_auc=auc(labels_val, p_val),
-                           val_accuracy=accuracy(labels_val, p_val, threshold))
-            rows.append(row)
-            if not math.isfinite(row["train_loss"]):
-                if ctx.main:  # keep the evidence; no checkpoint of the diverged weights
-                    atomic_write_text(folder / "metrics.csv",
-                                      pd.DataFrame(rows).to_csv(index=False))
-                raise TrainingDiverged(
-                    f"{folder}: the training loss became {row['train_loss']} in epoch {epoch}; "
-                    f"the run diverged and is not finished. Lower training.learning_rate "
-                    f"(now {settings.learning_rate}) or start from pretrained weights, then "
-                    "re-run with --force (metrics.csv shows the epochs before)")
-            score = row["val_auc"] if not math.isnan(row["val_auc"]) else row["train_auc"]
-            key = (score if not math.isnan(score) else -1.0,
-                   -(row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]))
-            improved = best_key is None or key > best_key
-            if improved:
-                best_key = key
-            if ctx.main:
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k.replace("_", "/", 1), v, epoch)
-                atomic_write_text(folder / "metrics.csv", pd.DataFrame(rows).to_csv(index=False))
-                if improved:
-                    _save({"model": model.state_dict(), "epoch": epoch, "metrics": row},
-                          folder / "best.pt")
-            checkpoint(epoch + 1, 0, [])
-            if stop_after is not None and stop_after(epoch, None):
-                return folder
-        if ctx.main:
-            atomic_write_json(folder / "done.json", {
-                "epochs": settings.epochs, "best_val_auc": best_key[0] if best_key else None,
-                "best_epoch": int(torch.load(folder / "best.pt", weights_only=True)["epoch"])})
-            # A finished run needs no optimiser state: keep the final weights only (a third
-            # of the size with Adam). After done.json, so a kill in between loses nothing.
-            _save({"model": model.state_dict(), "epoch": settings.epochs, "step": 0,
-                   "complete": True}, last)
-        ctx.barrier()
-    finally:
-        if writer is not None:
-            writer.close()
-    return folder
-
-
-def study_entries(study_yaml: str | Path, stain: str, magnification: str,
-                  overrides: list[str] | None = None):
-    """The study's config and the slides of one stain × magnification with their sides, from
-    the recorded split (``lncr validate``) and the tile index (``lncr tile``)."""
-    from lncr.study.validate import usable_study
-    from lncr.training.bags import slide_entries
-
-    study = usable_study(study_yaml, overrides)
-    cfg = study.config
-    split_csv = cfg.output_dir / "study" / "split.csv"
-    if not split_csv.exists():
-        raise ValueError(f"no recorded split at {split_csv}: run `lncr validate {study_yaml}`")
-    tiles = cfg.output_dir / "tiles"
-    if not (tiles / "index.csv").exists():
-        raise ValueError(f"no tiles in {tiles}: run `lncr tile {study_yaml}`")
-    split = pd.read_csv(split_csv, dtype={"patient_id": str})
-    entries = slide_entries(tiles, study.patients, split, stain, magnification)
-    return cfg, entries
+    trainer = Trainer(spec, entries, settings, runs_root, tile_size, weights, device, force,
+                      source)
+    return trainer.run(stop_after)

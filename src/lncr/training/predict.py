@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
@@ -26,10 +25,12 @@ import torch
 
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.study.config import TrainingSettings
-from lncr.training.bags import BagDataset, SlideEntry
+from lncr.study.validate import Study
+from lncr.training.bags import BagDataset, SlideEntry, chunk_count, chunk_members
 from lncr.training.distributed import Context, resolve_device
+from lncr.training.entries import study_entries
 from lncr.training.inputs import DeviceInput, InputGeometry
-from lncr.training.loop import build_model, evaluate, loader, study_entries, versions
+from lncr.training.loop import build_model, evaluate, loader, versions
 
 COHORTS = ("development", "external", "all")
 CHECKPOINTS = ("best", "last")
@@ -46,7 +47,7 @@ class ChunkDataset(BagDataset):
 
     def __getitem__(self, key):
         slide, chunk, chunks = key
-        indices = np.arange(self.entries[slide].n_tiles)[chunk::chunks]
+        indices = chunk_members(self.entries[slide].n_tiles, chunks, chunk)
         return self.bag(slide, indices, epoch=0)
 
 
@@ -109,8 +110,8 @@ def _earlier_prediction(folder: Path, cohort: str, checkpoint: str, tiles: str, 
 
 def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best",
                 tiles: str = "eval", chunk_size: int | None = None,
-                study: str | Path | None = None, overrides: list[str] | None = None,
-                device: str = "cpu", workers: int = 0, write: bool = True,
+                study: Study | str | Path | None = None,
+                overrides: list[str] | None = None, device: str = "cpu", workers: int = 0, write: bool = True,
                 reuse: bool = False) -> pd.DataFrame:
     """One row per slide of ``cohort``: patient, stain, magnification, cohort, split, label,
     probability, tiles used, chunks, run, checkpoint, epoch.
@@ -130,9 +131,10 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
                  else os.path.normpath(Path(folder).absolute() / recorded))
     if study is None:
         raise ValueError(f"{folder} does not record its study; give the study file (--study)")
+    if not isinstance(study, Study):  # the recorded overrides, then the caller's
+        study = Study.load(study, list(source.get("overrides") or []) + list(overrides or []))
     spec = config["spec"]
-    _, entries = study_entries(study, spec["stain"], spec["magnification"],
-                               list(source.get("overrides") or []) + list(overrides or []))
+    entries = study_entries(study, spec["stain"], spec["magnification"])
     entries = select(entries, cohort)
     if not entries:
         raise ValueError(f"no {cohort} slides with {spec['stain']} {spec['magnification']} "
@@ -152,7 +154,7 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
         n_chunks = [1] * len(entries)
     else:
         ds = ChunkDataset(entries, 1, train=False, crop=crop)
-        n_chunks = [math.ceil(e.n_tiles / chunk) for e in entries]
+        n_chunks = [chunk_count(e.n_tiles, chunk) for e in entries]
         keys = [(i, c, k) for i, k in enumerate(n_chunks) for c in range(k)]
         used = [e.n_tiles for e in entries]
     probs: dict[int, list[float]] = {}  # the chunks of a slide are averaged
@@ -173,6 +175,6 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
         atomic_write_json(out.with_suffix(".json"), {
             "run": str(folder), "cohort": cohort, "checkpoint": checkpoint, "epoch": epoch,
             "tiles": tiles, "chunk_size": chunk if tiles == "all" else None,
-            "eval_tiles": settings.eval_tiles, "study": str(study), "inputs": fingerprint,
-            "overrides": list(overrides or []), "versions": versions()})
+            "eval_tiles": settings.eval_tiles, **study.source, "inputs": fingerprint,
+            "versions": versions()})
     return table

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli_common import console
+from lncr.cli.common import console
+from lncr.study.validate import Study
 
 
 def report(
@@ -20,5 +21,5 @@ def report(
     appendix written from the settings that ran. Sections whose stage has not run say so."""
     from lncr.report.build import build_report
 
-    path = build_report(study_yaml, set_, out)
+    path = build_report(Study.load(study_yaml, set_), out)
     console.print(f"Report: {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")

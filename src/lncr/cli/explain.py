@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli_common import console
+from lncr.cli.common import console
+from lncr.study.validate import Study
 
 explain_app = typer.Typer(help="Explain the final models' predictions: tile scores and heatmaps, Grad-CAM, DCCS clusters.",
                           no_args_is_help=True)
@@ -23,9 +24,9 @@ def heatmap(
 ) -> None:
     """Score every tile of every slide with each final model (attention and leave-one-out
     effect), paint the scores on the slide, export them as GeoJSON, list influential tiles."""
-    from lncr.explain.run import explain_heatmaps
+    from lncr.explain.heatmap_run import explain_heatmaps
 
-    table = explain_heatmaps(study_yaml, set_, cohort, patient, device)
+    table = explain_heatmaps(Study.load(study_yaml, set_), cohort, patient, device)
     slides = table.groupby(["stain", "magnification", "patient_id"]).ngroups
     console.print(f"Explained {slides} slide × magnification units; influential tiles in "
                   f"{table.attrs['folder']}/influential.csv; heatmaps/, geojson/ and scores/ "
@@ -45,7 +46,7 @@ def gradcam(
     their bag: tile/overlay PNGs, a gallery per slide and the raw maps with coordinates."""
     from lncr.explain.gradcam_run import explain_gradcam
 
-    table = explain_gradcam(study_yaml, set_, patient, method, target, device)
+    table = explain_gradcam(Study.load(study_yaml, set_), patient, method, target, device)
     slides = table.groupby(["stain", "magnification", "patient_id"]).ngroups
     patients = ", ".join(sorted(table.patient_id.unique()))
     console.print(f"Grad-CAM of {len(table)} influential tiles on {slides} slide × "
@@ -65,7 +66,7 @@ def cluster(
     cluster galleries and the clusters' association with the outcome."""
     from lncr.explain.cluster_run import explain_clusters
 
-    done = explain_clusters(study_yaml, set_, stain, magnification, device,
+    done = explain_clusters(Study.load(study_yaml, set_), stain, magnification, device,
                             log=lambda m: console.print(m))
     for d in done:
         phantom = d.get("phantom", {}).get("dccs")

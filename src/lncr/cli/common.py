@@ -3,6 +3,7 @@ summary and the phantom's rendering progress."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,3 +120,8 @@ def run_synth(out: Path, settings, workers: int, force: bool):
         task = bar.add_task(f"Rendering {total} patients × {len(settings.stains)} stains", total=total)
         return synthesize(out, settings, workers=workers, force=force,
                           progress=lambda _: bar.advance(task))
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """A number for the console; "-" for a missing one."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"

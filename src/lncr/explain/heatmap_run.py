@@ -34,6 +34,7 @@ from lncr.explain.models import (
     stamp,
 )
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.study.validate import Study
 
 
 def influential_rows(fm: FinalModel, entry, scores: pd.DataFrame, probability: float,
@@ -55,8 +56,7 @@ INFLUENTIAL_FIRST = ["stain", "magnification", "patient_id", "split", "label",
                      "slide_probability", "rank"]
 
 
-def explain_heatmaps(study_yaml: str | Path, overrides: list[str] | None = None,
-                     cohort: str = "all", patients: list[str] | None = None,
+def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | None = None,
                      device: str = "auto",
                      progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Score, map and export every selected slide of every final model; return the
@@ -64,9 +64,8 @@ def explain_heatmaps(study_yaml: str | Path, overrides: list[str] | None = None,
     from lncr.explain.heatmap import geojson, heatmap_figure
     from lncr.provenance import package_versions
 
-    overrides = list(overrides or [])
     rows, used, cfg = [], [], None
-    for fm in final_models_for(study_yaml, overrides, cohort, patients, device):
+    for fm in final_models_for(study, cohort, patients, device):
         cfg = fm.cfg
         slides = slide_paths(cfg.output_dir)
         out = cfg.output_dir / "explain"
@@ -100,8 +99,7 @@ def explain_heatmaps(study_yaml: str | Path, overrides: list[str] | None = None,
     atomic_write_json(out / "explain.json", {
         "models": used, "checkpoint": cfg.evaluation.checkpoint, "top_k": cfg.explain.top_k,
         "influence": cfg.explain.influence, "target": cfg.explain.target,
-        "cohort": cohort, "patients": patients, "study": str(Path(study_yaml).resolve()),
-        "overrides": overrides,
+        "cohort": cohort, "patients": patients, **study.source,
         "versions": package_versions("torch", "torchvision", "numpy", "matplotlib")})
     table.attrs["folder"] = str(out)
     return table

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli_common import console, table
+from lncr.cli.common import console, table
 
 
 def _weights(weights: Optional[Path], pretrained: bool, configured: bool):
@@ -37,20 +37,23 @@ def train(
     """
     import pandas as pd
 
+    from lncr.study.validate import Study
     from lncr.training.distributed import setup, teardown
-    from lncr.training.loop import RunSpec, study_entries, train_run
+    from lncr.training.entries import study_entries
+    from lncr.training.loop import RunSpec, train_run
 
     ctx = None
     try:
         ctx = setup(device)
-        cfg, entries = study_entries(study_yaml, stain, magnification, set_)
+        study = Study.load(study_yaml, set_)
+        cfg = study.config
+        entries = study_entries(study, stain, magnification)
         t = cfg.training
         spec = RunSpec(stain, magnification, architecture or t.architecture,
                        bag_size or t.bag_size, t.seed if seed is None else seed)
         w = _weights(weights, pretrained, t.pretrained)
-        source = {"study": str(Path(study_yaml).resolve()), "overrides": list(set_ or [])}
         folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
-                           weights=w, device=ctx, force=force, source=source)
+                           weights=w, device=ctx, force=force, source=study.source)
     finally:
         if ctx is not None:
             teardown(ctx)
@@ -95,9 +98,10 @@ def predict(
 def _predict_study(study_yaml: Path, overrides: list[str] | None, device: str,
                    workers: int) -> None:
     from lncr.evaluation.final_predictions import predict_final
+    from lncr.study.validate import Study
     from lncr.training.metrics import auc
 
-    result = predict_final(study_yaml, overrides, device, workers)
+    result = predict_final(Study.load(study_yaml, overrides), device, workers)
     rows = []
     for name, t in (("multi-stain", result.multi.assign(stain="multi-stain")),
                     ("", result.stains)):

@@ -1,0 +1,99 @@
+"""``lncr demo``: a thin command over :class:`lncr.pipeline.DemoPipeline`, with the stage
+display and the closing summary."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import Progress
+
+from lncr.cli.common import console, default_workers, err_console, print_study, table
+from lncr.pipeline import DEMO_CLUSTER, DemoFailed, DemoPipeline, StageLog
+
+
+def demo(
+    out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes.")] = Path("demo-output"),
+    workers: Annotated[int, typer.Option(help="Processes to use.")] = 0,
+    patients: Annotated[int, typer.Option(help="Development patients of the phantom.")] = 32,
+    external: Annotated[int, typer.Option(help="External patients of the phantom.")] = 16,
+    size: Annotated[str, typer.Option(help="Phantom slide size (see lncr synth).")] = "small",
+    signal: Annotated[float, typer.Option(help="Strength of the phantom's lesion–outcome link (0–1.9).")] = 1.9,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the final models.")] = 8,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one of the demo's settings, e.g. sweep.repeats=1.")] = None,
+) -> None:
+    """Run the method end to end on the built-in phantom: synth → validate → tile → sweep
+    (reduced grid) → final models → predict (ensembles) → evaluate → explain (heatmaps,
+    Grad-CAM, DCCS clusters) → report. Re-running resumes."""
+    pipeline = DemoPipeline(out, workers or default_workers(), patients, external, size,
+                            signal, epochs, list(set_ or []), unit_progress=_unit_failed)
+    log = StageLog(console)
+
+    @contextmanager
+    def stage(name: str):
+        with log.stage(name):
+            if name != "synth":
+                yield
+                return
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task(f"Rendering {patients + external} patients × 4 stains",
+                                    total=patients + external)
+                pipeline.render_progress = lambda _: bar.advance(task)
+                yield
+
+    try:
+        pipeline.run(stage, after={"validate": print_study, "tile": _tiles})
+    except DemoFailed as exc:
+        err_console.print(f"[red]ERROR {exc}; this is a bug.[/red]")
+        raise typer.Exit(1) from exc
+    console.print(table("Demo stages", ["stage", "seconds"], log.rows()))
+    console.print(f"Phantom study: {pipeline.study_yaml}")
+    for line in _closing(pipeline):  # the external AUC and the report's path come last
+        console.print(f"[bold]{line}[/bold]")
+
+
+def _tiles(report) -> None:
+    from lncr.tiling.run import summarise
+
+    summary = summarise(report.index())
+    console.print(f"Tiles: {int(summary.tiles.sum())} kept over {len(report.results)} slide × "
+                  f"magnification units (see {report.folder / 'qc'} for QC thumbnails)")
+
+
+def _unit_failed(row: dict) -> None:
+    if row["status"] == "failed":
+        err_console.print(f"[red]unit failed[/red] {row['stain']} {row['magnification']} "
+                          f"{row['architecture']}: {row['error']}")
+
+
+def _closing(pipeline: DemoPipeline) -> list[str]:
+    """Print what the model stages found; return the two lines that close the run."""
+    r = pipeline.results
+    sweep, result = r["sweep"], r["evaluate"]
+    sel = sweep.selection
+    console.print(f"Sweep: {len(sweep.units)} units; selected "
+                  + ", ".join(f"{s} {a}" for s, a in sel["architectures"].items())
+                  + f"; bag size {sel['bag_size']} ({sweep.folder / 'selection.json'})")
+    m = result.metrics
+    rows = [(x.cohort, x.estimate, x.model, str(x.patients), f"{x.auc:.2f}",
+             f"{x.delong_ci_low:.2f}–{x.delong_ci_high:.2f}")
+            for x in m[m.kind != "single model"].itertuples()]
+    console.print(table("Ensemble AUCs (95% CI, DeLong; validation patients chose the "
+                        "configuration: optimistic)",
+                        ["cohort", "estimate", "model", "patients", "AUC", "CI"], rows))
+    ext = m[(m.cohort == "external") & (m.model == "multi-stain")].iloc[0]
+    console.print(f"Heatmaps and influential tiles of {', '.join(pipeline.heatmap_patients())}:"
+                  f" {r['heatmaps'].attrs['folder']}")
+    console.print(f"Grad-CAM galleries of {', '.join(sorted(r['gradcam'].patient_id.unique()))}"
+                  f" (most confident correct and incorrect per cohort): "
+                  f"{r['gradcam'].attrs['folder']}")
+    clusters = r["clusters"]
+    assoc = clusters.get("chi_square_p", float("nan"))
+    console.print(f"DCCS clusters of the development cohort's influential tiles "
+                  f"({' '.join(DEMO_CLUSTER)}, {clusters['tiles']} tiles; clusters × outcome "
+                  f"chi-square p {assoc:.2g}): {clusters['folder']}")
+    return [f"External cohort, multi-stain ensemble: AUC {ext.auc:.2f} "
+            f"({ext.delong_ci_low:.2f}–{ext.delong_ci_high:.2f}); evaluation in {result.folder}",
+            f"Report: {r['report']}"]

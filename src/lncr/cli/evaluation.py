@@ -1,0 +1,36 @@
+"""``lncr evaluate``: a thin command over :mod:`lncr.evaluation`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lncr.cli.common import console, fmt, table
+from lncr.study.validate import Study
+
+
+def evaluate(
+    study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. evaluation.threshold=0.5.")] = None,
+    figures: Annotated[bool, typer.Option(help="Write ROC and calibration figures.")] = True,
+) -> None:
+    """AUCs with DeLong and bootstrap CIs, metrics at the development threshold, calibration and
+    paired tests, for the validation and the external cohort."""
+    from lncr.evaluation.evaluate import evaluate_study
+
+    result = evaluate_study(Study.load(study_yaml, set_), figures)
+    m = result.metrics[result.metrics.kind != "single model"]
+    console.print(table("Ensembles (evaluation/metrics.csv)",
+                        ["cohort", "estimate", "model", "patients", "AUC", "95% CI (DeLong)",
+                         "95% CI (bootstrap)", "Brier"],
+                        [(r.cohort, r.estimate, r.model, str(r.patients), fmt(r.auc),
+                          f"{fmt(r.delong_ci_low)}–{fmt(r.delong_ci_high)}",
+                          f"{fmt(r.bootstrap_ci_low)}–{fmt(r.bootstrap_ci_high)}",
+                          fmt(r.brier)) for r in m.itertuples()]))
+    for r in m[m.model == "multi-stain"].itertuples():
+        console.print(f"Multi-stain ensemble, {r.cohort} cohort ({r.patients} patients): AUC "
+                      f"{fmt(r.auc)} (95% CI {fmt(r.delong_ci_low)}–{fmt(r.delong_ci_high)}, "
+                      f"DeLong) — {r.estimate} estimate: {r.estimate_note}")
+    console.print(f"Written: {result.folder}")

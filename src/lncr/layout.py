@@ -1,0 +1,187 @@
+"""The output tree of a study in one place: every file lncr writes under ``output_dir``, and
+the reader beside the writer for each table one stage writes and another reads.
+
+``docs/pipeline.md`` describes what each file holds. Paths stored inside these tables are
+relative to ``output_dir`` (:mod:`lncr.paths`), and the readers resolve them against the
+folder they read from, so a study folder copied elsewhere works in place. Identifier columns
+(``patient_id``) are read as text, never as numbers or missing values: ``001`` stays ``001``
+and a patient called ``NA`` stays ``NA``.
+
+>>> layout = Layout(Path("/data/study/lncr-output"))
+>>> layout.tiles_index.relative_to(layout.root).as_posix()
+'tiles/index.csv'
+>>> layout.final_models.relative_to(layout.root).as_posix()
+'final/models.csv'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lncr.errors import BadInput
+from lncr.fileio import atomic_write_text
+from lncr.paths import resolve_columns, store_columns
+
+#: Columns holding identifiers: read as text, an empty cell stays "".
+ID_COLUMNS = ("patient_id", "stain", "magnification", "split", "cohort", "model")
+#: Cells read as missing in every other column (pandas' defaults).
+_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+       "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+class MissingOutput(BadInput):
+    """A stage needs a file that an earlier stage writes, and it is not there."""
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV written by lncr, with identifier columns as text (see :data:`ID_COLUMNS`)."""
+    header = pd.read_csv(path, nrows=0).columns
+    ids = [c for c in header if c in ID_COLUMNS]
+    return pd.read_csv(path, dtype={c: str for c in ids}, keep_default_na=False,
+                       na_values={c: _NA for c in header if c not in ids})
+
+
+def write_table(path: Path, table: pd.DataFrame) -> Path:
+    """Write ``table`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, table.to_csv(index=False))
+    return path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every file of one study's output folder (``root`` = ``output_dir``)."""
+
+    root: Path
+
+    # study/ — lncr validate
+    @property
+    def study_dir(self) -> Path:
+        return self.root / "study"
+
+    @property
+    def split(self) -> Path:
+        return self.study_dir / "split.csv"
+
+    @property
+    def split_record(self) -> Path:
+        return self.study_dir / "split.json"
+
+    @property
+    def study_summary(self) -> Path:
+        return self.study_dir / "summary.json"
+
+    # tiles/ — lncr tile
+    @property
+    def tiles_dir(self) -> Path:
+        return self.root / "tiles"
+
+    @property
+    def tiles_index(self) -> Path:
+        return self.tiles_dir / "index.csv"
+
+    @property
+    def tiles_summary(self) -> Path:
+        return self.tiles_dir / "summary.csv"
+
+    @property
+    def tiles_record(self) -> Path:
+        return self.tiles_dir / "run.json"
+
+    @property
+    def tiles_qc(self) -> Path:
+        return self.tiles_dir / "qc"
+
+    @property
+    def tiles_norm(self) -> Path:
+        return self.tiles_dir / "norm"
+
+    # sweep/ and final/ — lncr sweep
+    @property
+    def sweep_dir(self) -> Path:
+        return self.root / "sweep"
+
+    @property
+    def sweep_record(self) -> Path:
+        return self.sweep_dir / "sweep.json"
+
+    @property
+    def sweep_units(self) -> Path:
+        return self.sweep_dir / "units.csv"
+
+    @property
+    def sweep_summary(self) -> Path:
+        return self.sweep_dir / "summary.csv"
+
+    @property
+    def selection(self) -> Path:
+        return self.sweep_dir / "selection.json"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def final_models(self) -> Path:
+        return self.final_dir / "models.csv"
+
+    @property
+    def final_record(self) -> Path:
+        return self.final_dir / "final.json"
+
+    # predictions/, evaluation/, explain/, report/
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def metrics(self) -> Path:
+        return self.evaluation_dir / "metrics.csv"
+
+    @property
+    def explain_dir(self) -> Path:
+        return self.root / "explain"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report" / "report.html"
+
+    # readers and writers of the tables that cross stages
+    def read_split(self) -> pd.DataFrame:
+        """``study/split.csv`` (``patient_id, label, split``), written by ``lncr validate``
+        (:func:`lncr.study.split.write_split`)."""
+        return read_table(self._needed(self.split, "lncr validate"))
+
+    def write_tiles_index(self, table: pd.DataFrame) -> Path:
+        """``tiles/index.csv``: one row per slide × magnification, paths stored relative."""
+        return write_table(self.tiles_index, store_columns(table, ["slide", "store"], self.root))
+
+    def read_tiles_index(self) -> pd.DataFrame:
+        """``tiles/index.csv`` with its ``slide`` and ``store`` paths resolved."""
+        index = read_table(self._needed(self.tiles_index, "lncr tile"))
+        return resolve_columns(index, ["slide", "store"], self.root)
+
+    def write_final_models(self, table: pd.DataFrame) -> Path:
+        """``final/models.csv``: one row per stain × magnification, run folder relative."""
+        return write_table(self.final_models, store_columns(table, ["folder"], self.root))
+
+    def read_final_models(self) -> pd.DataFrame:
+        """``final/models.csv`` with run folders resolved."""
+        table = read_table(self._needed(self.final_models, "lncr sweep"))
+        return resolve_columns(table, ["folder"], self.root)
+
+    def read_metrics(self) -> pd.DataFrame | None:
+        """``evaluation/metrics.csv`` (``lncr evaluate``), or None before evaluation."""
+        return read_table(self.metrics) if self.metrics.exists() else None
+
+    def _needed(self, path: Path, stage: str) -> Path:
+        if not path.exists():
+            raise MissingOutput(f"{path} does not exist: run `{stage} STUDY.yaml` first")
+        return path

@@ -1,0 +1,337 @@
+"""The training of one run, step by step: prepare the folder, build, restore, train an epoch,
+validate, record, checkpoint, finish. :func:`lncr.training.loop.train_run` drives it; the
+module docstring there describes the run folder, resumption and distributed training.
+
+The order of every random draw is part of the contract (a resumed run reaches the weights of
+an uninterrupted one exactly): the model is built right after ``torch.manual_seed(seed)``,
+each epoch reseeds from ``(seed, epoch, rank, step)`` unless a mid-epoch checkpoint restores
+the RNG state, and loaders draw from generators of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.distributed.algorithms.join import Join
+
+from lncr.errors import BadInput
+from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.models.mil import freeze_batch_norm
+from lncr.study.config import TrainingSettings
+from lncr.training.bags import BagDataset, EpochSampler, SlideEntry
+from lncr.training.distributed import Context, resolve_device
+from lncr.training.inputs import DeviceInput, input_geometry, preset_stats
+from lncr.training.loop import (
+    NEUTRAL_SETTINGS,
+    RunSpec,
+    TrainingDiverged,
+    _epoch_seed,
+    _portable_source,
+    _rng_state,
+    _save,
+    _set_rng_state,
+    autocast_dtype,
+    build_model,
+    channel_stats,
+    evaluate,
+    loader,
+    lr_lambda,
+    make_optimiser,
+    versions,
+)
+from lncr.training.metrics import accuracy, auc, youden_threshold
+
+
+class Stopped(Exception):
+    """``stop_after`` asked to end the call at a checkpoint (an interruption on purpose)."""
+
+
+class Trainer:
+    """One run of :class:`RunSpec` on ``entries``; see :func:`lncr.training.loop.train_run`."""
+
+    def __init__(self, spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettings,
+                 runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
+                 force: bool = False, source: dict | None = None):
+        self.ctx = device if isinstance(device, Context) else Context(
+            device=resolve_device(device))
+        self.dev = self.ctx.device
+        self.spec, self.tile_size, self.weights, self.force = spec, tile_size, weights, force
+        self.folder = spec.folder(runs_root)
+        self.last = self.folder / "last.pt"
+        self.train = [e for e in entries if e.split == "train"]
+        self.val = [e for e in entries if e.split == "val"]
+        if not self.train:
+            raise BadInput(f"no training slides for {spec.stain} {spec.magnification}")
+        settings = settings.model_copy(update={"bag_size": spec.bag_size, "seed": spec.seed,
+                                               "architecture": spec.architecture})
+        if weights is None and settings.backbone_lr_factor != 1:  # only pretrained backbones
+            settings = settings.model_copy(update={"backbone_lr_factor": 1.0})
+        self.settings = settings
+        self.geometry = input_geometry(settings, tile_size)
+        self.amp = autocast_dtype(settings.precision, self.dev)
+        self.source = _portable_source(source, self.folder)
+        self.rows: list[dict] = []
+        self.start_epoch, self.start_step, self.prior = 0, 0, []
+        self.best_key: tuple | None = None
+        self.rng = None
+        self.writer = None
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder / "done.json").exists()
+
+    def run(self, stop_after: Callable[[int, int | None], bool] | None = None) -> Path:
+        """Train to the last epoch (or until ``stop_after`` says so); the run folder."""
+        if self.finished and not self.force:
+            return self.folder
+        self.prepare()
+        self.build()
+        self.restore()
+        self.start_loaders()
+        try:
+            for epoch in range(self.start_epoch, self.settings.epochs):
+                outputs = self.train_epoch(epoch, stop_after)
+                row = self.validate(epoch, outputs)
+                self.record(epoch, row)
+                self.checkpoint(epoch + 1, 0, [])
+                if stop_after is not None and stop_after(epoch, None):
+                    return self.folder
+            self.finish()
+        except Stopped:
+            return self.folder
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return self.folder
+
+    def prepare(self) -> None:
+        """The run folder, the channel statistics and ``config.json``/``split.csv``; a
+        resumed run must have been started with the same settings."""
+        ctx, folder = self.ctx, self.folder
+        if ctx.main:
+            folder.mkdir(parents=True, exist_ok=True)
+            if self.force:
+                for name in ("last.pt", "best.pt", "done.json", "metrics.csv"):
+                    (folder / name).unlink(missing_ok=True)
+        ctx.barrier()
+        old = json.loads((folder / "config.json").read_text()) if self.last.exists() else None
+        if old is not None:  # a resumed run keeps the statistics it started with
+            self.stats = old["channel_mean"], old["channel_std"]
+        else:
+            self.stats = (preset_stats(self.settings.channel_stats, self.spec.stain)
+                          or channel_stats(self.train))
+        config = self.config()
+        if old is not None and _resume_key(old) != _resume_key(config):
+            raise BadInput(f"{folder} was started with other settings; use --force to restart")
+        if ctx.main:
+            atomic_write_json(folder / "config.json", config)
+            atomic_write_text(folder / "split.csv", pd.DataFrame(
+                [(e.patient_id, e.split, e.label, e.n_tiles, e.store)
+                 for e in self.train + self.val],
+                columns=["patient_id", "split", "label", "tiles", "store"]).to_csv(index=False))
+
+    def config(self) -> dict:
+        """What ``config.json`` records: the settings, geometry, statistics and versions."""
+        amp, ctx = self.amp, self.ctx
+        return {"spec": asdict(self.spec), "settings": self.settings.model_dump(mode="json"),
+                "tile_size": self.tile_size, "geometry": asdict(self.geometry),
+                "channel_mean": self.stats[0], "channel_std": self.stats[1],
+                "precision": str(amp).replace("torch.", "") if amp else "fp32",
+                "device": self.dev.type, "world_size": ctx.world,
+                "weights": str(self.weights) if self.weights is not None else None,
+                "source": self.source, "versions": versions()}
+
+    def build(self) -> None:
+        """Model, optimiser, schedule and gradient scaler (the model right after seeding)."""
+        torch.manual_seed(self.spec.seed)
+        self.model = build_model(self.settings, self.weights).to(self.dev)
+        self.optimiser = make_optimiser(self.model, self.spec.architecture, self.settings)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser,
+                                                           lr_lambda(self.settings))
+        self.scaler = torch.amp.GradScaler(self.dev.type, enabled=self.amp == torch.float16)
+
+    def restore(self) -> None:
+        """Continue from ``last.pt`` when there is one (mid-epoch: with the RNG state)."""
+        if not self.last.exists():
+            return
+        state = torch.load(self.last, map_location=self.dev, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.start_step = int(state["epoch"]), int(state["step"])
+        self.prior = [tuple(o) for o in state["outputs"]]
+        self.best_key = tuple(state["best_key"]) if state["best_key"] is not None else None
+        self.rng = state["rng"] if self.start_step else None
+        if (self.folder / "metrics.csv").exists():
+            self.rows = pd.read_csv(self.folder / "metrics.csv").to_dict(
+                "records")[:self.start_epoch]
+
+    def start_loaders(self) -> None:
+        """DDP wrapper, device input, bag loaders and the TensorBoard writer."""
+        ctx, dev, s, spec = self.ctx, self.dev, self.settings, self.spec
+        self.net = self.model
+        if ctx.distributed:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.inputs = DeviceInput(self.geometry, self.stats[0], self.stats[1], dev)
+        self.jitter = s.colour_jitter if s.augment else 0.0
+        train_ds = BagDataset(self.train, s.bag_size, train=True, seed=spec.seed,
+                              crop=self.geometry.crop, augment=s.augment, jitter=self.jitter)
+        self.sampler = EpochSampler(len(self.train), spec.seed, ctx.rank, ctx.world)
+        self.train_loader = loader(train_ds, self.sampler, s.bags_per_step, s.loader_workers,
+                                   dev)
+        val_ds = BagDataset(self.val, 1, train=False, eval_tiles=s.eval_tiles,
+                            crop=self.geometry.crop)
+        self.val_loader = loader(val_ds, list(range(len(self.val)))[ctx.rank::ctx.world], 1,
+                                 s.loader_workers, dev) if self.val else None
+        if ctx.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder / "tb"), purge_step=self.start_epoch)
+
+    def train_epoch(self, epoch: int, stop_after) -> list[tuple]:
+        """One epoch of optimiser steps; the (slide, probability, loss) of every bag."""
+        ctx, s = self.ctx, self.settings
+        step = self.start_step if epoch == self.start_epoch else 0
+        if self.rng is not None and epoch == self.start_epoch and ctx.main:
+            _set_rng_state(self.rng, self.dev)
+        else:
+            torch.manual_seed(_epoch_seed(self.spec.seed, epoch, ctx.rank, step))
+        if step == 0:
+            self.prior = []
+        bps = s.bags_per_step
+        self.sampler.set_epoch(epoch, step * bps)
+        steps_of = [-(-len(self.sampler.share(epoch, r)) // bps) for r in range(ctx.world)]
+        self.net.train()
+        if s.batch_norm == "frozen":
+            freeze_batch_norm(self.net)
+        mine: list[tuple] = []
+        with Join([self.net]) if ctx.distributed else contextlib.nullcontext():
+            for bags, factors, labels, slides in self.train_loader:
+                mine += self.step(bags, factors, labels, slides)
+                step += 1
+                every = s.checkpoint_every
+                if every and step % every == 0 and step < min(steps_of):
+                    self.prior += [o for part in ctx.gather(mine) for o in part]
+                    mine = []
+                    self.checkpoint(epoch, step, self.prior)
+                    if stop_after is not None and stop_after(epoch, step):
+                        raise Stopped
+        self.scheduler.step()
+        return self.prior + [o for part in ctx.gather(mine) for o in part]
+
+    def step(self, bags, factors, labels, slides) -> list[tuple]:
+        """One optimiser step on a batch of bags."""
+        dev, amp = self.dev, self.amp
+        x = self.inputs(bags, factors if self.jitter else None)
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            logits, _ = self.net(x)
+        logits = logits.float()
+        losses = F.binary_cross_entropy_with_logits(logits, labels.to(dev), reduction="none")
+        self.optimiser.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.mean()).backward()
+        self.scaler.step(self.optimiser)
+        self.scaler.update()
+        return [(int(s), float(p), float(loss)) for s, p, loss in
+                zip(slides, torch.sigmoid(logits.detach()), losses.detach())]
+
+    def validate(self, epoch: int, outputs: list[tuple]) -> dict:
+        """The epoch's metrics row: training figures from its bags, then validation."""
+        train, val = self.train, self.val
+        labels_train = np.array([e.label for e in train])
+        seen = [s for s, _, _ in outputs]
+        p_train, l_train = np.zeros(len(train)), np.zeros(len(train))
+        for s, p, loss in outputs:
+            p_train[s], l_train[s] = p, loss
+        threshold = youden_threshold(labels_train, p_train)
+        row = {"epoch": epoch, "lr": self.optimiser.param_groups[0]["lr"],
+               "train_loss": float(l_train.mean()), "train_auc": auc(labels_train, p_train),
+               "train_accuracy": accuracy(labels_train, p_train, threshold),
+               "threshold": threshold, "val_loss": float("nan"), "val_auc": float("nan"),
+               "val_accuracy": float("nan"), "slides_seen": len(set(seen)),
+               "bags": len(seen)}
+        self.ctx.broadcast_buffers(self.model)
+        if self.val_loader is not None:
+            labels_val = np.array([e.label for e in val])
+            res = {s: (p, loss) for s, p, loss in
+                   evaluate(self.model, self.val_loader, self.inputs, self.ctx, self.amp)}
+            p_val = np.array([res[i][0] for i in range(len(val))])
+            l_val = np.array([res[i][1] for i in range(len(val))])
+            row.update(val_loss=float(l_val.mean()), val_auc=auc(labels_val, p_val),
+                       val_accuracy=accuracy(labels_val, p_val, threshold))
+        return row
+
+    def record(self, epoch: int, row: dict) -> None:
+        """Append the row to ``metrics.csv`` and TensorBoard; keep ``best.pt``; stop a run
+        whose loss diverged."""
+        self.rows.append(row)
+        folder = self.folder
+        if not math.isfinite(row["train_loss"]):
+            if self.ctx.main:  # keep the evidence; no checkpoint of the diverged weights
+                atomic_write_text(folder / "metrics.csv",
+                                  pd.DataFrame(self.rows).to_csv(index=False))
+            raise TrainingDiverged(
+                f"{folder}: the training loss became {row['train_loss']} in epoch {epoch}; "
+                f"the run diverged and is not finished. Lower training.learning_rate "
+                f"(now {self.settings.learning_rate}) or start from pretrained weights, then "
+                "re-run with --force (metrics.csv shows the epochs before)")
+        key = _best_key(row)
+        improved = self.best_key is None or key > self.best_key
+        if improved:
+            self.best_key = key
+        if self.ctx.main:
+            for k, v in row.items():
+                if k != "epoch":
+                    self.writer.add_scalar(k.replace("_", "/", 1), v, epoch)
+            atomic_write_text(folder / "metrics.csv", pd.DataFrame(self.rows).to_csv(index=False))
+            if improved:
+                _save({"model": self.model.state_dict(), "epoch": epoch, "metrics": row},
+                      folder / "best.pt")
+
+    def checkpoint(self, epoch: int, step: int, outputs: list) -> None:
+        """``last.pt``: everything a resume needs, at an epoch boundary or mid-epoch."""
+        if self.ctx.main:
+            _save({"model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
+                   "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                   "epoch": epoch, "step": step, "outputs": [list(o) for o in outputs],
+                   "best_key": list(self.best_key) if self.best_key is not None else None,
+                   "rng": _rng_state(self.dev)}, self.last)
+
+    def finish(self) -> None:
+        """``done.json``, then ``last.pt`` slimmed to the final weights."""
+        if self.ctx.main:
+            best = self.best_key
+            atomic_write_json(self.folder / "done.json", {
+                "epochs": self.settings.epochs, "best_val_auc": best[0] if best else None,
+                "best_epoch": int(torch.load(self.folder / "best.pt",
+                                             weights_only=True)["epoch"])})
+            # A finished run needs no optimiser state: keep the final weights only (a third
+            # of the size with Adam). After done.json, so a kill in between loses nothing.
+            _save({"model": self.model.state_dict(), "epoch": self.settings.epochs,
+                   "step": 0, "complete": True}, self.last)
+        self.ctx.barrier()
+
+
+def _resume_key(config: dict) -> dict:
+    """What must match for a run to resume: the spec, the settings that change results and
+    the tile size."""
+    s = {k: v for k, v in config["settings"].items() if k not in NEUTRAL_SETTINGS}
+    return {"spec": config["spec"], "settings": s, "tile_size": config["tile_size"]}
+
+
+def _best_key(row: dict) -> tuple[float, float]:
+    """Which epoch is best: validation AUC (training AUC without validation slides), ties to
+    the lower loss."""
+    score = row["val_auc"] if not math.isnan(row["val_auc"]) else row["train_auc"]
+    return (score if not math.isnan(score) else -1.0,
+            -(row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]))
