@@ -24,9 +24,9 @@ from lncr.tiling.unit import TileParams, TileUnit, grid, tile_unit
 
 def index_of(study_dir):
     """The tile index with its (relative) paths resolved, as every reader reads it."""
-    from lncr.paths import read_tiles_index
+    from lncr.layout import Layout
 
-    return read_tiles_index(study_dir / "lncr-output")
+    return Layout(study_dir / "lncr-output").read_tiles_index()
 
 
 def unit(slide, mag="20x", mpp_target=0.5, mpp=None, store=None, tmp=None):

@@ -23,6 +23,7 @@ import pandas as pd
 
 from lncr.errors import BadInput
 from lncr.fileio import atomic_write_text
+from lncr.identifiers import file_name
 from lncr.paths import resolve_columns, store_columns
 
 #: Columns holding identifiers: read as text, an empty cell stays "".
@@ -152,6 +153,30 @@ class Layout:
     @property
     def report(self) -> Path:
         return self.root / "report" / "report.html"
+
+    # files named after identifiers from the user's tables: always through file_name
+    def tile_store(self, stain: str, magnification: str, patient_id: str) -> Path:
+        return (self.tiles_dir / file_name(stain) / magnification
+                / f"{file_name(patient_id)}.tiles.zip")
+
+    def qc_image(self, patient_id: str, stain: str) -> Path:
+        return self.tiles_qc / f"{file_name(patient_id)}_{file_name(stain)}.png"
+
+    def norm_reference(self, stain: str) -> Path:
+        return self.tiles_norm / f"{file_name(stain)}.json"
+
+    def norm_image(self, stain: str) -> Path:
+        return self.tiles_norm / f"{file_name(stain)}-reference.png"
+
+    def explain_file(self, kind: str, stain: str, magnification: str, patient_id: str,
+                     suffix: str) -> Path:
+        """``explain/<kind>/<stain>/<mag>/<patient><suffix>`` (kind: scores, heatmaps,
+        geojson; suffix "" for gradcam's per-patient folder)."""
+        return (self.explain_dir / kind / file_name(stain) / magnification
+                / f"{file_name(patient_id)}{suffix}")
+
+    def clusters(self, stain: str, magnification: str) -> Path:
+        return self.explain_dir / "clusters" / file_name(stain) / magnification
 
     # readers and writers of the tables that cross stages
     def read_split(self) -> pd.DataFrame:

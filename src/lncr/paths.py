@@ -59,9 +59,3 @@ def resolve_columns(table: pd.DataFrame, columns: list[str], output_dir: str | P
         out[c] = [str(resolved(v, output_dir)) if isinstance(v, str) and v else v
                   for v in out[c]]
     return out
-
-
-def read_tiles_index(output_dir: str | Path) -> pd.DataFrame:
-    """``tiles/index.csv`` with its ``slide`` and ``store`` paths resolved."""
-    index = pd.read_csv(Path(output_dir) / "tiles" / "index.csv", dtype={"patient_id": str})
-    return resolve_columns(index, ["slide", "store"], output_dir)

@@ -39,6 +39,7 @@ from lncr.evaluation.classification import (
 )
 from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc, delong_test
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.layout import read_table
 from lncr.study.validate import Study
 
 COHORTS = ("validation", "external")
@@ -71,7 +72,7 @@ def long_predictions(folder: Path) -> pd.DataFrame:
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
         raise ValueError(f"missing prediction table(s) {missing}: run `lncr predict STUDY.yaml`")
-    read = {n: pd.read_csv(p, dtype={"patient_id": str}) for n, p in paths.items()}
+    read = {n: read_table(p) for n, p in paths.items()}
     single = read["single_models"].assign(
         model=lambda t: t.stain + " " + t.magnification, kind="single model")
     stains = read["stain_ensembles"].assign(model=lambda t: t.stain, kind="stain ensemble")

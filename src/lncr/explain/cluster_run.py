@@ -45,6 +45,7 @@ from lncr.explain.models import (
     stamp,
 )
 from lncr.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, partial_path
+from lncr.layout import Layout
 from lncr.study.validate import Study
 
 GALLERY = 10
@@ -231,7 +232,7 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
 
     cfg = fm.cfg
     ex = cfg.explain
-    folder = cfg.output_dir / "explain" / "clusters" / fm.stain / fm.magnification
+    folder = Layout(cfg.output_dir).clusters(fm.stain, fm.magnification)
     key = fm.key(explain=ex.model_dump(mode="json"))
     if is_fresh(folder / "tiles.csv", key):
         return {"stain": fm.stain, "magnification": fm.magnification, "folder": str(folder),

@@ -46,6 +46,7 @@ from lncr.fileio import (
     atomic_write_json,
     atomic_write_text,
 )
+from lncr.layout import Layout, read_table
 from lncr.study.validate import Study
 
 
@@ -56,7 +57,7 @@ def default_patients(out: Path) -> tuple[list[str], pd.DataFrame]:
         raise ValueError(f"no predictions at {path}: run `lncr predict STUDY.yaml` first, or "
                          "name patients with --patient")
     threshold = model_thresholds(out).get(MULTI, 0.5)
-    table = pd.read_csv(path, dtype={"patient_id": str}).dropna(subset=["probability"])
+    table = read_table(path).dropna(subset=["probability"])
     table = table.assign(predicted=(table.probability >= threshold).astype(int),
                          confidence=(table.probability - threshold).abs())
     table["correct"] = table.predicted == table.label
@@ -199,8 +200,8 @@ def explain_gradcam(study: Study, patients: list[str] | None = None, method: str
                          "run": fm.folder, "epoch": fm.epoch, "layer": cam.layer_name,
                          "method": name, "relu": ex.cam_relu, "threshold": threshold})
             for e in fm.entries:
-                folder = (out / "explain" / "gradcam" / fm.stain / fm.magnification
-                          / e.patient_id)
+                folder = Layout(out).explain_file("gradcam", fm.stain, fm.magnification,
+                                                  e.patient_id, "")
                 scores, probability = cached_scores(fm, e)
                 outcome = resolve_target(target, probability, threshold)
                 key = fm.key(e, method=name, layer=cam.layer_name, relu=ex.cam_relu,

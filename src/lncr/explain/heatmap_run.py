@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 
@@ -34,6 +33,7 @@ from lncr.explain.models import (
     stamp,
 )
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.layout import Layout
 from lncr.study.validate import Study
 
 
@@ -68,13 +68,14 @@ def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | No
     for fm in final_models_for(study, cohort, patients, device):
         cfg = fm.cfg
         slides = slide_paths(cfg.output_dir)
-        out = cfg.output_dir / "explain"
+        layout = Layout(cfg.output_dir)
         used.append({"stain": fm.stain, "magnification": fm.magnification, "run": fm.folder,
                      "epoch": fm.epoch, "slides": len(fm.entries)})
         for e in fm.entries:
-            rel = Path(fm.stain) / fm.magnification / e.patient_id
-            png = out / "heatmaps" / rel.with_suffix(".png")
-            geo = out / "geojson" / rel.with_suffix(".geojson")
+            png = layout.explain_file("heatmaps", fm.stain, fm.magnification, e.patient_id,
+                                      ".png")
+            geo = layout.explain_file("geojson", fm.stain, fm.magnification, e.patient_id,
+                                      ".geojson")
             scores, probability = cached_scores(fm, e)
             name = f"{e.patient_id} {fm.stain} {fm.magnification}"
             key = fm.key(e)

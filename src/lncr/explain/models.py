@@ -77,8 +77,8 @@ class FinalModel:
         return resolve_target(self.cfg.explain.target, probability, self.threshold)
 
     def scores_path(self, patient_id: str) -> Path:
-        return (self.cfg.output_dir / "explain" / "scores" / self.stain / self.magnification
-                / f"{patient_id}.csv")
+        return Layout(self.cfg.output_dir).explain_file("scores", self.stain,
+                                                        self.magnification, patient_id, ".csv")
 
 
 def _key_file(marker: Path) -> Path:

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from lncr.figures import pyplot
+from lncr.identifiers import identifier
+from lncr.layout import Layout, read_table
 from lncr.report.assets import (
     array_uri,
     esc,
@@ -29,7 +31,7 @@ MAX_CAM_PATIENTS = 4
 
 
 def _csv(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path, dtype={"patient_id": str}) if path.exists() else None
+    return read_table(path) if path.exists() else None
 
 
 def study_section(out: Path) -> str:
@@ -81,10 +83,9 @@ def _normalisation_example(out: Path, index: pd.DataFrame, stain: str) -> np.nda
 
 
 def tiling_section(out: Path) -> str:
-    from lncr.paths import read_tiles_index
-
     summary = _csv(out / "tiles" / "summary.csv")
-    index = read_tiles_index(out) if (out / "tiles" / "index.csv").exists() else None
+    layout = Layout(out)
+    index = layout.read_tiles_index() if layout.tiles_index.exists() else None
     if summary is None or index is None:
         return section("tiling", "Tiling and quality control",
                        missing("the tiles", "lncr tile STUDY.yaml"))
@@ -115,8 +116,8 @@ def tiling_section(out: Path) -> str:
                  "reference, chosen from development slides only. Below each reference: a tile "
                  "as read from the slide (left) and as stored (right).</p><div class=grid>")
         for ref in refs:
-            stain = ref.stem.replace("-reference", "")
-            meta = read_json(norm / f"{stain}.json") or {}
+            stain = identifier(ref.stem.replace("-reference", ""))
+            meta = read_json(Layout(out).norm_reference(stain)) or {}
             method = meta.get("reference", {}).get("method", "?")
             body += "<div>" + image_file(ref, f"{stain}: reference ({method})", 400)
             try:
@@ -299,7 +300,7 @@ def explain_section(out: Path) -> str:
             folder_mag = cams[cams.patient_id == patient][["stain", "magnification"]]
             body += f"<h4>{esc(patient)} {esc(why.get(patient, ''))}</h4><div class=grid>"
             for s, m in folder_mag.drop_duplicates().itertuples(index=False):
-                path = ex / "gradcam" / s / m / patient / "gallery.png"
+                path = Layout(out).explain_file("gradcam", s, m, patient, "") / "gallery.png"
                 if path.exists():
                     body += image_file(path, f"{patient} {s} {m}", 1200, jpeg=True)
             body += "</div>"

@@ -289,6 +289,16 @@ class StudyConfig(_Settings):
         names = [s.strip() for s in v]
         if not names or any(not s for s in names) or len(set(names)) != len(names):
             raise ValueError("must be a non-empty list of distinct stain names")
+        from lncr.identifiers import ALLOWED, identifier_problem
+
+        for name in names:
+            problem = identifier_problem(name)
+            if problem:
+                raise ValueError(f"stain {name!r} {problem}; stain names may hold {ALLOWED}")
+        folded = [s.casefold() for s in names]
+        if len(set(folded)) != len(folded):
+            raise ValueError("two stain names differ only in case; file systems that ignore "
+                             "case would mix their files")
         return tuple(names)
 
     @model_validator(mode="after")

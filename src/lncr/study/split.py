@@ -80,7 +80,9 @@ def write_split(folder: Path, table: pd.DataFrame, source: str, val_fraction: fl
             "val_patients": int((table.split == "val").sum()),
             "lncr_version": __version__}
     if csv.exists():
-        old = pd.read_csv(csv, dtype={"patient_id": str, "split": str})
+        from lncr.layout import read_table
+
+        old = read_table(csv)
         same = (list(old.columns) == SPLIT_COLUMNS and len(old) == len(table)
                 and (old.patient_id.values == table.patient_id.values).all()
                 and (old.split.values == table.split.values).all()

@@ -8,11 +8,12 @@ case or surrounding spaces.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from lncr.identifiers import ALLOWED, FORMULA_START, identifier_problem
 from lncr.slides.reader import PLAUSIBLE_MPP
 from lncr.study.report import Problems
 
@@ -77,6 +78,82 @@ def _read_csv(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
     return df
 
 
+def _check_identifier(path: Path, line: int, kind: str, value: str, problems: Problems) -> bool:
+    """An identifier that becomes part of file names: an error if it cannot (control
+    characters, too long), a warning if a spreadsheet would read it as a formula."""
+    problem = identifier_problem(value)
+    if problem:
+        problems.error(path, line, f"{kind} {value!r} {problem}", f"identifiers may hold {ALLOWED}",
+                       code="bad-identifier")
+        return True
+    if value.startswith(FORMULA_START):
+        problems.warning(path, line, f"{kind} '{value}' begins with '{value[0]}': spreadsheet "
+                         "programs opening lncr's CSV files would run it as a formula",
+                         "rename it, or import the CSVs as text; lncr itself reads it as "
+                         "text", code="formula-identifier")
+    return False
+
+
+def _check_patient_row(row, path: Path, first_line: dict[str, int],
+                       problems: Problems) -> bool:
+    """Every check of one row of ``patients.csv`` but the label's; True when it has errors."""
+    bad = False
+    pid = row.patient_id
+    if not pid:
+        problems.error(path, row.line, "empty patient_id", "give every patient an identifier",
+                       code="empty-value")
+        bad = True
+    elif pid in first_line:
+        problems.error(path, row.line, f"duplicate patient '{pid}' (first on line "
+                       f"{first_line[pid]})", "keep one row per patient",
+                       code="duplicate-patient")
+        bad = True
+    else:
+        first_line[pid] = row.line
+        bad = _check_identifier(path, row.line, "patient_id", pid, problems)
+    if row.cohort not in COHORTS:
+        close = _closest(row.cohort, COHORTS)
+        problems.error(path, row.line, f"cohort '{row.cohort}' of patient '{pid}' is not "
+                       f"allowed", f"write '{close}'" if close else
+                       f"use one of: {', '.join(COHORTS)}", code="bad-cohort")
+        bad = True
+    if row.split and row.split not in SPLITS:
+        close = _closest(row.split, SPLITS)
+        problems.error(path, row.line, f"split '{row.split}' of patient '{pid}' is not allowed",
+                       f"write '{close}'" if close else "use 'train', 'val' or leave it empty",
+                       code="bad-split")
+        bad = True
+    if row.split and row.cohort == "external":
+        problems.error(path, row.line, f"external patient '{pid}' has split '{row.split}'",
+                       "leave split empty for external patients: they are never used in "
+                       "training or validation", code="split-on-external")
+        bad = True
+    return bad
+
+
+def _label(row, path: Path, problems: Problems) -> int | None:
+    if row.label in ("0", "1"):
+        return int(row.label)
+    problems.error(path, row.line, f"label '{row.label}' of patient '{row.patient_id}' is not "
+                   "0 or 1", "write 1 for complete response at 12 months, 0 otherwise",
+                   code="bad-label")
+    return None
+
+
+def _check_case_collisions(df: pd.DataFrame, path: Path, problems: Problems) -> None:
+    """Two patients whose IDs differ only in case would share files on macOS and Windows."""
+    first: dict[str, tuple[str, int]] = {}
+    for row in df.itertuples():
+        key = row.patient_id.casefold()
+        if row.patient_id and key in first and first[key][0] != row.patient_id:
+            problems.error(path, row.line, f"patient '{row.patient_id}' differs from "
+                           f"'{first[key][0]}' (line {first[key][1]}) only in case",
+                           "file systems that ignore case would mix their files: rename one",
+                           code="case-collision")
+            df.loc[row.Index, "ok"] = False
+        first.setdefault(key, (row.patient_id, row.line))
+
+
 def read_patients(path: Path, problems: Problems) -> pd.DataFrame | None:
     """Check ``patients.csv`` row by row; labels become integers where valid."""
     df = _read_csv(path, PATIENT_COLUMNS, PATIENT_OPTIONAL, problems)
@@ -87,46 +164,13 @@ def read_patients(path: Path, problems: Problems) -> pd.DataFrame | None:
     first_line: dict[str, int] = {}
     labels: list[object] = []
     for row in df.itertuples():
-        bad = False
-        pid = row.patient_id
-        if not pid:
-            problems.error(path, row.line, "empty patient_id", "give every patient an identifier",
-                           code="empty-value")
-            bad = True
-        elif pid in first_line:
-            problems.error(path, row.line, f"duplicate patient '{pid}' (first on line "
-                           f"{first_line[pid]})", "keep one row per patient", code="duplicate-patient")
-            bad = True
-        else:
-            first_line[pid] = row.line
-        if row.cohort not in COHORTS:
-            close = _closest(row.cohort, COHORTS)
-            problems.error(path, row.line, f"cohort '{row.cohort}' of patient '{pid}' is not "
-                           f"allowed", f"write '{close}'" if close else
-                           f"use one of: {', '.join(COHORTS)}", code="bad-cohort")
-            bad = True
-        if row.label in ("0", "1"):
-            labels.append(int(row.label))
-        else:
-            labels.append(pd.NA)
-            problems.error(path, row.line, f"label '{row.label}' of patient '{pid}' is not 0 or 1",
-                           "write 1 for complete response at 12 months, 0 otherwise",
-                           code="bad-label")
-            bad = True
-        if row.split and row.split not in SPLITS:
-            close = _closest(row.split, SPLITS)
-            problems.error(path, row.line, f"split '{row.split}' of patient '{pid}' is not allowed",
-                           f"write '{close}'" if close else "use 'train', 'val' or leave it empty",
-                           code="bad-split")
-            bad = True
-        if row.split and row.cohort == "external":
-            problems.error(path, row.line, f"external patient '{pid}' has split '{row.split}'",
-                           "leave split empty for external patients: they are never used in "
-                           "training or validation", code="split-on-external")
-            bad = True
-        if bad:
+        bad = _check_patient_row(row, path, first_line, problems)
+        label = _label(row, path, problems)
+        labels.append(pd.NA if label is None else label)
+        if bad or label is None:
             df.loc[row.Index, "ok"] = False
     df["label"] = pd.array(labels, dtype="Int64")
+    _check_case_collisions(df, path, problems)
     dev = df[df.cohort == "development"]
     given = dev.split != ""
     if given.any() and not given.all():
@@ -146,6 +190,84 @@ def _parse_mpp(value: str) -> float | None:
         return None
 
 
+def _slide_mpp(row, path: Path, problems: Problems) -> tuple[float | None, bool]:
+    """The ``mpp`` column of one row: (µm/px or None, has an error)."""
+    if not row.mpp:
+        return None, False
+    mpp = _parse_mpp(row.mpp)
+    lo, hi = PLAUSIBLE_MPP
+    fix = "write µm per pixel at level 0, e.g. 0.25 for a 40x scan"
+    if mpp is None:
+        problems.error(path, row.line, f"mpp '{row.mpp}' is not a number", fix, code="bad-mpp")
+    elif mpp <= 0:
+        problems.error(path, row.line, f"mpp {row.mpp} is not positive", fix, code="bad-mpp")
+    elif not lo <= mpp <= hi:
+        problems.error(path, row.line, f"mpp {row.mpp} µm/px is implausible for a whole-slide "
+                       f"scan (expected {lo}-{hi})", "check the unit: µm per pixel at level 0 "
+                       "(0.25 at 40x, 0.5 at 20x)", code="bad-mpp")
+    else:
+        return mpp, False
+    return None, True
+
+
+@dataclass
+class _SlideRows:
+    """What the row checks of ``slides.csv`` remember between rows."""
+
+    path: Path
+    stains: tuple[str, ...]
+    patient_ids: set[str] | None
+    problems: Problems
+    pairs: dict = field(default_factory=dict)  # (patient, stain) → first line
+    files: dict = field(default_factory=dict)  # resolved file → first line
+
+    def check(self, row, full: Path | None) -> bool:
+        """Every check of one row but ``mpp``'s; True when it has errors."""
+        path, problems = self.path, self.problems
+        bad = False
+        for col in SLIDE_COLUMNS:
+            if not getattr(row, col):
+                problems.error(path, row.line, f"empty {col}", f"fill in {col} for this slide",
+                               code="empty-value")
+                bad = True
+        pid, stain = row.patient_id, row.stain
+        if pid and self.patient_ids is not None and pid not in self.patient_ids:
+            close = _closest(pid, sorted(self.patient_ids))
+            problems.error(path, row.line, f"slide of unknown patient '{pid}'",
+                           f"did you mean '{close}'? Otherwise add the patient to patients.csv"
+                           if close else "add the patient to patients.csv or remove the row",
+                           code="unknown-patient")
+            bad = True
+        if stain and stain not in self.stains:
+            close = _closest(stain, self.stains)
+            problems.error(path, row.line, f"unknown stain '{stain}'",
+                           f"write '{close}'" if close else
+                           f"use one of {', '.join(self.stains)} or add the stain to 'stains:' "
+                           "in study.yaml", code="unknown-stain")
+            bad = True
+        if pid and stain:
+            bad |= self._repeated(self.pairs, (pid, stain), row.line,
+                                  f"second {stain} slide for patient '{pid}' (first on line "
+                                  "{first})", "keep one slide per patient and stain",
+                                  "duplicate-slide")
+        if full is not None:
+            bad |= self._repeated(self.files, full, row.line,
+                                  f"file {row.path} is also listed on line {{first}}",
+                                  "each row must point to its own slide file", "duplicate-path")
+        return bad
+
+    def _repeated(self, seen: dict, key, line: int, what: str, fix: str, code: str) -> bool:
+        """An error when ``key`` was seen on an earlier line (``what`` names it as
+        ``{first}``, replaced, not formatted: identifiers may hold braces); else
+        remember this line."""
+        if key in seen:
+            self.problems.error(self.path, line, what.replace("{first}", str(seen[key])), fix,
+                                code=code)
+            return True
+        seen[key] = line
+        return False
+
+
 def read_slides(path: Path, stains: tuple[str, ...], patient_ids: set[str] | None,
                 problems: Problems) -> pd.DataFrame | None:
     """Check ``slides.csv`` row by row (file contents are checked separately)."""
@@ -155,72 +277,15 @@ def read_slides(path: Path, stains: tuple[str, ...], patient_ids: set[str] | Non
     if "mpp" not in df.columns:
         df["mpp"] = ""
     base = path.resolve().parent
-    seen_pair: dict[tuple[str, str], int] = {}
-    seen_path: dict[Path, int] = {}
+    rows = _SlideRows(path, stains, patient_ids, problems)
     absolute, mpps = [], []
     for row in df.itertuples():
-        bad = False
-        for col in SLIDE_COLUMNS:
-            if not getattr(row, col):
-                problems.error(path, row.line, f"empty {col}", f"fill in {col} for this slide",
-                               code="empty-value")
-                bad = True
-        pid, stain = row.patient_id, row.stain
-        if pid and patient_ids is not None and pid not in patient_ids:
-            close = _closest(pid, sorted(patient_ids))
-            problems.error(path, row.line, f"slide of unknown patient '{pid}'",
-                           f"did you mean '{close}'? Otherwise add the patient to patients.csv"
-                           if close else "add the patient to patients.csv or remove the row",
-                           code="unknown-patient")
-            bad = True
-        if stain and stain not in stains:
-            close = _closest(stain, stains)
-            problems.error(path, row.line, f"unknown stain '{stain}'",
-                           f"write '{close}'" if close else
-                           f"use one of {', '.join(stains)} or add the stain to 'stains:' in "
-                           "study.yaml", code="unknown-stain")
-            bad = True
-        if pid and stain:
-            key = (pid, stain)
-            if key in seen_pair:
-                problems.error(path, row.line, f"second {stain} slide for patient '{pid}' (first "
-                               f"on line {seen_pair[key]})", "keep one slide per patient and "
-                               "stain", code="duplicate-slide")
-                bad = True
-            else:
-                seen_pair[key] = row.line
         full = (base / row.path).resolve() if row.path else None
         absolute.append(str(full) if full else "")
-        if full is not None:
-            if full in seen_path:
-                problems.error(path, row.line, f"file {row.path} is also listed on line "
-                               f"{seen_path[full]}", "each row must point to its own slide file",
-                               code="duplicate-path")
-                bad = True
-            else:
-                seen_path[full] = row.line
-        mpp = None
-        if row.mpp:
-            mpp = _parse_mpp(row.mpp)
-            lo, hi = PLAUSIBLE_MPP
-            if mpp is None:
-                problems.error(path, row.line, f"mpp '{row.mpp}' is not a number",
-                               "write µm per pixel at level 0, e.g. 0.25 for a 40x scan",
-                               code="bad-mpp")
-                bad = True
-            elif mpp <= 0:
-                problems.error(path, row.line, f"mpp {row.mpp} is not positive",
-                               "write µm per pixel at level 0, e.g. 0.25 for a 40x scan",
-                               code="bad-mpp")
-                bad, mpp = True, None
-            elif not lo <= mpp <= hi:
-                problems.error(path, row.line, f"mpp {row.mpp} µm/px is implausible for a "
-                               f"whole-slide scan (expected {lo}-{hi})",
-                               "check the unit: µm per pixel at level 0 (0.25 at 40x, 0.5 at 20x)",
-                               code="bad-mpp")
-                bad, mpp = True, None
+        bad = rows.check(row, full)
+        mpp, bad_mpp = _slide_mpp(row, path, problems)
         mpps.append(mpp if mpp is not None else float("nan"))
-        if bad:
+        if bad or bad_mpp:
             df.loc[row.Index, "ok"] = False
     df["path"] = absolute
     df["mpp"] = pd.array(mpps, dtype="float64")

@@ -35,6 +35,7 @@ import pandas as pd
 
 from lncr.errors import WorkFailed
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.identifiers import file_name
 from lncr.paths import store_columns, stored
 from lncr.study.config import StudyConfig
 from lncr.study.validate import Study
@@ -136,7 +137,7 @@ class _Book:
         if row.get("status") == "failed":
             failures = self.folder / "failures"
             failures.mkdir(exist_ok=True)
-            atomic_write_text(failures / (name.replace("/", "_") + ".txt"),
+            atomic_write_text(failures / (file_name(name.replace("/", "_")) + ".txt"),
                               f"{name}\n{row.get('error', '')}\n\n{row.get('traceback', '')}")
         if write:
             self.write()

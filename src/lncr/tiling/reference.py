@@ -26,6 +26,7 @@ from PIL import Image
 from lncr import __version__
 from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json
+from lncr.identifiers import file_name
 from lncr.slides.reader import open_slide
 from lncr.tiling.luminosity import LuminosityStandardiser
 from lncr.tiling.normalisers import make_normaliser
@@ -76,7 +77,7 @@ def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | 
             "reference_image": str(reference_image) if reference_image else None,
             "format": 1}
     digest = _digest(spec)
-    path = folder / f"{stain}.json"
+    path = folder / f"{file_name(stain)}.json"
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("digest") == digest:
@@ -115,5 +116,5 @@ def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | 
     atomic_write_json(path, {"digest": digest, "spec": spec, "reference": reference,
                              "tiles_used": used, "lncr_version": __version__})
     Image.fromarray(image[: min(len(image), 4 * params.tile_size)]).save(
-        folder / f"{stain}-reference.png")
+        folder / f"{file_name(stain)}-reference.png")
     return reference

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from lncr import __version__
 from lncr.errors import BadInput
 from lncr.fileio import atomic_save_image, atomic_write_json
+from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
 from lncr.study.config import MagnificationSettings, StudyConfig
 from lncr.study.validate import Study
@@ -83,7 +84,8 @@ def tile_params(config: StudyConfig) -> TileParams:
 
 
 def store_path(folder: Path, stain: str, magnification: str, patient_id: str) -> Path:
-    return folder / stain / magnification / f"{patient_id}.tiles.zip"
+    """Where a slide × magnification's tiles go (``folder`` is ``tiles/``)."""
+    return Layout(folder.parent).tile_store(stain, magnification, patient_id)
 
 
 def plan_units(study: Study, folder: Path) -> list[TileUnit]:
@@ -134,7 +136,7 @@ def _qc(folder: Path, index: pd.DataFrame, magnifications: list[str]) -> None:
 
     (folder / "qc").mkdir(exist_ok=True)
     for (pid, stain), group in index.groupby(["patient_id", "stain"]):
-        out = folder / "qc" / f"{pid}_{stain}.png"
+        out = Layout(folder.parent).qc_image(pid, stain)
         stores = [Path(s) for s in group[group.status == "ok"].store if Path(s).exists()]
         if out.exists() and stores and all(out.stat().st_mtime_ns >= s.stat().st_mtime_ns
                                            for s in stores):
@@ -233,7 +235,7 @@ def export_tiles(study: Study, out: Path) -> int:
     index = Layout(study.config.output_dir).read_tiles_index()
     written = 0
     for row in index[index.status == "ok"].itertuples():
-        target = out / str(row.patient_id) / row.stain / row.magnification
+        target = out / file_name(row.patient_id) / file_name(row.stain) / row.magnification
         target.mkdir(parents=True, exist_ok=True)
         with TileStore(row.store) as store:
             for i, c in enumerate(store.coords.itertuples()):

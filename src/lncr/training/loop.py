@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from lncr.errors import WorkFailed
 from lncr.fileio import partial_path
+from lncr.identifiers import file_name
 from lncr.models.mil import AttentionMIL, build_mil
 from lncr.study.config import TrainingSettings
 from lncr.training.bags import BagDataset, SlideEntry, collate_bags, eval_indices
@@ -58,8 +59,8 @@ class RunSpec:
     split: str = ""  # "" = the study's recorded split; else a named re-drawn split (sweeps)
 
     def folder(self, runs_root: Path) -> Path:
-        name = f"{self.architecture.replace(':', '-')}-b{self.bag_size}-s{self.seed}"
-        return (Path(runs_root) / self.stain / self.magnification
+        name = file_name(f"{self.architecture.replace(':', '-')}-b{self.bag_size}-s{self.seed}")
+        return (Path(runs_root) / file_name(self.stain) / self.magnification
                 / (f"{name}-{self.split}" if self.split else name))
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.layout import read_table
 from lncr.study.config import TrainingSettings
 from lncr.study.validate import Study
 from lncr.training.bags import BagDataset, SlideEntry, chunk_count, chunk_members
@@ -105,7 +106,7 @@ def _earlier_prediction(folder: Path, cohort: str, checkpoint: str, tiles: str, 
             and (tiles == "eval" or record.get("chunk_size") == chunk)
             and (folder / f"{checkpoint}.pt").stat().st_mtime_ns
             <= record_path.stat().st_mtime_ns)
-    return pd.read_csv(out, dtype={"patient_id": str}) if same else None
+    return read_table(out) if same else None
 
 
 def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best",
