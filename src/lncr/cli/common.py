@@ -125,3 +125,10 @@ def run_synth(out: Path, settings, workers: int, force: bool):
 def fmt(x: float | None, digits: int = 3) -> str:
     """A number for the console; "-" for a missing one."""
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def warn_unusable(excluded: list[dict], where: str) -> None:
+    """One yellow line per patient a stage could not use at ``where``, with the reason."""
+    for u in excluded:
+        err_console.print(f"[yellow]WARNING {where}: patient {escape(u['patient_id'])} "
+                          f"({u['cohort']}) is left out: {escape(u['reason'])}[/yellow]")

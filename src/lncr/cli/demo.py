@@ -16,12 +16,12 @@ from lncr.pipeline import DEMO_CLUSTER, DemoFailed, DemoPipeline, StageLog
 
 def demo(
     out: Annotated[Path, typer.Argument(help="Folder for everything the demo writes.")] = Path("demo-output"),
-    workers: Annotated[int, typer.Option(help="Processes to use.")] = 0,
-    patients: Annotated[int, typer.Option(help="Development patients of the phantom.")] = 32,
-    external: Annotated[int, typer.Option(help="External patients of the phantom.")] = 16,
+    workers: Annotated[int, typer.Option(min=0, help="Processes to use (0: up to 4).")] = 0,
+    patients: Annotated[int, typer.Option(min=2, help="Development patients of the phantom.")] = 32,
+    external: Annotated[int, typer.Option(min=0, help="External patients of the phantom.")] = 16,
     size: Annotated[str, typer.Option(help="Phantom slide size (see lncr synth).")] = "small",
     signal: Annotated[float, typer.Option(help="Strength of the phantom's lesion–outcome link (0–1.9).")] = 1.9,
-    epochs: Annotated[int, typer.Option(help="Training epochs of the final models.")] = 8,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the final models.")] = 8,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one of the demo's settings, e.g. sweep.repeats=1.")] = None,
 ) -> None:
     """Run the method end to end on the built-in phantom: synth → validate → tile → sweep

@@ -18,7 +18,7 @@ def validate(
     files: Annotated[bool, typer.Option(help="Open every slide file (--no-files skips it).")] = True,
     record: Annotated[bool, typer.Option(
         help="Write the split and effective settings to <output_dir>/study/.")] = True,
-    workers: Annotated[int, typer.Option(help="Threads that open slides.")] = 4,
+    workers: Annotated[int, typer.Option(min=1, help="Threads that open slides.")] = 4,
 ) -> None:
     """Check a study (settings, tables, slide files) and print a summary and every problem."""
     from lncr.study.validate import load_study, save_study_record
@@ -38,9 +38,9 @@ def validate(
 
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the phantom study into.")],
-    patients: Annotated[int, typer.Option(help="Development patients.")] = 8,
-    external: Annotated[int, typer.Option(help="External-cohort patients.")] = 4,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, byte-identical files.")] = 0,
+    patients: Annotated[int, typer.Option(min=2, help="Development patients.")] = 8,
+    external: Annotated[int, typer.Option(min=0, help="External-cohort patients.")] = 4,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed: same seed, byte-identical files.")] = 0,
     size: Annotated[str, typer.Option(
         help="small (tests), demo, or WIDTHxHEIGHT in level-0 pixels.")] = "small",
     signal: Annotated[float, typer.Option(
@@ -48,7 +48,7 @@ def synth(
     permute_labels: Annotated[bool, typer.Option(
         "--permute-labels", help="Shuffle labels after rendering (a null cohort).")] = False,
     stains: Annotated[str, typer.Option(help="Comma-separated stains to render.")] = "HE,PAS,PASM,MASSON",
-    workers: Annotated[int, typer.Option(help="Processes rendering patients in parallel.")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Processes rendering patients in parallel.")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite a folder holding other content.")] = False,
 ) -> None:
     """Write a synthetic multi-stain phantom cohort whose ground truth is known."""

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli.common import console, err_console, fmt, table
+from lncr.cli.common import console, err_console, fmt, table, warn_unusable
 from lncr.study.validate import Study
 
 
@@ -15,7 +15,7 @@ def sweep(
     study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
     executor: Annotated[Optional[str], typer.Option(help="local or ray (default: sweep.executor).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local Ray).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Units at a time (default: sweep.workers; 0 = one per GPU or per unit_cpus cores).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Units at a time (default: sweep.workers; 0 = one per GPU or per unit_cpus cores).")] = None,
     final: Annotated[bool, typer.Option(help="Train the final models after selecting (--no-final: stop after selection.json).")] = True,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. sweep.repeats=3.")] = None,
     device: Annotated[str, typer.Option(help="auto (GPUs if present), cpu or cuda.")] = "auto",
@@ -37,6 +37,8 @@ def sweep(
 
     report = run_sweep(Study.load(study_yaml, set_), executor, workers, address, device, final,
                        progress)
+    for where, excluded in report.unusable.items():
+        warn_unusable(excluded, where)
     sel = report.selection
     console.print(table("Selection (sweep/selection.json)", ["stain", "architecture",
                                                              "mean val AUC", "units"],

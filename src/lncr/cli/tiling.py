@@ -16,7 +16,7 @@ def tile(
     study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a setting, e.g. --set tiling.tile_size=256 (repeatable).")] = None,
-    workers: Annotated[int, typer.Option(help="Processes (0 = tiling.workers, or all cores).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Processes (0 = tiling.workers, or all cores).")] = 0,
     force: Annotated[bool, typer.Option(help="Re-tile even finished slides.")] = False,
 ) -> None:
     """Cut every slide into normalised tiles at every magnification (the tile stores)."""
@@ -50,6 +50,11 @@ def tile(
             style = "red" if r.status == "failed" else "yellow"
             console.print(f"[{style}]{r.status.upper()} {r.unit.patient_id} {r.unit.stain} "
                           f"{r.unit.magnification} ({r.unit.slide}): {r.error}[/{style}]")
+    for r in report.results:
+        if "damaged_store" in r.extra:
+            console.print(f"[yellow]re-tiled {r.unit.patient_id} {r.unit.stain} "
+                          f"{r.unit.magnification}: its store was damaged "
+                          f"({r.extra['damaged_store']})[/yellow]")
     if report.failed:
         err_console.print(f"[red]{len(report.failed)} unit(s) failed; the others are done. Fix "
                           "the slides and re-run: finished units are skipped.[/red]")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli.common import console, table
+from lncr.cli.common import console, table, warn_unusable
 
 
 def _weights(weights: Optional[Path], pretrained: bool, configured: bool):
@@ -23,8 +23,8 @@ def train(
     stain: Annotated[str, typer.Option(help="Stain to train on.")],
     magnification: Annotated[str, typer.Option(help="Magnification, e.g. 20x.")],
     architecture: Annotated[Optional[str], typer.Option(help="Backbone (default: training.architecture).")] = None,
-    bag_size: Annotated[Optional[int], typer.Option(help="Tiles per bag (default: training.bag_size).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed (default: training.seed).")] = None,
+    bag_size: Annotated[Optional[int], typer.Option(min=1, help="Tiles per bag (default: training.bag_size).")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Seed (default: training.seed).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local pretrained weights file (a state dict of the backbone).")] = None,
     pretrained: Annotated[bool, typer.Option(help="ImageNet weights (--no-pretrained: random initialisation).")] = True,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. training.epochs=20.")] = None,
@@ -39,7 +39,7 @@ def train(
 
     from lncr.study.validate import Study
     from lncr.training.distributed import setup, teardown
-    from lncr.training.entries import study_entries
+    from lncr.training.entries import study_entries, unusable_patients
     from lncr.training.loop import RunSpec, train_run
 
     ctx = None
@@ -48,12 +48,16 @@ def train(
         study = Study.load(study_yaml, set_)
         cfg = study.config
         entries = study_entries(study, stain, magnification)
+        excluded = unusable_patients(study, stain, magnification)
+        if ctx.main:
+            warn_unusable(excluded, f"{stain} {magnification}")
         t = cfg.training
         spec = RunSpec(stain, magnification, architecture or t.architecture,
-                       bag_size or t.bag_size, t.seed if seed is None else seed)
+                       t.bag_size if bag_size is None else bag_size, t.seed if seed is None else seed)
         w = _weights(weights, pretrained, t.pretrained)
         folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
-                           weights=w, device=ctx, force=force, source=study.source)
+                           weights=w, device=ctx, force=force, source=study.source,
+                           excluded=excluded)
     finally:
         if ctx is not None:
             teardown(ctx)
@@ -70,11 +74,11 @@ def predict(
     cohort: Annotated[str, typer.Option(help="Run folder only: development, external or all.")] = "all",
     checkpoint: Annotated[str, typer.Option(help="Run folder only: best or last (study: evaluation.checkpoint).")] = "best",
     tiles: Annotated[str, typer.Option(help="Run folder only: eval (up to eval_tiles per slide) or all (every tile, in chunks).")] = "eval",
-    chunk_size: Annotated[Optional[int], typer.Option(help="Tiles per chunk with --tiles all (default: eval_tiles).")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(min=1, help="Tiles per chunk with --tiles all (default: eval_tiles).")] = None,
     study: Annotated[Optional[Path], typer.Option(help="Run folder only: study file (default: the one the run recorded).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of the study.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
 ) -> None:
     """Predict P(complete response): with a study file, every final model of the sweep and the
     single-stain and multi-stain ensembles (predictions/*.csv); with a run folder, that run."""
@@ -102,6 +106,8 @@ def _predict_study(study_yaml: Path, overrides: list[str] | None, device: str,
     from lncr.training.metrics import auc
 
     result = predict_final(Study.load(study_yaml, overrides), device, workers)
+    for model, excluded in result.unusable.items():
+        warn_unusable(excluded, model)
     rows = []
     for name, t in (("multi-stain", result.multi.assign(stain="multi-stain")),
                     ("", result.stains)):

@@ -40,6 +40,7 @@ from lncr.evaluation.classification import (
 from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc, delong_test
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.layout import read_table
+from lncr.locks import locks_output
 from lncr.study.validate import Study
 
 COHORTS = ("validation", "external")
@@ -165,6 +166,7 @@ def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ..
             frame(comparisons, ["cohort", "model_a", "model_b"]))
 
 
+@locks_output
 def evaluate_study(study: Study, figures: bool = True) -> Evaluation:
     """Evaluate the predictions of ``lncr predict STUDY.yaml`` and write every output."""
     from lncr.provenance import package_versions

@@ -22,7 +22,7 @@ resumes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +30,7 @@ import pandas as pd
 from lncr.evaluation.ensemble import multi_stain_ensemble, stain_ensembles
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.layout import Layout
+from lncr.locks import locks_output
 from lncr.study.validate import Study
 
 
@@ -39,6 +40,7 @@ class FinalPredictions:
     single: pd.DataFrame
     stains: pd.DataFrame
     multi: pd.DataFrame
+    unusable: dict[str, list[dict]] = field(default_factory=dict)  # "HE 20x" → patients
 
 
 def final_models(output_dir: Path) -> pd.DataFrame:
@@ -57,8 +59,10 @@ def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("patient_id").reset_index(drop=True)
 
 
+@locks_output
 def predict_final(study: Study, device: str = "auto", workers: int = 0) -> FinalPredictions:
     """Predict with every finished final model, build the ensembles, write the tables."""
+    from lncr.training.entries import unusable_patients
     from lncr.training.loop import versions
     from lncr.training.predict import predict_run
 
@@ -69,8 +73,10 @@ def predict_final(study: Study, device: str = "auto", workers: int = 0) -> Final
         raise ValueError(f"none of the final models in {cfg.output_dir / 'final'} finished; "
                          "re-run `lncr sweep` (models.csv lists their errors)")
     ev = cfg.evaluation
-    tables = []
+    tables, unusable = [], {}
     for m in ready.itertuples():
+        unusable[f"{m.stain} {m.magnification}"] = unusable_patients(study, m.stain,
+                                                                     m.magnification)
         slides = predict_run(m.folder, "all", ev.checkpoint, ev.tiles, study=study,
                              device=device, workers=workers, reuse=True)
         slides["architecture"], slides["bag_size"] = m.architecture, m.bag_size
@@ -104,5 +110,7 @@ def predict_final(study: Study, device: str = "auto", workers: int = 0) -> Final
         .to_dict("records"),
         "missing_models": models[models.status != "done"][["stain", "magnification"]]
         .to_dict("records"),
+        "patients_without_tiles": {k: v for k, v in unusable.items() if v},
         **study.source, "versions": versions()})
-    return FinalPredictions(folder, single, per_stain, multi)
+    return FinalPredictions(folder, single, per_stain, multi,
+                            {k: v for k, v in unusable.items() if v})

@@ -46,6 +46,7 @@ from lncr.explain.models import (
 )
 from lncr.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, partial_path
 from lncr.layout import Layout
+from lncr.locks import locks_output
 from lncr.study.validate import Study
 
 GALLERY = 10
@@ -292,6 +293,7 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
             "tiles": len(tiles), "reused": False, "chi_square_p": overall["p_value"], **extra}
 
 
+@locks_output
 def explain_clusters(study: Study, stains: list[str] | None = None, magnifications: list[str] | None = None,
                      device: str = "auto", log: Callable[[str], None] | None = None
                      ) -> list[dict]:

@@ -47,6 +47,7 @@ from lncr.fileio import (
     atomic_write_text,
 )
 from lncr.layout import Layout, read_table
+from lncr.locks import locks_output
 from lncr.study.validate import Study
 
 
@@ -177,6 +178,7 @@ def slide_gradcam(fm: FinalModel, cam, entry, scores: pd.DataFrame, probability:
     return table
 
 
+@locks_output
 def explain_gradcam(study: Study, patients: list[str] | None = None, method: str | None = None,
                     target: str | None = None, device: str = "auto",
                     progress: Callable[[str], None] | None = None) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from lncr.explain.models import (
 )
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.layout import Layout
+from lncr.locks import locks_output
 from lncr.study.validate import Study
 
 
@@ -56,6 +57,7 @@ INFLUENTIAL_FIRST = ["stain", "magnification", "patient_id", "split", "label",
                      "slide_probability", "rank"]
 
 
+@locks_output
 def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | None = None,
                      device: str = "auto",
                      progress: Callable[[str], None] | None = None) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lncr.fileio import atomic_write_text
+from lncr.locks import locks_output
 from lncr.report.assets import esc
 from lncr.study.validate import Study
 
@@ -67,6 +68,7 @@ SECTIONS = [("study", "Study"), ("tiling", "Tiling"), ("sweep", "Selection"),
             ("methods", "Methods")]
 
 
+@locks_output
 def build_report(study: Study, out: str | Path | None = None,
                  progress: Callable[[str], None] | None = None) -> Path:
     """Write the study's HTML report; returns its path."""

@@ -193,6 +193,20 @@ def sweep_section(out: Path) -> str:
     return section("sweep", "Model selection", body)
 
 
+def unusable_box(out: Path) -> str:
+    """A warning naming every patient a final model could not score (no tiles), from
+    ``predictions/predictions.json``."""
+    record = read_json(out / "predictions" / "predictions.json") or {}
+    lost = record.get("patients_without_tiles") or {}
+    if not lost:
+        return ""
+    items = "".join(f"<li>{esc(model)}: {esc(u['patient_id'])} ({esc(u['cohort'])}) — "
+                    f"{esc(u['reason'])}</li>" for model, rows in lost.items() for u in rows)
+    return ("<div class=failure><strong>Patients left out of some models.</strong> These "
+            "slides have no tiles at that magnification, so the model gave them no "
+            "probability; the ensembles use the models that did.<ul>" + items + "</ul></div>")
+
+
 def final_section(out: Path) -> str:
     models = _csv(out / "final" / "models.csv")
     if models is None:
@@ -213,9 +227,10 @@ def results_section(out: Path) -> str:
                                                      "STUDY.yaml"))
     thresholds = _csv(ev / "threshold_metrics.csv")
     comparisons = _csv(ev / "comparisons.csv")
-    body = ("<p>The threshold of each model is fixed on the validation patients and applied "
-            "unchanged to the external cohort. 95 % intervals: DeLong for AUCs, Wilson for "
-            "proportions.</p>")
+    body = unusable_box(out) + (
+        "<p>The threshold of each model is fixed on the validation patients and applied "
+        "unchanged to the external cohort. 95 % intervals: DeLong for AUCs, Wilson for "
+        "proportions.</p>")
     for cohort in ("validation", "external"):
         mine = metrics[metrics.cohort == cohort]
         if mine.empty:

@@ -281,6 +281,14 @@ def save_study_record(study: Study) -> Path:
         raise ValueError("only a study without errors can be recorded")
     cfg = study.config
     folder = cfg.output_dir / "study"
+    from lncr.locks import output_lock
+
+    with output_lock(cfg.output_dir, "lncr validate"):
+        return _record(study, folder)
+
+
+def _record(study: Study, folder: Path) -> Path:
+    cfg = study.config
     write_split(folder, study.split, study.split_source or "seeded", cfg.split.val_fraction,
                 cfg.split.seed)
     effective = {"lncr_version": __version__, "study_yaml": (str(study.yaml_path.resolve())

@@ -17,16 +17,16 @@ both executors), so the same sweep gives the same results under either.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from lncr.sweep.unit import UnitTask, result_row, run_unit
+from lncr.workers import process_pool
 
 
 @runtime_checkable
@@ -79,9 +79,7 @@ class LocalExecutor:
         pending = list(tasks)
         if not pending:
             return
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(pending)),
-                                   mp_context=context)
+        pool = process_pool(min(self.workers, len(pending)))
         running: dict[Future, tuple[UnitTask, int]] = {}
         free = list(range(self.workers))
         try:
@@ -108,7 +106,7 @@ class LocalExecutor:
                         yield _failed(task, "the worker pool broke while this unit ran")
                     running.clear()
                     pool.shutdown(cancel_futures=True)
-                    pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+                    pool = process_pool(self.workers)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

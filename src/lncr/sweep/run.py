@@ -36,6 +36,7 @@ import pandas as pd
 from lncr.errors import WorkFailed
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.identifiers import file_name
+from lncr.locks import locks_output
 from lncr.paths import store_columns, stored
 from lncr.study.config import StudyConfig
 from lncr.study.validate import Study
@@ -60,6 +61,7 @@ class SweepReport:
     final: pd.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # whole architectures/groups that failed
+    unusable: dict[str, list[dict]] = field(default_factory=dict)  # patients without tiles
 
 
 class SweepFailed(WorkFailed):
@@ -175,6 +177,7 @@ def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], st
     return results
 
 
+@locks_output
 def run_sweep(study: Study, executor: str | Executor | None = None,
               workers: int | None = None, address: str | None = None, device: str = "auto",
               final: bool = True, progress: Callable[[dict], None] | None = None
@@ -196,6 +199,11 @@ class Sweep:
         sw = self.cfg.sweep
         self.kind = executor.name if hasattr(executor, "map") else (executor or sw.executor)
         self._executor = executor if hasattr(executor, "map") else None
+        if self._executor is None:  # an unknown name is refused before any work
+            from lncr.study.config import registered
+            from lncr.sweep.executor_registry import EXECUTORS
+
+            registered(self.kind, list(EXECUTORS), "executor")
         self.workers = sw.workers if workers is None else workers
         self.address, self.device, self.progress = address, device, progress
         self.folder = self.cfg.output_dir / "sweep"
@@ -244,10 +252,24 @@ class Sweep:
         from lncr.training.loop import versions
 
         return {**self.study.source, "executor": self.kind, "address": self.address,
+                "patients_without_tiles": self.unusable(),
                 "workers": self.workers, "units": len(build_grid(self.cfg)),
                 "epochs": self.epochs, "rungs": self.rungs,
                 "settings": self.cfg.sweep.model_dump(mode="json"),
                 "training": self.cfg.training.model_dump(mode="json"), "versions": versions()}
+
+    def unusable(self) -> dict[str, list[dict]]:
+        """Per stain × magnification of the grid, the patients without tiles there (the
+        units leave them out; each run records them too)."""
+        from lncr.training.entries import unusable_patients
+
+        out = {}
+        for stain in sweep_stains(self.cfg):
+            for mag in self.cfg.magnification_labels():
+                lost = unusable_patients(self.study, stain, mag)
+                if lost:
+                    out[f"{stain} {mag}"] = lost
+        return out
 
     def run(self, final: bool = True) -> SweepReport:
         t_start = time.perf_counter()
@@ -271,7 +293,7 @@ class Sweep:
         atomic_write_json(self.folder / "sweep.json", {**record, "status": "finished",
                                                        "timings": self.timings})
         return SweepReport(self.folder, table, summary, selection, final_table, self.timings,
-                           lines)
+                           lines, record["patients_without_tiles"])
 
     def run_grid(self) -> _Book:
         """Every unit to the last rung, stopping the configurations halving drops."""

@@ -70,19 +70,27 @@ _ENTRIES: dict[tuple, tuple] = {}
 
 def unit_entries(task: UnitTask):
     """The unit's study config and slides, with the repeat's own split applied if it has one."""
-    from lncr.training.entries import study_entries
+    from lncr.training.entries import study_entries, unusable_patients
 
     u, study = task.unit, task.study
     key = (study.source["study"], study.overrides, u.stain, u.magnification)
     if key not in _ENTRIES:
-        _ENTRIES[key] = study.config, study_entries(study, u.stain, u.magnification)
-    cfg, entries = _ENTRIES[key]
+        _ENTRIES[key] = (study.config, study_entries(study, u.stain, u.magnification),
+                         unusable_patients(study, u.stain, u.magnification))
+    cfg, entries, _ = _ENTRIES[key]
     if u.split:
         split = repeat_split(study.patients, cfg, u.repeat)
         sides = dict(zip(split.patient_id, split.split))
         entries = [e if e.split == "external" else dataclasses.replace(e, split=sides[e.patient_id])
                    for e in entries]
     return cfg, entries
+
+
+def unit_excluded(task: UnitTask) -> list[dict]:
+    """The patients without tiles at the unit's stain × magnification (after
+    :func:`unit_entries` filled the cache)."""
+    u, study = task.unit, task.study
+    return _ENTRIES[(study.source["study"], study.overrides, u.stain, u.magnification)][2]
 
 
 def run_unit(task: UnitTask) -> dict:
@@ -108,7 +116,7 @@ def run_unit(task: UnitTask) -> dict:
                 return step is None and epoch + 1 >= task.stop_epoch
         train_run(u.spec(), entries, settings, Path(task.runs_root), cfg.tiling.tile_size,
                   weights=task.weights, device=task.device, stop_after=stop,
-                  source=task.study.source)
+                  source=task.study.source, excluded=unit_excluded(task))
         status = "done" if (folder / "done.json").exists() else "paused"
         row = result_row(u, folder, status, **where)
     except Exception as exc:  # recorded, and the sweep goes on

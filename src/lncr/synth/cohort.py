@@ -26,9 +26,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +47,7 @@ from lncr.synth.stains import (
     CohortStyle,
     compartment_od,
 )
+from lncr.workers import process_pool
 
 #: Named canvas sizes in µm (width, height) of level 0.
 SIZES: dict[str, tuple[float, float]] = {
@@ -261,7 +260,7 @@ def synthesize(out: str | Path, settings: SynthSettings, workers: int = 1, force
         for plan in plans:
             done(render_patient(out, settings, plan))
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with process_pool(workers) as pool:
             futures = [pool.submit(render_patient, out, settings, plan) for plan in plans]
             for fut in futures:
                 done(fut.result())

@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +32,13 @@ from lncr.errors import BadInput
 from lncr.fileio import atomic_save_image, atomic_write_json
 from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
+from lncr.locks import locks_output
 from lncr.study.config import MagnificationSettings, StudyConfig
 from lncr.study.validate import Study
 from lncr.tiling.reference import NormalisationReferenceError, fit_reference
 from lncr.tiling.store import TileStore
 from lncr.tiling.unit import TileParams, TileUnit, UnitResult, tile_unit
+from lncr.workers import process_pool
 
 QC_COLOURS = [(31, 119, 180), (44, 160, 44), (214, 39, 40), (148, 103, 189), (255, 127, 14)]
 INDEX_COLUMNS = ["patient_id", "cohort", "stain", "magnification", "target_mpp", "slide_mpp",
@@ -176,6 +177,7 @@ def summarise(index: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+@locks_output
 def tile_study(study: Study, workers: int | None = None, force: bool = False,
                progress: Callable[[UnitResult], None] | None = None) -> TilingReport:
     """Tile every slide × magnification of a study (the Python API of ``lncr tile``)."""
@@ -205,8 +207,7 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
         for unit in runnable:
             done(tile_unit(unit, params, refs.get(unit.stain), force))
     else:
-        with ProcessPoolExecutor(max_workers=min(n, len(runnable)),
-                                 mp_context=get_context("spawn")) as pool:
+        with process_pool(min(n, len(runnable))) as pool:
             futures = [pool.submit(tile_unit, u, params, refs.get(u.stain), force) for u in runnable]
             for fut in as_completed(futures):
                 done(fut.result())
@@ -229,6 +230,7 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
     return report
 
 
+@locks_output
 def export_tiles(study: Study, out: Path) -> int:
     """Write every kept tile as ``<patient>/<stain>/<mag>/<x>_<y>.png`` (the original scripts'
     layout). Returns the number of files written."""

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from lncr.errors import WorkFailed
 from lncr.fileio import partial_path
 
 COLUMNS = ["index", "x", "y", "size0", "background_fraction"]
@@ -107,6 +109,17 @@ class TileStoreWriter:
         os.replace(self._tmp, self.path)
 
 
+class CorruptTileStore(WorkFailed):
+    """A tile store cannot be read back (truncated, bit-flipped, not a ZIP)."""
+
+
+def _corrupt(path: Path, what: str, exc: Exception) -> CorruptTileStore:
+    return CorruptTileStore(
+        f"the tile store {path} is damaged ({what}: {exc}); re-run `lncr tile STUDY.yaml` "
+        "(it checks the stores it reuses and cuts damaged ones again), or delete the file "
+        "and re-run")
+
+
 class TileStore:
     """Read a store: ``len(store)``, ``store[i]`` (RGB uint8), ``store.coords``, ``store.meta``.
 
@@ -122,9 +135,15 @@ class TileStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._zip = zipfile.ZipFile(self.path, "r")
-        self.meta: dict[str, Any] = json.loads(self._zip.read("meta.json"))
-        self.coords = pd.read_csv(io.BytesIO(self._zip.read("tiles.csv")))
+        try:
+            self._zip = zipfile.ZipFile(self.path, "r")
+            self.meta: dict[str, Any] = json.loads(self._zip.read("meta.json"))
+            self.coords = pd.read_csv(io.BytesIO(self._zip.read("tiles.csv")))
+        except FileNotFoundError as exc:
+            raise WorkFailed(f"the tile store {self.path} is missing: re-run "
+                             "`lncr tile STUDY.yaml`") from exc
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+            raise _corrupt(self.path, "its index cannot be read", exc) from exc
         suffix = ".png" if self.meta.get("encoding", "png") == "png" else ".jpg"
         self._names = [f"tiles/{i:06d}{suffix}" for i in self.coords["index"]]
 
@@ -132,11 +151,22 @@ class TileStore:
         return len(self._names)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return decode(self._zip.read(self._names[i]))
+        return decode(self.raw(i))
 
     def raw(self, i: int) -> bytes:
         """The encoded bytes of tile ``i`` (PNG or JPEG)."""
-        return self._zip.read(self._names[i])
+        try:
+            return self._zip.read(self._names[i])
+        except (OSError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            raise _corrupt(self.path, f"tile {self._names[i]}", exc) from exc
+
+    def damaged(self) -> str | None:
+        """The first member whose bytes fail their CRC-32, or None when every one checks
+        (reads the whole store)."""
+        try:
+            return self._zip.testzip()
+        except (OSError, zipfile.BadZipFile, zlib.error) as exc:
+            return f"unreadable ({exc})"
 
     def close(self) -> None:
         self._zip.close()

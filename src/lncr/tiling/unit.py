@@ -156,6 +156,21 @@ def tissue_tiles(reader: CellReader, cells: list[tuple[int, int]], lum, params: 
     return found
 
 
+def intact(store: str | Path, result: UnitResult) -> bool:
+    """Whether a finished store reads back whole (every CRC checks); a damaged one is noted
+    in ``result.extra`` and cut again."""
+    from lncr.tiling.store import CorruptTileStore, TileStore
+
+    try:
+        with TileStore(store) as s:
+            bad = s.damaged()
+    except CorruptTileStore as exc:
+        bad = str(exc)
+    if bad:
+        result.extra["damaged_store"] = bad
+    return bad is None
+
+
 def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
               force: bool = False) -> UnitResult:
     """Tile one slide at one magnification into ``unit.store``. Never raises: a failure is a
@@ -167,7 +182,8 @@ def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
             result.slide_mpp = slide.mpp
             digest = settings_digest(unit, params, reference, slide.mpp)
             meta = read_meta(unit.store)
-            if not force and meta is not None and meta.get("settings_digest") == digest:
+            if (not force and meta is not None and meta.get("settings_digest") == digest
+                    and intact(unit.store, result)):
                 result.status = "reused"
                 for k in ("grid_cells", "prefiltered", "rejected", "kept", "normaliser_fallbacks"):
                     setattr(result, k, int(meta.get("counts", {}).get(k, 0)))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from lncr.errors import BadInput
+
 
 @dataclass(frozen=True)
 class Context:
@@ -56,9 +58,18 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU; otherwise the named device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise BadInput(f"--device {device}: not a device; use auto, cpu, cuda or cuda:N"
+                       ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here; use cpu")
+        raise BadInput(f"--device {device}: no CUDA device is available here; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise BadInput(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                       "CUDA device(s), numbered from 0")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise BadInput(f"--device {device}: lncr runs on cpu or cuda (or mps)")
     return dev
 
 

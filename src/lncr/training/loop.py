@@ -213,7 +213,7 @@ class TrainingDiverged(WorkFailed):
 def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettings,
               runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
               force: bool = False, stop_after: Callable[[int, int | None], bool] | None = None,
-              source: dict | None = None) -> Path:
+              source: dict | None = None, excluded: list[dict] | None = None) -> Path:
     """Train (or resume, or skip when finished) one run; returns its folder.
 
     ``entries`` are the stain × magnification's slides with their sides (``train``/``val``);
@@ -221,10 +221,12 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
     :func:`lncr.training.distributed.setup`. ``stop_after(epoch, step)`` is asked after every
     checkpoint (``step`` is None at the end of an epoch); True ends the call there, as an
     interruption would. ``source`` (the study file and overrides) is recorded for
-    ``lncr predict``. The work is :class:`lncr.training.trainer.Trainer`'s.
+    ``lncr predict``; ``excluded`` (the patients without tiles here,
+    :func:`lncr.training.entries.unusable_patients`) is recorded, and named when the training
+    or validation slides lose a label. The work is :class:`lncr.training.trainer.Trainer`'s.
     """
     from lncr.training.trainer import Trainer
 
     trainer = Trainer(spec, entries, settings, runs_root, tile_size, weights, device, force,
-                      source)
+                      source, excluded)
     return trainer.run(stop_after)

@@ -60,11 +60,13 @@ class Trainer:
 
     def __init__(self, spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettings,
                  runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
-                 force: bool = False, source: dict | None = None):
+                 force: bool = False, source: dict | None = None,
+                 excluded: list[dict] | None = None):
         self.ctx = device if isinstance(device, Context) else Context(
             device=resolve_device(device))
         self.dev = self.ctx.device
         self.spec, self.tile_size, self.weights, self.force = spec, tile_size, weights, force
+        self.excluded = list(excluded or [])  # patients without tiles here (recorded)
         self.folder = spec.folder(runs_root)
         self.last = self.folder / "last.pt"
         self.train = [e for e in entries if e.split == "train"]
@@ -93,8 +95,20 @@ class Trainer:
         """Train to the last epoch (or until ``stop_after`` says so); the run folder."""
         if self.finished and not self.force:
             return self.folder
+        from lncr.locks import output_lock
+        from lncr.training.entries import check_sides
+
+        check_sides(self.train + self.val, self.excluded,
+                    f"{self.spec.stain} {self.spec.magnification}")
+        with output_lock(self.folder, "training run") if self.ctx.main else \
+                contextlib.nullcontext():
+            return self._train(stop_after)
+
+    def _train(self, stop_after) -> Path:
+        self.preflight()
         self.prepare()
-        self.build()
+        self.build()  # loads the weights: a --force run fails here before replacing anything
+        self.write_folder()
         self.restore()
         self.start_loaders()
         try:
@@ -113,31 +127,48 @@ class Trainer:
                 self.writer.close()
         return self.folder
 
+    def preflight(self) -> None:
+        """Every tile store opens and was cut at this run's tile size (checked before anything
+        in the run folder changes)."""
+        from lncr.tiling.store import TileStore
+
+        for e in self.train + self.val:
+            with TileStore(e.store) as store:
+                cut = store.meta.get("settings", {}).get("tile_size")
+            if cut is not None and int(cut) != self.tile_size:
+                raise BadInput(
+                    f"the tiles of {e.patient_id} ({e.store}) are {cut} px but the settings say "
+                    f"tiling.tile_size={self.tile_size}: drop the --set, or re-tile with "
+                    f"`lncr tile --set tiling.tile_size={self.tile_size}` first")
+
     def prepare(self) -> None:
-        """The run folder, the channel statistics and ``config.json``/``split.csv``; a
-        resumed run must have been started with the same settings."""
+        """The channel statistics; a resumed run must have been started with the same
+        settings, and keeps the statistics it started with."""
+        folder = self.folder
+        resuming = self.last.exists() and not self.force
+        old = json.loads((folder / "config.json").read_text()) if resuming else None
+        if old is not None:
+            self.stats = old["channel_mean"], old["channel_std"]
+        else:
+            self.stats = (preset_stats(self.settings.channel_stats, self.spec.stain)
+                          or channel_stats(self.train))
+        if old is not None and _resume_key(old) != _resume_key(self.config()):
+            raise BadInput(f"{folder} was started with other settings; use --force to restart")
+
+    def write_folder(self) -> None:
+        """``config.json`` and ``split.csv`` (with ``--force``, after clearing the old run)."""
         ctx, folder = self.ctx, self.folder
         if ctx.main:
             folder.mkdir(parents=True, exist_ok=True)
             if self.force:
                 for name in ("last.pt", "best.pt", "done.json", "metrics.csv"):
                     (folder / name).unlink(missing_ok=True)
-        ctx.barrier()
-        old = json.loads((folder / "config.json").read_text()) if self.last.exists() else None
-        if old is not None:  # a resumed run keeps the statistics it started with
-            self.stats = old["channel_mean"], old["channel_std"]
-        else:
-            self.stats = (preset_stats(self.settings.channel_stats, self.spec.stain)
-                          or channel_stats(self.train))
-        config = self.config()
-        if old is not None and _resume_key(old) != _resume_key(config):
-            raise BadInput(f"{folder} was started with other settings; use --force to restart")
-        if ctx.main:
-            atomic_write_json(folder / "config.json", config)
+            atomic_write_json(folder / "config.json", self.config())
             atomic_write_text(folder / "split.csv", pd.DataFrame(
                 [(e.patient_id, e.split, e.label, e.n_tiles, e.store)
                  for e in self.train + self.val],
                 columns=["patient_id", "split", "label", "tiles", "store"]).to_csv(index=False))
+        ctx.barrier()
 
     def config(self) -> dict:
         """What ``config.json`` records: the settings, geometry, statistics and versions."""
@@ -148,7 +179,8 @@ class Trainer:
                 "precision": str(amp).replace("torch.", "") if amp else "fp32",
                 "device": self.dev.type, "world_size": ctx.world,
                 "weights": str(self.weights) if self.weights is not None else None,
-                "source": self.source, "versions": versions()}
+                "source": self.source, "patients_without_tiles": self.excluded,
+                "versions": versions()}
 
     def build(self) -> None:
         """Model, optimiser, schedule and gradient scaler (the model right after seeding)."""
