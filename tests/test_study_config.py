@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lncr.study.config import StudyConfigError, load_config
+from lncr.study.config import StudyConfigError
+from lncr.study.config_file import load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from conftest import FAST, validated_copy
 from lncr.cli import app
-from lncr.study.config import StudyConfig, load_config
+from lncr.study.config import StudyConfig
+from lncr.study.config_file import load_config
 from lncr.study.validate import Study
 from lncr.sweep.grid import build_grid, repeat_split
 from lncr.sweep.run import halving_rungs, promote, run_sweep

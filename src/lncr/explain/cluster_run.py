@@ -220,14 +220,31 @@ def tsne(z: np.ndarray, seed: int) -> np.ndarray:
                 ).fit_transform(z)
 
 
+def _phantom_scores(fm: FinalModel, tiles: pd.DataFrame, cluster: np.ndarray) -> dict:
+    """On a phantom, the clusters scored against the planted tile classes (and the classes
+    added to ``tiles``); nothing on a real study."""
+    from lncr.explain.cluster_metrics import clustering_scores
+    from lncr.explain.phantom_truth import PhantomTruth
+
+    truth = PhantomTruth.for_slide(slide_paths(fm.cfg.output_dir)[(tiles.patient_id.iloc[0],
+                                                                    fm.stain)])
+    if truth is None:
+        return {}
+    classes = []
+    for (patient, _), part in tiles.groupby(["patient_id", "stain"], sort=False):
+        classes += list(zip(part.index, truth.tile_classes(patient, fm.stain, part.x, part.y,
+                                                           part.size0)))
+    tiles["planted_class"] = pd.Series(dict(classes))
+    return {"phantom": {"dccs": clustering_scores(tiles.planted_class, cluster),
+                        "classes": tiles.planted_class.value_counts().to_dict()}}
+
+
 def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None = None
                   ) -> dict:
     """Cluster one final model's development influential tiles; write its folder."""
     import torch
 
-    from lncr.explain.cluster_metrics import clustering_scores
     from lncr.explain.dccs import assign, fit_dccs
-    from lncr.explain.phantom_truth import PhantomTruth
     from lncr.provenance import package_versions
     from lncr.training.distributed import resolve_device
 
@@ -249,17 +266,7 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
     xy = tsne(z, ex.seed)
     tiles["tsne_x"], tiles["tsne_y"] = xy[:, 0], xy[:, 1]
     name = f"{fm.stain} {fm.magnification}"
-    extra: dict = {}
-    truth = PhantomTruth.for_slide(slide_paths(cfg.output_dir)[(tiles.patient_id.iloc[0],
-                                                                 fm.stain)])
-    if truth is not None:  # a phantom: score the clusters against the planted classes
-        classes = []
-        for (patient, _), part in tiles.groupby(["patient_id", "stain"], sort=False):
-            classes += list(zip(part.index, truth.tile_classes(patient, fm.stain, part.x,
-                                                               part.y, part.size0)))
-        tiles["planted_class"] = pd.Series(dict(classes))
-        extra["phantom"] = {"dccs": clustering_scores(tiles.planted_class, cluster),
-                            "classes": tiles.planted_class.value_counts().to_dict()}
+    extra = _phantom_scores(fm, tiles, cluster)
     folder.mkdir(parents=True, exist_ok=True)
     table, overall = association(tiles, ex.clusters)
     _scatter(xy, tiles.cluster, {k: f"cluster {k}" for k in range(ex.clusters)},

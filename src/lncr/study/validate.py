@@ -23,7 +23,8 @@ from lncr import __version__
 from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.slides.reader import PLAUSIBLE_MPP, SlideReadError, probe_slide
-from lncr.study.config import StudyConfig, StudyConfigError, config_to_dict, load_config
+from lncr.study.config import StudyConfig, StudyConfigError, config_to_dict
+from lncr.study.config_file import load_config
 from lncr.study.report import Problems
 from lncr.study.split import resolve_split, write_split
 from lncr.study.tables import read_patients, read_slides

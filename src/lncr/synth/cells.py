@@ -136,57 +136,87 @@ def structure_grid(geom: PatientGeometry, cell: float) -> np.ndarray:
     return grid
 
 
+class _CellList:
+    """Cell centres (µm) and kinds, gathered structure by structure."""
+
+    def __init__(self):
+        self.xs: list[np.ndarray] = []
+        self.ys: list[np.ndarray] = []
+        self.kinds: list[np.ndarray] = []
+
+    def add(self, x, y, kind: str) -> None:
+        x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
+        self.xs.append(x)
+        self.ys.append(y)
+        self.kinds.append(np.full(x.shape, KIND_INDEX[kind]))
+
+
 def place_cells(section: Section, geom: PatientGeometry, loops: list[np.ndarray],
                 fibrosis: "callable", rng: np.random.Generator, mpp: float) -> Cells:
     """Every nucleus and erythrocyte of a section (``geom`` is the section's moved geometry;
-    ``fibrosis(x, y)`` gives the fibrotic weight in [0, 1] at points in µm)."""
-    xs, ys, kinds = [], [], []
-
-    def add(x, y, kind: str) -> None:
-        x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
-        xs.append(x)
-        ys.append(y)
-        kinds.append(np.full(x.shape, KIND_INDEX[kind]))
-
+    ``fibrosis(x, y)`` gives the fibrotic weight in [0, 1] at points in µm). The random draws
+    happen in a fixed order: tubules, glomeruli, arterioles, interstitium, then stamps."""
+    cells = _CellList()
     for t in geom.tubules:
         rho = (t.a + t.b) / 2
         n = max(3, int(2 * np.pi * rho * (t.lumen + 1) / 2 / (10.0 if t.atrophic else 7.5)))
         ang = np.sort(rng.uniform(0, 2 * np.pi, n))
         frac = (t.lumen + 1) / 2 + rng.normal(0, 0.05, n)
-        add(*_on_ellipse(t, frac, ang), "flat" if t.atrophic else "epithelial")
+        cells.add(*_on_ellipse(t, frac, ang), "flat" if t.atrophic else "epithelial")
     for g, g_loops in zip(geom.glomeruli, loops):
-        n = int(np.pi * g.tuft ** 2 / (70.0 if g.lesion != "sclerosis" else 110.0))
-        d = g.tuft * np.sqrt(rng.random(n)) * 0.95
-        ang = rng.uniform(0, 2 * np.pi, n)
-        keep = d < 0.95 * _tuft_radius(g, ang)
-        if g.lesion == "sclerosis":
-            keep &= ~in_lesion_sector(g, ang) | (rng.random(n) < 0.25)
-        x, y = g.x + d * np.cos(ang), g.y + d * np.sin(ang)
-        if len(g_loops):  # not inside capillary lumens
-            dist = np.hypot(x[:, None] - g_loops[None, :, 0], y[:, None] - g_loops[None, :, 1])
-            keep &= (dist > g_loops[None, :, 2] + 0.5).all(axis=1)
-        add(x[keep], y[keep], "epithelial" if rng.random() < 0.5 else "lymphocyte")
-        n_par = int(2 * np.pi * g.capsule / 14)
-        ang = rng.uniform(0, 2 * np.pi, n_par)
-        add(g.x + (g.capsule - 0.8) * np.cos(ang), g.y + (g.capsule - 0.8) * np.sin(ang), "flat")
-        if g.lesion == "crescent":
-            n_c = int(g.lesion_span * g.capsule * (g.capsule - g.tuft * 0.7) / 90.0)
-            ang = g.lesion_start + rng.uniform(0, g.lesion_span, n_c)
-            d = rng.uniform(g.tuft * 0.75, g.capsule - 1.5, n_c)
-            add(g.x + d * np.cos(ang), g.y + d * np.sin(ang), "epithelial")
-        if len(g_loops):  # erythrocytes in some capillary lumens
-            pick = g_loops[rng.random(len(g_loops)) < 0.35]
-            add(pick[:, 0], pick[:, 1], "erythrocyte")
+        _glomerulus_cells(g, g_loops, rng, cells)
     for a in geom.arterioles:
         n = int(2 * np.pi * (a.lumen + a.wall / 2) / 6)
         ang = rng.uniform(0, 2 * np.pi, n)
         d = rng.uniform(a.lumen + 2, a.lumen + a.wall - 1, n)
-        add(a.x + d * np.cos(ang), a.y + d * np.sin(ang), "spindle")
+        cells.add(a.x + d * np.cos(ang), a.y + d * np.sin(ang), "spindle")
         n_rbc = int(a.lumen ** 2 / 12)
         ang, d = rng.uniform(0, 2 * np.pi, n_rbc), a.lumen * np.sqrt(rng.random(n_rbc)) * 0.8
-        add(a.x + d * np.cos(ang), a.y + d * np.sin(ang), "erythrocyte")
+        cells.add(a.x + d * np.cos(ang), a.y + d * np.sin(ang), "erythrocyte")
+    _interstitial_cells(section, geom, fibrosis, rng, cells)
+    x_um, y_um = np.concatenate(cells.xs), np.concatenate(cells.ys)
+    kind = np.concatenate(cells.kinds)
+    n = len(x_um)
+    size = rng.integers(0, N_SIZES, n)
+    angle = rng.integers(0, N_ANGLES, n)
+    bank = stamp_bank(mpp)
+    stamp = bank.index(kind, size, angle)
+    order = np.argsort(y_um, kind="stable")
+    return Cells(x_um[order] / mpp, y_um[order] / mpp, stamp[order])
 
-    # Interstitial cells: sparse fibroblasts and capillaries, dense lymphocytes in fibrosis.
+
+def _glomerulus_cells(g, g_loops: np.ndarray, rng: np.random.Generator,
+                      cells: _CellList) -> None:
+    """Tuft nuclei (fewer in sclerosis, none in capillary lumens), parietal cells, crescent
+    cells, and erythrocytes in some capillary lumens."""
+    n = int(np.pi * g.tuft ** 2 / (70.0 if g.lesion != "sclerosis" else 110.0))
+    d = g.tuft * np.sqrt(rng.random(n)) * 0.95
+    ang = rng.uniform(0, 2 * np.pi, n)
+    keep = d < 0.95 * _tuft_radius(g, ang)
+    if g.lesion == "sclerosis":
+        keep &= ~in_lesion_sector(g, ang) | (rng.random(n) < 0.25)
+    x, y = g.x + d * np.cos(ang), g.y + d * np.sin(ang)
+    if len(g_loops):  # not inside capillary lumens
+        dist = np.hypot(x[:, None] - g_loops[None, :, 0], y[:, None] - g_loops[None, :, 1])
+        keep &= (dist > g_loops[None, :, 2] + 0.5).all(axis=1)
+    cells.add(x[keep], y[keep], "epithelial" if rng.random() < 0.5 else "lymphocyte")
+    n_par = int(2 * np.pi * g.capsule / 14)
+    ang = rng.uniform(0, 2 * np.pi, n_par)
+    cells.add(g.x + (g.capsule - 0.8) * np.cos(ang), g.y + (g.capsule - 0.8) * np.sin(ang),
+              "flat")
+    if g.lesion == "crescent":
+        n_c = int(g.lesion_span * g.capsule * (g.capsule - g.tuft * 0.7) / 90.0)
+        ang = g.lesion_start + rng.uniform(0, g.lesion_span, n_c)
+        d = rng.uniform(g.tuft * 0.75, g.capsule - 1.5, n_c)
+        cells.add(g.x + d * np.cos(ang), g.y + d * np.sin(ang), "epithelial")
+    if len(g_loops):  # erythrocytes in some capillary lumens
+        pick = g_loops[rng.random(len(g_loops)) < 0.35]
+        cells.add(pick[:, 0], pick[:, 1], "erythrocyte")
+
+
+def _interstitial_cells(section: Section, geom: PatientGeometry, fibrosis,
+                        rng: np.random.Generator, cells: _CellList) -> None:
+    """Sparse fibroblasts and capillaries, dense lymphocytes in fibrosis."""
     core = section.geometry.core
     grid_cell = 2.0
     occupied = structure_grid(geom, grid_cell)
@@ -203,15 +233,6 @@ def place_cells(section: Section, geom: PatientGeometry, loops: list[np.ndarray]
     lymph = u < 0.02 + 0.55 * fib
     fibro = (u >= 0.02 + 0.55 * fib) & (u < 0.045 + 0.6 * fib)
     rbc = (u >= 0.97) & (fib < 0.3)
-    add(x[lymph], y[lymph], "lymphocyte")
-    add(x[fibro], y[fibro], "spindle")
-    add(x[rbc], y[rbc], "erythrocyte")
-
-    x_um, y_um, kind = np.concatenate(xs), np.concatenate(ys), np.concatenate(kinds)
-    n = len(x_um)
-    size = rng.integers(0, N_SIZES, n)
-    angle = rng.integers(0, N_ANGLES, n)
-    bank = stamp_bank(mpp)
-    stamp = bank.index(kind, size, angle)
-    order = np.argsort(y_um, kind="stable")
-    return Cells(x_um[order] / mpp, y_um[order] / mpp, stamp[order])
+    cells.add(x[lymph], y[lymph], "lymphocyte")
+    cells.add(x[fibro], y[fibro], "spindle")
+    cells.add(x[rbc], y[rbc], "erythrocyte")

@@ -225,26 +225,8 @@ def synthesize(out: str | Path, settings: SynthSettings, workers: int = 1, force
     are an error unless ``force``.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     record = _settings_record(settings)
-    marker = out / "synth.json"
-    if marker.exists():
-        previous = json.loads(marker.read_text())
-        if previous != record and not force:
-            changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
-            raise SynthError(f"{out} holds a phantom made with other settings ({', '.join(changed)}); "
-                             "choose another folder or pass --force to replace it")
-        if previous != record:
-            for sub in ("slides", "masks", "thumbnails"):
-                for f in (out / sub).glob("*"):
-                    f.unlink()
-    elif any(out.iterdir()) and not force:
-        raise SynthError(f"{out} is not empty and was not written by lncr synth; choose an empty "
-                         "folder or pass --force")
-    for sub in ("slides", "masks", "thumbnails"):
-        (out / sub).mkdir(exist_ok=True)
-    atomic_write_json(marker, record)
-
+    _prepare_folder(out, record, force)
     plans = plan_cohort(settings)
     result = SynthResult(out=out, study=out / "study.yaml")
     records: dict[str, dict] = {}
@@ -264,7 +246,42 @@ def synthesize(out: str | Path, settings: SynthSettings, workers: int = 1, force
             futures = [pool.submit(render_patient, out, settings, plan) for plan in plans]
             for fut in futures:
                 done(fut.result())
+    labels = _final_labels(plans, settings)
+    for pid, rec in records.items():
+        rec["label"] = labels[pid]
+    _write_tables(out, plans, labels, settings)
+    result.truth = _truth(record, settings, records)
+    atomic_write_json(out / "truth.json", result.truth)
+    return result
 
+
+def _prepare_folder(out: Path, record: dict, force: bool) -> None:
+    """The output folder, emptied of slides made with other settings (only with ``force``),
+    and its ``synth.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / "synth.json"
+    if marker.exists():
+        previous = json.loads(marker.read_text())
+        if previous != record and not force:
+            changed = sorted(k for k in set(previous) | set(record)
+                             if previous.get(k) != record.get(k))
+            raise SynthError(f"{out} holds a phantom made with other settings "
+                             f"({', '.join(changed)}); choose another folder or pass --force "
+                             "to replace it")
+        if previous != record:
+            for sub in ("slides", "masks", "thumbnails"):
+                for f in (out / sub).glob("*"):
+                    f.unlink()
+    elif any(out.iterdir()) and not force:
+        raise SynthError(f"{out} is not empty and was not written by lncr synth; choose an empty "
+                         "folder or pass --force")
+    for sub in ("slides", "masks", "thumbnails"):
+        (out / sub).mkdir(exist_ok=True)
+    atomic_write_json(marker, record)
+
+
+def _final_labels(plans: list, settings: SynthSettings) -> dict[str, int]:
+    """Each patient's label: as planned, or shuffled within each cohort (a null cohort)."""
     labels = {p.patient_id: p.label for p in plans}
     if settings.permute_labels:
         rng = np.random.default_rng(np.random.SeedSequence([settings.seed, 3]))
@@ -273,9 +290,11 @@ def synthesize(out: str | Path, settings: SynthSettings, workers: int = 1, force
             shuffled = [labels[i] for i in ids]
             rng.shuffle(shuffled)
             labels.update(zip(ids, shuffled))
-    for pid, rec in records.items():
-        rec["label"] = labels[pid]
+    return labels
 
+
+def _write_tables(out: Path, plans: list, labels: dict[str, int],
+                  settings: SynthSettings) -> None:
     atomic_write_text(out / "patients.csv", "patient_id,cohort,label\n" + "".join(
         f"{p.patient_id},{p.cohort},{labels[p.patient_id]}\n" for p in plans))
     atomic_write_text(out / "slides.csv", "patient_id,stain,path\n" + "".join(
@@ -288,8 +307,12 @@ def synthesize(out: str | Path, settings: SynthSettings, workers: int = 1, force
         "patients: patients.csv\n"
         "slides: slides.csv\n"
         f"stains: [{', '.join(settings.stains)}]\n"))
+
+
+def _truth(record: dict, settings: SynthSettings, records: dict[str, dict]) -> dict:
+    """``truth.json``: the generator's settings and model, and every patient's truth."""
     width, height = parse_size(settings.size, settings.mpp)
-    truth = {
+    return {
         "generator": {
             **record,
             "canvas_um": [width, height],
@@ -297,15 +320,14 @@ def synthesize(out: str | Path, settings: SynthSettings, workers: int = 1, force
             "mask_codes": MASK_CODES,
             "compartments": list(COMPARTMENTS),
             "dyes": {k: list(v) for k, v in DYES.items()},
-            "recipes": {k: {"dyes": list(r.dyes), "uptake": {c: list(u) for c, u in r.uptake.items()}}
+            "recipes": {k: {"dyes": list(r.dyes),
+                            "uptake": {c: list(u) for c, u in r.uptake.items()}}
                         for k, r in RECIPES.items() if k in settings.stains},
-            "styles": {"development": asdict(DEVELOPMENT_STYLE), "external": asdict(EXTERNAL_STYLE)},
+            "styles": {"development": asdict(DEVELOPMENT_STYLE),
+                       "external": asdict(EXTERNAL_STYLE)},
             "label_model": "burden ~ Beta(6m, 6(1-m)), m = 0.5 + 0.25*signal for label 0 and "
-                           "0.5 - 0.25*signal for label 1; P(glomerular lesion) = 0.05 + 0.8*burden; "
-                           "fibrotic area fraction ≈ 0.02 + 0.35*burden",
+                           "0.5 - 0.25*signal for label 1; P(glomerular lesion) = 0.05 + "
+                           "0.8*burden; fibrotic area fraction ≈ 0.02 + 0.35*burden",
         },
         "patients": {pid: records[pid] for pid in sorted(records)},
     }
-    atomic_write_json(out / "truth.json", truth)
-    result.truth = truth
-    return result

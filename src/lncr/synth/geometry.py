@@ -212,9 +212,22 @@ def radial_modulation(angle: np.ndarray, terms: tuple[tuple[float, int, float], 
 def make_patient_geometry(rng: np.random.Generator, width: float, height: float,
                           burden: float) -> PatientGeometry:
     """Draw one patient's biopsy: outline, glomeruli (lesioned with a probability that grows
-    with ``burden`` in [0, 1]), arterioles, fibrotic patches (more with burden) and tubules."""
+    with ``burden`` in [0, 1]), arterioles, fibrotic patches (more with burden) and tubules.
+    The draws happen in that order (the seed fixes the biopsy)."""
+    core = _draw_core(rng, width, height)
+    area_mm2 = max(PatientGeometry(width, height, core, (), (), (), ()).tissue_area_mm2(), 1e-3)
+    d = _Drawer(rng, core, _Occupancy(width, height), height)
+    glomeruli = d.glomeruli(max(2, int(rng.poisson(4.0 * area_mm2))), 0.05 + 0.8 * burden)
+    arterioles = d.arterioles(area_mm2)
+    patches = d.fibrosis(0.02 + 0.35 * burden, area_mm2)
+    tubules = d.tubules(patches, area_mm2)
+    return PatientGeometry(width, height, core, tuple(glomeruli), tuple(tubules),
+                           tuple(arterioles), tuple(patches))
+
+
+def _draw_core(rng: np.random.Generator, width: float, height: float) -> Core:
     margin_x = 0.05 * width + 20
-    core = Core(
+    return Core(
         x0=margin_x + rng.uniform(0, 0.03 * width),
         x1=width - margin_x - rng.uniform(0, 0.03 * width),
         y_mid=height / 2,
@@ -226,69 +239,84 @@ def make_patient_geometry(rng: np.random.Generator, width: float, height: float,
         lower_edge=_fourier(rng, 4, 0.012 * height, 2 * np.pi / 600, 2 * np.pi / 90),
         end_slant=(float(rng.uniform(-0.25, 0.25)), float(rng.uniform(-0.25, 0.25))),
     )
-    occupancy = _Occupancy(width, height)
-    area_mm2 = max(PatientGeometry(width, height, core, (), (), (), ()).tissue_area_mm2(), 1e-3)
 
-    def inside(x: float, y: float, r: float) -> bool:
-        return float(core.signed_distance(np.array([x]), np.array([y]))[0]) > r
 
-    def random_point() -> tuple[float, float]:
-        return float(rng.uniform(core.x0, core.x1)), float(rng.uniform(0, height))
+class _Drawer:
+    """Places the structures of one biopsy without overlaps (``occupancy``)."""
 
-    glomeruli: list[Glomerulus] = []
-    n_glom = max(2, int(rng.poisson(4.0 * area_mm2)))
-    p_lesion = 0.05 + 0.8 * burden
-    for _ in range(400 * n_glom):
-        if len(glomeruli) == n_glom:
-            break
-        tuft = float(rng.uniform(72, 118))
-        capsule = tuft + float(rng.uniform(7, 15))
-        x, y = random_point()
-        if not inside(x, y, capsule + 6) or not occupancy.free(x, y, capsule + 8):
-            continue
-        lesion = str(rng.choice(GLOMERULAR_LESIONS)) if rng.random() < p_lesion else None
-        span = 2 * np.pi if lesion == "wire_loop" else float(rng.uniform(0.35, 1.0) * 2 * np.pi)
-        if lesion == "sclerosis" and rng.random() < 0.3:
-            span = 2 * np.pi  # global sclerosis
-        glomeruli.append(Glomerulus(x, y, tuft, capsule, _lobes(rng, 0.07, (4, 8)), lesion,
-                                    float(rng.uniform(0, 2 * np.pi)), span))
-        occupancy.take(x, y, capsule + 4)
+    def __init__(self, rng: np.random.Generator, core: Core, occupancy: _Occupancy,
+                 height: float):
+        self.rng, self.core, self.occupancy, self.height = rng, core, occupancy, height
 
-    arterioles: list[Arteriole] = []
-    for _ in range(200):
-        if len(arterioles) == max(1, int(rng.poisson(0.6 * area_mm2))):
-            break
-        lumen, wall = float(rng.uniform(8, 16)), float(rng.uniform(10, 18))
-        x, y = random_point()
-        if inside(x, y, lumen + wall + 5) and occupancy.free(x, y, lumen + wall + 6):
-            arterioles.append(Arteriole(x, y, lumen, wall))
-            occupancy.take(x, y, lumen + wall + 3)
+    def inside(self, x: float, y: float, r: float) -> bool:
+        return float(self.core.signed_distance(np.array([x]), np.array([y]))[0]) > r
 
-    fibrosis_fraction = 0.02 + 0.35 * burden
-    mean_r = 140.0
-    n_patch = int(rng.poisson(fibrosis_fraction * area_mm2 * 1e6 / (np.pi * mean_r ** 2)))
-    patches = []
-    for _ in range(n_patch):
-        for _ in range(50):
-            x, y = random_point()
-            if inside(x, y, 0):
-                patches.append(FibrosisPatch(x, y, float(rng.uniform(0.55, 1.45) * mean_r),
-                                             _lobes(rng, 0.18, (2, 6))))
+    def random_point(self) -> tuple[float, float]:
+        return (float(self.rng.uniform(self.core.x0, self.core.x1)),
+                float(self.rng.uniform(0, self.height)))
+
+    def glomeruli(self, n_glom: int, p_lesion: float) -> list[Glomerulus]:
+        rng, out = self.rng, []
+        for _ in range(400 * n_glom):
+            if len(out) == n_glom:
                 break
+            tuft = float(rng.uniform(72, 118))
+            capsule = tuft + float(rng.uniform(7, 15))
+            x, y = self.random_point()
+            if not self.inside(x, y, capsule + 6) or not self.occupancy.free(x, y, capsule + 8):
+                continue
+            lesion = str(rng.choice(GLOMERULAR_LESIONS)) if rng.random() < p_lesion else None
+            span = (2 * np.pi if lesion == "wire_loop"
+                    else float(rng.uniform(0.35, 1.0) * 2 * np.pi))
+            if lesion == "sclerosis" and rng.random() < 0.3:
+                span = 2 * np.pi  # global sclerosis
+            out.append(Glomerulus(x, y, tuft, capsule, _lobes(rng, 0.07, (4, 8)), lesion,
+                                  float(rng.uniform(0, 2 * np.pi)), span))
+            self.occupancy.take(x, y, capsule + 4)
+        return out
 
-    def fibrosis_weight(x: float, y: float) -> float:
-        w = 0.0
-        for p in patches:
-            d = np.hypot(x - p.x, y - p.y)
-            ang = np.arctan2(y - p.y, x - p.x)
-            r = p.radius * radial_modulation(np.array(ang), p.shape)
-            w = max(w, float(np.clip((r - d) / 20.0, 0, 1)))
-        return w
+    def arterioles(self, area_mm2: float) -> list[Arteriole]:
+        rng, out = self.rng, []
+        for _ in range(200):
+            if len(out) == max(1, int(rng.poisson(0.6 * area_mm2))):
+                break
+            lumen, wall = float(rng.uniform(8, 16)), float(rng.uniform(10, 18))
+            x, y = self.random_point()
+            if self.inside(x, y, lumen + wall + 5) and self.occupancy.free(x, y,
+                                                                           lumen + wall + 6):
+                out.append(Arteriole(x, y, lumen, wall))
+                self.occupancy.take(x, y, lumen + wall + 3)
+        return out
 
-    tubules: list[Tubule] = []
+    def fibrosis(self, fraction: float, area_mm2: float) -> list[FibrosisPatch]:
+        rng, mean_r, out = self.rng, 140.0, []
+        n_patch = int(rng.poisson(fraction * area_mm2 * 1e6 / (np.pi * mean_r ** 2)))
+        for _ in range(n_patch):
+            for _ in range(50):
+                x, y = self.random_point()
+                if self.inside(x, y, 0):
+                    out.append(FibrosisPatch(x, y, float(rng.uniform(0.55, 1.45) * mean_r),
+                                             _lobes(rng, 0.18, (2, 6))))
+                    break
+        return out
 
-    def try_tubule(x: float, y: float, a: float) -> None:
-        fib = fibrosis_weight(x, y)
+    def tubules(self, patches: list[FibrosisPatch], area_mm2: float) -> list[Tubule]:
+        """Cortex is packed with tubules: a jittered hexagonal lattice first, then smaller
+        tubules thrown into the gaps; fibrosis replaces or atrophies them."""
+        rng, out, core, spacing = self.rng, [], self.core, 50.0
+        for row, y in enumerate(np.arange(spacing / 2, self.height, spacing * np.sqrt(3) / 2)):
+            for x in np.arange(core.x0 + (row % 2) * spacing / 2, core.x1, spacing):
+                self.tubule(out, patches, float(x + rng.normal(0, 6)),
+                            float(y + rng.normal(0, 6)), float(rng.uniform(18, 24)))
+        for _ in range(int(area_mm2 * 1e6 / (np.pi * 20 ** 2) * 6)):
+            x, y = self.random_point()
+            self.tubule(out, patches, x, y, float(rng.uniform(12, 20)))
+        return out
+
+    def tubule(self, out: list[Tubule], patches: list[FibrosisPatch], x: float, y: float,
+               a: float) -> None:
+        rng = self.rng
+        fib = _fibrosis_weight(patches, x, y)
         atrophic = rng.random() < 0.75 * fib
         if fib > 0.5 and rng.random() < 0.55:
             return  # fibrosis replaces tubules
@@ -297,26 +325,22 @@ def make_patient_geometry(rng: np.random.Generator, width: float, height: float,
         b = a * float(rng.uniform(0.75, 1.0))
         membrane = float(rng.uniform(2.2, 3.6) if atrophic else rng.uniform(0.9, 1.5))
         reach = a + membrane + 0.8
-        if not inside(x, y, reach + 2) or not occupancy.free(x, y, reach):
+        if not self.inside(x, y, reach + 2) or not self.occupancy.free(x, y, reach):
             return
-        tubules.append(Tubule(x, y, a, b, float(rng.uniform(0, np.pi)),
-                              float(rng.uniform(0.15, 0.3) if atrophic else rng.uniform(0.3, 0.55)),
-                              membrane, bool(rng.random() < 0.6 and not atrophic), bool(atrophic)))
-        occupancy.take(x, y, reach)
+        out.append(Tubule(x, y, a, b, float(rng.uniform(0, np.pi)),
+                          float(rng.uniform(0.15, 0.3) if atrophic else rng.uniform(0.3, 0.55)),
+                          membrane, bool(rng.random() < 0.6 and not atrophic), bool(atrophic)))
+        self.occupancy.take(x, y, reach)
 
-    # Cortex is packed with tubules: a jittered hexagonal lattice first, then smaller tubules
-    # thrown into the gaps.
-    spacing = 50.0
-    for row, y in enumerate(np.arange(spacing / 2, height, spacing * np.sqrt(3) / 2)):
-        for x in np.arange(core.x0 + (row % 2) * spacing / 2, core.x1, spacing):
-            try_tubule(float(x + rng.normal(0, 6)), float(y + rng.normal(0, 6)),
-                       float(rng.uniform(18, 24)))
-    for _ in range(int(area_mm2 * 1e6 / (np.pi * 20 ** 2) * 6)):
-        x, y = random_point()
-        try_tubule(x, y, float(rng.uniform(12, 20)))
 
-    return PatientGeometry(width, height, core, tuple(glomeruli), tuple(tubules),
-                           tuple(arterioles), tuple(patches))
+def _fibrosis_weight(patches: list[FibrosisPatch], x: float, y: float) -> float:
+    w = 0.0
+    for p in patches:
+        d = np.hypot(x - p.x, y - p.y)
+        ang = np.arctan2(y - p.y, x - p.x)
+        r = p.radius * radial_modulation(np.array(ang), p.shape)
+        w = max(w, float(np.clip((r - d) / 20.0, 0, 1)))
+    return w
 
 
 def section_of(geometry: PatientGeometry, rng: np.random.Generator) -> Section:

@@ -201,22 +201,38 @@ def _fibrosis_field(geom: PatientGeometry):
     return weight
 
 
-def render_section(section: Section, compartment_od: np.ndarray, brightness: float,
-                   mpp: float, mask_downsample: int = 16) -> Rendered:
-    """Render one stain's section of a patient at ``mpp`` µm/px.
+@dataclass
+class _Scene:
+    """What every strip of one section shares: its geometry, cells, textures and light."""
 
-    ``compartment_od`` is the (compartments × RGB) optical density of one unit of each
-    compartment on this slide (stain, cohort style and per-slide variation included);
-    ``brightness`` is the incident light of the scanner (0-255).
-    """
+    section: Section
+    geom: PatientGeometry
+    loops: list
+    fibrosis: object
+    cells: object
+    bank: object
+    tex_a: np.ndarray
+    tex_b: np.ndarray
+    light: np.ndarray
+    noise: np.ndarray
+    empty: np.ndarray
+    compartment_od: np.ndarray
+    mpp: float
+    width_px: int
+    height_px: int
+
+    COARSE = 4  # the outline and fibrosis fields are smooth: evaluate them every 4 px
+
+
+def _scene(section: Section, compartment_od: np.ndarray, brightness: float,
+           mpp: float) -> _Scene:
+    """Draw everything random of a section, in a fixed order (the seed fixes the pixels)."""
     rng = np.random.default_rng(section.seed)
     geom = moved(section)
     width_px, height_px = int(round(geom.width / mpp)), int(round(geom.height / mpp))
     loops = [capillary_loops(g, rng) for g in geom.glomeruli]
     fibrosis = _fibrosis_field(geom)
     cells = place_cells(section, geom, loops, fibrosis, rng, mpp)
-    bank = stamp_bank(mpp)
-
     tex_a = _periodic_noise(rng, STRIP, 2.5)  # fine fibrous grain
     tex_b = _periodic_noise(rng, STRIP, 9.0)  # coarser cytoplasm mottling
     # Empty glass: light through uneven mountant, then sensor noise; both periodic with period
@@ -225,80 +241,116 @@ def render_section(section: Section, compartment_od: np.ndarray, brightness: flo
     light = (np.float32(brightness) * np.exp(-np.log(10.0) * glass_od)).astype(np.float32)
     noise = rng.normal(0, 1.4, (3, GLASS, GLASS)).astype(np.float32)  # channel-first
     empty = np.clip(light[..., None] + np.moveaxis(noise, 0, -1) + 0.5, 0, 255).astype(np.uint8)
-    empty = _tile_to(empty, STRIP, width_px)
+    return _Scene(section, geom, loops, fibrosis, cells, stamp_bank(mpp), tex_a, tex_b, light,
+                  noise, _tile_to(empty, STRIP, width_px), compartment_od, mpp, width_px,
+                  height_px)
 
-    ln10 = np.float32(np.log(10.0))
-    rgb = np.empty((height_px, width_px, 3), np.uint8)
+
+def render_section(section: Section, compartment_od: np.ndarray, brightness: float,
+                   mpp: float, mask_downsample: int = 16) -> Rendered:
+    """Render one stain's section of a patient at ``mpp`` µm/px.
+
+    ``compartment_od`` is the (compartments × RGB) optical density of one unit of each
+    compartment on this slide (stain, cohort style and per-slide variation included);
+    ``brightness`` is the incident light of the scanner (0-255).
+    """
+    scene = _scene(section, compartment_od, brightness, mpp)
     ds = mask_downsample
-    labels = np.zeros((height_px // ds, width_px // ds), np.uint8)
+    rgb = np.empty((scene.height_px, scene.width_px, 3), np.uint8)
+    labels = np.zeros((scene.height_px // ds, scene.width_px // ds), np.uint8)
     profile = section.geometry.core.profile(0.5, section.geometry.width)
-    reach = 12 / mpp  # stamps reach at most ~8 µm from their centre
-    coarse = 4  # the outline and fibrosis fields are smooth: evaluate them every 4 px
-    for y0 in range(0, height_px, STRIP):
-        h = min(STRIP, height_px - y0)
-        rgb[y0:y0 + h] = empty[:h]
-        ys = (np.arange(y0, y0 + h, coarse, dtype=np.float64) + coarse / 2) * mpp
-        xs = (np.arange(0, width_px, coarse, dtype=np.float64) + coarse / 2) * mpp
-        px, py = section.to_patient(xs[None, :], ys[:, None])
-        sd = profile.signed_distance(px.astype(np.float32), py.astype(np.float32))
-        near = sd > -2.0
-        cols, rows = np.flatnonzero(near.any(axis=0)), np.flatnonzero(near.any(axis=1))
-        if not len(cols):
+    for y0 in range(0, scene.height_px, STRIP):
+        h = min(STRIP, scene.height_px - y0)
+        rgb[y0:y0 + h] = scene.empty[:h]
+        window = _tissue_window(scene, profile, y0, h, ds)
+        if window is None:
             continue
-        # The tissue's bounding box in this strip (plus a margin), aligned to mask cells:
-        # everything else is bare glass.
-        step = ds // coarse  # coarse cells per mask cell
-        c0, c1 = (max(int(cols[0]) - 1, 0) // step) * step, min(int(cols[-1]) + 2, len(xs))
-        r0, r1 = (max(int(rows[0]) - 1, 0) // step) * step, min(int(rows[-1]) + 2, len(ys))
-        x0, w = c0 * coarse, min(c1 * coarse, width_px) - c0 * coarse
-        ya, h = y0 + r0 * coarse, min(r1 * coarse, h) - r0 * coarse
-        sd, xs, ys = sd[r0:r1, c0:c1], xs[c0:c1], ys[r0:r1]
-        s = _Strip(ya, h, x0, w, mpp)
-
-        def fine(field: np.ndarray) -> np.ndarray:
-            """Nearest-neighbour upsampling by ``coarse`` in one copy."""
-            big = np.broadcast_to(field[:, None, :, None],
-                                  (field.shape[0], coarse, field.shape[1], coarse))
-            return big.reshape(field.shape[0] * coarse, field.shape[1] * coarse)[:h, :w]
-
-        tissue = fine(_ramp(sd, 1.5))
-        fib = fine(fibrosis(xs[None, :].astype(np.float32), ys[:, None].astype(np.float32)))
-        fib *= tissue
-        ta = _tile_to(np.roll(tex_a, (-ya, -x0), axis=(0, 1)), h, w)
-        tb = _tile_to(np.roll(tex_b, (-ya, -x0), axis=(0, 1)), h, w)
-        col, cyto = s.comp[COL], s.comp[CYTO]
-        np.multiply(ta, 0.06 + 0.15 * fib, out=col)
-        col += 0.2 + 0.3 * fib
-        col *= tissue
-        np.multiply(tb, 0.03, out=cyto)
-        cyto += 0.1 + 0.06 * fib
-        cyto *= tissue
-        s.labels[tissue > 0.5] = MASK_CODES["tissue"]
-        s.labels[(fib > 0.5) & (tissue > 0.5)] = MASK_CODES["fibrosis_inflammation"]
-        for t in geom.tubules:
-            _draw_tubule(s, t, tb, mpp)
-        for a in geom.arterioles:
-            _draw_arteriole(s, a, tb, mpp)
-        for g, g_loops in zip(geom.glomeruli, loops):
-            _draw_glomerulus(s, g, g_loops, tb, mpp)
-        lo, hi = np.searchsorted(cells.y, [ya - reach, ya + h + reach])
-        for cx, cy, k in zip(cells.x[lo:hi], cells.y[lo:hi], cells.stamp[lo:hi]):
-            _paste(s.comp[int(bank.channel[k])], bank.stamps[k], int(round(cy)) - ya,
-                   int(round(cx)) - x0)
-        od = (compartment_od.T @ s.comp.reshape(len(COMPARTMENTS), -1)).reshape(3, h, w)
-        od *= -ln10
-        np.exp(od, out=od)
-        od *= _tile_to(np.roll(light, (-ya, -x0), axis=(0, 1)), h, w)[None]
-        od += _tile_to(np.roll(noise, (-ya, -x0), axis=(1, 2)).transpose(1, 2, 0), h, w).transpose(2, 0, 1)
-        od += 0.5
-        np.maximum(od, 0, out=od)
-        np.minimum(od, 255, out=od)
-        rgb[ya:ya + h, x0:x0 + w] = np.moveaxis(od, 0, -1)
+        s, sd, xs, ys = window
+        _paint_strip(scene, s, sd, xs, ys)
+        rgb[s.y0:s.y0 + s.h, s.x0:s.x0 + s.w] = _strip_rgb(scene, s)
         # Mask: the label at the centre of each ds × ds cell (windows are cell-aligned).
         sub = s.labels[ds // 2::ds, ds // 2::ds]
-        lab = labels[ya // ds:ya // ds + sub.shape[0], x0 // ds:x0 // ds + sub.shape[1]]
+        lab = labels[s.y0 // ds:s.y0 // ds + sub.shape[0], s.x0 // ds:s.x0 // ds + sub.shape[1]]
         lab[...] = sub[:lab.shape[0], :lab.shape[1]]
     return Rendered(rgb=rgb, labels=labels, mask_downsample=ds)
+
+
+def _tissue_window(scene: _Scene, profile, y0: int, h: int, ds: int):
+    """The tissue's bounding box in the strip of rows [y0, y0 + h) (plus a margin), aligned to
+    mask cells — everything else is bare glass: (strip, signed distance, xs, ys) on the coarse
+    grid, or None when the strip holds no tissue."""
+    coarse, mpp = _Scene.COARSE, scene.mpp
+    ys = (np.arange(y0, y0 + h, coarse, dtype=np.float64) + coarse / 2) * mpp
+    xs = (np.arange(0, scene.width_px, coarse, dtype=np.float64) + coarse / 2) * mpp
+    px, py = scene.section.to_patient(xs[None, :], ys[:, None])
+    sd = profile.signed_distance(px.astype(np.float32), py.astype(np.float32))
+    near = sd > -2.0
+    cols, rows = np.flatnonzero(near.any(axis=0)), np.flatnonzero(near.any(axis=1))
+    if not len(cols):
+        return None
+    step = ds // coarse  # coarse cells per mask cell
+    c0, c1 = (max(int(cols[0]) - 1, 0) // step) * step, min(int(cols[-1]) + 2, len(xs))
+    r0, r1 = (max(int(rows[0]) - 1, 0) // step) * step, min(int(rows[-1]) + 2, len(ys))
+    x0, w = c0 * coarse, min(c1 * coarse, scene.width_px) - c0 * coarse
+    ya, hh = y0 + r0 * coarse, min(r1 * coarse, h) - r0 * coarse
+    return _Strip(ya, hh, x0, w, mpp), sd[r0:r1, c0:c1], xs[c0:c1], ys[r0:r1]
+
+
+def _paint_strip(scene: _Scene, s: _Strip, sd: np.ndarray, xs: np.ndarray,
+                 ys: np.ndarray) -> None:
+    """Interstitium (collagen, cytoplasm, fibrosis), then every structure and cell, as
+    compartment amounts and mask labels of the strip."""
+    coarse, mpp, h, w = _Scene.COARSE, scene.mpp, s.h, s.w
+
+    def fine(field: np.ndarray) -> np.ndarray:
+        """Nearest-neighbour upsampling by ``coarse`` in one copy."""
+        big = np.broadcast_to(field[:, None, :, None],
+                              (field.shape[0], coarse, field.shape[1], coarse))
+        return big.reshape(field.shape[0] * coarse, field.shape[1] * coarse)[:h, :w]
+
+    tissue = fine(_ramp(sd, 1.5))
+    fib = fine(scene.fibrosis(xs[None, :].astype(np.float32), ys[:, None].astype(np.float32)))
+    fib *= tissue
+    ta = _tile_to(np.roll(scene.tex_a, (-s.y0, -s.x0), axis=(0, 1)), h, w)
+    tb = _tile_to(np.roll(scene.tex_b, (-s.y0, -s.x0), axis=(0, 1)), h, w)
+    col, cyto = s.comp[COL], s.comp[CYTO]
+    np.multiply(ta, 0.06 + 0.15 * fib, out=col)
+    col += 0.2 + 0.3 * fib
+    col *= tissue
+    np.multiply(tb, 0.03, out=cyto)
+    cyto += 0.1 + 0.06 * fib
+    cyto *= tissue
+    s.labels[tissue > 0.5] = MASK_CODES["tissue"]
+    s.labels[(fib > 0.5) & (tissue > 0.5)] = MASK_CODES["fibrosis_inflammation"]
+    for t in scene.geom.tubules:
+        _draw_tubule(s, t, tb, mpp)
+    for a in scene.geom.arterioles:
+        _draw_arteriole(s, a, tb, mpp)
+    for g, g_loops in zip(scene.geom.glomeruli, scene.loops):
+        _draw_glomerulus(s, g, g_loops, tb, mpp)
+    cells, bank = scene.cells, scene.bank
+    reach = 12 / mpp  # stamps reach at most ~8 µm from their centre
+    lo, hi = np.searchsorted(cells.y, [s.y0 - reach, s.y0 + h + reach])
+    for cx, cy, k in zip(cells.x[lo:hi], cells.y[lo:hi], cells.stamp[lo:hi]):
+        _paste(s.comp[int(bank.channel[k])], bank.stamps[k], int(round(cy)) - s.y0,
+               int(round(cx)) - s.x0)
+
+
+def _strip_rgb(scene: _Scene, s: _Strip) -> np.ndarray:
+    """Beer–Lambert: the strip's compartments through the slide's dyes, lit and with sensor
+    noise, as RGB (h × w × 3, values 0–255)."""
+    h, w, ya, x0 = s.h, s.w, s.y0, s.x0
+    ln10 = np.float32(np.log(10.0))
+    od = (scene.compartment_od.T @ s.comp.reshape(len(COMPARTMENTS), -1)).reshape(3, h, w)
+    od *= -ln10
+    np.exp(od, out=od)
+    od *= _tile_to(np.roll(scene.light, (-ya, -x0), axis=(0, 1)), h, w)[None]
+    od += _tile_to(np.roll(scene.noise, (-ya, -x0), axis=(1, 2)).transpose(1, 2, 0), h,
+                   w).transpose(2, 0, 1)
+    od += 0.5
+    np.maximum(od, 0, out=od)
+    np.minimum(od, 255, out=od)
+    return np.moveaxis(od, 0, -1)
 
 
 def _tile_to(field: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.layout import read_table
 from lncr.study.config import TrainingSettings
@@ -109,6 +110,23 @@ def _earlier_prediction(folder: Path, cohort: str, checkpoint: str, tiles: str, 
     return read_table(out) if same else None
 
 
+def run_study(folder: Path, config: dict, study: Study | str | Path | None,
+              overrides: list[str] | None) -> Study:
+    """The study a run predicts on: ``study`` itself, or the file given or recorded by the
+    run (relative to the run folder, :mod:`lncr.paths`) loaded with the run's overrides, then
+    the caller's."""
+    if isinstance(study, Study):
+        return study
+    source = config.get("source") or {}
+    recorded = source.get("study")
+    if study is None and recorded:
+        study = (recorded if Path(recorded).is_absolute()
+                 else os.path.normpath(Path(folder).absolute() / recorded))
+    if study is None:
+        raise BadInput(f"{folder} does not record its study; give the study file (--study)")
+    return Study.load(study, list(source.get("overrides") or []) + list(overrides or []))
+
+
 def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best",
                 tiles: str = "eval", chunk_size: int | None = None,
                 study: Study | str | Path | None = None,
@@ -125,15 +143,7 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
         raise ValueError(f"--tiles {tiles!r}: use eval or all")
     model, config, inputs, epoch = load_run(folder, checkpoint, device)
     settings = TrainingSettings(**config["settings"])
-    source = config.get("source") or {}
-    recorded = source.get("study")
-    if study is None and recorded:  # stored relative to the run folder (lncr.paths)
-        study = (recorded if Path(recorded).is_absolute()
-                 else os.path.normpath(Path(folder).absolute() / recorded))
-    if study is None:
-        raise ValueError(f"{folder} does not record its study; give the study file (--study)")
-    if not isinstance(study, Study):  # the recorded overrides, then the caller's
-        study = Study.load(study, list(source.get("overrides") or []) + list(overrides or []))
+    study = run_study(folder, config, study, overrides)
     spec = config["spec"]
     entries = study_entries(study, spec["stain"], spec["magnification"])
     entries = select(entries, cohort)

@@ -1,0 +1,159 @@
+"""Reading ``study.yaml`` into a :class:`~lncr.study.config.StudyConfig`: YAML with every key
+unique, command-line overrides (``tiling.tile_size=256``) applied before validation, and
+validation errors that name the key, its line in the file (or the override that set it) and
+the closest valid key."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from lncr.study.config import StudyConfig, StudyConfigError
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Line number (1-based) of every mapping key, by its path."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = path + (str(key.value),)
+                lines[p] = key.start_mark.line + 1
+                walk(value, p)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = StudyConfig
+    for part in path:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _describe(errors: list[dict], lines: dict[tuple[str, ...], int], source: str) -> list[str]:
+    out = []
+    for err in errors:
+        loc = tuple(str(p) for p in err["loc"])
+        dotted = ".".join(loc)
+        line = lines.get(loc) or lines.get(loc[:-1])
+        where = f"{source} line {line}" if line else source
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            valid = sorted(model.model_fields) if model else []
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            prefix = ".".join(loc[:-1] + (close[0],)) if close else None
+            hint = f"did you mean '{prefix}'?" if close else f"valid keys here: {', '.join(valid)}"
+            out.append(f"{where}: unknown key '{dotted}' ({hint})")
+        elif err["type"] == "missing":
+            out.append(f"{where}: '{dotted}' is required (add '{loc[-1]}: <path>' to the YAML)")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            out.append(f"{where}: {dotted or 'study'}: {err['msg']}{shown}")
+    return out
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``'tiling.tile_size=256'`` → (('tiling', 'tile_size'), 256). Values are YAML scalars or
+    flow lists (``stains=[HE, PAS]``)."""
+    if "=" not in text:
+        raise StudyConfigError(None, [f"override '{text}' must look like section.key=value"])
+    key, _, value = text.partition("=")
+    path = tuple(p.strip() for p in key.strip().split("."))
+    if not all(path):
+        raise StudyConfigError(None, [f"override '{text}' has an empty key"])
+    return path, yaml.safe_load(value) if value.strip() else ""
+
+
+def apply_overrides(data: dict, overrides: list[str] | dict | None) -> dict:
+    """Deep-merge dotted-key overrides into a raw settings mapping (returns a new dict)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    if not overrides:
+        return out
+    items = (overrides.items() if isinstance(overrides, dict)
+             else (parse_override(o) for o in overrides))
+    for path, value in items:
+        path = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise StudyConfigError(None, [f"override {'.'.join(path)}: '{part}' is not a section"])
+        node[path[-1]] = value
+    return out
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key that a mapping repeats (PyYAML keeps the last one
+    silently, so a second ``training:`` block would drop the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping (first on line "
+                    f"{seen[key] + 1}): merge the two", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> StudyConfig:
+    """Read and validate ``study.yaml``. Table and output paths are made absolute (relative
+    paths are relative to the YAML file's folder). Raises :class:`StudyConfigError` listing
+    every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise StudyConfigError(path, [f"file not found (expected a study YAML at {path})"])
+    if not path.is_file():
+        raise StudyConfigError(path, ["not a file: give the study's YAML file"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StudyConfigError(path, [f"not UTF-8 text (byte {exc.start}): save it as UTF-8"]
+                               ) from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise StudyConfigError(path, [f"not valid YAML: {exc}"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise StudyConfigError(path, ["the YAML must be a mapping with at least 'patients:' "
+                                      "and 'slides:'"])
+    data = apply_overrides(data, overrides)
+    try:
+        config = StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise StudyConfigError(path, _describe(exc.errors(), _yaml_lines(text), path.name)) from exc
+    base = path.resolve().parent
+    tiling = config.tiling.model_copy(update={"reference_images": {
+        k: (base / v).resolve() for k, v in config.tiling.reference_images.items()}})
+    sweep = config.sweep.model_copy(update={"weights": {
+        k: (base / v).resolve() for k, v in config.sweep.weights.items()}})
+    return config.model_copy(update={
+        "sweep": sweep,
+        "patients": (base / config.patients).resolve(),
+        "slides": (base / config.slides).resolve(),
+        "output_dir": (base / config.output_dir).resolve(),
+        "tiling": tiling,
+    })
