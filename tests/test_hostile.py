@@ -240,3 +240,14 @@ def it_leaves_no_worker_behind_when_lncr_is_killed():
         assert readable, f"worker {worker} outlived its killed parent"
     finally:
         os.close(fd)
+
+
+def it_names_a_folder_given_as_a_table(make_study):
+    from lncr.study.validate import load_study
+
+    study_yaml = make_study()
+    (study_yaml.parent / "patients.csv").unlink()
+    (study_yaml.parent / "patients.csv").mkdir()
+    result = CliRunner().invoke(app, ["validate", str(study_yaml), "--no-files"])
+    assert result.exit_code == 2 and "is a folder, not a CSV file" in result.output
+    assert load_study(study_yaml, check_files=False).problems.errors

@@ -48,6 +48,10 @@ def _read_csv(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
                        "check the path in study.yaml (relative to the YAML's folder)",
                        code="missing-table")
         return None
+    if path.is_dir():
+        problems.error(path, None, "is a folder, not a CSV file",
+                       "point study.yaml at the table file inside it", code="missing-table")
+        return None
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
                          skipinitialspace=True)
