@@ -91,7 +91,7 @@ class DescribeRepeatSplits:
 
         study = validated_copy(tiled, tmp_path / "study")
         sets = TINY + ["sweep.resplit=true"]
-        unit = Unit("HE", "10x", "resnet18", 2, 1, 1, "split1")
+        unit = Unit.of("HE", "10x", "resnet18", 2, 1, 1, "split1")
         row = run_unit(UnitTask(unit, Study.load(study, sets), str(tmp_path / "runs"), 1, 1,
                                 device="cpu"))
         assert row["status"] == "done", row["error"]
@@ -360,7 +360,7 @@ class DescribeSuccessiveHalving:
 
         results, alive = {}, []
         for i, auc in enumerate([0.9, 0.5, 0.7, 0.6, 0.8, 0.55]):
-            u = Unit("HE", "10x", "resnet18", i + 1, 0, 0)
+            u = Unit.of("HE", "10x", "resnet18", i + 1, 0, 0)
             folder = tmp_path / str(i)
             folder.mkdir()
             pd.DataFrame({"epoch": [0, 1], "val_auc": [0.5, auc], "val_loss": [0.7, 0.6]}

@@ -133,10 +133,22 @@ class Layout:
     def final_record(self) -> Path:
         return self.final_dir / "final.json"
 
+    @property
+    def final_runs(self) -> Path:
+        return self.final_dir / "runs"
+
     # predictions/, evaluation/, explain/, report/
     @property
     def predictions_dir(self) -> Path:
         return self.root / "predictions"
+
+    def predictions(self, kind: str) -> Path:
+        """``single_models``, ``stain_ensembles`` or ``multi_stain``."""
+        return self.predictions_dir / f"{kind}.csv"
+
+    @property
+    def predictions_record(self) -> Path:
+        return self.predictions_dir / "predictions.json"
 
     @property
     def evaluation_dir(self) -> Path:
@@ -146,9 +158,45 @@ class Layout:
     def metrics(self) -> Path:
         return self.evaluation_dir / "metrics.csv"
 
+    def evaluation_table(self, name: str) -> Path:
+        """``metrics``, ``threshold_metrics``, ``calibration`` or ``comparisons``."""
+        return self.evaluation_dir / f"{name}.csv"
+
+    @property
+    def evaluation_record(self) -> Path:
+        return self.evaluation_dir / "evaluation.json"
+
     @property
     def explain_dir(self) -> Path:
         return self.root / "explain"
+
+    @property
+    def influential(self) -> Path:
+        return self.explain_dir / "influential.csv"
+
+    @property
+    def explain_record(self) -> Path:
+        return self.explain_dir / "explain.json"
+
+    @property
+    def gradcam_dir(self) -> Path:
+        return self.explain_dir / "gradcam"
+
+    @property
+    def gradcam_table(self) -> Path:
+        return self.gradcam_dir / "gradcam.csv"
+
+    @property
+    def gradcam_record(self) -> Path:
+        return self.gradcam_dir / "gradcam.json"
+
+    @property
+    def clusters_dir(self) -> Path:
+        return self.explain_dir / "clusters"
+
+    @property
+    def pointing(self) -> Path:
+        return self.explain_dir / "pointing" / "pointing.csv"
 
     @property
     def report(self) -> Path:
@@ -176,7 +224,7 @@ class Layout:
                 / f"{file_name(patient_id)}{suffix}")
 
     def clusters(self, stain: str, magnification: str) -> Path:
-        return self.explain_dir / "clusters" / file_name(stain) / magnification
+        return self.clusters_dir / file_name(stain) / magnification
 
     # readers and writers of the tables that cross stages
     def read_split(self) -> pd.DataFrame:
@@ -201,6 +249,10 @@ class Layout:
         """``final/models.csv`` with run folders resolved."""
         table = read_table(self._needed(self.final_models, "lncr sweep"))
         return resolve_columns(table, ["folder"], self.root)
+
+    def read_if_there(self, path: Path) -> pd.DataFrame | None:
+        """Any lncr table of this folder (identifiers as text), or None before its stage."""
+        return read_table(path) if path.exists() else None
 
     def read_metrics(self) -> pd.DataFrame | None:
         """``evaluation/metrics.csv`` (``lncr evaluate``), or None before evaluation."""

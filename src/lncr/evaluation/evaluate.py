@@ -38,8 +38,8 @@ from lncr.evaluation.classification import (
     threshold_metrics,
 )
 from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc, delong_test
-from lncr.fileio import atomic_write_json, atomic_write_text
-from lncr.layout import read_table
+from lncr.fileio import atomic_write_json
+from lncr.layout import Layout, read_table, write_table
 from lncr.locks import locks_output
 from lncr.study.validate import Study
 
@@ -178,13 +178,13 @@ def evaluate_study(study: Study, figures: bool = True) -> Evaluation:
     folder.mkdir(parents=True, exist_ok=True)
     for name, table in (("metrics", metrics), ("threshold_metrics", thresholds),
                         ("calibration", calibration), ("comparisons", comparisons)):
-        atomic_write_text(folder / f"{name}.csv", table.to_csv(index=False))
+        write_table(Layout(cfg.output_dir).evaluation_table(name), table)
 
     def records(table: pd.DataFrame) -> list[dict]:
         return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                  for k, v in r.items()} for r in table.to_dict("records")]
 
-    atomic_write_json(folder / "evaluation.json", {
+    atomic_write_json(Layout(cfg.output_dir).evaluation_record, {
         "metrics": records(metrics), "threshold_metrics": records(thresholds),
         "calibration": records(calibration), "comparisons": records(comparisons),
         "estimates": {c: {"estimate": e, "why": w} for c, (e, w) in ESTIMATES.items()},

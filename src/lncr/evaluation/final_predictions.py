@@ -28,8 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from lncr.evaluation.ensemble import multi_stain_ensemble, stain_ensembles
-from lncr.fileio import atomic_write_json, atomic_write_text
-from lncr.layout import Layout
+from lncr.fileio import atomic_write_json
+from lncr.layout import Layout, write_table
 from lncr.locks import locks_output
 from lncr.study.validate import Study
 
@@ -99,10 +99,11 @@ def predict_final(study: Study, device: str = "auto", workers: int = 0) -> Final
     multi = multi.merge(sides, on="patient_id", how="left")
     folder = cfg.output_dir / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "single_models.csv", single.to_csv(index=False))
-    atomic_write_text(folder / "stain_ensembles.csv", per_stain.to_csv(index=False))
-    atomic_write_text(folder / "multi_stain.csv", multi.to_csv(index=False))
-    atomic_write_json(folder / "predictions.json", {
+    layout = Layout(cfg.output_dir)
+    for kind, table in (("single_models", single), ("stain_ensembles", per_stain),
+                        ("multi_stain", multi)):
+        write_table(layout.predictions(kind), table)
+    atomic_write_json(layout.predictions_record, {
         "checkpoint": ev.checkpoint, "tiles": ev.tiles,
         "within_stain": f"{cfg.ensemble.within_stain} over the magnifications present",
         "across_stains": f"{cfg.ensemble.across_stains} over the single-stain ensembles present",

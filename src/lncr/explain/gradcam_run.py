@@ -46,14 +46,14 @@ from lncr.fileio import (
     atomic_write_json,
     atomic_write_text,
 )
-from lncr.layout import Layout, read_table
+from lncr.layout import Layout, read_table, write_table
 from lncr.locks import locks_output
 from lncr.study.validate import Study
 
 
 def default_patients(out: Path) -> tuple[list[str], pd.DataFrame]:
     """The most confident correct and incorrect multi-stain predictions per cohort."""
-    path = out / "predictions" / "multi_stain.csv"
+    path = Layout(out).predictions("multi_stain")
     if not path.exists():
         raise ValueError(f"no predictions at {path}: run `lncr predict STUDY.yaml` first, or "
                          "name patients with --patient")
@@ -228,8 +228,8 @@ def explain_gradcam(study: Study, patients: list[str] | None = None, method: str
              "target"]
     table = table[first + [c for c in table.columns if c not in first]]
     folder = out / "explain" / "gradcam"
-    atomic_write_text(folder / "gradcam.csv", table.to_csv(index=False))
-    atomic_write_json(folder / "gradcam.json", {
+    write_table(Layout(out).gradcam_table, table)
+    atomic_write_json(Layout(out).gradcam_record, {
         "models": used, "target": target, "top_k": cfg.explain.top_k,
         "influence": cfg.explain.influence,
         "checkpoint": cfg.evaluation.checkpoint, "patients": patients,

@@ -33,7 +33,7 @@ from lncr.explain.models import (
     stamp,
 )
 from lncr.fileio import atomic_write_json, atomic_write_text
-from lncr.layout import Layout
+from lncr.layout import Layout, write_table
 from lncr.locks import locks_output
 from lncr.study.validate import Study
 
@@ -98,8 +98,8 @@ def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | No
     table = pd.concat(rows, ignore_index=True)
     table = table[INFLUENTIAL_FIRST + [c for c in table.columns if c not in INFLUENTIAL_FIRST]]
     out = cfg.output_dir / "explain"
-    atomic_write_text(out / "influential.csv", table.to_csv(index=False))
-    atomic_write_json(out / "explain.json", {
+    write_table(Layout(cfg.output_dir).influential, table)
+    atomic_write_json(Layout(cfg.output_dir).explain_record, {
         "models": used, "checkpoint": cfg.evaluation.checkpoint, "top_k": cfg.explain.top_k,
         "influence": cfg.explain.influence, "target": cfg.explain.target,
         "cohort": cohort, "patients": patients, **study.source,

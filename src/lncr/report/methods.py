@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lncr.layout import Layout
 from lncr.report.assets import esc, read_json
 
 
@@ -19,7 +20,7 @@ def _mags(values) -> str:
 
 
 def _tiling(out: Path) -> str | None:
-    run = read_json(out / "tiles" / "run.json")
+    run = read_json(Layout(out).tiles_record)
     if run is None:
         return None
     s = run["settings"]
@@ -38,8 +39,8 @@ def _tiling(out: Path) -> str | None:
 
 
 def _training(out: Path) -> str | None:
-    final = read_json(out / "final" / "final.json")
-    sweep = read_json(out / "sweep" / "sweep.json")
+    final = read_json(Layout(out).final_record)
+    sweep = read_json(Layout(out).sweep_record)
     if final is None and sweep is None:
         return None
     text = ""
@@ -57,7 +58,7 @@ def _training(out: Path) -> str | None:
         text += (f"Selected: {arch}; bag size {final['bag_size']} (rule: {final['rule']}). "
                  f"Final models were trained for {final['epochs']} epochs with seed "
                  f"{final['seed']} on the study split. ")
-    runs = sorted((out / "final" / "runs").glob("*/*/*/config.json"))
+    runs = sorted(Layout(out).final_runs.glob("*/*/*/config.json"))
     if runs:
         c = json.loads(runs[0].read_text())
         s = c["settings"]
@@ -75,8 +76,8 @@ def _training(out: Path) -> str | None:
 
 
 def _evaluation(out: Path) -> str | None:
-    pred = read_json(out / "predictions" / "predictions.json")
-    ev = read_json(out / "evaluation" / "evaluation.json")
+    pred = read_json(Layout(out).predictions_record)
+    ev = read_json(Layout(out).evaluation_record)
     if pred is None and ev is None:
         return None
     text = ""
@@ -97,14 +98,14 @@ def _evaluation(out: Path) -> str | None:
 
 
 def _explain(out: Path) -> str | None:
-    ex = out / "explain"
+    ex = Layout(out).explain_dir
     parts = []
-    heat = read_json(ex / "explain.json")
+    heat = read_json(Layout(out).explain_record)
     if heat is not None:
         parts.append(f"Tile attention and leave-one-out effects were computed for every tile; "
                      f"the {heat['top_k']} tiles with the highest relative attention per slide "
                      f"are its influential tiles.")
-    cam = read_json(ex / "gradcam" / "gradcam.json")
+    cam = read_json(Layout(out).gradcam_record)
     if cam is not None:
         m = cam["models"][0] if cam["models"] else {}
         parts.append(f"Grad-CAM ({m.get('method')}, layer {m.get('layer')} of the backbone, "

@@ -35,7 +35,7 @@ def _csv(path: Path) -> pd.DataFrame | None:
 
 
 def study_section(out: Path) -> str:
-    summary = read_json(out / "study" / "summary.json")
+    summary = read_json(Layout(out).study_summary)
     if summary is None:
         return section("study", "Study", missing("the study summary", "lncr validate STUDY.yaml"))
     patients = pd.DataFrame(summary["patients"]).T.fillna(0).astype(int)
@@ -48,7 +48,7 @@ def study_section(out: Path) -> str:
     gaps = summary.get("missing_stains") or {}
     body += (f"<p>Missing stains: {esc(json.dumps(gaps))}.</p>" if gaps
              else "<p>Every patient has every stain.</p>")
-    split = read_json(out / "study" / "split.json")
+    split = read_json(Layout(out).split_record)
     if split:
         body += (f"<p>Patient-level split ({esc(split.get('source'))}, seed "
                  f"{esc(split.get('seed'))}): {esc(split.get('patients'))} development "
@@ -83,7 +83,7 @@ def _normalisation_example(out: Path, index: pd.DataFrame, stain: str) -> np.nda
 
 
 def tiling_section(out: Path) -> str:
-    summary = _csv(out / "tiles" / "summary.csv")
+    summary = _csv(Layout(out).tiles_summary)
     layout = Layout(out)
     index = layout.read_tiles_index() if layout.tiles_index.exists() else None
     if summary is None or index is None:
@@ -103,13 +103,13 @@ def tiling_section(out: Path) -> str:
     ax.set_ylabel("tiles per slide")
     ax.set_title("Tiles kept per slide", fontsize=9)
     body += img(figure_uri(fig), "Tiles kept per slide by stain and magnification", "70%")
-    qc = out / "tiles" / "qc"
+    qc = Layout(out).tiles_qc
     thumbs = sorted(qc.glob("*.png"))[:4] if qc.exists() else []
     if thumbs:
         body += "<h3>QC thumbnails</h3><p>Kept tiles outlined on the slide (first slides).</p>"
         body += '<div class="grid">' + "".join(
             image_file(p, p.stem, 900, jpeg=True) for p in thumbs) + "</div>"
-    norm = out / "tiles" / "norm"
+    norm = Layout(out).tiles_norm
     refs = sorted(norm.glob("*-reference.png")) if norm.exists() else []
     if refs:
         body += ("<h3>Colour normalisation</h3><p>Each stain is normalised to its own "
@@ -147,8 +147,8 @@ def failures_box(selection: dict) -> str:
 
 
 def sweep_section(out: Path) -> str:
-    summary = _csv(out / "sweep" / "summary.csv")
-    selection = read_json(out / "sweep" / "selection.json")
+    summary = _csv(Layout(out).sweep_summary)
+    selection = read_json(Layout(out).selection)
     if selection is not None and selection.get("status") == "failed":
         return section("sweep", "Model selection", failures_box(selection))
     if summary is None or selection is None:
@@ -196,7 +196,7 @@ def sweep_section(out: Path) -> str:
 def unusable_box(out: Path) -> str:
     """A warning naming every patient a final model could not score (no tiles), from
     ``predictions/predictions.json``."""
-    record = read_json(out / "predictions" / "predictions.json") or {}
+    record = read_json(Layout(out).predictions_record) or {}
     lost = record.get("patients_without_tiles") or {}
     if not lost:
         return ""
@@ -208,7 +208,7 @@ def unusable_box(out: Path) -> str:
 
 
 def final_section(out: Path) -> str:
-    models = _csv(out / "final" / "models.csv")
+    models = _csv(Layout(out).final_models)
     if models is None:
         return section("final", "Final models", missing("the final models",
                                                          "lncr sweep STUDY.yaml"))
@@ -219,14 +219,14 @@ def final_section(out: Path) -> str:
 
 
 def results_section(out: Path) -> str:
-    ev = out / "evaluation"
-    metrics = _csv(ev / "metrics.csv")
+    ev = Layout(out).evaluation_dir
+    metrics = _csv(Layout(out).metrics)
     if metrics is None:
         return section("results", "Results", missing("the evaluation",
                                                      "lncr predict STUDY.yaml && lncr evaluate "
                                                      "STUDY.yaml"))
-    thresholds = _csv(ev / "threshold_metrics.csv")
-    comparisons = _csv(ev / "comparisons.csv")
+    thresholds = _csv(Layout(out).evaluation_table("threshold_metrics"))
+    comparisons = _csv(Layout(out).evaluation_table("comparisons"))
     body = unusable_box(out) + (
         "<p>The threshold of each model is fixed on the validation patients and applied "
         "unchanged to the external cohort. 95 % intervals: DeLong for AUCs, Wilson for "
@@ -288,7 +288,7 @@ def pointing_table(ex: Path) -> str:
 
 
 def explain_section(out: Path) -> str:
-    ex = out / "explain"
+    ex = Layout(out).explain_dir
     body = ""
     heatmaps = sorted((ex / "heatmaps").rglob("*.png")) if (ex / "heatmaps").exists() else []
     if heatmaps:
@@ -299,9 +299,9 @@ def explain_section(out: Path) -> str:
                                    jpeg=True) for p in heatmaps[:6]) + "</div>"
     else:
         body += missing("attention heatmaps", "lncr explain heatmap STUDY.yaml")
-    cams = _csv(ex / "gradcam" / "gradcam.csv")
+    cams = _csv(Layout(out).gradcam_table)
     if cams is not None:
-        meta = read_json(ex / "gradcam" / "gradcam.json") or {}
+        meta = read_json(Layout(out).gradcam_record) or {}
         why = {c["patient_id"]: f"{c['cohort']}: {c['why']}" for c in meta.get("chosen") or []}
         body += ("<h3>Grad-CAM</h3><p>Influential tiles (top row) and the Grad-CAM of the bag's "
                  f"evidence for the target outcome ({esc(meta.get('target', 'predicted'))}) "

@@ -43,7 +43,7 @@ class Executor(Protocol):
 
 
 def _failed(task: UnitTask, error: str) -> dict:
-    return result_row(task.unit, task.unit.spec().folder(Path(task.runs_root)), "failed", error)
+    return result_row(task.unit, task.unit.spec.folder(Path(task.runs_root)), "failed", error)
 
 
 def cuda_devices() -> list[str]:

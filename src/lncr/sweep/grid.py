@@ -9,7 +9,7 @@ recorded split, so the final model of a configuration can be the sweep's own rep
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -21,15 +21,29 @@ from lncr.training.loop import RunSpec
 
 @dataclass(frozen=True)
 class Unit:
-    """One training run of the sweep (or one final model)."""
+    """One training run of the sweep (or one final model): a :class:`RunSpec` and the repeat
+    it belongs to."""
 
-    stain: str
-    magnification: str
-    architecture: str
-    bag_size: int
-    repeat: int
-    seed: int
-    split: str = ""  # "" = the study's split; "split<r>" = repeat r's own split
+    spec: RunSpec
+    repeat: int = 0
+
+    @classmethod
+    def of(cls, stain: str, magnification: str, architecture: str, bag_size: int, repeat: int,
+           seed: int, split: str = "") -> Unit:
+        """``split``: "" = the study's split; "split<r>" = repeat r's own split."""
+        return cls(RunSpec(stain, magnification, architecture, bag_size, seed, split), repeat)
+
+    @classmethod
+    def from_row(cls, row: dict) -> Unit:
+        """The unit of a result row (:meth:`to_dict`'s keys)."""
+        return cls.of(*(row[k] for k in UNIT_KEYS))
+
+    stain = property(lambda self: self.spec.stain)
+    magnification = property(lambda self: self.spec.magnification)
+    architecture = property(lambda self: self.spec.architecture)
+    bag_size = property(lambda self: self.spec.bag_size)
+    seed = property(lambda self: self.spec.seed)
+    split = property(lambda self: self.spec.split)
 
     @property
     def name(self) -> str:
@@ -42,12 +56,12 @@ class Unit:
         """What the sweep compares: (stain, architecture, bag size)."""
         return self.stain, self.architecture, self.bag_size
 
-    def spec(self) -> RunSpec:
-        return RunSpec(self.stain, self.magnification, self.architecture, self.bag_size,
-                       self.seed, self.split)
-
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: getattr(self, k) for k in UNIT_KEYS}
+
+
+#: A unit's columns in the sweep's tables, in order.
+UNIT_KEYS = ("stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split")
 
 
 def sweep_stains(config: StudyConfig) -> tuple[str, ...]:
@@ -62,7 +76,7 @@ def build_grid(config: StudyConfig) -> list[Unit]:
     """Every unit of the sweep, in a fixed order (stain, magnification, architecture, bag size,
     repeat)."""
     sw = config.sweep
-    return [Unit(stain, mag, arch, bag, r, config.training.seed + r,
+    return [Unit.of(stain, mag, arch, bag, r, config.training.seed + r,
                  f"split{r}" if sw.resplit and r > 0 else "")
             for stain in sweep_stains(config)
             for mag in sweep_magnifications(config)

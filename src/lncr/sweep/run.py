@@ -36,6 +36,7 @@ import pandas as pd
 from lncr.errors import WorkFailed
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.identifiers import file_name
+from lncr.layout import Layout, write_table
 from lncr.locks import locks_output
 from lncr.paths import store_columns, stored
 from lncr.study.config import StudyConfig
@@ -150,7 +151,7 @@ class _Book:
 
     def write(self) -> None:
         table = store_columns(self.table(), ["folder"], self.output_dir)
-        atomic_write_text(self.folder / "units.csv", table.to_csv(index=False))
+        write_table(self.folder / "units.csv", table)  # sweep/ or final/
 
 
 def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], stop_epoch: int,
@@ -160,7 +161,7 @@ def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], st
     tasks = []
     for u in units:
         task = make_task(u, stop_epoch)
-        folder = u.spec().folder(Path(task.runs_root))
+        folder = u.spec.folder(Path(task.runs_root))
         if (folder / "done.json").exists():
             results[u.name] = result_row(u, folder, "done")
             book.record(u.name, results[u.name], write=False)
@@ -169,7 +170,7 @@ def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], st
     book.write()  # once for every unit read from disk
     if tasks:
         for row in executor_factory().map(tasks):
-            name = Unit(**{k: row[k] for k in Unit.__dataclass_fields__}).name
+            name = Unit.from_row(row).name
             results[name] = row
             book.record(name, row)
             if progress:
@@ -206,7 +207,8 @@ class Sweep:
             registered(self.kind, list(EXECUTORS), "executor")
         self.workers = sw.workers if workers is None else workers
         self.address, self.device, self.progress = address, device, progress
-        self.folder = self.cfg.output_dir / "sweep"
+        self.layout = Layout(self.cfg.output_dir)
+        self.folder = self.layout.sweep_dir
         self.runs_root = self.folder / "runs"
         self.epochs = sw.epochs or self.cfg.training.epochs
         self.rungs = (halving_rungs(self.epochs, sw.min_epochs, sw.halving_rate)
@@ -276,12 +278,12 @@ class Sweep:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_repeat_splits(self.folder / "splits", self.study.patients, self.cfg)
         record = self.record()
-        atomic_write_json(self.folder / "sweep.json", {**record, "status": "running"})
+        atomic_write_json(self.layout.sweep_record, {**record, "status": "running"})
         try:
             book = self.run_grid()
             table = book.table()
             summary = summary_table(table)
-            atomic_write_text(self.folder / "summary.csv", summary.to_csv(index=False))
+            write_table(self.layout.sweep_summary, summary)
             selection, lines = self.select(table)
             final_table = self.train_final(selection) if final else None
         finally:
@@ -290,7 +292,7 @@ class Sweep:
                 self._executor.close()
         self.timings["bookkeeping"] = book.seconds
         self.timings["total"] = time.perf_counter() - t_start
-        atomic_write_json(self.folder / "sweep.json", {**record, "status": "finished",
+        atomic_write_json(self.layout.sweep_record, {**record, "status": "finished",
                                                        "timings": self.timings})
         return SweepReport(self.folder, table, summary, selection, final_table, self.timings,
                            lines, record["patients_without_tiles"])
@@ -318,7 +320,7 @@ class Sweep:
         failures = complete_failures(table)
         lines = failure_lines(failures)
         if not (table.status == "done").any():
-            atomic_write_json(self.folder / "selection.json", {
+            atomic_write_json(self.layout.selection, {
                 "status": "failed", "failures": failures, "failure_lines": lines,
                 "rule": RULE, "study": self.study.source["study"], "versions": versions()})
             raise SweepFailed("no sweep unit finished every epoch: nothing to select from "
@@ -331,7 +333,7 @@ class Sweep:
                       ("done", "failed", "stopped", "pending")},
             "early_stopping": self.compute_saved(table),
             **self.study.source, "versions": versions()})
-        atomic_write_json(self.folder / "selection.json", selection)
+        atomic_write_json(self.layout.selection, selection)
         return selection, lines
 
     def compute_saved(self, table: pd.DataFrame) -> dict:
@@ -349,7 +351,7 @@ class Sweep:
         from lncr.training.loop import versions
 
         cfg = self.cfg
-        folder = cfg.output_dir / "final"
+        folder = self.layout.final_dir
         folder.mkdir(parents=True, exist_ok=True)
         epochs = cfg.training.epochs
         # The sweep's repeat 0 of a configuration is the final model when the epochs agree.
@@ -364,10 +366,9 @@ class Sweep:
                  "folder": results[u.name]["folder"],
                  "error": results[u.name].get("error", "")} for u in units]
         table = pd.DataFrame(rows)
-        atomic_write_text(folder / "models.csv",
-                          store_columns(table, ["folder"], cfg.output_dir).to_csv(index=False))
-        atomic_write_json(folder / "final.json", {
-            "selection": stored(cfg.output_dir / "sweep" / "selection.json", cfg.output_dir),
+        self.layout.write_final_models(table)
+        atomic_write_json(self.layout.final_record, {
+            "selection": stored(self.layout.selection, cfg.output_dir),
             "architectures": selection["architectures"], "bag_size": selection["bag_size"],
             "epochs": epochs, "seed": cfg.training.seed,
             "runs_root": stored(root, cfg.output_dir), **self.study.source, "rule": RULE,
@@ -377,7 +378,7 @@ class Sweep:
 
 def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
     """The selected configuration for every stain (with a selection) × every magnification."""
-    return [Unit(stain, mag, selection["architectures"][stain], selection["bag_size"], 0,
+    return [Unit.of(stain, mag, selection["architectures"][stain], selection["bag_size"], 0,
                  cfg.training.seed)
             for stain in sweep_stains(cfg) if stain in selection["architectures"]
             for mag in cfg.magnification_labels()]

@@ -102,7 +102,7 @@ def run_unit(task: UnitTask) -> dict:
     t0 = time.perf_counter()
     torch.set_num_threads(task.threads)
     u = task.unit
-    folder = u.spec().folder(Path(task.runs_root))
+    folder = u.spec.folder(Path(task.runs_root))
     where = {"host": socket.gethostname(), "pid": os.getpid()}
     if (task.stop_epoch < task.epochs
             and unit_metrics(folder)["epochs_trained"] >= task.stop_epoch):
@@ -114,7 +114,7 @@ def run_unit(task: UnitTask) -> dict:
         if task.stop_epoch < task.epochs:
             def stop(epoch: int, step: int | None) -> bool:
                 return step is None and epoch + 1 >= task.stop_epoch
-        train_run(u.spec(), entries, settings, Path(task.runs_root), cfg.tiling.tile_size,
+        train_run(u.spec, entries, settings, Path(task.runs_root), cfg.tiling.tile_size,
                   weights=task.weights, device=task.device, stop_after=stop,
                   source=task.study.source, excluded=unit_excluded(task))
         status = "done" if (folder / "done.json").exists() else "paused"
