@@ -251,3 +251,32 @@ def it_names_a_folder_given_as_a_table(make_study):
     result = CliRunner().invoke(app, ["validate", str(study_yaml), "--no-files"])
     assert result.exit_code == 2 and "is a folder, not a CSV file" in result.output
     assert load_study(study_yaml, check_files=False).problems.errors
+
+
+def it_blames_the_override_not_the_file_for_a_bad_set(tmp_path):
+    from lncr.study.config import StudyConfigError
+    from lncr.study.config_file import load_config
+
+    study = tmp_path / "study.yaml"
+    study.write_text("patients: p.csv\nslides: s.csv\ntraining:\n  epochs: 8\n")
+    with pytest.raises(StudyConfigError) as err:
+        load_config(study, ["training.epochs=abc"])
+    assert "--set training.epochs=abc" in str(err.value) and "line 4" not in str(err.value)
+    study.write_text("patients: p.csv\nslides: s.csv\ntraining:\n  epochs: x\n")
+    with pytest.raises(StudyConfigError, match="study.yaml line 4"):
+        load_config(study)
+
+
+@pytest.mark.slow
+def it_keeps_a_finished_run_when_force_cannot_start(tiled, tmp_path):
+    """--force checks the tiles (and loads the weights) before it replaces anything."""
+    study_yaml = validated_copy(tiled, tmp_path / "s")
+    args = ["train", str(study_yaml), "--stain", "HE", "--magnification", "10x", "--device",
+            "cpu", *sum((["--set", s] for s in QUICK), [])]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    run = next((study_yaml.parent / "lncr-output" / "runs").rglob("done.json")).parent
+    before = {p.name: p.read_bytes() for p in run.glob("*.pt")}
+    result = CliRunner().invoke(app, args + ["--force", "--set", "tiling.tile_size=256"])
+    assert result.exit_code == 2 and "128 px" in " ".join(result.output.split())
+    assert (run / "done.json").exists()
+    assert {p.name: p.read_bytes() for p in run.glob("*.pt")} == before

@@ -46,13 +46,32 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _describe(errors: list[dict], lines: dict[tuple[str, ...], int], source: str) -> list[str]:
+def _overridden(overrides: list[str] | dict | None) -> dict[tuple[str, ...], str]:
+    """Key path → the ``--set`` text that set it."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return {tuple(k.split(".")): f"{k}={v}" for k, v in overrides.items()}
+    return {parse_override(t)[0]: t for t in overrides}
+
+
+def _where(loc: tuple[str, ...], lines: dict[tuple[str, ...], int], source: str,
+           overridden: dict[tuple[str, ...], str]) -> str:
+    """Where a setting came from: the ``--set`` that gave it, else its line in the file."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in overridden:
+            return f"--set {overridden[loc[:n]]}"
+    line = lines.get(loc) or lines.get(loc[:-1])
+    return f"{source} line {line}" if line else source
+
+
+def _describe(errors: list[dict], lines: dict[tuple[str, ...], int], source: str,
+              overridden: dict[tuple[str, ...], str] | None = None) -> list[str]:
     out = []
     for err in errors:
         loc = tuple(str(p) for p in err["loc"])
         dotted = ".".join(loc)
-        line = lines.get(loc) or lines.get(loc[:-1])
-        where = f"{source} line {line}" if line else source
+        where = _where(loc, lines, source, overridden or {})
         if err["type"] == "extra_forbidden":
             model = _model_at(loc[:-1])
             valid = sorted(model.model_fields) if model else []
@@ -144,7 +163,8 @@ def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> 
     try:
         config = StudyConfig.model_validate(data)
     except ValidationError as exc:
-        raise StudyConfigError(path, _describe(exc.errors(), _yaml_lines(text), path.name)) from exc
+        raise StudyConfigError(path, _describe(exc.errors(), _yaml_lines(text), path.name,
+                                               _overridden(overrides))) from exc
     base = path.resolve().parent
     tiling = config.tiling.model_copy(update={"reference_images": {
         k: (base / v).resolve() for k, v in config.tiling.reference_images.items()}})
