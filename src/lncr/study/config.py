@@ -20,13 +20,13 @@ DEFAULT_STAINS: tuple[str, ...] = ("HE", "PAS", "PASM", "MASSON")
 
 
 def registered(value: str, names: list[str], what: str) -> str:
-    """``value`` when it is one of ``names`` (a registry's), else a ValueError naming the
-    closest."""
+    """``value`` when it is one of ``names`` (a registry's), else :class:`BadInput` (a
+    ValueError, so pydantic reports it as a setting's error) naming the closest."""
     if value in names:
         return value
     close = difflib.get_close_matches(value, names, n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ValueError(f"unknown {what} {value!r}: {hint}use one of {', '.join(names)}")
+    raise BadInput(f"unknown {what} {value!r}: {hint}use one of {', '.join(names)}")
 
 
 def _normalisers() -> list[str]:
