@@ -42,6 +42,7 @@ class DescribePatientsWithoutTiles:
         assert "DEV-001" not in {e.patient_id for e in study_entries(study, "HE", "10x")}
         assert unusable_patients(study, "HE", "20x") == []
 
+    @pytest.mark.slow  # tiles or trains on the phantom
     def it_refuses_to_train_when_the_training_slides_lose_a_label(self, tiled, tmp_path):
         study_yaml = validated_copy(tiled, tmp_path / "s")
         split = pd.read_csv(study_yaml.parent / "lncr-output" / "study" / "split.csv",
@@ -114,6 +115,7 @@ class DescribeDamagedTileStores:
             s[0]
         assert str(store) in str(err.value) and "lncr tile" in str(err.value)
 
+    @pytest.mark.slow  # tiles or trains on the phantom
     def it_cuts_a_damaged_store_again_instead_of_reusing_it(self, tiled, tmp_path):
         from lncr.tiling.run import tile_study
         from lncr.tiling.store import TileStore
@@ -177,6 +179,7 @@ with output_lock(Path(sys.argv[1]), "lncr sweep"):
 
 
 class DescribeOneCommandPerOutputFolder:
+    @pytest.mark.slow  # tiles or trains on the phantom
     def it_refuses_a_second_command_naming_the_one_at_work(self, tiled, tmp_path):
         import subprocess
         import sys

@@ -56,6 +56,7 @@ def _files(root: Path) -> set[Path]:
 
 
 class DescribeHostileIdentifiers:
+    @pytest.mark.slow  # tiles a phantom
     def it_writes_nothing_outside_the_output_folder_whatever_the_tables_say(self, phantom,
                                                                             tmp_path):
         outside = tmp_path / "outside" / "victim.json"
