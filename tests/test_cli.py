@@ -96,6 +96,9 @@ class DescribeDemoCommand:
         multi = pd.read_csv(out / "predictions" / "multi_stain.csv")
         assert len(multi) == 6 and set(multi.stains_used) == {"HE+PAS"}
         assert (out / "evaluation" / "roc-external.png").exists()
+        control = pd.read_csv(out / "evaluation" / "baseline" / "metrics.csv")
+        assert "multi-stain" in set(control.model)  # the colour-statistics control ran
+        assert "colour-statistics baseline" in " ".join(result.output.split())
         assert "External cohort, multi-stain ensemble: AUC" in result.output
         top = pd.read_csv(out / "explain" / "influential.csv")
         assert top.patient_id.nunique() == 2 and set(top.stain) == {"HE", "PAS"}

@@ -163,6 +163,10 @@ class Layout:
         return self.evaluation_dir / f"{name}.csv"
 
     @property
+    def baseline_metrics(self) -> Path:
+        return self.evaluation_dir / "baseline" / "metrics.csv"
+
+    @property
     def evaluation_record(self) -> Path:
         return self.evaluation_dir / "evaluation.json"
 

@@ -145,7 +145,8 @@ class DemoPipeline:
     def evaluate(self):
         from lncr.evaluation.evaluate import evaluate_study
 
-        return self._keep("evaluate", evaluate_study(self.study()))
+        # With the control beside it: colour statistics of the same tiles.
+        return self._keep("evaluate", evaluate_study(self.study(), baseline=True))
 
     def heatmap_patients(self) -> list[str]:
         """The external patients the multi-stain ensemble is surest about, either way."""

@@ -15,12 +15,13 @@ def evaluate(
     study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. evaluation.threshold=0.5.")] = None,
     figures: Annotated[bool, typer.Option(help="Write ROC and calibration figures.")] = True,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also evaluate the control: colour statistics of the same tiles and a logistic regression (evaluation/baseline/).")] = False,
 ) -> None:
     """AUCs with DeLong and bootstrap CIs, metrics at the development threshold, calibration and
     paired tests, for the validation and the external cohort."""
     from lncr.evaluation.evaluate import evaluate_study
 
-    result = evaluate_study(Study.load(study_yaml, set_), figures)
+    result = evaluate_study(Study.load(study_yaml, set_), figures, baseline)
     m = result.metrics[result.metrics.kind != "single model"]
     console.print(table("Ensembles (evaluation/metrics.csv)",
                         ["cohort", "estimate", "model", "patients", "AUC", "95% CI (DeLong)",
@@ -33,4 +34,16 @@ def evaluate(
         console.print(f"Multi-stain ensemble, {r.cohort} cohort ({r.patients} patients): AUC "
                       f"{fmt(r.auc)} (95% CI {fmt(r.delong_ci_low)}–{fmt(r.delong_ci_high)}, "
                       f"DeLong) — {r.estimate} estimate: {r.estimate_note}")
+    if result.baseline is not None:
+        console.print(table("lncr against the colour-statistics baseline (AUC)",
+                            ["cohort", "model", "lncr", "baseline"],
+                            baseline_rows(result.metrics, result.baseline)))
     console.print(f"Written: {result.folder}")
+
+
+def baseline_rows(metrics, baseline) -> list[tuple[str, ...]]:
+    """The ensembles' AUCs beside the baseline's, per cohort."""
+    ours = metrics[metrics.kind != "single model"].set_index(["cohort", "model"]).auc
+    theirs = baseline.set_index(["cohort", "model"]).auc
+    return [(cohort, model, fmt(auc), fmt(theirs.get((cohort, model))))
+            for (cohort, model), auc in ours.items()]

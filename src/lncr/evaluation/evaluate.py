@@ -64,6 +64,7 @@ class Evaluation:
     calibration: pd.DataFrame
     comparisons: pd.DataFrame
     figures: list[Path]
+    baseline: pd.DataFrame | None = None  # the colour-statistics control's metrics
 
 
 def long_predictions(folder: Path) -> pd.DataFrame:
@@ -167,8 +168,9 @@ def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ..
 
 
 @locks_output
-def evaluate_study(study: Study, figures: bool = True) -> Evaluation:
-    """Evaluate the predictions of ``lncr predict STUDY.yaml`` and write every output."""
+def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -> Evaluation:
+    """Evaluate the predictions of ``lncr predict STUDY.yaml`` and write every output; with
+    ``baseline``, also the colour-statistics control (:mod:`lncr.evaluation.baseline`)."""
     from lncr.provenance import package_versions
 
     cfg = study.config
@@ -202,4 +204,9 @@ def evaluate_study(study: Study, figures: bool = True) -> Evaluation:
             paths += calibration_figure(_cohort(ensembles, cohort), cfg.evaluation.calibration_bins,
                                         folder / f"calibration-{cohort}",
                                         f"Calibration, {cohort} cohort")
-    return Evaluation(folder, metrics, thresholds, calibration, comparisons, paths)
+    control = None
+    if baseline:
+        from lncr.evaluation.baseline import run_baseline
+
+        control = read_table(run_baseline(study) / "metrics.csv")
+    return Evaluation(folder, metrics, thresholds, calibration, comparisons, paths, control)

@@ -59,6 +59,21 @@ def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("patient_id").reset_index(drop=True)
 
 
+def ensemble_tables(single: pd.DataFrame, sides: pd.DataFrame, cfg
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The study's ensembles of per-patient single-model probabilities (``patient_id, stain,
+    magnification, probability``, …): the three prediction tables, each with the patients'
+    sides (:func:`patient_sides`)."""
+    single = single.merge(sides, on="patient_id", how="left")
+    per_stain = stain_ensembles(single, cfg.magnification_labels(), cfg.ensemble.within_stain)
+    multi = multi_stain_ensemble(per_stain.drop(columns=["label", "cohort"]), cfg.stains,
+                                 patients=list(sides.patient_id), how=cfg.ensemble.across_stains)
+    per_stain = per_stain.drop(columns=["label", "cohort"]).merge(sides, on="patient_id",
+                                                                   how="left")
+    multi = multi.merge(sides, on="patient_id", how="left")
+    return single, per_stain, multi
+
+
 @locks_output
 def predict_final(study: Study, device: str = "auto", workers: int = 0) -> FinalPredictions:
     """Predict with every finished final model, build the ensembles, write the tables."""
@@ -90,13 +105,7 @@ def predict_final(study: Study, device: str = "auto", workers: int = 0) -> Final
                    run=("run", "first"), epoch=("epoch", "first"))
               .reset_index())
     sides = patient_sides(cfg.output_dir, study.patients)
-    single = single.merge(sides, on="patient_id", how="left")
-    per_stain = stain_ensembles(single, cfg.magnification_labels(), cfg.ensemble.within_stain)
-    multi = multi_stain_ensemble(per_stain.drop(columns=["label", "cohort"]), cfg.stains,
-                                 patients=list(sides.patient_id), how=cfg.ensemble.across_stains)
-    per_stain = per_stain.drop(columns=["label", "cohort"]).merge(sides, on="patient_id",
-                                                                   how="left")
-    multi = multi.merge(sides, on="patient_id", how="left")
+    single, per_stain, multi = ensemble_tables(single, sides, cfg)
     folder = cfg.output_dir / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
     layout = Layout(cfg.output_dir)

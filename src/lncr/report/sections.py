@@ -266,7 +266,27 @@ def results_section(out: Path) -> str:
             if len(c):
                 body += table(c.drop(columns=["cohort"]),
                               f"Paired DeLong tests — {cohort}")
-    return section("results", "Results", body)
+    return section("results", "Results", body + baseline_table(out, metrics))
+
+
+def baseline_table(out: Path, metrics: pd.DataFrame) -> str:
+    """The ensembles' AUCs beside the colour-statistics control's (``lncr evaluate
+    --baseline``), or a note that the control has not run."""
+    control = _csv(Layout(out).baseline_metrics)
+    if control is None:
+        return ("<p class=note>No baseline yet: <code>lncr evaluate STUDY.yaml --baseline"
+                "</code> fits colour statistics of the same tiles, the control a deep model "
+                "must beat.</p>")
+    ours = metrics[metrics.kind != "single model"][["cohort", "model", "auc"]]
+    both = ours.merge(control[["cohort", "model", "auc"]], on=["cohort", "model"],
+                      how="left", suffixes=("_lncr", "_baseline"))
+    view = both.assign(lncr=both.auc_lncr.map("{:.2f}".format),
+                       baseline=both.auc_baseline.map("{:.2f}".format))
+    return ("<h3>Against a trivial model</h3><p>The same tiles, summarised as colour "
+            "statistics (optical density mean and s.d., a coarse colour histogram) and fitted "
+            "by logistic regression on the training patients, through the same ensembles and "
+            "thresholds.</p>" + table(view[["cohort", "model", "lncr", "baseline"]],
+                                     "AUC: lncr and the colour-statistics baseline"))
 
 
 def pointing_table(ex: Path) -> str:

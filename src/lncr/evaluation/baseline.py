@@ -1,0 +1,105 @@
+"""The control every result needs: a trivial model on the same tiles.
+
+A deep model is worth its cost only if it beats this. Per slide × magnification, the kept
+tiles (up to ``TILES_PER_SLIDE``, spread over the store) give colour statistics: the mean and
+standard deviation of each RGB channel's optical density and a coarse 4 × 4 × 4 RGB
+histogram (fractions of pixels). A logistic regression (standardised features, L2, C = 1) per
+stain × magnification is fitted on the development **training** patients only, as the deep
+models are; it gives every patient a probability, and the study's own ensemble rules and
+statistics (thresholds fixed on the validation patients) turn them into the same tables as
+``lncr predict`` and ``lncr evaluate``.
+
+Written to ``<output_dir>/evaluation/baseline/``: ``features.csv`` (one row per slide ×
+magnification), ``predictions/{single_models,stain_ensembles,multi_stain}.csv`` and
+``metrics.csv`` / ``threshold_metrics.csv`` in ``lncr evaluate``'s format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lncr.layout import Layout, write_table
+
+TILES_PER_SLIDE = 64
+BINS = 4  # per RGB channel: 64 colour bins
+
+
+def colour_features(tiles: np.ndarray) -> np.ndarray:
+    """The feature vector of a slide's tiles (N × H × W × 3 uint8): 3 OD means, 3 OD s.d.s,
+    ``BINS``³ histogram fractions.
+
+    >>> colour_features(np.full((2, 4, 4, 3), 255, np.uint8)).shape
+    (70,)
+    """
+    rgb = tiles.reshape(-1, 3)
+    od = -np.log10((rgb.astype(np.float64) + 1.0) / 256.0)
+    cells = (rgb // (256 // BINS)).astype(np.int64)
+    codes = (cells[:, 0] * BINS + cells[:, 1]) * BINS + cells[:, 2]
+    histogram = np.bincount(codes, minlength=BINS ** 3) / len(codes)
+    return np.concatenate([od.mean(axis=0), od.std(axis=0), histogram])
+
+
+def slide_features(layout: Layout) -> pd.DataFrame:
+    """One row per tiled slide × magnification: ``patient_id, stain, magnification, f0…``."""
+    from lncr.tiling.store import TileStore
+    from lncr.training.bags import eval_indices
+
+    index = layout.read_tiles_index()
+    rows = []
+    for r in index[(index.status == "ok") & (index.kept > 0)].itertuples():
+        with TileStore(r.store) as store:
+            picks = eval_indices(len(store), TILES_PER_SLIDE)
+            tiles = np.stack([store[int(i)] for i in picks])
+        rows.append([r.patient_id, r.stain, r.magnification, *colour_features(tiles)])
+    names = [f"f{i}" for i in range(6 + BINS ** 3)]
+    return pd.DataFrame(rows, columns=["patient_id", "stain", "magnification", *names])
+
+
+def fit_and_predict(features: pd.DataFrame, sides: pd.DataFrame, seed: int = 0
+                    ) -> pd.DataFrame:
+    """Per stain × magnification, a logistic regression fitted on the training patients; the
+    probability of every patient (``patient_id, stain, magnification, probability``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    split = dict(zip(sides.patient_id, sides.split))
+    label = dict(zip(sides.patient_id, sides.label))
+    names = [c for c in features.columns if c.startswith("f")]
+    out = []
+    for (stain, mag), part in features.groupby(["stain", "magnification"], sort=True):
+        train = part[part.patient_id.map(split) == "train"]
+        y = train.patient_id.map(label).astype(int)
+        if y.nunique() < 2:
+            continue  # cannot fit: the model's own runs refuse this case too
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000,
+                                                                   random_state=seed))
+        model.fit(train[names].to_numpy(), y.to_numpy())
+        out.append(part[["patient_id", "stain", "magnification"]].assign(
+            probability=model.predict_proba(part[names].to_numpy())[:, 1]))
+    return pd.concat(out, ignore_index=True)
+
+
+def run_baseline(study) -> Path:
+    """Features, predictions and the evaluation of the baseline; its folder."""
+    from lncr.evaluation.evaluate import evaluate_predictions, long_predictions
+    from lncr.evaluation.final_predictions import ensemble_tables, patient_sides
+
+    cfg = study.config
+    layout = Layout(cfg.output_dir)
+    folder = layout.evaluation_dir / "baseline"
+    features = slide_features(layout)
+    write_table(folder / "features.csv", features)
+    sides = patient_sides(cfg.output_dir, study.patients)
+    single = fit_and_predict(features, sides, cfg.split.seed)
+    tables = ensemble_tables(single, sides, cfg)
+    for kind, table in zip(("single_models", "stain_ensembles", "multi_stain"), tables):
+        write_table(folder / "predictions" / f"{kind}.csv", table)
+    metrics, thresholds, _, _ = evaluate_predictions(long_predictions(folder / "predictions"),
+                                                     cfg.evaluation)
+    write_table(layout.baseline_metrics, metrics)
+    write_table(folder / "threshold_metrics.csv", thresholds)
+    return folder
