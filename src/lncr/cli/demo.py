@@ -11,7 +11,7 @@ import typer
 from rich.progress import Progress
 
 from lncr.cli.common import console, default_workers, err_console, print_study, table
-from lncr.cli.evaluation import baseline_rows
+from lncr.cli.evaluation import print_baseline
 from lncr.pipeline import DEMO_CLUSTER, DemoFailed, DemoPipeline, StageLog
 
 
@@ -85,10 +85,7 @@ def _closing(pipeline: DemoPipeline) -> list[str]:
                         "configuration: optimistic)",
                         ["cohort", "estimate", "model", "patients", "AUC", "CI"], rows))
     ext = m[(m.cohort == "external") & (m.model == "multi-stain")].iloc[0]
-    if result.baseline is not None:
-        console.print(table("lncr against the colour-statistics baseline (AUC)",
-                            ["cohort", "model", "lncr", "baseline"],
-                            baseline_rows(m, result.baseline)))
+    print_baseline(result)
     console.print(f"Heatmaps and influential tiles of {', '.join(pipeline.heatmap_patients())}:"
                   f" {r['heatmaps'].attrs['folder']}")
     console.print(f"Grad-CAM galleries of {', '.join(sorted(r['gradcam'].patient_id.unique()))}"

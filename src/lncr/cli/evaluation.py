@@ -34,11 +34,16 @@ def evaluate(
         console.print(f"Multi-stain ensemble, {r.cohort} cohort ({r.patients} patients): AUC "
                       f"{fmt(r.auc)} (95% CI {fmt(r.delong_ci_low)}–{fmt(r.delong_ci_high)}, "
                       f"DeLong) — {r.estimate} estimate: {r.estimate_note}")
+    print_baseline(result)
+    console.print(f"Written: {result.folder}")
+
+
+def print_baseline(result) -> None:
+    """The ensembles' AUCs beside the colour-statistics control's, when it ran."""
     if result.baseline is not None:
         console.print(table("lncr against the colour-statistics baseline (AUC)",
                             ["cohort", "model", "lncr", "baseline"],
                             baseline_rows(result.metrics, result.baseline)))
-    console.print(f"Written: {result.folder}")
 
 
 def baseline_rows(metrics, baseline) -> list[tuple[str, ...]]:
