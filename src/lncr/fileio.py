@@ -57,3 +57,14 @@ def atomic_save_array(array, path: str | Path) -> Path:
         np.save(fh, array)
     os.replace(tmp, path)
     return path
+
+
+def atomic_save_torch(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` atomically (checkpoints: a kill never leaves half of one)."""
+    import torch
+
+    path = Path(path)
+    tmp = partial_path(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path

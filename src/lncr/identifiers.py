@@ -3,9 +3,10 @@
 Every path lncr builds from an identifier goes through :func:`file_name`: the result is one
 path component that cannot climb out of its folder, is the same for the same identifier and
 different for different ones, and reads back with :func:`identifier`. Letters, digits, ``-``,
-``_``, ``.`` and ``~`` stay as they are; every other character (``/``, ``\\``, ``:``, a space, ``%`` …) and
-a leading ``.`` become ``%XX`` escapes (UTF-8 bytes), so ``LN/2019/001`` is stored as
-``LN%2F2019%2F001`` and ``../../escape`` as ``%2E.%2F..%2Fescape``.
+``_``, ``.`` and ``~`` stay as they are; every other character (``/``, ``\\``, ``:``, a
+space, ``%`` …) and a leading ``.`` become ``%XX`` escapes (UTF-8 bytes), so
+``LN/2019/001`` is stored as ``LN%2F2019%2F001`` and ``../../escape`` as
+``%2E.%2F..%2Fescape``.
 
 >>> file_name("LN/2019/001")
 'LN%2F2019%2F001'

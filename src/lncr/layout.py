@@ -130,6 +130,10 @@ class Layout:
         return self.final_dir / "models.csv"
 
     @property
+    def final_units(self) -> Path:
+        return self.final_dir / "units.csv"
+
+    @property
     def final_record(self) -> Path:
         return self.final_dir / "final.json"
 
@@ -253,10 +257,6 @@ class Layout:
         """``final/models.csv`` with run folders resolved."""
         table = read_table(self._needed(self.final_models, "lncr sweep"))
         return resolve_columns(table, ["folder"], self.root)
-
-    def read_if_there(self, path: Path) -> pd.DataFrame | None:
-        """Any lncr table of this folder (identifiers as text), or None before its stage."""
-        return read_table(path) if path.exists() else None
 
     def read_metrics(self) -> pd.DataFrame | None:
         """``evaluation/metrics.csv`` (``lncr evaluate``), or None before evaluation."""

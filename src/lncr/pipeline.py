@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,7 +188,7 @@ class DemoPipeline:
         """Every stage in order, each inside ``stage(name)`` (a display), then
         ``after[name](result)`` if given. Returns :attr:`results`."""
         for name, method in self.stages():
-            with stage(name) if stage else _nothing():
+            with stage(name) if stage else nullcontext():
                 result = method()
                 if after and name in after:
                     after[name](result)
@@ -197,11 +197,6 @@ class DemoPipeline:
     def _keep(self, name: str, value: Any) -> Any:
         self.results[name] = value
         return value
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 class StageLog:

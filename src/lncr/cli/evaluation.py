@@ -48,7 +48,7 @@ def print_baseline(result) -> None:
 
 def baseline_rows(metrics, baseline) -> list[tuple[str, ...]]:
     """The ensembles' AUCs beside the baseline's, per cohort."""
-    ours = metrics[metrics.kind != "single model"].set_index(["cohort", "model"]).auc
-    theirs = baseline.set_index(["cohort", "model"]).auc
-    return [(cohort, model, fmt(auc), fmt(theirs.get((cohort, model))))
-            for (cohort, model), auc in ours.items()]
+    from lncr.evaluation.baseline import beside
+
+    return [(r.cohort, r.model, fmt(r.auc_lncr), fmt(r.auc_baseline))
+            for r in beside(metrics, baseline).itertuples()]

@@ -83,6 +83,14 @@ def fit_and_predict(features: pd.DataFrame, sides: pd.DataFrame, seed: int = 0
     return pd.concat(out, ignore_index=True)
 
 
+def beside(metrics: pd.DataFrame, control: pd.DataFrame) -> pd.DataFrame:
+    """Each ensemble's AUC (``metrics``, ``lncr evaluate``'s) beside the control's:
+    ``cohort, model, auc_lncr, auc_baseline`` (NaN where the control has no such row)."""
+    ours = metrics[metrics.kind != "single model"][["cohort", "model", "auc"]]
+    return ours.merge(control[["cohort", "model", "auc"]], on=["cohort", "model"],
+                      how="left", suffixes=("_lncr", "_baseline"))
+
+
 def run_baseline(study) -> Path:
     """Features, predictions and the evaluation of the baseline; its folder."""
     from lncr.evaluation.evaluate import evaluate_predictions, long_predictions

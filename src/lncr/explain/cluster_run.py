@@ -29,7 +29,6 @@ other settings or after retraining clusters again.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +43,12 @@ from lncr.explain.models import (
     slide_paths,
     stamp,
 )
-from lncr.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, partial_path
+from lncr.fileio import (
+    atomic_save_figure,
+    atomic_save_torch,
+    atomic_write_json,
+    atomic_write_text,
+)
 from lncr.layout import Layout
 from lncr.locks import locks_output
 from lncr.study.validate import Study
@@ -282,10 +286,8 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
     atomic_write_text(folder / "history.csv", pd.DataFrame(history).rename_axis(
         "epoch").to_csv())
     atomic_write_text(folder / "typical.csv", typical.to_csv(index=False))
-    tmp = partial_path(folder / "dccs.pt")
-    torch.save({"model": model.state_dict(), "config": config.to_dict(),
-                "channels": 3, "size": ex.cluster_tile_size}, tmp)
-    os.replace(tmp, folder / "dccs.pt")
+    atomic_save_torch({"model": model.state_dict(), "config": config.to_dict(),
+                       "channels": 3, "size": ex.cluster_tile_size}, folder / "dccs.pt")
     atomic_write_json(folder / "cluster.json", {
         "stain": fm.stain, "magnification": fm.magnification, "run": fm.folder,
         "tiles": len(tiles), "patients": int(tiles.patient_id.nunique()),
@@ -301,7 +303,8 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
 
 
 @locks_output
-def explain_clusters(study: Study, stains: list[str] | None = None, magnifications: list[str] | None = None,
+def explain_clusters(study: Study, stains: list[str] | None = None,
+                     magnifications: list[str] | None = None,
                      device: str = "auto", log: Callable[[str], None] | None = None
                      ) -> list[dict]:
     """DCCS clustering for each chosen final model; one summary dict per model."""

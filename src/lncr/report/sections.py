@@ -277,9 +277,9 @@ def baseline_table(out: Path, metrics: pd.DataFrame) -> str:
         return ("<p class=note>No baseline yet: <code>lncr evaluate STUDY.yaml --baseline"
                 "</code> fits colour statistics of the same tiles, the control a deep model "
                 "must beat.</p>")
-    ours = metrics[metrics.kind != "single model"][["cohort", "model", "auc"]]
-    both = ours.merge(control[["cohort", "model", "auc"]], on=["cohort", "model"],
-                      how="left", suffixes=("_lncr", "_baseline"))
+    from lncr.evaluation.baseline import beside
+
+    both = beside(metrics, control)
     view = both.assign(lncr=both.auc_lncr.map("{:.2f}".format),
                        baseline=both.auc_baseline.map("{:.2f}".format))
     return ("<h3>Against a trivial model</h3><p>The same tiles, summarised as colour "

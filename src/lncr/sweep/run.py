@@ -124,8 +124,8 @@ class _Book:
     results come in (the main process is the only writer); run folders are stored relative to
     the output folder (``output_dir``)."""
 
-    def __init__(self, folder: Path, units: list[Unit], output_dir: Path):
-        self.folder = folder
+    def __init__(self, path: Path, units: list[Unit], output_dir: Path):
+        self.path, self.folder = path, path.parent  # units.csv; failures/ beside it
         self.output_dir = output_dir
         self.rows: dict[str, dict] = {
             u.name: {**u.to_dict(), "status": "pending", "epochs_trained": 0,
@@ -151,7 +151,7 @@ class _Book:
 
     def write(self) -> None:
         table = store_columns(self.table(), ["folder"], self.output_dir)
-        write_table(self.folder / "units.csv", table)  # sweep/ or final/
+        write_table(self.path, table)
 
 
 def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], stop_epoch: int,
@@ -300,7 +300,7 @@ class Sweep:
     def run_grid(self) -> _Book:
         """Every unit to the last rung, stopping the configurations halving drops."""
         units = build_grid(self.cfg)
-        book = _Book(self.folder, units, self.cfg.output_dir)
+        book = _Book(self.layout.sweep_units, units, self.cfg.output_dir)
         alive = list(units)
         for i, rung in enumerate(self.rungs):
             results = _run_units(alive, self.tasks(self.runs_root, self.epochs), rung, book,
@@ -355,9 +355,9 @@ class Sweep:
         folder.mkdir(parents=True, exist_ok=True)
         epochs = cfg.training.epochs
         # The sweep's repeat 0 of a configuration is the final model when the epochs agree.
-        root = self.runs_root if self.epochs == epochs else folder / "runs"
+        root = self.runs_root if self.epochs == epochs else self.layout.final_runs
         units = final_units(cfg, selection)
-        book = _Book(folder, units, cfg.output_dir)
+        book = _Book(self.layout.final_units, units, cfg.output_dir)
         results = _run_units(units, self.tasks(root, epochs), epochs, book, self.executor,
                              self.progress)
         rows = [{"stain": u.stain, "magnification": u.magnification,

@@ -69,7 +69,8 @@ _ENTRIES: dict[tuple, tuple] = {}
 
 
 def unit_entries(task: UnitTask):
-    """The unit's study config and slides, with the repeat's own split applied if it has one."""
+    """The unit's study config, its slides (with the repeat's own split applied if it has
+    one) and the patients without tiles there."""
     from lncr.training.entries import study_entries, unusable_patients
 
     u, study = task.unit, task.study
@@ -77,20 +78,13 @@ def unit_entries(task: UnitTask):
     if key not in _ENTRIES:
         _ENTRIES[key] = (study.config, study_entries(study, u.stain, u.magnification),
                          unusable_patients(study, u.stain, u.magnification))
-    cfg, entries, _ = _ENTRIES[key]
+    cfg, entries, excluded = _ENTRIES[key]
     if u.split:
         split = repeat_split(study.patients, cfg, u.repeat)
         sides = dict(zip(split.patient_id, split.split))
         entries = [e if e.split == "external" else dataclasses.replace(e, split=sides[e.patient_id])
                    for e in entries]
-    return cfg, entries
-
-
-def unit_excluded(task: UnitTask) -> list[dict]:
-    """The patients without tiles at the unit's stain × magnification (after
-    :func:`unit_entries` filled the cache)."""
-    u, study = task.unit, task.study
-    return _ENTRIES[(study.source["study"], study.overrides, u.stain, u.magnification)][2]
+    return cfg, entries, excluded
 
 
 def run_unit(task: UnitTask) -> dict:
@@ -108,7 +102,7 @@ def run_unit(task: UnitTask) -> dict:
             and unit_metrics(folder)["epochs_trained"] >= task.stop_epoch):
         return result_row(u, folder, "paused", **where)  # already at this rung (a resume)
     try:
-        cfg, entries = unit_entries(task)
+        cfg, entries, excluded = unit_entries(task)
         settings = cfg.training.model_copy(update={"epochs": task.epochs})
         stop = None
         if task.stop_epoch < task.epochs:
@@ -116,7 +110,7 @@ def run_unit(task: UnitTask) -> dict:
                 return step is None and epoch + 1 >= task.stop_epoch
         train_run(u.spec, entries, settings, Path(task.runs_root), cfg.tiling.tile_size,
                   weights=task.weights, device=task.device, stop_after=stop,
-                  source=task.study.source, excluded=unit_excluded(task))
+                  source=task.study.source, excluded=excluded)
         status = "done" if (folder / "done.json").exists() else "paused"
         row = result_row(u, folder, status, **where)
     except Exception as exc:  # recorded, and the sweep goes on

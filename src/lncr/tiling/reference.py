@@ -26,7 +26,7 @@ from PIL import Image
 from lncr import __version__
 from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json
-from lncr.identifiers import file_name
+from lncr.layout import Layout
 from lncr.slides.reader import open_slide
 from lncr.tiling.luminosity import LuminosityStandardiser
 from lncr.tiling.normalisers import make_normaliser
@@ -62,11 +62,12 @@ def _sample_tiles(slide_path: str, mpp_override: float | None, target_mpp: float
 
 
 def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | None]],
-                  target_mpp: float, params: TileParams, seed: int, folder: Path,
+                  target_mpp: float, params: TileParams, seed: int, layout: Layout,
                   reference_image: Path | None = None) -> dict | None:
     """Fit (or reuse) the reference of one stain; returns its record (``None`` for ``none``).
 
-    ``slides`` are (patient_id, path, mpp override) of **development** patients only.
+    ``slides`` are (patient_id, path, mpp override) of **development** patients only; the
+    record and an image of the reference go to ``layout.norm_reference/norm_image(stain)``.
     """
     if method == "none":
         return None
@@ -77,7 +78,7 @@ def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | 
             "reference_image": str(reference_image) if reference_image else None,
             "format": 1}
     digest = _digest(spec)
-    path = folder / f"{file_name(stain)}.json"
+    path = layout.norm_reference(stain)
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("digest") == digest:
@@ -112,9 +113,9 @@ def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | 
     except Exception as exc:
         raise NormalisationReferenceError(f"cannot fit the {method} reference of {stain}: {exc}") from exc
     reference = normaliser.to_dict()
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"digest": digest, "spec": spec, "reference": reference,
                              "tiles_used": used, "lncr_version": __version__})
     Image.fromarray(image[: min(len(image), 4 * params.tile_size)]).save(
-        folder / f"{file_name(stain)}-reference.png")
+        layout.norm_image(stain))
     return reference

@@ -84,12 +84,7 @@ def tile_params(config: StudyConfig) -> TileParams:
                       stain_estimate=t.stain_estimate, prefilter=t.prefilter)
 
 
-def store_path(folder: Path, stain: str, magnification: str, patient_id: str) -> Path:
-    """Where a slide × magnification's tiles go (``folder`` is ``tiles/``)."""
-    return Layout(folder.parent).tile_store(stain, magnification, patient_id)
-
-
-def plan_units(study: Study, folder: Path) -> list[TileUnit]:
+def plan_units(study: Study, layout: Layout) -> list[TileUnit]:
     """One unit per usable slide × magnification, in a stable order."""
     cfg = study.config
     cohort = dict(zip(study.patients.patient_id, study.patients.cohort))
@@ -103,11 +98,11 @@ def plan_units(study: Study, folder: Path) -> list[TileUnit]:
                 patient_id=row.patient_id, cohort=cohort[row.patient_id], stain=row.stain,
                 slide=row.path, mpp_override=None if pd.isna(row.mpp) else float(row.mpp),
                 magnification=mag, target_mpp=cfg.magnification.mpp(power),
-                store=str(store_path(folder, row.stain, mag, row.patient_id))))
+                store=str(layout.tile_store(row.stain, mag, row.patient_id))))
     return units
 
 
-def _references(study: Study, folder: Path, params: TileParams
+def _references(study: Study, layout: Layout, params: TileParams
                 ) -> tuple[dict[str, dict | None], dict[str, str]]:
     """Fit (or reuse) each stain's reference on development slides; errors per stain."""
     cfg = study.config
@@ -123,21 +118,21 @@ def _references(study: Study, folder: Path, params: TileParams
                   for r in rows.itertuples()]
         try:
             refs[stain] = fit_reference(stain, cfg.tiling.method_for(stain), slides, ref_mpp,
-                                        params, cfg.split.seed, folder / "norm",
+                                        params, cfg.split.seed, layout,
                                         cfg.tiling.reference_images.get(stain))
         except NormalisationReferenceError as exc:
             errors[stain] = str(exc)
     return refs, errors
 
 
-def _qc(folder: Path, index: pd.DataFrame, magnifications: list[str]) -> None:
+def _qc(layout: Layout, index: pd.DataFrame, magnifications: list[str]) -> None:
     """Per slide: its thumbnail with the kept tiles of each magnification outlined. A slide
     whose thumbnail is newer than all its tile stores is not drawn again (resume)."""
     from lncr.slides.reader import open_slide
 
-    (folder / "qc").mkdir(exist_ok=True)
+    layout.tiles_qc.mkdir(exist_ok=True)
     for (pid, stain), group in index.groupby(["patient_id", "stain"]):
-        out = Layout(folder.parent).qc_image(pid, stain)
+        out = layout.qc_image(pid, stain)
         stores = [Path(s) for s in group[group.status == "ok"].store if Path(s).exists()]
         if out.exists() and stores and all(out.stat().st_mtime_ns >= s.stat().st_mtime_ns
                                            for s in stores):
@@ -184,11 +179,11 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
     t0 = time.perf_counter()
     cfg = study.config
     layout = Layout(cfg.output_dir)
-    folder = cfg.output_dir / "tiles"
+    folder = layout.tiles_dir
     folder.mkdir(parents=True, exist_ok=True)
     params = tile_params(cfg)
-    refs, ref_errors = _references(study, folder, params)
-    units = plan_units(study, folder)
+    refs, ref_errors = _references(study, layout, params)
+    units = plan_units(study, layout)
     n = workers if workers else (cfg.tiling.workers or os.cpu_count() or 1)
     report = TilingReport(folder)
 
@@ -217,7 +212,7 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
     index = report.index()
     layout.write_tiles_index(index)
     write_table(layout.tiles_summary, summarise(index))
-    _qc(folder, index, [MagnificationSettings.label(p) for p in cfg.magnification.powers])
+    _qc(layout, index, [MagnificationSettings.label(p) for p in cfg.magnification.powers])
     statuses = index.status.value_counts().to_dict()
     atomic_write_json(layout.tiles_record, {
         "lncr_version": __version__, "settings": asdict(params),

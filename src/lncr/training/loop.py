@@ -26,27 +26,21 @@ writes the files.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from lncr.errors import WorkFailed
-from lncr.fileio import partial_path
 from lncr.identifiers import file_name
 from lncr.models.mil import AttentionMIL, build_mil
 from lncr.study.config import TrainingSettings
 from lncr.training.bags import BagDataset, SlideEntry, collate_bags, eval_indices
 from lncr.training.distributed import Context
 from lncr.training.inputs import DeviceInput, tile_channel_stats
-
-#: Settings that do not change what a run computes (a resume may change them).
-NEUTRAL_SETTINGS = ("loader_workers", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -151,12 +145,6 @@ def loader(dataset: BagDataset, sampler, batch_size: int, workers: int,
                       persistent_workers=workers > 0, generator=torch.Generator())
 
 
-def _save(obj, path: Path) -> None:
-    tmp = partial_path(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches, inputs: DeviceInput, ctx: Context,
              amp: torch.dtype | None) -> list[tuple[int, float, float]]:
@@ -175,35 +163,6 @@ def evaluate(model: torch.nn.Module, batches, inputs: DeviceInput, ctx: Context,
                  for s, p, loss in zip(slides, torch.sigmoid(logits), losses)]
     model.train(was_training)
     return [row for part in ctx.gather(mine) for row in part]
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int, step: int = 0) -> int:
-    return int(np.random.default_rng([seed, epoch, rank, step]).integers(2 ** 62))
-
-
-def _portable_source(source: dict | None, folder: Path) -> dict | None:
-    """The run's study file relative to the run folder when the run lies inside the study's
-    folder, so a copied study's runs point at the copy (see lncr.paths)."""
-    if not source or not source.get("study"):
-        return source
-    study = Path(os.path.abspath(source["study"]))
-    run = Path(os.path.abspath(folder))
-    if study.parent in run.parents:
-        return {**source, "study": Path(os.path.relpath(study, run)).as_posix()}
-    return source
 
 
 class TrainingDiverged(WorkFailed):

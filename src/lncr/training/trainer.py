@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -24,21 +25,15 @@ import torch.nn.functional as F
 from torch.distributed.algorithms.join import Join
 
 from lncr.errors import BadInput
-from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.fileio import atomic_save_torch, atomic_write_json, atomic_write_text
 from lncr.models.mil import freeze_batch_norm
 from lncr.study.config import TrainingSettings
 from lncr.training.bags import BagDataset, EpochSampler, SlideEntry
 from lncr.training.distributed import Context, resolve_device
 from lncr.training.inputs import DeviceInput, input_geometry, preset_stats
 from lncr.training.loop import (
-    NEUTRAL_SETTINGS,
     RunSpec,
     TrainingDiverged,
-    _epoch_seed,
-    _portable_source,
-    _rng_state,
-    _save,
-    _set_rng_state,
     autocast_dtype,
     build_model,
     channel_stats,
@@ -49,6 +44,9 @@ from lncr.training.loop import (
     versions,
 )
 from lncr.training.metrics import accuracy, auc, youden_threshold
+
+#: Settings that do not change what a run computes (a resume may change them).
+NEUTRAL_SETTINGS = ("loader_workers", "checkpoint_every")
 
 
 class Stopped(Exception):
@@ -327,17 +325,18 @@ class Trainer:
                     self.writer.add_scalar(k.replace("_", "/", 1), v, epoch)
             atomic_write_text(folder / "metrics.csv", pd.DataFrame(self.rows).to_csv(index=False))
             if improved:
-                _save({"model": self.model.state_dict(), "epoch": epoch, "metrics": row},
-                      folder / "best.pt")
+                atomic_save_torch({"model": self.model.state_dict(), "epoch": epoch,
+                                   "metrics": row}, folder / "best.pt")
 
     def checkpoint(self, epoch: int, step: int, outputs: list) -> None:
         """``last.pt``: everything a resume needs, at an epoch boundary or mid-epoch."""
         if self.ctx.main:
-            _save({"model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
-                   "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                   "epoch": epoch, "step": step, "outputs": [list(o) for o in outputs],
-                   "best_key": list(self.best_key) if self.best_key is not None else None,
-                   "rng": _rng_state(self.dev)}, self.last)
+            atomic_save_torch({
+                "model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": epoch, "step": step, "outputs": [list(o) for o in outputs],
+                "best_key": list(self.best_key) if self.best_key is not None else None,
+                "rng": _rng_state(self.dev)}, self.last)
 
     def finish(self) -> None:
         """``done.json``, then ``last.pt`` slimmed to the final weights."""
@@ -349,8 +348,8 @@ class Trainer:
                                              weights_only=True)["epoch"])})
             # A finished run needs no optimiser state: keep the final weights only (a third
             # of the size with Adam). After done.json, so a kill in between loses nothing.
-            _save({"model": self.model.state_dict(), "epoch": self.settings.epochs,
-                   "step": 0, "complete": True}, self.last)
+            atomic_save_torch({"model": self.model.state_dict(), "epoch": self.settings.epochs,
+                               "step": 0, "complete": True}, self.last)
         self.ctx.barrier()
 
 
@@ -367,3 +366,32 @@ def _best_key(row: dict) -> tuple[float, float]:
     score = row["val_auc"] if not math.isnan(row["val_auc"]) else row["train_auc"]
     return (score if not math.isnan(score) else -1.0,
             -(row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]))
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int, step: int = 0) -> int:
+    return int(np.random.default_rng([seed, epoch, rank, step]).integers(2 ** 62))
+
+
+def _portable_source(source: dict | None, folder: Path) -> dict | None:
+    """The run's study file relative to the run folder when the run lies inside the study's
+    folder, so a copied study's runs point at the copy (see lncr.paths)."""
+    if not source or not source.get("study"):
+        return source
+    study = Path(os.path.abspath(source["study"]))
+    run = Path(os.path.abspath(folder))
+    if study.parent in run.parents:
+        return {**source, "study": Path(os.path.relpath(study, run)).as_posix()}
+    return source
