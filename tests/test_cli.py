@@ -3,6 +3,7 @@ demo."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -86,9 +87,13 @@ class DescribeDemoCommand:
         out = tmp_path / "demo-out" / "study" / "lncr-output"
         assert (out / "study" / "split.csv").exists() and "Tiles:" in result.output
         units = pd.read_csv(out / "sweep" / "units.csv")
-        assert len(units) == 4 and (units.status == "done").all()  # 2 stains × 2 backbones
-        lite0 = out / "sweep" / "runs" / "HE" / "10x" / "timm-tf_efficientnet_lite0-b2-s0"
-        assert "tf_efficientnet_lite0.pth" in (lite0 / "config.json").read_text()  # pretrained
+        assert len(units) == 2 and (units.status == "done").all()  # 2 stains, frozen grid
+        lite0 = out / "sweep" / "runs-frozen" / "HE" / "10x" / "timm-tf_efficientnet_lite0-b2-s0"
+        config = json.loads((lite0 / "config.json").read_text())
+        assert config["weights"].endswith("tf_efficientnet_lite0.pth")  # pretrained
+        assert config["features"]["id"].startswith("timm-tf_efficientnet_lite0-")  # cached
+        assert len(list((out / "features").rglob("*.h5"))) == 2 * 2 * 6  # stains×mags×slides
+        assert "tiles (" in result.output and "/s, ETA" in result.output  # embed's progress
         from lncr.evaluation.final_predictions import final_models
 
         models = final_models(out)  # run folders resolved against the output folder
@@ -114,7 +119,8 @@ class DescribeDemoCommand:
         assert '<section id="explain">' in page and "Grad-CAM" in page and "t-SNE" in page
         assert "Not available yet" not in page  # every stage ran
         assert result.output.rstrip().endswith(str(report))
-        assert "[10/10] report" in result.output
+        assert "[11/11] report" in result.output
+        assert "Selection protocol: frozen features" in page
         # Run again: every stage resumes from disk — no model retrained, no slide re-predicted.
         runs = [Path(f) for f in models.folder]  # final models may be sweep runs reused
         weights = {p: p.stat().st_mtime_ns for r in runs for p in r.glob("*.pt")}

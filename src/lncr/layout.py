@@ -207,6 +207,10 @@ class Layout:
         return self.explain_dir / "pointing" / "pointing.csv"
 
     @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    @property
     def report(self) -> Path:
         return self.root / "report" / "report.html"
 
@@ -230,6 +234,12 @@ class Layout:
         geojson; suffix "" for gradcam's per-patient folder)."""
         return (self.explain_dir / kind / file_name(stain) / magnification
                 / f"{file_name(patient_id)}{suffix}")
+
+    def features_file(self, feature_id: str, stain: str, magnification: str,
+                      patient_id: str) -> Path:
+        """``features/<encoder id>/<stain>/<mag>/<patient>.h5`` (:mod:`lncr.features`)."""
+        return (self.features_dir / file_name(feature_id) / file_name(stain) / magnification
+                / f"{file_name(patient_id)}.h5")
 
     def clusters(self, stain: str, magnification: str) -> Path:
         return self.clusters_dir / file_name(stain) / magnification

@@ -22,33 +22,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Settings the demo overrides for a quick CPU run: small JPEG tiles, a reduced sweep of two
-#: backbones (EfficientNet-Lite0 with the packaged ImageNet weights, frozen; ResNet-18 from
-#: scratch) × two bag sizes × two repeats at 10x, short sweep units, final models at 10x and
-#: 20x (128-px tiles at 40x hold 32 µm: too little context, and most of the tiling time), and
-#: predictions over every tile. ``training.input_size`` is given for 512-px tiles and scaled
-#: with the tile size (384 → 96 px on 128-px tiles). docs/fidelity.md lists why each differs
-#: from the published method.
+#: Settings the demo overrides for a quick CPU run: small JPEG tiles; the frozen-feature
+#: protocol (``sweep.backbone: frozen``) with EfficientNet-Lite0 and its packaged ImageNet
+#: weights, embedded once (two views: the centred crop and one augmented) and a grid shaped
+#: like the published one — four bag sizes (4/8/16/32: the phantom's slides hold ~30 tiles at
+#: 10x, so the published 8–64 are halved) × five repeats, each on its own patient split, at
+#: 10x; final models at 10x and 20x (128-px tiles at 40x hold 32 µm: too little context, and
+#: most of the tiling time), and predictions over every tile. ``training.input_size`` is
+#: given for 512-px tiles and scaled with the tile size (384 → 96 px on 128-px tiles).
+#: docs/fidelity.md lists why each differs from the published method.
 DEMO_TILING = ["tiling.encoding=jpeg", "tiling.tile_size=128", "magnification.powers=[10, 20]",
                "split.val_fraction=0.25"]
 DEMO_TRAINING = ["training.pretrained=false", "training.backbone_lr_factor=0",
                  "training.augment=true",
-                 "training.channel_stats=imagenet", "training.epochs=8",
+                 "training.channel_stats=imagenet", "training.epochs=30",
                  "training.warmup_epochs=1", "training.optimiser=adam",
                  "training.learning_rate=0.001", "training.input_size=384",
                  "training.embedding_dim=32", "training.transformer_heads=4",
                  "training.feedforward_dim=64", "training.eval_tiles=32",
                  "training.loader_workers=0"]
-DEMO_SWEEP = ["sweep.architectures=[timm:tf_efficientnet_lite0, resnet18]",
-              "sweep.bag_sizes=[4, 8]", "sweep.repeats=2", "sweep.magnifications=[10x]",
-              "sweep.epochs=3", "evaluation.tiles=all"]
+DEMO_SWEEP = ["sweep.backbone=frozen", "sweep.architectures=[timm:tf_efficientnet_lite0]",
+              "sweep.bag_sizes=[4, 8, 16, 32]", "sweep.repeats=5", "sweep.resplit=true",
+              "sweep.magnifications=[10x]", "embedding.views=2", "embedding.workers=0",
+              "embedding.batch_size=128", "evaluation.tiles=all"]
 # DCCS on the CPU: small tiles and a short schedule (the defaults are for a GPU).
 DEMO_EXPLAIN = ["explain.cluster_tile_size=48", "explain.cluster_epochs=120",
                 "explain.cluster_lr=0.001", "explain.cluster_encoder=plain",
                 "explain.cluster_augment=light", "explain.cluster_crop=512"]
 DEMO_CLUSTER = ("HE", "20x")  # the one final model the demo clusters
 
-STAGES = ["synth", "validate", "tile", "sweep + final models", "predict (ensembles)",
+STAGES = ["synth", "validate", "tile", "embed", "sweep + final models", "predict (ensembles)",
           "evaluate", "explain (heatmaps)", "explain (Grad-CAM)", "explain (DCCS clusters)",
           "report"]
 
@@ -67,10 +70,11 @@ class DemoPipeline:
     external: int = 16
     size: str = "small"
     signal: float = 1.9
-    epochs: int = 8
+    epochs: int = 30
     extra: list[str] = field(default_factory=list)  # the user's --set, applied last
     render_progress: Callable[[Any], None] | None = None  # per rendered patient
     unit_progress: Callable[[dict], None] | None = None  # per finished sweep unit
+    embed_progress: Callable[[str, int, int], None] | None = None  # per embedded batch
     results: dict[str, Any] = field(default_factory=dict)  # each stage's return value
 
     @property
@@ -130,6 +134,12 @@ class DemoPipeline:
             raise DemoFailed(f"{len(report.failed)} tiling unit(s) failed on the phantom")
         return self._keep("tile", report)
 
+    def embed(self):
+        from lncr.features.study_run import embed_study
+
+        return self._keep("embed", embed_study(self.study(), device="auto",
+                                               progress=self.embed_progress))
+
     def sweep(self):
         from lncr.sweep.run import run_sweep
 
@@ -178,7 +188,7 @@ class DemoPipeline:
         return self._keep("report", build_report(self.study()))
 
     def stages(self) -> list[tuple[str, Callable[[], Any]]]:
-        methods = [self.synth, self.validate, self.tile, self.sweep, self.predict,
+        methods = [self.synth, self.validate, self.tile, self.embed, self.sweep, self.predict,
                    self.evaluate, self.explain_heatmaps, self.explain_gradcam,
                    self.explain_clusters, self.report]
         return list(zip(STAGES, methods))

@@ -17,6 +17,7 @@ from lncr.cli.common import ErrorBoundary
 from lncr.cli.demo import demo
 from lncr.cli.evaluation import evaluate
 from lncr.cli.explain import explain_app
+from lncr.cli.features import embed
 from lncr.cli.report import report
 from lncr.cli.study import synth, validate
 from lncr.cli.sweep import sweep
@@ -58,6 +59,7 @@ app.command()(validate)
 app.command()(synth)
 app.command()(tile)
 app.add_typer(tiles_app, name="tiles")
+app.command()(embed)
 app.command()(train)
 app.command()(predict)
 app.command()(sweep)

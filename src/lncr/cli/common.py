@@ -132,3 +132,61 @@ def warn_unusable(excluded: list[dict], where: str) -> None:
     for u in excluded:
         err_console.print(f"[yellow]WARNING {where}: patient {escape(u['patient_id'])} "
                           f"({u['cohort']}) is left out: {escape(u['reason'])}[/yellow]")
+
+
+class Meter:
+    """Progress of a long command in counts, rate and ETA: a redrawn bar on a terminal, plain
+    timestamped lines (at most one per ``every`` seconds, and the last) in a log file or a
+    batch job. ``update(what, done, total)`` moves it; use it as a context manager."""
+
+    def __init__(self, unit: str, every: float = 10.0):
+        self.unit, self.every = unit, every
+        self.bar = None
+        self.t0 = self.last = 0.0
+
+    def __enter__(self) -> "Meter":
+        import time
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.t0 = time.perf_counter()
+        if console.is_terminal:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                                TimeRemainingColumn(), console=console, transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("", total=None, rate="")
+        return self
+
+    def update(self, what: str, done: int, total: int) -> None:
+        import time
+
+        now = time.perf_counter()
+        rate = done / max(now - self.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, description=escape(what), completed=done, total=total,
+                            rate=f"{rate:.1f} {self.unit}/s")
+        elif now - self.last >= self.every or done >= total:
+            self.last = now
+            eta = (total - done) / rate if rate > 0 else float("nan")
+            stamp = time.strftime("%H:%M:%S")
+            console.print(f"{stamp} {escape(what)}: {done}/{total} {self.unit} "
+                          f"({rate:.1f}/s, ETA {_duration(eta)})")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}:{m:02d}:{s:02d}" if hours else f"{m}:{s:02d}"

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import Progress
 
-from lncr.cli.common import console, default_workers, err_console, print_study, table
+from lncr.cli.common import Meter, console, default_workers, err_console, print_study, table
 from lncr.cli.evaluation import print_baseline
 from lncr.pipeline import DEMO_CLUSTER, DemoFailed, DemoPipeline, StageLog
 
@@ -22,11 +22,11 @@ def demo(
     external: Annotated[int, typer.Option(min=0, help="External patients of the phantom.")] = 16,
     size: Annotated[str, typer.Option(help="Phantom slide size (see lncr synth).")] = "small",
     signal: Annotated[float, typer.Option(help="Strength of the phantom's lesion–outcome link (0–1.9).")] = 1.9,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the final models.")] = 8,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of every model (sweep units and final models).")] = 30,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one of the demo's settings, e.g. sweep.repeats=1.")] = None,
 ) -> None:
-    """Run the method end to end on the built-in phantom: synth → validate → tile → sweep
-    (reduced grid) → final models → predict (ensembles) → evaluate → explain (heatmaps,
+    """Run the method end to end on the built-in phantom: synth → validate → tile → embed
+    (frozen encoder, once) → sweep (a published-shaped grid on cached features) → final models → predict (ensembles) → evaluate → explain (heatmaps,
     Grad-CAM, DCCS clusters) → report. Re-running resumes."""
     pipeline = DemoPipeline(out, workers or default_workers(), patients, external, size,
                             signal, epochs, list(set_ or []), unit_progress=_unit_failed)
@@ -35,6 +35,11 @@ def demo(
     @contextmanager
     def stage(name: str):
         with log.stage(name):
+            if name == "embed":
+                with Meter("tiles") as meter:
+                    pipeline.embed_progress = meter.update
+                    yield
+                return
             if name != "synth":
                 yield
                 return

@@ -168,11 +168,26 @@ def cached_scores(fm: FinalModel, entry) -> tuple[pd.DataFrame, float]:
     if is_fresh(path, key):
         scores = pd.read_csv(path)
         return scores, float(scores.groupby("chunk").chunk_probability.first().mean())
-    scores, probability = slide_scores(fm.model, fm.inputs, entry, fm.crop, fm.chunk)
+    scores, probability = slide_scores(fm.model, fm.inputs, entry, fm.crop, fm.chunk,
+                                       features_of(fm, entry))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, scores.to_csv(index=False))
     stamp(path, key)
     return scores, probability
+
+
+def features_of(fm: FinalModel, entry) -> Path | None:
+    """The slide's cached features when the model was trained on them (embedded now if
+    needed), else None."""
+    from lncr.features.embed import FeatureCache, embed_entries
+    from lncr.features.spec import spec_from_config
+
+    spec = spec_from_config(fm.config)
+    if spec is None:
+        return None
+    cache = FeatureCache(Layout(fm.cfg.output_dir), fm.cfg.embedding)
+    embed_entries(cache, spec, [entry], fm.inputs.device)
+    return cache.path(spec, entry)
 
 
 def slide_paths(output_dir: Path) -> dict[tuple[str, str], str]:

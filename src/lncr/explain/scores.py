@@ -33,10 +33,13 @@ is small beside the backbone.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 
+from lncr.features.store import FeatureFile
 from lncr.models.mil import AttentionMIL
 from lncr.tiling.store import TileStore
 from lncr.training.bags import BagDataset, SlideEntry, chunk_count, chunk_members
@@ -76,12 +79,18 @@ def leave_one_out(model: AttentionMIL, embeddings: torch.Tensor) -> tuple[float,
 
 
 def slide_scores(model: AttentionMIL, inputs: DeviceInput, entry: SlideEntry, crop: int,
-                 chunk_size: int) -> tuple[pd.DataFrame, float]:
+                 chunk_size: int, features: Path | None = None) -> tuple[pd.DataFrame, float]:
     """Every tile's scores (:data:`SCORE_COLUMNS`) and the slide's probability (the mean over
-    chunks, as ``lncr predict --tiles all``)."""
+    chunks, as ``lncr predict --tiles all``). A model trained on cached features takes the
+    slide's ``features`` file (view 0) instead of running its backbone."""
     model.eval()
-    dataset = BagDataset([entry], 1, train=False, crop=crop)
-    embeddings = embed_tiles(model, inputs, dataset, 0)
+    if features is not None:
+        with FeatureFile(features) as f, torch.no_grad():
+            cached = torch.from_numpy(f.read(np.arange(entry.n_tiles)))
+            embeddings = model.encoder.project(cached.to(inputs.device))
+    else:
+        dataset = BagDataset([entry], 1, train=False, crop=crop)
+        embeddings = embed_tiles(model, inputs, dataset, 0)
     n = entry.n_tiles
     chunks = chunk_count(n, chunk_size)
     with TileStore(entry.store) as store:

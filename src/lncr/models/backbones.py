@@ -68,6 +68,8 @@ class BackboneSpec:
     fixed_input: bool = False  # True when the model only accepts ``input_size`` (ViT)
     embedding_dim: int | None = None  # the published feature width, if it differs from 512
     weights: str = ""  # which pretrained weights "imagenet" means
+    resize_to_native: bool = False  # the crop is resized to ``input_size`` (foundation models)
+    stats: tuple | None = None  # the channel mean and s.d. the encoder requires, if any
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -216,6 +218,15 @@ register(BackboneSpec("resnet18", 224, _torchvision("resnet18", "ResNet18_Weight
                       replace_attribute("fc"), weights="ResNet18_Weights.IMAGENET1K_V1"))
 
 
+def _register_foundation() -> None:
+    from lncr.models.foundation import register_foundation_models
+
+    register_foundation_models()
+
+
+_register_foundation()
+
+
 def backbone_spec(name: str) -> BackboneSpec:
     """The registry entry for ``name`` (torchvision and ``timm:`` names resolved too)."""
     if name in BACKBONES:
@@ -280,6 +291,35 @@ class TileEncoder(nn.Module):
         projection = getattr(self.model, "lncr_projection", None)
         return projection(out) if projection is not None else out
 
+    @property
+    def projection(self) -> nn.Module:
+        """The projection layer lncr added (inside the model, or after it)."""
+        after = getattr(self.model, "lncr_projection", None)
+        if after is not None:
+            return after
+        found = [m for m in self.model.modules()
+                 if {id(p) for p in m.parameters(recurse=False)} == self._head and self._head]
+        if len(found) != 1:
+            raise RuntimeError(f"{self.spec.name}: the projection layer cannot be found")
+        return found[0]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the frozen backbone gives the projection: (M, F) features of (M, 3, H, W)
+        inputs. ``project(features(x))`` is ``forward(x)``; the feature cache stores these."""
+        if getattr(self.model, "lncr_projection", None) is not None:
+            return self.model(x)
+        seen: list[torch.Tensor] = []
+        hook = self.projection.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            self.model(x)
+        finally:
+            hook.remove()
+        return seen[0]
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The projection alone: cached features (M, F) → embeddings (M, L)."""
+        return self.projection(features)
+
 
 #: Parameter-name prefixes of the classification heads a local weights file may carry and the
 #: projection replaces (or, for Inception-V3, the dropped auxiliary classifier).
@@ -322,7 +362,7 @@ def _download(spec: BackboneSpec) -> nn.Module:
         return spec.builder("imagenet")
     except (OSError, RuntimeError) as exc:  # URLError and the hub's offline errors: OSError
         raise WeightsUnavailable(
-            f"cannot download the ImageNet weights of {spec.name} ({spec.weights}): "
+            f"cannot download the pretrained weights of {spec.name} ({spec.weights}): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. Either connect "
             "once so that the library caches them (TORCH_HOME for torchvision, HF_HOME for "
             f"timm), or pass a local file with --weights PATH (weights saved from {spec.name}), "

@@ -51,9 +51,32 @@ class AttentionMIL(nn.Module):
         pooled = torch.einsum("bn,bnd->bd", attention, hidden)
         return self.classifier(pooled).squeeze(-1), attention
 
+    def from_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bags of cached backbone features (B, N, F) → (logits (B,), attention (B, N)): the
+        projection and the bag part, for a frozen backbone (:mod:`lncr.features`)."""
+        b, n = features.shape[:2]
+        return self.head(self.encoder.project(features.flatten(0, 1)).view(b, n, -1))
+
     @staticmethod
     def probability(logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
+
+
+class FeatureModel(nn.Module):
+    """The trainable part of an :class:`AttentionMIL` whose backbone is frozen, as a module of
+    its own: ``forward`` takes cached features (B, N, F). It shares the parameters of ``mil``
+    (training it trains ``mil``) and holds only the trainable ones, so DistributedDataParallel
+    and optimisers see nothing of the backbone."""
+
+    def __init__(self, mil: AttentionMIL):
+        super().__init__()
+        self.projection = mil.encoder.projection
+        self.transformer, self.attention = mil.transformer, mil.attention
+        self.classifier = mil.classifier
+        self._mil = [mil]  # not a submodule: its backbone stays out of this module
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._mil[0].from_features(features)
 
 
 def build_mil(architecture: str, embedding_dim: int = 512, layers: int = 2, heads: int = 8,
@@ -74,6 +97,31 @@ def published_embedding_dim(architecture: str, embedding_dim: int) -> int:
     if embedding_dim == 512 and spec.fixed_input and architecture.startswith("timm:"):
         return 128  # other timm ViTs: as the published ViT
     return embedding_dim
+
+
+def backbone_keys(model: AttentionMIL) -> set[str]:
+    """The state-dict keys of the backbone: the encoder's, but for the projection lncr
+    added."""
+    projection = {id(t) for t in model.encoder.projection.state_dict(keep_vars=True).values()}
+    return {k for k, v in model.state_dict(keep_vars=True).items()
+            if k.startswith("encoder.") and id(v) not in projection}
+
+
+def head_state(model: AttentionMIL) -> dict[str, torch.Tensor]:
+    """The state of everything but the backbone: what a run on cached features trains and
+    saves (its backbone is rebuilt from the pretrained weights it was embedded with)."""
+    skip = backbone_keys(model)
+    return {k: v for k, v in model.state_dict().items() if k not in skip}
+
+
+def load_head_state(model: AttentionMIL, state: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`head_state` (or a whole state) into ``model``; every tensor outside the
+    backbone must be there."""
+    result = model.load_state_dict(state, strict=False)
+    missing = set(result.missing_keys) - backbone_keys(model)
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"the checkpoint does not fit the model: missing {sorted(missing)[:3]}"
+                           f", unexpected {sorted(result.unexpected_keys)[:3]}")
 
 
 def freeze_batch_norm(model: nn.Module) -> int:

@@ -35,7 +35,7 @@ th,td{border:1px solid #d9e2ec;padding:3px 8px;text-align:right}
 th{background:#f0f4f8;cursor:pointer;user-select:none}th:after{content:" \\2195";opacity:.4}
 td:first-child,th:first-child{text-align:left}tr:nth-child(even) td{background:#fafbfc}
 .missing{background:#fffbea;border-left:4px solid #f0b429;padding:8px 12px}
-.note{color:#52606d;font-size:.9em}.failure{border:2px solid #c62828;background:#fdecea;padding:4px 12px;margin:8px 0}.estimate-optimistic{color:#8a4b00}code{background:#f0f4f8;padding:1px 4px;border-radius:3px}
+.note{color:#52606d;font-size:.9em}.failure{border:2px solid #c62828;background:#fdecea;padding:4px 12px;margin:8px 0}.protocol{border-left:4px solid #8a4b00;background:#fff8e1;padding:2px 12px;margin:8px 0}.estimate-optimistic{color:#8a4b00}code{background:#f0f4f8;padding:1px 4px;border-radius:3px}
 #lightbox{display:none;position:fixed;inset:0;background:rgba(0,0,0,.85);z-index:9;
 cursor:zoom-out;align-items:center;justify-content:center}
 #lightbox img{max-width:96vw;max-height:96vh;background:#fff}

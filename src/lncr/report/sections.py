@@ -176,7 +176,7 @@ def sweep_section(out: Path) -> str:
         ax.set_title(stain, fontsize=9)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("mean validation AUC")
-    body = failures_box(selection)
+    body = failures_box(selection) + protocol_note(out)
     body += img(figure_uri(fig), "Validation AUC by architecture and bag size (mean over "
                                  "magnifications and repeats; dotted: the selected bag size)")
     chosen = ", ".join(f"{s}: <b>{esc(a)}</b>" for s, a in selection["architectures"].items())
@@ -191,6 +191,20 @@ def sweep_section(out: Path) -> str:
             "mean_val_auc", "sd_val_auc", "mean_val_loss"]
     body += table(summary[[c for c in cols if c in summary]], "Sweep summary")
     return section("sweep", "Model selection", body)
+
+
+def protocol_note(out: Path) -> str:
+    """Which selection protocol ran: the published one (every unit fine-tuned) or the
+    cheaper frozen-feature one, said plainly."""
+    record = read_json(Layout(out).sweep_record) or {}
+    if (record.get("settings") or {}).get("backbone") != "frozen":
+        return ""
+    return ("<div class=protocol><p><b>Selection protocol: frozen features.</b> Every unit of the "
+            "grid trained with its backbone frozen, on tile features computed once "
+            "(<code>sweep.backbone: frozen</code>); only the selected configurations were "
+            "then trained as final models with the training settings. This is cheaper than "
+            "the published protocol (every unit fine-tuned), and its choice of architecture "
+            "and bag size may differ from it.</p></div>")
 
 
 def unusable_box(out: Path) -> str:

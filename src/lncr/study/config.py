@@ -173,6 +173,9 @@ class SweepSettings(_Settings):
     unit_cpus: int = Field(1, ge=1)  # CPU threads (and Ray CPUs) of one unit
     unit_gpus: float = Field(1.0, ge=0)  # Ray GPUs of one unit when the cluster has GPUs
     weights: dict[str, Path] = Field(default_factory=dict)  # architecture -> local weights file
+    # "frozen": the grid trains on cached features of frozen pretrained backbones, then only
+    # the selected configurations are trained with the training settings (docs/embeddings.md).
+    backbone: Literal["finetune", "frozen"] = "finetune"
 
     @field_validator("executor")
     @classmethod
@@ -194,6 +197,17 @@ class SweepSettings(_Settings):
         if not v or len(set(v)) != len(v):
             raise ValueError("must be a non-empty list of distinct architecture names")
         return v
+
+
+class EmbeddingSettings(_Settings):
+    """Tile features of frozen backbones, computed once (``lncr embed``, docs/embeddings.md)."""
+
+    use: Literal["auto", "never"] = "auto"  # auto: whenever a pretrained backbone is frozen
+    views: int = Field(1, ge=1, le=64)  # 1: the centred crop; V: and V-1 augmented views
+    seed: int = 0  # the draws of the augmented views
+    batch_size: int = Field(64, ge=1)
+    workers: int = Field(2, ge=0)  # tile-decoding processes
+    dtype: Literal["float32", "float16"] = "float32"  # how features are stored
 
 
 class EnsembleSettings(_Settings):
@@ -271,6 +285,7 @@ class StudyConfig(_Settings):
     tiling: TilingSettings = TilingSettings()
     training: TrainingSettings = TrainingSettings()
     sweep: SweepSettings = SweepSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
     ensemble: EnsembleSettings = EnsembleSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     explain: ExplainSettings = ExplainSettings()
@@ -318,6 +333,13 @@ class StudyConfig(_Settings):
                 raise ValueError(f"sweep.{name} names {unknown}, not among the study's "
                                  f"{list(valid)}")
         return self
+
+    def backbone_weights(self, architecture: str) -> str | None:
+        """The pretrained weights of ``architecture``: its file in ``sweep.weights``, else the
+        library's ImageNet weights when ``training.pretrained``, else None (random)."""
+        if architecture in self.sweep.weights:
+            return str(self.sweep.weights[architecture])
+        return "imagenet" if self.training.pretrained else None
 
     def magnification_labels(self) -> tuple[str, ...]:
         """``('10x', '20x', '40x')`` for the study's powers."""

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lncr.errors import WorkFailed
+from lncr.errors import BadInput, WorkFailed
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
@@ -209,7 +209,8 @@ class Sweep:
         self.address, self.device, self.progress = address, device, progress
         self.layout = Layout(self.cfg.output_dir)
         self.folder = self.layout.sweep_dir
-        self.runs_root = self.folder / "runs"
+        # a frozen grid's runs are kept apart: the same unit fine-tuned is another run
+        self.runs_root = self.folder / ("runs-frozen" if sw.backbone == "frozen" else "runs")
         self.epochs = sw.epochs or self.cfg.training.epochs
         self.rungs = (halving_rungs(self.epochs, sw.min_epochs, sw.halving_rate)
                       if sw.early_stopping == "halving" else [self.epochs])
@@ -232,16 +233,33 @@ class Sweep:
     def weights(self, architecture: str) -> str | None:
         """A local file from ``sweep.weights``, else the library's ImageNet weights when
         ``training.pretrained``, else none (random initialisation)."""
-        if architecture in self.cfg.sweep.weights:
-            return str(self.cfg.sweep.weights[architecture])
-        return "imagenet" if self.cfg.training.pretrained else None
+        return self.cfg.backbone_weights(architecture)
 
-    def tasks(self, root: Path, epochs: int) -> Callable[[Unit, int], UnitTask]:
-        """Task maker for runs under ``root`` with a schedule of ``epochs``."""
+    def tasks(self, root: Path, epochs: int, frozen: bool = False
+              ) -> Callable[[Unit, int], UnitTask]:
+        """Task maker for runs under ``root`` with a schedule of ``epochs`` (``frozen``: with
+        the backbone frozen, on cached features)."""
         def make(u: Unit, stop: int) -> UnitTask:
             return UnitTask(u, self.study, str(root), epochs, stop, self.device,
-                            self.cfg.sweep.unit_cpus, self.weights(u.architecture))
+                            self.cfg.sweep.unit_cpus, self.weights(u.architecture), frozen)
         return make
+
+    @property
+    def frozen(self) -> bool:
+        """``sweep.backbone: frozen``: the grid's units train on cached features."""
+        return self.cfg.sweep.backbone == "frozen"
+
+    def check_frozen(self) -> None:
+        """A frozen grid needs pretrained weights for every architecture (a frozen random
+        network would be compared with pretrained ones)."""
+        if not self.frozen:
+            return
+        bare = [a for a in self.cfg.sweep.architectures if self.weights(a) is None]
+        if bare:
+            raise BadInput(
+                f"sweep.backbone=frozen freezes every backbone, but {', '.join(bare)} would "
+                "start from random weights: give each a file in sweep.weights, set "
+                "training.pretrained=true, or drop it from sweep.architectures")
 
     def size(self, architecture: str) -> int:
         from lncr.sweep.selection import parameter_count
@@ -275,6 +293,7 @@ class Sweep:
 
     def run(self, final: bool = True) -> SweepReport:
         t_start = time.perf_counter()
+        self.check_frozen()
         self.folder.mkdir(parents=True, exist_ok=True)
         write_repeat_splits(self.folder / "splits", self.study.patients, self.cfg)
         record = self.record()
@@ -303,8 +322,8 @@ class Sweep:
         book = _Book(self.layout.sweep_units, units, self.cfg.output_dir)
         alive = list(units)
         for i, rung in enumerate(self.rungs):
-            results = _run_units(alive, self.tasks(self.runs_root, self.epochs), rung, book,
-                                 self.executor, self.progress)
+            results = _run_units(alive, self.tasks(self.runs_root, self.epochs, self.frozen),
+                                 rung, book, self.executor, self.progress)
             if i < len(self.rungs) - 1:
                 alive, stopped = promote(alive, results, rung, self.cfg.sweep.halving_rate,
                                          self.size)
@@ -354,8 +373,11 @@ class Sweep:
         folder = self.layout.final_dir
         folder.mkdir(parents=True, exist_ok=True)
         epochs = cfg.training.epochs
-        # The sweep's repeat 0 of a configuration is the final model when the epochs agree.
-        root = self.runs_root if self.epochs == epochs else self.layout.final_runs
+        # The sweep's repeat 0 of a configuration is the final model when it was trained the
+        # same way: the same epochs, and not frozen for the grid only.
+        same = self.epochs == epochs and (not self.frozen
+                                          or cfg.training.backbone_lr_factor == 0)
+        root = self.runs_root if same else self.layout.final_runs
         units = final_units(cfg, selection)
         book = _Book(self.layout.final_units, units, cfg.output_dir)
         results = _run_units(units, self.tasks(root, epochs), epochs, book, self.executor,

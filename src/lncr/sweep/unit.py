@@ -38,6 +38,7 @@ class UnitTask:
     device: str = "auto"
     threads: int = 1
     weights: str | None = None  # "imagenet", a local file, or None (random initialisation)
+    frozen: bool = False  # train with the backbone frozen (sweep.backbone: frozen's grid)
 
 
 def unit_metrics(folder: Path) -> dict:
@@ -91,6 +92,8 @@ def run_unit(task: UnitTask) -> dict:
     """Train ``task.unit`` up to ``task.stop_epoch``; a result row, never an exception."""
     import torch
 
+    from lncr.features.embed import FeatureCache
+    from lncr.layout import Layout
     from lncr.training.loop import train_run
 
     t0 = time.perf_counter()
@@ -104,13 +107,16 @@ def run_unit(task: UnitTask) -> dict:
     try:
         cfg, entries, excluded = unit_entries(task)
         settings = cfg.training.model_copy(update={"epochs": task.epochs})
+        if task.frozen:
+            settings = settings.model_copy(update={"backbone_lr_factor": 0.0})
         stop = None
         if task.stop_epoch < task.epochs:
             def stop(epoch: int, step: int | None) -> bool:
                 return step is None and epoch + 1 >= task.stop_epoch
         train_run(u.spec, entries, settings, Path(task.runs_root), cfg.tiling.tile_size,
                   weights=task.weights, device=task.device, stop_after=stop,
-                  source=task.study.source, excluded=excluded)
+                  source=task.study.source, excluded=excluded,
+                  features=FeatureCache(Layout(cfg.output_dir), cfg.embedding))
         status = "done" if (folder / "done.json").exists() else "paused"
         row = result_row(u, folder, status, **where)
     except Exception as exc:  # recorded, and the sweep goes on

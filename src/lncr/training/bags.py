@@ -96,11 +96,31 @@ def chunk_members(n_tiles: int, chunks: int, chunk: int) -> np.ndarray:
     return np.arange(n_tiles)[chunk::chunks]
 
 
+def view_tile(tile: np.ndarray, crop: int, rng: np.random.Generator, random_crop: bool,
+              augment: bool) -> np.ndarray:
+    """A ``crop``-px view of one tile (H, W, 3): centred, or at a random position, then (with
+    ``augment``) a random 90° rotation and horizontal flip, drawn from ``rng`` in that
+    order. Training bags and the feature cache's augmented views both use it."""
+    h, w = tile.shape[:2]
+    if random_crop:
+        i, j = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    else:
+        i, j = (h - crop) // 2, (w - crop) // 2
+    t = tile[i:i + crop, j:j + crop]
+    if augment:
+        t = np.rot90(t, int(rng.integers(0, 4)))
+        if rng.random() < 0.5:
+            t = t[:, ::-1]
+    return t
+
+
 class BagDataset(Dataset):
     """Bags per slide, cropped (and augmented in training) as uint8.
 
-    Keys are ``(epoch, slide)`` pairs (from :class:`EpochSampler`) or slide numbers: the
-    dataset holds no epoch state, so persistent DataLoader workers see every epoch right.
+    Keys are ``(epoch, slide)`` pairs (from :class:`EpochSampler`), slide numbers, or
+    ``(slide, chunk, chunks)`` for one interleaved chunk (:func:`chunk_members`) of every tile:
+    the dataset holds no epoch state, so persistent DataLoader workers see every epoch
+    right.
     ``dataset[key]`` → (tiles uint8 (N, 3, crop, crop), jitter factors (N, 3) float32,
     label float, slide). Crops, flips, 90° rotations and jitter factors are drawn from
     ``(seed, epoch, slide)``: the same bag whatever the number of workers or a resume.
@@ -133,6 +153,9 @@ class BagDataset(Dataset):
         return np.stack([store[int(k)] for k in indices])
 
     def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        if isinstance(key, tuple) and len(key) == 3:  # (slide, chunk, chunks): prediction
+            slide, chunk, chunks = key
+            return self.bag(slide, chunk_members(self.entries[slide].n_tiles, chunks, chunk), 0)
         epoch, slide = key if isinstance(key, tuple) else (0, int(key))
         return self.bag(slide, self.indices(slide, epoch), epoch)
 
@@ -145,16 +168,7 @@ class BagDataset(Dataset):
         c = min(self.crop or min(h, w), h, w)
         out = np.empty((n, c, c, 3), dtype=np.uint8)
         for k in range(n):
-            if self.train:
-                i, j = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-            else:
-                i, j = (h - c) // 2, (w - c) // 2
-            t = tiles[k, i:i + c, j:j + c]
-            if self.augment:
-                t = np.rot90(t, int(rng.integers(0, 4)))
-                if rng.random() < 0.5:
-                    t = t[:, ::-1]
-            out[k] = t
+            out[k] = view_tile(tiles[k], c, rng, self.train, self.augment)
         factors = (1.0 + rng.uniform(-self.jitter, self.jitter, (n, 3))).astype(np.float32)
         bag = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
         return bag, torch.from_numpy(factors), torch.tensor(float(self.entries[slide].label)), slide

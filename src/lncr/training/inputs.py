@@ -55,6 +55,8 @@ def input_geometry(settings: TrainingSettings, tile_size: int) -> InputGeometry:
     scale = tile_size / REFERENCE_TILE
     crop = max(8, min(tile_size, round(settings.crop_size * scale)))
     spec = backbone_spec(settings.architecture)
+    if spec.resize_to_native:  # foundation models: their authors' input size
+        return InputGeometry(crop, spec.input_size)
     if spec.fixed_input:
         if crop != spec.input_size:
             raise ValueError(

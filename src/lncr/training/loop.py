@@ -72,6 +72,20 @@ def channel_stats(entries: list[SlideEntry], tiles_per_slide: int = 16) -> tuple
                                for t in ds.tiles(i, eval_indices(e.n_tiles, tiles_per_slide))])
 
 
+def run_stats(settings: TrainingSettings, stain: str, train: list[SlideEntry]
+              ) -> tuple[list, list]:
+    """A run's channel statistics: the encoder's own when it requires them (foundation
+    models), else ``training.channel_stats``'s preset, else computed from the training
+    slides."""
+    from lncr.models.backbones import backbone_spec
+    from lncr.training.inputs import preset_stats
+
+    required = backbone_spec(settings.architecture).stats
+    if required is not None:
+        return list(required[0]), list(required[1])
+    return preset_stats(settings.channel_stats, stain) or channel_stats(train)
+
+
 def lr_lambda(settings: TrainingSettings) -> Callable[[int], float]:
     """Linear warm-up for ``warmup_epochs``, then cosine annealing to ``min_learning_rate``."""
     floor = settings.min_learning_rate / settings.learning_rate
@@ -172,7 +186,8 @@ class TrainingDiverged(WorkFailed):
 def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettings,
               runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
               force: bool = False, stop_after: Callable[[int, int | None], bool] | None = None,
-              source: dict | None = None, excluded: list[dict] | None = None) -> Path:
+              source: dict | None = None, excluded: list[dict] | None = None,
+              features=None) -> Path:
     """Train (or resume, or skip when finished) one run; returns its folder.
 
     ``entries`` are the stain × magnification's slides with their sides (``train``/``val``);
@@ -182,10 +197,13 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
     interruption would. ``source`` (the study file and overrides) is recorded for
     ``lncr predict``; ``excluded`` (the patients without tiles here,
     :func:`lncr.training.entries.unusable_patients`) is recorded, and named when the training
-    or validation slides lose a label. The work is :class:`lncr.training.trainer.Trainer`'s.
+    or validation slides lose a label. ``features`` (a
+    :class:`lncr.features.embed.FeatureCache`) trains a frozen pretrained backbone from cached
+    features, embedding the slides first when needed. The work is
+    :class:`lncr.training.trainer.Trainer`'s.
     """
     from lncr.training.trainer import Trainer
 
     trainer = Trainer(spec, entries, settings, runs_root, tile_size, weights, device, force,
-                      source, excluded)
+                      source, excluded, features)
     return trainer.run(stop_after)

@@ -24,11 +24,13 @@ import pandas as pd
 import torch
 
 from lncr.errors import BadInput
+from lncr.features.spec import spec_from_config
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.layout import read_table
+from lncr.models.mil import load_head_state
 from lncr.study.config import TrainingSettings
 from lncr.study.validate import Study
-from lncr.training.bags import BagDataset, SlideEntry, chunk_count, chunk_members
+from lncr.training.bags import BagDataset, SlideEntry, chunk_count
 from lncr.training.distributed import Context, resolve_device
 from lncr.training.entries import study_entries
 from lncr.training.inputs import DeviceInput, InputGeometry
@@ -42,15 +44,6 @@ TILE_CHOICES = ("eval", "all")
 def prediction_path(folder: str | Path, cohort: str, checkpoint: str, tiles: str) -> Path:
     """Where :func:`predict_run` writes its table (the ``.json`` record sits beside it)."""
     return Path(folder) / "predictions" / f"{cohort}-{checkpoint}-{tiles}.csv"
-
-
-class ChunkDataset(BagDataset):
-    """Every tile of each slide, as interleaved chunks: keys ``(slide, chunk, chunks)``."""
-
-    def __getitem__(self, key):
-        slide, chunk, chunks = key
-        indices = chunk_members(self.entries[slide].n_tiles, chunks, chunk)
-        return self.bag(slide, indices, epoch=0)
 
 
 def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu"):
@@ -68,9 +61,13 @@ def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu"):
     config = json.loads((folder / "config.json").read_text())
     settings = TrainingSettings(**config["settings"])
     dev = resolve_device(device)
-    model = build_model(settings, weights=None).to(dev)
+    spec = spec_from_config(config)  # cached features: the backbone from its weights
+    model = build_model(settings, weights=spec.weights if spec else None).to(dev)
     state = torch.load(path, map_location=dev, weights_only=True)
-    model.load_state_dict(state["model"])
+    if spec is not None:
+        load_head_state(model, state["model"])
+    else:
+        model.load_state_dict(state["model"])
     model.eval()
     inputs = DeviceInput(InputGeometry(**config["geometry"]), config["channel_mean"],
                          config["channel_std"], dev)
@@ -110,6 +107,22 @@ def _earlier_prediction(folder: Path, cohort: str, checkpoint: str, tiles: str, 
     return read_table(out) if same else None
 
 
+def cached_inputs(study: Study, spec, entries: list[SlideEntry], model, settings,
+                  device: torch.device):
+    """The feature-side model, input and dataset of a run trained on cached features (the
+    slides are embedded first when their features are missing)."""
+    from lncr.features.bags import FeatureBagDataset, FeatureInput
+    from lncr.features.embed import FeatureCache, embed_entries
+    from lncr.layout import Layout
+    from lncr.models.mil import FeatureModel
+
+    cache = FeatureCache(Layout(study.config.output_dir), study.config.embedding)
+    embed_entries(cache, spec, entries, device)
+    dataset = FeatureBagDataset(entries, [cache.path(spec, e) for e in entries], 1,
+                                train=False, eval_tiles=settings.eval_tiles)
+    return FeatureModel(model).eval(), FeatureInput(device), dataset
+
+
 def run_study(folder: Path, config: dict, study: Study | str | Path | None,
               overrides: list[str] | None) -> Study:
     """The study a run predicts on: ``study`` itself, or the file given or recorded by the
@@ -130,14 +143,19 @@ def run_study(folder: Path, config: dict, study: Study | str | Path | None,
 def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best",
                 tiles: str = "eval", chunk_size: int | None = None,
                 study: Study | str | Path | None = None,
-                overrides: list[str] | None = None, device: str = "cpu", workers: int = 0, write: bool = True,
-                reuse: bool = False) -> pd.DataFrame:
+                overrides: list[str] | None = None, device: str = "cpu", workers: int = 0,
+                write: bool = True, reuse: bool = False,
+                features: bool | None = None) -> pd.DataFrame:
     """One row per slide of ``cohort``: patient, stain, magnification, cohort, split, label,
     probability, tiles used, chunks, run, checkpoint, epoch.
 
     With ``reuse``, an earlier prediction file is returned instead when its record shows the
     same checkpoint (not rewritten since), tile choice, chunk size and inputs — the same
-    slides with the same labels, sides and tile stores (:func:`inputs_fingerprint`)."""
+    slides with the same labels, sides and tile stores (:func:`inputs_fingerprint`).
+
+    A run trained on cached features predicts from them (``features=None``; the slides are
+    embedded first when needed); ``features=False`` runs its backbone on the tiles instead,
+    which gives the same probabilities (to float rounding)."""
     folder = Path(folder)
     if tiles not in TILE_CHOICES:
         raise ValueError(f"--tiles {tiles!r}: use eval or all")
@@ -158,13 +176,15 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
         if earlier is not None:
             return earlier
     ctx = Context(device=inputs.device)
+    ds = BagDataset(entries, 1, train=False, eval_tiles=settings.eval_tiles, crop=crop)
+    spec = spec_from_config(config) if features is not False else None
+    if spec is not None:
+        model, inputs, ds = cached_inputs(study, spec, entries, model, settings, inputs.device)
     if tiles == "eval":
-        ds = BagDataset(entries, 1, train=False, eval_tiles=settings.eval_tiles, crop=crop)
         keys = list(range(len(entries)))
         used = [min(e.n_tiles, settings.eval_tiles) for e in entries]
         n_chunks = [1] * len(entries)
     else:
-        ds = ChunkDataset(entries, 1, train=False, crop=crop)
         n_chunks = [chunk_count(e.n_tiles, chunk) for e in entries]
         keys = [(i, c, k) for i, k in enumerate(n_chunks) for c in range(k)]
         used = [e.n_tiles for e in entries]
@@ -187,5 +207,6 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
             "run": str(folder), "cohort": cohort, "checkpoint": checkpoint, "epoch": epoch,
             "tiles": tiles, "chunk_size": chunk if tiles == "all" else None,
             "eval_tiles": settings.eval_tiles, **study.source, "inputs": fingerprint,
+            "features": spec.feature_id() if spec is not None else None,
             "versions": versions()})
     return table

@@ -26,21 +26,21 @@ from torch.distributed.algorithms.join import Join
 
 from lncr.errors import BadInput
 from lncr.fileio import atomic_save_torch, atomic_write_json, atomic_write_text
-from lncr.models.mil import freeze_batch_norm
+from lncr.models.mil import FeatureModel, freeze_batch_norm, head_state, load_head_state
 from lncr.study.config import TrainingSettings
 from lncr.training.bags import BagDataset, EpochSampler, SlideEntry
 from lncr.training.distributed import Context, resolve_device
-from lncr.training.inputs import DeviceInput, input_geometry, preset_stats
+from lncr.training.inputs import DeviceInput, input_geometry
 from lncr.training.loop import (
     RunSpec,
     TrainingDiverged,
     autocast_dtype,
     build_model,
-    channel_stats,
     evaluate,
     loader,
     lr_lambda,
     make_optimiser,
+    run_stats,
     versions,
 )
 from lncr.training.metrics import accuracy, auc, youden_threshold
@@ -59,7 +59,7 @@ class Trainer:
     def __init__(self, spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettings,
                  runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
                  force: bool = False, source: dict | None = None,
-                 excluded: list[dict] | None = None):
+                 excluded: list[dict] | None = None, features=None):
         self.ctx = device if isinstance(device, Context) else Context(
             device=resolve_device(device))
         self.dev = self.ctx.device
@@ -76,6 +76,11 @@ class Trainer:
         if weights is None and settings.backbone_lr_factor != 1:  # only pretrained backbones
             settings = settings.model_copy(update={"backbone_lr_factor": 1.0})
         self.settings = settings
+        # A frozen pretrained backbone trains from cached features (lncr.features.embed).
+        self.cache = features if (features is not None and features.settings.use == "auto"
+                                  and weights is not None
+                                  and settings.backbone_lr_factor == 0) else None
+        self.fspec = None
         self.geometry = input_geometry(settings, tile_size)
         self.amp = autocast_dtype(settings.precision, self.dev)
         self.source = _portable_source(source, self.folder)
@@ -148,10 +153,23 @@ class Trainer:
         if old is not None:
             self.stats = old["channel_mean"], old["channel_std"]
         else:
-            self.stats = (preset_stats(self.settings.channel_stats, self.spec.stain)
-                          or channel_stats(self.train))
+            self.stats = run_stats(self.settings, self.spec.stain, self.train)
+        if self.cache is not None:
+            self.fspec = self.feature_spec()
         if old is not None and _resume_key(old) != _resume_key(self.config()):
             raise BadInput(f"{folder} was started with other settings; use --force to restart")
+        if self.cache is not None and self.ctx.main:
+            from lncr.features.embed import embed_entries
+
+            embed_entries(self.cache, self.fspec, self.train + self.val, self.dev)
+        self.ctx.barrier()
+
+    def feature_spec(self):
+        """What the run's cached features are (:class:`lncr.features.spec.FeatureSpec`)."""
+        from lncr.features.spec import run_features
+
+        return run_features(self.settings, self.cache.settings, self.weights, self.geometry,
+                            self.stats, _precision_name(self.amp))
 
     def write_folder(self) -> None:
         """``config.json`` and ``split.csv`` (with ``--force``, after clearing the old run)."""
@@ -174,7 +192,9 @@ class Trainer:
         return {"spec": asdict(self.spec), "settings": self.settings.model_dump(mode="json"),
                 "tile_size": self.tile_size, "geometry": asdict(self.geometry),
                 "channel_mean": self.stats[0], "channel_std": self.stats[1],
-                "precision": str(amp).replace("torch.", "") if amp else "fp32",
+                "precision": _precision_name(amp),
+                "features": ({"id": self.fspec.feature_id(), "spec": self.fspec.key()}
+                             if self.fspec is not None else None),
                 "device": self.dev.type, "world_size": ctx.world,
                 "weights": str(self.weights) if self.weights is not None else None,
                 "source": self.source, "patients_without_tiles": self.excluded,
@@ -194,7 +214,7 @@ class Trainer:
         if not self.last.exists():
             return
         state = torch.load(self.last, map_location=self.dev, weights_only=True)
-        self.model.load_state_dict(state["model"])
+        load_head_state(self.model, state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -209,25 +229,44 @@ class Trainer:
     def start_loaders(self) -> None:
         """DDP wrapper, device input, bag loaders and the TensorBoard writer."""
         ctx, dev, s, spec = self.ctx, self.dev, self.settings, self.spec
-        self.net = self.model
+        self.scorer = FeatureModel(self.model) if self.cache is not None else self.model
+        self.net = self.scorer
         if ctx.distributed:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
-        self.inputs = DeviceInput(self.geometry, self.stats[0], self.stats[1], dev)
+                self.scorer, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.jitter = s.colour_jitter if s.augment else 0.0
-        train_ds = BagDataset(self.train, s.bag_size, train=True, seed=spec.seed,
-                              crop=self.geometry.crop, augment=s.augment, jitter=self.jitter)
+        train_ds, val_ds = self.datasets()
         self.sampler = EpochSampler(len(self.train), spec.seed, ctx.rank, ctx.world)
         self.train_loader = loader(train_ds, self.sampler, s.bags_per_step, s.loader_workers,
                                    dev)
-        val_ds = BagDataset(self.val, 1, train=False, eval_tiles=s.eval_tiles,
-                            crop=self.geometry.crop)
         self.val_loader = loader(val_ds, list(range(len(self.val)))[ctx.rank::ctx.world], 1,
                                  s.loader_workers, dev) if self.val else None
         if ctx.main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.folder / "tb"), purge_step=self.start_epoch)
+
+    def datasets(self) -> tuple[BagDataset, BagDataset]:
+        """Training and validation bags (and ``self.inputs``): tiles, or cached features."""
+        s, seed, crop = self.settings, self.spec.seed, self.geometry.crop
+        if self.cache is None:
+            self.inputs = DeviceInput(self.geometry, self.stats[0], self.stats[1], self.dev)
+            return (BagDataset(self.train, s.bag_size, train=True, seed=seed, crop=crop,
+                               augment=s.augment, jitter=self.jitter),
+                    BagDataset(self.val, 1, train=False, eval_tiles=s.eval_tiles, crop=crop))
+        from lncr.features.bags import FeatureBagDataset, FeatureInput
+
+        self.inputs = FeatureInput(self.dev)
+        paths = {e: self.cache.path(self.fspec, e) for e in self.train + self.val}
+        return (FeatureBagDataset(self.train, [paths[e] for e in self.train], s.bag_size,
+                                  train=True, seed=seed, views=self.fspec.views),
+                FeatureBagDataset(self.val, [paths[e] for e in self.val], 1, train=False,
+                                  eval_tiles=s.eval_tiles))
+
+    def state(self) -> dict:
+        """The weights a checkpoint keeps (without the frozen backbone on cached features:
+        it is rebuilt from the pretrained weights)."""
+        return head_state(self.model) if self.cache is not None else self.model.state_dict()
 
     def train_epoch(self, epoch: int, stop_after) -> list[tuple]:
         """One epoch of optimiser steps; the (slide, probability, loss) of every bag."""
@@ -294,7 +333,7 @@ class Trainer:
         if self.val_loader is not None:
             labels_val = np.array([e.label for e in val])
             res = {s: (p, loss) for s, p, loss in
-                   evaluate(self.model, self.val_loader, self.inputs, self.ctx, self.amp)}
+                   evaluate(self.scorer, self.val_loader, self.inputs, self.ctx, self.amp)}
             p_val = np.array([res[i][0] for i in range(len(val))])
             l_val = np.array([res[i][1] for i in range(len(val))])
             row.update(val_loss=float(l_val.mean()), val_auc=auc(labels_val, p_val),
@@ -325,14 +364,14 @@ class Trainer:
                     self.writer.add_scalar(k.replace("_", "/", 1), v, epoch)
             atomic_write_text(folder / "metrics.csv", pd.DataFrame(self.rows).to_csv(index=False))
             if improved:
-                atomic_save_torch({"model": self.model.state_dict(), "epoch": epoch,
-                                   "metrics": row}, folder / "best.pt")
+                atomic_save_torch({"model": self.state(), "epoch": epoch, "metrics": row},
+                                  folder / "best.pt")
 
     def checkpoint(self, epoch: int, step: int, outputs: list) -> None:
         """``last.pt``: everything a resume needs, at an epoch boundary or mid-epoch."""
         if self.ctx.main:
             atomic_save_torch({
-                "model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
+                "model": self.state(), "optimiser": self.optimiser.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "step": step, "outputs": [list(o) for o in outputs],
                 "best_key": list(self.best_key) if self.best_key is not None else None,
@@ -348,7 +387,7 @@ class Trainer:
                                              weights_only=True)["epoch"])})
             # A finished run needs no optimiser state: keep the final weights only (a third
             # of the size with Adam). After done.json, so a kill in between loses nothing.
-            atomic_save_torch({"model": self.model.state_dict(), "epoch": self.settings.epochs,
+            atomic_save_torch({"model": self.state(), "epoch": self.settings.epochs,
                                "step": 0, "complete": True}, self.last)
         self.ctx.barrier()
 
@@ -357,7 +396,9 @@ def _resume_key(config: dict) -> dict:
     """What must match for a run to resume: the spec, the settings that change results and
     the tile size."""
     s = {k: v for k, v in config["settings"].items() if k not in NEUTRAL_SETTINGS}
-    return {"spec": config["spec"], "settings": s, "tile_size": config["tile_size"]}
+    features = (config.get("features") or {}).get("id")
+    return {"spec": config["spec"], "settings": s, "tile_size": config["tile_size"],
+            "features": features}
 
 
 def _best_key(row: dict) -> tuple[float, float]:
@@ -366,6 +407,10 @@ def _best_key(row: dict) -> tuple[float, float]:
     score = row["val_auc"] if not math.isnan(row["val_auc"]) else row["train_auc"]
     return (score if not math.isnan(score) else -1.0,
             -(row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]))
+
+
+def _precision_name(amp: torch.dtype | None) -> str:
+    return str(amp).replace("torch.", "") if amp else "fp32"
 
 
 def _rng_state(device: torch.device) -> dict:

@@ -1,0 +1,44 @@
+"""``lncr embed``: a thin command over :func:`lncr.features.study_run.embed_study`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lncr.cli.common import Meter, console, table
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give i/N, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise typer.BadParameter(f"{text!r}: i must be 0 … N-1")
+    return index, count
+
+
+def embed(
+    study_yaml: Annotated[Path, typer.Argument(help="The study's YAML file.")],
+    encoder: Annotated[Optional[list[str]], typer.Option(help="Encoder (architecture) to embed with; repeat for several. Default: the study's frozen backbones.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="i/N: embed every N-th slide from the i-th (one share per machine).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. embedding.views=4.")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Compute the tile features of frozen encoders once (resumes; skips what is done)."""
+    from lncr.features.study_run import embed_study
+    from lncr.study.validate import Study
+
+    parts = _shard(shard)
+    study = Study.load(study_yaml, set_)
+    with Meter("tiles") as meter:
+        done = embed_study(study, encoder, device, parts, meter.update)
+    rows = [(r.encoder, r.stain, r.magnification, r.feature_id, str(r.slides),
+             str(r.embedded), str(r.tiles), f"{r.seconds:.1f}") for r in done.itertuples()]
+    console.print(table("Features", ["encoder", "stain", "mag", "id", "slides", "embedded now",
+                                     "tiles", "seconds"], rows))
+    console.print(f"Features in {study.config.output_dir / 'features'}")

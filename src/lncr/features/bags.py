@@ -1,0 +1,58 @@
+"""Bags of cached features: what :class:`lncr.training.bags.BagDataset` gives, with the
+backbone already applied.
+
+The keys, the tiles of each bag (training draws, evaluation's spread, prediction's chunks) and
+the labels are the pixel dataset's — only :meth:`FeatureBagDataset.bag` differs: it reads the
+tiles' features instead of decoding them. In training with augmented views, each tile of a
+bag takes one of views 1… drawn from ``(seed, epoch, slide)``; evaluation and prediction use
+view 0, the centred crop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lncr.features.store import FeatureFile
+from lncr.training.bags import BagDataset, SlideEntry
+
+
+class FeatureBagDataset(BagDataset):
+    """``dataset[key]`` → (features (N, F) float32, ones (N, 3), label, slide)."""
+
+    def __init__(self, entries: list[SlideEntry], paths: list[Path], bag_size: int,
+                 train: bool, seed: int = 0, eval_tiles: int = 128, views: int = 1):
+        super().__init__(entries, bag_size, train, seed, eval_tiles)
+        if len(paths) != len(entries):
+            raise ValueError("one features file per slide is needed")
+        self.paths, self.views = [Path(p) for p in paths], views
+        self._files: dict[int, FeatureFile] = {}
+
+    def bag(self, slide: int, indices: np.ndarray, epoch: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        file = self._files.get(slide)
+        if file is None:
+            file = self._files[slide] = FeatureFile(self.paths[slide])
+        views = None
+        if self.train and self.views > 1:
+            rng = np.random.default_rng([self.seed, epoch, slide, 3])
+            views = rng.integers(1, self.views, len(indices))
+        features = torch.from_numpy(file.read(indices, views))
+        return (features, torch.ones(len(indices), 3),
+                torch.tensor(float(self.entries[slide].label)), slide)
+
+    def __getstate__(self) -> dict:  # open files do not cross process boundaries
+        return {**super().__getstate__(), "_files": {}}
+
+
+class FeatureInput:
+    """The device half of the input pipeline for features: only the move to the device (the
+    pixel pipeline's :class:`lncr.training.inputs.DeviceInput` counterpart)."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+
+    def __call__(self, bags: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
+        return bags.to(self.device, non_blocking=True).float()
