@@ -36,7 +36,7 @@ def _enum(member: str):
 def probes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Three backbone tensors of a state dict (first, middle, last; classification heads
     excluded, as lncr replaces them) to recognise it by."""
-    from lncr.models.backbones import HEAD_PREFIXES
+    from lncr.models.local_weights import HEAD_PREFIXES
 
     keys = [k for k, v in state.items()
             if v.is_floating_point() and not k.startswith(HEAD_PREFIXES)]

@@ -18,7 +18,7 @@ from lncr.features.spec import feature_spec, spec_from_config
 from lncr.features.store import FeatureFile, FeatureWriter, fingerprint_of
 from lncr.layout import Layout
 from lncr.models.backbones import build_backbone
-from lncr.models.mil import backbone_keys, build_mil
+from lncr.models.mil import backbone_keys, build_mil, with_backbone_keys
 from lncr.paths import resolved
 from lncr.study.validate import Study
 from lncr.training.bags import BagDataset
@@ -77,10 +77,12 @@ class DescribeTrainingOnCachedFeatures:
         study, folder, _ = cached_run
         config = json.loads((folder / "config.json").read_text())
         assert config["features"]["id"].startswith("resnet18-")
+        assert config["features"]["dim"] == 512  # ResNet-18's pooled features
         state = torch.load(folder / "last.pt", weights_only=True)["model"]
+        assert not any(k.startswith("encoder.model.") for k in state)  # no backbone saved
         mil = build_mil("resnet18", 32, 2, 4, feedforward_dim=64)
-        assert not set(state) & backbone_keys(mil)  # the frozen backbone is not saved
-        assert set(state) == set(mil.state_dict()) - backbone_keys(mil)
+        full = with_backbone_keys(mil, state)  # the head fits the whole model exactly
+        assert set(full) == set(mil.state_dict()) - backbone_keys(mil)
 
     def it_predicts_what_the_end_to_end_frozen_model_predicts(self, cached_run):
         from lncr.training.predict import predict_run

@@ -37,6 +37,8 @@ def train(
     """
     import pandas as pd
 
+    from lncr.features.embed import FeatureCache
+    from lncr.layout import Layout
     from lncr.study.validate import Study
     from lncr.training.distributed import setup, teardown
     from lncr.training.entries import study_entries, unusable_patients
@@ -57,7 +59,8 @@ def train(
         w = _weights(weights, pretrained, t.pretrained)
         folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
                            weights=w, device=ctx, force=force, source=study.source,
-                           excluded=excluded)
+                           excluded=excluded,
+                           features=FeatureCache(Layout(cfg.output_dir), cfg.embedding))
     finally:
         if ctx is not None:
             teardown(ctx)

@@ -20,31 +20,49 @@ from lncr.training.bags import BagDataset, SlideEntry
 
 
 class FeatureBagDataset(BagDataset):
-    """``dataset[key]`` → (features (N, F) float32, ones (N, 3), label, slide)."""
+    """``dataset[key]`` → (features (N, F) float32, ones (N, 3), label, slide).
+
+    A slide's features are read into memory the first time it is used while they fit in
+    ``memory`` bytes (all slides together, per process), so that every later bag is an
+    array lookup; beyond that, bags are read from the file."""
 
     def __init__(self, entries: list[SlideEntry], paths: list[Path], bag_size: int,
-                 train: bool, seed: int = 0, eval_tiles: int = 128, views: int = 1):
+                 train: bool, seed: int = 0, eval_tiles: int = 128, views: int = 1,
+                 memory: int = 2 << 30):
         super().__init__(entries, bag_size, train, seed, eval_tiles)
         if len(paths) != len(entries):
             raise ValueError("one features file per slide is needed")
-        self.paths, self.views = [Path(p) for p in paths], views
+        self.paths, self.views, self.memory = [Path(p) for p in paths], views, memory
         self._files: dict[int, FeatureFile] = {}
+        self._arrays: dict[int, np.ndarray] = {}
 
-    def bag(self, slide: int, indices: np.ndarray, epoch: int
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def read(self, slide: int, indices: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+        if slide in self._arrays:
+            array = self._arrays[slide]
+            return array[0 if views is None else views, indices]
         file = self._files.get(slide)
         if file is None:
             file = self._files[slide] = FeatureFile(self.paths[slide])
+            if file.nbytes <= self.memory:
+                self.memory -= file.nbytes
+                self._arrays[slide] = file.load()
+                file.close()
+                del self._files[slide]
+                return self.read(slide, indices, views)
+        return file.read(indices, views)
+
+    def bag(self, slide: int, indices: np.ndarray, epoch: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         views = None
         if self.train and self.views > 1:
             rng = np.random.default_rng([self.seed, epoch, slide, 3])
             views = rng.integers(1, self.views, len(indices))
-        features = torch.from_numpy(file.read(indices, views))
+        features = torch.from_numpy(np.ascontiguousarray(self.read(slide, indices, views)))
         return (features, torch.ones(len(indices), 3),
                 torch.tensor(float(self.entries[slide].label)), slide)
 
     def __getstate__(self) -> dict:  # open files do not cross process boundaries
-        return {**super().__getstate__(), "_files": {}}
+        return {**super().__getstate__(), "_files": {}, "_arrays": {}}
 
 
 class FeatureInput:

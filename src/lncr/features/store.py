@@ -93,6 +93,15 @@ class FeatureFile:
                 "`lncr embed STUDY.yaml` again") from exc
         self.views, self.tiles, self.dim = self._features.shape
 
+    @property
+    def nbytes(self) -> int:
+        """The size of every view of every tile in memory (float32)."""
+        return self.views * self.tiles * self.dim * 4
+
+    def load(self) -> np.ndarray:
+        """Every feature of the slide, (views, tiles, F) float32, in memory."""
+        return self._features[...].astype(np.float32, copy=False)
+
     def read(self, indices: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
         """Features of tiles ``indices`` (repeats allowed), each in its view (default 0)."""
         indices = np.asarray(indices, dtype=np.int64)

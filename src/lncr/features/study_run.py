@@ -43,15 +43,17 @@ class EmbeddingJob:
 
 
 def default_encoders(study: Study) -> list[str]:
-    """The encoders a study freezes: the sweep's architectures under
-    ``sweep.backbone: frozen``, else the training architecture when its backbone is frozen."""
+    """The encoders a study's sweep freezes: its architectures with pretrained weights, under
+    ``sweep.backbone: frozen`` or ``training.backbone_lr_factor: 0`` (a randomly initialised
+    backbone is never frozen, so it needs no features)."""
     cfg = study.config
-    if cfg.sweep.backbone == "frozen":
-        return list(cfg.sweep.architectures)
-    if cfg.training.backbone_lr_factor == 0:
-        return [cfg.training.architecture]
-    raise BadInput("nothing to embed: no backbone of this study is frozen. Name one with "
-                   "--encoder, or set sweep.backbone=frozen or training.backbone_lr_factor=0")
+    if cfg.sweep.backbone == "frozen" or cfg.training.backbone_lr_factor == 0:
+        frozen = [a for a in cfg.sweep.architectures if cfg.backbone_weights(a) is not None]
+        if frozen:
+            return frozen
+    raise BadInput("nothing to embed: no pretrained backbone of this study is frozen. Name "
+                   "one with --encoder, or set sweep.backbone=frozen or "
+                   "training.backbone_lr_factor=0 (with pretrained weights)")
 
 
 def job_spec(study: Study, architecture: str, stain: str, entries: list[SlideEntry],

@@ -88,6 +88,52 @@ def build_mil(architecture: str, embedding_dim: int = 512, layers: int = 2, head
     return AttentionMIL(encoder, embedding_dim, layers, heads, feedforward_dim, dropout)
 
 
+class ProjectionEncoder(nn.Module):
+    """The encoder of a bag model trained on cached features: the projection alone (the
+    frozen backbone ran once, in ``lncr embed``). Built without the backbone, so a sweep unit
+    of a foundation model never holds its billion parameters."""
+
+    def __init__(self, features: int, embedding_dim: int, xavier: bool = True):
+        super().__init__()
+        self.projection = nn.Linear(features, embedding_dim)
+        if xavier:  # the head rules' initialisation (the published ViT's keeps the default)
+            nn.init.xavier_normal_(self.projection.weight)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.projection(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this bag model was trained on cached features and has no "
+                           "backbone: load it with lncr.training.predict.load_run")
+
+
+def build_head_mil(architecture: str, features: int, embedding_dim: int = 512, layers: int = 2,
+                   heads: int = 8, feedforward_dim: int = 2048, dropout: float = 0.1
+                   ) -> AttentionMIL:
+    """The bag model of ``architecture`` without its backbone, taking ``features``-wide
+    cached features (:class:`ProjectionEncoder`)."""
+    from lncr.models.backbones import append_projection
+
+    embedding_dim = published_embedding_dim(architecture, embedding_dim)
+    xavier = backbone_spec(architecture).head is not append_projection
+    encoder = ProjectionEncoder(features, embedding_dim, xavier)
+    return AttentionMIL(encoder, embedding_dim, layers, heads, feedforward_dim, dropout)
+
+
+def with_backbone_keys(model: AttentionMIL, state: dict[str, torch.Tensor]
+                       ) -> dict[str, torch.Tensor]:
+    """A :func:`build_head_mil` state renamed for the full ``model``: its projection's
+    tensors under the name the projection has inside the backbone."""
+    target = model.encoder.projection
+    name = next(n for n, m in model.named_modules() if m is target)
+    prefix = "encoder.projection."
+    return {(name + "." + k[len(prefix):] if k.startswith(prefix) else k): v
+            for k, v in state.items()}
+
+
 def published_embedding_dim(architecture: str, embedding_dim: int) -> int:
     """``embedding_dim``, or the architecture's published width (128 for the ViTs) when it is
     left at the default 512."""
@@ -107,15 +153,9 @@ def backbone_keys(model: AttentionMIL) -> set[str]:
             if k.startswith("encoder.") and id(v) not in projection}
 
 
-def head_state(model: AttentionMIL) -> dict[str, torch.Tensor]:
-    """The state of everything but the backbone: what a run on cached features trains and
-    saves (its backbone is rebuilt from the pretrained weights it was embedded with)."""
-    skip = backbone_keys(model)
-    return {k: v for k, v in model.state_dict().items() if k not in skip}
-
-
 def load_head_state(model: AttentionMIL, state: dict[str, torch.Tensor]) -> None:
-    """Load a :func:`head_state` (or a whole state) into ``model``; every tensor outside the
+    """Load a state without the backbone (a head trained on cached features, renamed by
+    :func:`with_backbone_keys`) or a whole state into ``model``; every tensor outside the
     backbone must be there."""
     result = model.load_state_dict(state, strict=False)
     missing = set(result.missing_keys) - backbone_keys(model)

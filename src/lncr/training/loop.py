@@ -142,8 +142,16 @@ def parameter_groups(model: AttentionMIL, settings: TrainingSettings) -> list[di
     return [{"params": backbone, "lr": settings.learning_rate * factor}, {"params": rest}]
 
 
-def build_model(settings: TrainingSettings, weights=None) -> AttentionMIL:
-    """The run's bag model from its settings."""
+def build_model(settings: TrainingSettings, weights=None, features: int | None = None
+                ) -> AttentionMIL:
+    """The run's bag model from its settings; with ``features`` (the width of cached
+    features), the model without its backbone (:func:`lncr.models.mil.build_head_mil`)."""
+    if features is not None:
+        from lncr.models.mil import build_head_mil
+
+        return build_head_mil(settings.architecture, features, settings.embedding_dim,
+                              settings.transformer_layers, settings.transformer_heads,
+                              settings.feedforward_dim, settings.dropout)
     return build_mil(settings.architecture, settings.embedding_dim, settings.transformer_layers,
                      settings.transformer_heads, weights, settings.feedforward_dim,
                      settings.dropout)

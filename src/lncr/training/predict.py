@@ -27,7 +27,7 @@ from lncr.errors import BadInput
 from lncr.features.spec import spec_from_config
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.layout import read_table
-from lncr.models.mil import load_head_state
+from lncr.models.mil import load_head_state, with_backbone_keys
 from lncr.study.config import TrainingSettings
 from lncr.study.validate import Study
 from lncr.training.bags import BagDataset, SlideEntry, chunk_count
@@ -64,8 +64,8 @@ def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu"):
     spec = spec_from_config(config)  # cached features: the backbone from its weights
     model = build_model(settings, weights=spec.weights if spec else None).to(dev)
     state = torch.load(path, map_location=dev, weights_only=True)
-    if spec is not None:
-        load_head_state(model, state["model"])
+    if spec is not None:  # a head trained on cached features, into the full model
+        load_head_state(model, with_backbone_keys(model, state["model"]))
     else:
         model.load_state_dict(state["model"])
     model.eval()
@@ -180,14 +180,7 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
     spec = spec_from_config(config) if features is not False else None
     if spec is not None:
         model, inputs, ds = cached_inputs(study, spec, entries, model, settings, inputs.device)
-    if tiles == "eval":
-        keys = list(range(len(entries)))
-        used = [min(e.n_tiles, settings.eval_tiles) for e in entries]
-        n_chunks = [1] * len(entries)
-    else:
-        n_chunks = [chunk_count(e.n_tiles, chunk) for e in entries]
-        keys = [(i, c, k) for i, k in enumerate(n_chunks) for c in range(k)]
-        used = [e.n_tiles for e in entries]
+    keys, used, n_chunks = prediction_bags(entries, tiles, chunk, settings.eval_tiles)
     probs: dict[int, list[float]] = {}  # the chunks of a slide are averaged
     for slide, p, _ in evaluate(model, loader(ds, keys, 1, workers, inputs.device), inputs,
                                 ctx, None):
@@ -203,10 +196,22 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
         out = prediction_path(folder, cohort, checkpoint, tiles)
         out.parent.mkdir(exist_ok=True)
         atomic_write_text(out, table.to_csv(index=False))
-        atomic_write_json(out.with_suffix(".json"), {
+        atomic_write_json(out.with_suffix(".json"), {  # after the CSV: it marks it whole
             "run": str(folder), "cohort": cohort, "checkpoint": checkpoint, "epoch": epoch,
             "tiles": tiles, "chunk_size": chunk if tiles == "all" else None,
             "eval_tiles": settings.eval_tiles, **study.source, "inputs": fingerprint,
             "features": spec.feature_id() if spec is not None else None,
             "versions": versions()})
     return table
+
+
+def prediction_bags(entries: list[SlideEntry], tiles: str, chunk: int, eval_tiles: int
+                    ) -> tuple[list, list[int], list[int]]:
+    """The dataset keys of a prediction, the tiles each slide uses and its chunks: one
+    evaluation bag per slide (``eval``), or every tile in interleaved chunks (``all``)."""
+    if tiles == "eval":
+        return (list(range(len(entries))), [min(e.n_tiles, eval_tiles) for e in entries],
+                [1] * len(entries))
+    n_chunks = [chunk_count(e.n_tiles, chunk) for e in entries]
+    keys = [(i, c, k) for i, k in enumerate(n_chunks) for c in range(k)]
+    return keys, [e.n_tiles for e in entries], n_chunks

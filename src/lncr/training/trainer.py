@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch.distributed.algorithms.join import Join
 
 from lncr.errors import BadInput
 from lncr.fileio import atomic_save_torch, atomic_write_json, atomic_write_text
-from lncr.models.mil import FeatureModel, freeze_batch_norm, head_state, load_head_state
+from lncr.models.mil import FeatureModel, freeze_batch_norm
 from lncr.study.config import TrainingSettings
 from lncr.training.bags import BagDataset, EpochSampler, SlideEntry
 from lncr.training.distributed import Context, resolve_device
@@ -44,9 +43,15 @@ from lncr.training.loop import (
     versions,
 )
 from lncr.training.metrics import accuracy, auc, youden_threshold
-
-#: Settings that do not change what a run computes (a resume may change them).
-NEUTRAL_SETTINGS = ("loader_workers", "checkpoint_every")
+from lncr.training.run_state import (
+    best_key,
+    epoch_seed,
+    portable_source,
+    precision_name,
+    resume_key,
+    rng_state,
+    set_rng_state,
+)
 
 
 class Stopped(Exception):
@@ -80,10 +85,10 @@ class Trainer:
         self.cache = features if (features is not None and features.settings.use == "auto"
                                   and weights is not None
                                   and settings.backbone_lr_factor == 0) else None
-        self.fspec = None
+        self.fspec, self.feature_dim = None, None
         self.geometry = input_geometry(settings, tile_size)
         self.amp = autocast_dtype(settings.precision, self.dev)
-        self.source = _portable_source(source, self.folder)
+        self.source = portable_source(source, self.folder)
         self.rows: list[dict] = []
         self.start_epoch, self.start_step, self.prior = 0, 0, []
         self.best_key: tuple | None = None
@@ -156,20 +161,25 @@ class Trainer:
             self.stats = run_stats(self.settings, self.spec.stain, self.train)
         if self.cache is not None:
             self.fspec = self.feature_spec()
-        if old is not None and _resume_key(old) != _resume_key(self.config()):
+        if old is not None and resume_key(old) != resume_key(self.config()):
             raise BadInput(f"{folder} was started with other settings; use --force to restart")
         if self.cache is not None and self.ctx.main:
             from lncr.features.embed import embed_entries
 
             embed_entries(self.cache, self.fspec, self.train + self.val, self.dev)
         self.ctx.barrier()
+        if self.cache is not None:
+            from lncr.features.store import FeatureFile
+
+            with FeatureFile(self.cache.path(self.fspec, self.train[0])) as f:
+                self.feature_dim = f.dim
 
     def feature_spec(self):
         """What the run's cached features are (:class:`lncr.features.spec.FeatureSpec`)."""
         from lncr.features.spec import run_features
 
         return run_features(self.settings, self.cache.settings, self.weights, self.geometry,
-                            self.stats, _precision_name(self.amp))
+                            self.stats, precision_name(self.amp))
 
     def write_folder(self) -> None:
         """``config.json`` and ``split.csv`` (with ``--force``, after clearing the old run)."""
@@ -192,9 +202,9 @@ class Trainer:
         return {"spec": asdict(self.spec), "settings": self.settings.model_dump(mode="json"),
                 "tile_size": self.tile_size, "geometry": asdict(self.geometry),
                 "channel_mean": self.stats[0], "channel_std": self.stats[1],
-                "precision": _precision_name(amp),
-                "features": ({"id": self.fspec.feature_id(), "spec": self.fspec.key()}
-                             if self.fspec is not None else None),
+                "precision": precision_name(amp),
+                "features": ({"id": self.fspec.feature_id(), "spec": self.fspec.key(),
+                              "dim": self.feature_dim} if self.fspec is not None else None),
                 "device": self.dev.type, "world_size": ctx.world,
                 "weights": str(self.weights) if self.weights is not None else None,
                 "source": self.source, "patients_without_tiles": self.excluded,
@@ -203,7 +213,7 @@ class Trainer:
     def build(self) -> None:
         """Model, optimiser, schedule and gradient scaler (the model right after seeding)."""
         torch.manual_seed(self.spec.seed)
-        self.model = build_model(self.settings, self.weights).to(self.dev)
+        self.model = build_model(self.settings, self.weights, self.feature_dim).to(self.dev)
         self.optimiser = make_optimiser(self.model, self.spec.architecture, self.settings)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser,
                                                            lr_lambda(self.settings))
@@ -214,7 +224,7 @@ class Trainer:
         if not self.last.exists():
             return
         state = torch.load(self.last, map_location=self.dev, weights_only=True)
-        load_head_state(self.model, state["model"])
+        self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -263,19 +273,14 @@ class Trainer:
                 FeatureBagDataset(self.val, [paths[e] for e in self.val], 1, train=False,
                                   eval_tiles=s.eval_tiles))
 
-    def state(self) -> dict:
-        """The weights a checkpoint keeps (without the frozen backbone on cached features:
-        it is rebuilt from the pretrained weights)."""
-        return head_state(self.model) if self.cache is not None else self.model.state_dict()
-
     def train_epoch(self, epoch: int, stop_after) -> list[tuple]:
         """One epoch of optimiser steps; the (slide, probability, loss) of every bag."""
         ctx, s = self.ctx, self.settings
         step = self.start_step if epoch == self.start_epoch else 0
         if self.rng is not None and epoch == self.start_epoch and ctx.main:
-            _set_rng_state(self.rng, self.dev)
+            set_rng_state(self.rng, self.dev)
         else:
-            torch.manual_seed(_epoch_seed(self.spec.seed, epoch, ctx.rank, step))
+            torch.manual_seed(epoch_seed(self.spec.seed, epoch, ctx.rank, step))
         if step == 0:
             self.prior = []
         bps = s.bags_per_step
@@ -354,7 +359,7 @@ class Trainer:
                 f"the run diverged and is not finished. Lower training.learning_rate "
                 f"(now {self.settings.learning_rate}) or start from pretrained weights, then "
                 "re-run with --force (metrics.csv shows the epochs before)")
-        key = _best_key(row)
+        key = best_key(row)
         improved = self.best_key is None or key > self.best_key
         if improved:
             self.best_key = key
@@ -364,18 +369,18 @@ class Trainer:
                     self.writer.add_scalar(k.replace("_", "/", 1), v, epoch)
             atomic_write_text(folder / "metrics.csv", pd.DataFrame(self.rows).to_csv(index=False))
             if improved:
-                atomic_save_torch({"model": self.state(), "epoch": epoch, "metrics": row},
+                atomic_save_torch({"model": self.model.state_dict(), "epoch": epoch, "metrics": row},
                                   folder / "best.pt")
 
     def checkpoint(self, epoch: int, step: int, outputs: list) -> None:
         """``last.pt``: everything a resume needs, at an epoch boundary or mid-epoch."""
         if self.ctx.main:
             atomic_save_torch({
-                "model": self.state(), "optimiser": self.optimiser.state_dict(),
+                "model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "step": step, "outputs": [list(o) for o in outputs],
                 "best_key": list(self.best_key) if self.best_key is not None else None,
-                "rng": _rng_state(self.dev)}, self.last)
+                "rng": rng_state(self.dev)}, self.last)
 
     def finish(self) -> None:
         """``done.json``, then ``last.pt`` slimmed to the final weights."""
@@ -387,56 +392,6 @@ class Trainer:
                                              weights_only=True)["epoch"])})
             # A finished run needs no optimiser state: keep the final weights only (a third
             # of the size with Adam). After done.json, so a kill in between loses nothing.
-            atomic_save_torch({"model": self.state(), "epoch": self.settings.epochs,
+            atomic_save_torch({"model": self.model.state_dict(), "epoch": self.settings.epochs,
                                "step": 0, "complete": True}, self.last)
         self.ctx.barrier()
-
-
-def _resume_key(config: dict) -> dict:
-    """What must match for a run to resume: the spec, the settings that change results and
-    the tile size."""
-    s = {k: v for k, v in config["settings"].items() if k not in NEUTRAL_SETTINGS}
-    features = (config.get("features") or {}).get("id")
-    return {"spec": config["spec"], "settings": s, "tile_size": config["tile_size"],
-            "features": features}
-
-
-def _best_key(row: dict) -> tuple[float, float]:
-    """Which epoch is best: validation AUC (training AUC without validation slides), ties to
-    the lower loss."""
-    score = row["val_auc"] if not math.isnan(row["val_auc"]) else row["train_auc"]
-    return (score if not math.isnan(score) else -1.0,
-            -(row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]))
-
-
-def _precision_name(amp: torch.dtype | None) -> str:
-    return str(amp).replace("torch.", "") if amp else "fp32"
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int, step: int = 0) -> int:
-    return int(np.random.default_rng([seed, epoch, rank, step]).integers(2 ** 62))
-
-
-def _portable_source(source: dict | None, folder: Path) -> dict | None:
-    """The run's study file relative to the run folder when the run lies inside the study's
-    folder, so a copied study's runs point at the copy (see lncr.paths)."""
-    if not source or not source.get("study"):
-        return source
-    study = Path(os.path.abspath(source["study"]))
-    run = Path(os.path.abspath(folder))
-    if study.parent in run.parents:
-        return {**source, "study": Path(os.path.relpath(study, run)).as_posix()}
-    return source
