@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -65,6 +66,13 @@ def cached_run(frozen_study):
     return study, folder, weights
 
 
+def _slides(frozen_study, stain: str, count: int = 2):
+    """(study, the first ``count`` slides of ``stain`` at 10x, their feature cache)."""
+    study = _load(frozen_study[0])
+    entries = study_entries(study, stain, "10x")[:count]
+    return study, entries, FeatureCache(Layout(study.config.output_dir))
+
+
 def _spec(weights, views=1, augment=False, jitter=0.0):
     return feature_spec("resnet18", str(weights), InputGeometry(96, 64),
                         (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), views=views,
@@ -110,6 +118,26 @@ class DescribeTrainingOnCachedFeatures:
         assert np.abs(a.attention - b.attention).max() <= 1e-5
         assert np.abs(a.effect - b.effect).max() <= 1e-5
 
+    def it_trains_reproducibly_and_resumes_to_the_same_weights(self, cached_run, tmp_path):
+        from lncr.training.loop import RunSpec, train_run
+
+        study, folder, weights = cached_run
+        cfg = study.config
+        entries = study_entries(study, "HE", "10x")
+        cache = FeatureCache(Layout(cfg.output_dir), cfg.embedding)
+
+        def train(root, stop_after=None):
+            return train_run(RunSpec("HE", "10x", "resnet18", 4, 0), entries, cfg.training,
+                             root, cfg.tiling.tile_size, weights=str(weights),
+                             features=cache, stop_after=stop_after)
+
+        train(tmp_path / "b", stop_after=lambda epoch, step: True)  # stopped after epoch 0
+        resumed = train(tmp_path / "b")
+        for other in (train(tmp_path / "a"), resumed):
+            a = torch.load(folder / "last.pt", weights_only=True)["model"]
+            b = torch.load(other / "last.pt", weights_only=True)["model"]
+            assert all(torch.equal(a[k], b[k]) for k in a)
+
     def it_refuses_changed_backbone_weights(self, cached_run, tmp_path):
         from lncr.errors import BadInput
 
@@ -125,10 +153,8 @@ class DescribeTrainingOnCachedFeatures:
 
 class DescribeEmbedding:
     def it_stores_the_centred_crops_features_with_the_tiles_coordinates(self, frozen_study):
-        study_yaml, weights = frozen_study
-        study = _load(study_yaml)
-        entries = study_entries(study, "PAS", "10x")[:2]
-        cache = FeatureCache(Layout(study.config.output_dir))
+        _, entries, cache = _slides(frozen_study, "PAS")
+        weights = frozen_study[1]
         spec = _spec(weights)
         assert embed_entries(cache, spec, entries) == entries
         encoder = build_backbone("resnet18", 8, str(weights)).eval()
@@ -142,16 +168,13 @@ class DescribeEmbedding:
                 got = f.read(np.arange(entry.n_tiles))
                 assert f.views == 1 and f.tiles == entry.n_tiles
             assert np.abs(got - expected).max() <= 1e-5
-            import h5py
             with h5py.File(cache.path(spec, entry)) as h5:
                 assert len(h5["coords"]) == entry.n_tiles
                 assert h5.attrs["patient_id"] == entry.patient_id
 
     def it_skips_what_is_done_and_redoes_what_changed_or_is_damaged(self, frozen_study):
-        study_yaml, weights = frozen_study
-        study = _load(study_yaml)
-        entries = study_entries(study, "PASM", "10x")[:2]
-        cache = FeatureCache(Layout(study.config.output_dir))
+        _, entries, cache = _slides(frozen_study, "PASM")
+        weights = frozen_study[1]
         spec = _spec(weights)
         embed_entries(cache, spec, entries)
         assert embed_entries(cache, spec, entries) == []  # a resume does nothing
