@@ -278,3 +278,28 @@ def it_selects_on_frozen_features_then_fine_tunes_the_final_models(frozen_study)
     config = json.loads((resolved(final.folder, out) / "config.json").read_text())
     assert "final" in str(final.folder) and config["features"] is None  # fine-tuned
     assert config["settings"]["backbone_lr_factor"] == 0.1
+
+
+@pytest.mark.slow  # starts a local Ray instance
+def it_embeds_in_shards_on_ray_as_it_does_locally(frozen_study, tmp_path):
+    import shutil
+
+    from lncr.features.study_run import embed_study
+
+    study_yaml, weights = frozen_study
+    sets = ["sweep.stains=[MASSON]", "sweep.magnifications=[10x]", "magnification.powers=[10]",
+            f"sweep.weights={{resnet18: '{weights}'}}"]
+    copy = tmp_path / "study"
+    shutil.copytree(study_yaml.parent, copy, ignore=shutil.ignore_patterns("features", "runs"))
+    local = embed_study(_load(study_yaml, *sets), ["resnet18"], device="cpu")
+    ray = embed_study(_load(copy / "study.yaml", *sets), ["resnet18"], executor="ray",
+                      workers=2)
+    assert list(ray.embedded) == list(ray.slides) and ray.tiles.sum() == local.tiles.sum()
+    mine = sorted((copy / "lncr-output" / "features").rglob("*.h5"))
+    theirs = sorted((study_yaml.parent / "lncr-output" / "features").rglob("*.h5"))
+    assert len(mine) == int(ray.slides.sum()) > 0
+    for a in mine:
+        b = study_yaml.parent / a.relative_to(copy)
+        assert b in theirs
+        with FeatureFile(a) as fa, FeatureFile(b) as fb:
+            assert np.abs(fa.load() - fb.load()).max() <= 1e-5

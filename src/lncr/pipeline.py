@@ -25,9 +25,9 @@ from typing import Any
 #: Settings the demo overrides for a quick CPU run: small JPEG tiles; the frozen-feature
 #: protocol (``sweep.backbone: frozen``) with EfficientNet-Lite0 and its packaged ImageNet
 #: weights, embedded once (two views: the centred crop and one augmented) and a grid shaped
-#: like the published one — four bag sizes (4/8/16/32: the phantom's slides hold ~30 tiles at
-#: 10x, so the published 8–64 are halved) × five repeats, each on its own patient split, at
-#: 10x; final models at 10x and 20x (128-px tiles at 40x hold 32 µm: too little context, and
+#: like the published one — the published bag sizes 8/16/32/64 (a slide with fewer tiles than
+#: the bag repeats its tiles, as small biopsies do at 10x) × five repeats, each on its own
+#: patient split, at 10x; final models at 10x and 20x (128-px tiles at 40x hold 32 µm: too little context, and
 #: most of the tiling time), and predictions over every tile. ``training.input_size`` is
 #: given for 512-px tiles and scaled with the tile size (384 → 96 px on 128-px tiles).
 #: docs/fidelity.md lists why each differs from the published method.
@@ -42,7 +42,7 @@ DEMO_TRAINING = ["training.pretrained=false", "training.backbone_lr_factor=0",
                  "training.feedforward_dim=64", "training.eval_tiles=32",
                  "training.loader_workers=0"]
 DEMO_SWEEP = ["sweep.backbone=frozen", "sweep.architectures=[timm:tf_efficientnet_lite0]",
-              "sweep.bag_sizes=[4, 8, 16, 32]", "sweep.repeats=5", "sweep.resplit=true",
+              "sweep.bag_sizes=[8, 16, 32, 64]", "sweep.repeats=5", "sweep.resplit=true",
               "sweep.magnifications=[10x]", "embedding.views=2", "embedding.workers=0",
               "embedding.batch_size=128", "evaluation.tiles=all"]
 # DCCS on the CPU: small tiles and a short schedule (the defaults are for a GPU).

@@ -103,20 +103,41 @@ def plan(study: Study, encoders: list[str], cache: FeatureCache, device: torch.d
 @locks_output
 def embed_study(study: Study, encoders: list[str] | None = None, device: str = "auto",
                 shard: tuple[int, int] = (0, 1),
-                progress: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
+                progress: Callable[[str, int, int], None] | None = None,
+                executor: str = "local", workers: int = 0, address: str | None = None
+                ) -> pd.DataFrame:
     """Embed every slide the study's frozen encoders need; one row per encoder × stain ×
     magnification (slides, embedded now, tiles, seconds). ``progress(what, tiles, total)`` is
-    called after every batch with the tiles done so far and the total to do."""
+    called after every batch with the tiles done so far and the total to do.
+
+    ``executor="ray"`` splits the slides still to embed into ``workers`` shards, one Ray task
+    each (:mod:`lncr.features.ray_shards`), on the cluster at ``address`` or a local one."""
+    encoders = encoders or default_encoders(study)
+    if executor == "ray":
+        from lncr.features.ray_shards import embed_on_ray
+
+        return embed_on_ray(study, encoders, workers, address, progress)
+    if executor != "local":
+        raise BadInput(f"--executor {executor!r}: use local or ray")
+    return embed_shard(study, encoders, device, shard, progress)
+
+
+def embed_shard(study: Study, encoders: list[str], device: str = "auto",
+                shard: tuple[int, int] = (0, 1),
+                progress: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
+    """:func:`embed_study`'s work on one shard, without the output folder's lock (a Ray task
+    runs it while the command that started it holds the lock)."""
     from lncr.training.distributed import resolve_device
 
     dev = resolve_device(device)
     cache = FeatureCache(Layout(study.config.output_dir), study.config.embedding)
-    jobs = plan(study, encoders or default_encoders(study), cache, dev, shard)
+    jobs = plan(study, encoders, cache, dev, shard)
     total, done, rows = sum(j.tiles for j in jobs), 0, []
     encoders_built: dict[str, torch.nn.Module] = {}
     for job in jobs:
         t0 = time.perf_counter()
-        write_record(cache, job.spec, study)
+        if shard[0] == 0:  # one writer of the records
+            write_record(cache, job.spec, study)
         key = job.spec.feature_id()
         if job.todo and key not in encoders_built:
             encoders_built.clear()  # one encoder in memory at a time
