@@ -61,6 +61,7 @@ def job_spec(study: Study, architecture: str, stain: str, entries: list[SlideEnt
     """The features a run of ``architecture`` on these slides will ask for."""
     from lncr.training.inputs import input_geometry
     from lncr.training.loop import autocast_dtype, run_stats
+    from lncr.training.run_state import precision_name
 
     cfg = study.config
     weights = cfg.backbone_weights(architecture)
@@ -70,8 +71,7 @@ def job_spec(study: Study, architecture: str, stain: str, entries: list[SlideEnt
     settings = cfg.training.model_copy(update={"architecture": architecture})
     geometry = input_geometry(settings, cfg.tiling.tile_size)
     stats = run_stats(settings, stain, [e for e in entries if e.split == "train"])
-    amp = autocast_dtype(settings.precision, device)
-    precision = str(amp).replace("torch.", "") if amp else "fp32"
+    precision = precision_name(autocast_dtype(settings.precision, device))
     return run_features(settings, cfg.embedding, weights, geometry, stats, precision)
 
 

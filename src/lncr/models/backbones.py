@@ -277,6 +277,7 @@ class TileEncoder(nn.Module):
         super().__init__()
         self.model, self.spec = model, spec
         self._head = {id(p) for p in head.parameters()} if head is not None else set()
+        self._projection = (head,)  # a tuple: the layer is registered inside ``model`` only
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The (pre-trained) backbone's parameters: everything but the new projection head."""
@@ -293,15 +294,11 @@ class TileEncoder(nn.Module):
 
     @property
     def projection(self) -> nn.Module:
-        """The projection layer lncr added (inside the model, or after it)."""
-        after = getattr(self.model, "lncr_projection", None)
-        if after is not None:
-            return after
-        found = [m for m in self.model.modules()
-                 if {id(p) for p in m.parameters(recurse=False)} == self._head and self._head]
-        if len(found) != 1:
-            raise RuntimeError(f"{self.spec.name}: the projection layer cannot be found")
-        return found[0]
+        """The projection layer lncr added (inside the model, or after it): the layer the
+        head rule returned."""
+        if self._projection[0] is None:
+            raise RuntimeError(f"{self.spec.name}: built without a projection layer")
+        return self._projection[0]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the frozen backbone gives the projection: (M, F) features of (M, 3, H, W)
