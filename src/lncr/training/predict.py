@@ -46,8 +46,11 @@ def prediction_path(folder: str | Path, cohort: str, checkpoint: str, tiles: str
     return Path(folder) / "predictions" / f"{cohort}-{checkpoint}-{tiles}.csv"
 
 
-def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu"):
-    """The model of a run's checkpoint (``best`` or ``last``), its config and input pipeline."""
+def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu",
+             backbone: bool = True):
+    """The model of a run's checkpoint (``best`` or ``last``), its config and input pipeline.
+    A run trained on cached features gets its backbone rebuilt from the pretrained weights,
+    unless ``backbone`` is False: then the model is the trained head alone, for features."""
     folder = Path(folder)
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint {checkpoint!r}: use best or last")
@@ -62,11 +65,15 @@ def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu"):
     settings = TrainingSettings(**config["settings"])
     dev = resolve_device(device)
     spec = spec_from_config(config)  # cached features: the backbone from its weights
-    model = build_model(settings, weights=spec.weights if spec else None).to(dev)
     state = torch.load(path, map_location=dev, weights_only=True)
-    if spec is not None:  # a head trained on cached features, into the full model
+    if spec is not None and not backbone:  # the head alone, as trained
+        model = build_model(settings, features=int(config["features"]["dim"])).to(dev)
+        model.load_state_dict(state["model"])
+    elif spec is not None:  # a head trained on cached features, into the full model
+        model = build_model(settings, weights=spec.weights).to(dev)
         load_head_state(model, with_backbone_keys(model, state["model"]))
     else:
+        model = build_model(settings).to(dev)
         model.load_state_dict(state["model"])
     model.eval()
     inputs = DeviceInput(InputGeometry(**config["geometry"]), config["channel_mean"],
@@ -159,7 +166,9 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
     folder = Path(folder)
     if tiles not in TILE_CHOICES:
         raise ValueError(f"--tiles {tiles!r}: use eval or all")
-    model, config, inputs, epoch = load_run(folder, checkpoint, device)
+    # from cached features the backbone is not needed (only to embed missing slides)
+    model, config, inputs, epoch = load_run(folder, checkpoint, device,
+                                            backbone=features is False)
     settings = TrainingSettings(**config["settings"])
     study = run_study(folder, config, study, overrides)
     spec = config["spec"]
