@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,27 @@ def make_study(tmp_path: Path, tiny_slide_factory) -> Callable[..., Path]:
         return study
 
     return make
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextmanager
+def browser_page(html: Path, width: int = 1280) -> Iterator[tuple[object, list[str]]]:
+    """An HTML file open in headless Chromium (Playwright): (page, console and page errors
+    so far). `make test` installs Chromium (`make browser`)."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "no chromium on PATH: `make test` installs it (apt-get install chromium)"
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html.as_uri())
+        page.wait_for_load_state("load")
+        try:
+            yield page, errors
+        finally:
+            browser.close()

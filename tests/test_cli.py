@@ -119,7 +119,13 @@ class DescribeDemoCommand:
         assert '<section id="explain">' in page and "Grad-CAM" in page and "t-SNE" in page
         assert "Not available yet" not in page  # every stage ran
         assert result.output.rstrip().endswith(str(report))
-        assert "[11/11] report" in result.output
+        assert "[11/12] report" in result.output and "[12/12] export + apply" in result.output
+        new = tmp_path / "demo-out" / "new-patient"
+        scored = pd.read_csv(new / "scores.csv", dtype={"patient_id": str})
+        assert len(scored) == 1 and scored.stains_used.iloc[0] == "HE+PAS"
+        assert scored.patient_id.iloc[0] in set(top.patient_id)  # an external patient
+        assert len(list((new / "reports").glob("*.html"))) == 1
+        assert "as a new patient: P(CR)" in " ".join(result.output.split())
         assert "Selection protocol: frozen features" in page
         # Run again: every stage resumes from disk — no model retrained, no slide re-predicted.
         runs = [Path(f) for f in models.folder]  # final models may be sweep runs reused

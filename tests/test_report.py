@@ -4,16 +4,13 @@ through Playwright), and sections that say what is missing instead of failing.""
 from __future__ import annotations
 
 import re
-import shutil
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import FAST, validated_copy
+from conftest import FAST, browser_page, validated_copy
 from lncr.cli import app
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +45,7 @@ class DescribeReportFile:
 @pytest.mark.slow  # a browser
 class DescribeReportInABrowser:
     def it_renders_every_section_and_image_without_errors(self, tiled_report, tmp_path):
-        from playwright.sync_api import sync_playwright
-
-        assert CHROMIUM, "no chromium on PATH: `make test` installs it (apt-get install chromium)"
-        errors: list[str] = []
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(tiled_report.as_uri())
-            page.wait_for_load_state("load")
+        with browser_page(tiled_report) as (page, errors):
             images = page.evaluate("Array.from(document.images).map(i => "
                                    "[i.complete, i.naturalWidth, i.naturalHeight])")
             for anchor in ("study", "tiling", "methods"):
@@ -69,7 +56,6 @@ class DescribeReportInABrowser:
             zoomed = page.locator("#lightbox img").is_visible()
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
-            browser.close()
         assert not errors
         assert len(images) >= 5 and all(c and w > 0 and h > 0 for c, w, h in images)
         assert zoomed and first.strip().isdigit()

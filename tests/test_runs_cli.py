@@ -38,7 +38,6 @@ def train_args(study, *extra: str) -> list[str]:
             "resnet18", "--bag-size", "4", "--no-pretrained", "--device", "cpu", *extra]
 
 
-@pytest.mark.xdist_group("heavy")
 @pytest.mark.slow  # torchrun
 class DescribeSeveralProcesses:
     def it_trains_on_disjoint_shares_and_logs_what_one_process_re_evaluates(self, study):

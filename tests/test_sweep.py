@@ -24,8 +24,6 @@ from lncr.sweep.grid import build_grid, repeat_split
 from lncr.sweep.run import halving_rungs, promote, run_sweep
 from lncr.sweep.selection import select
 
-pytestmark = pytest.mark.xdist_group("sweep")
-
 #: Tiny units (32-px inputs, 2 epochs); every AlexNet unit fails (its weights file is missing),
 #: as a configuration broken at run time would.
 TINY = FAST + ["tiling.encoding=jpeg", "training.pretrained=false", "training.epochs=2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pandas as pd
 import pytest
 
 from conftest import PATIENTS_OK
@@ -26,10 +27,33 @@ class DescribeValidStudy:
         study = load_study(make_study())
         assert study.ok, [str(p) for p in study.problems.items]
         summary = study.summary()
-        assert summary["patients"]["development"] == {"1": 2, "0": 2}
-        assert summary["patients"]["external"] == {"1": 1, "0": 1}
-        assert summary["slides"]["HE"] == {"development": 4, "external": 2}
+        assert summary["patients"]["development"] == {"1": 2, "0": 2, "unlabelled": 0}
+        assert summary["patients"]["external"] == {"1": 1, "0": 1, "unlabelled": 0}
+        assert summary["slides"]["HE"] == {"development": 4, "external": 2, "prospective": 0}
         assert summary["missing_stains"] == {}
+
+
+class DescribeProspectivePatients:
+    def it_accepts_patients_to_score_with_an_empty_label(self, make_study):
+        study = load_study(make_study(PATIENTS_OK + [("N1", "prospective", "")]))
+        assert study.ok, [str(p) for p in study.problems.items]
+        assert study.summary()["patients"]["prospective"] == {"1": 0, "0": 0, "unlabelled": 1}
+        row = study.patients[study.patients.patient_id == "N1"].iloc[0]
+        assert row.label is pd.NA and "N1" not in set(study.split.patient_id)
+
+    def it_refuses_an_empty_label_where_training_or_evaluation_needs_one(self, make_study):
+        rows = PATIENTS_OK[:4] + [("E1", "external", "")] + PATIENTS_OK[5:]
+        err = only_error(load_study(make_study(rows)), "bad-label")
+        assert err.line == 6 and "no label" in err.message and "prospective" in err.fix
+
+    def it_refuses_a_label_on_a_prospective_patient(self, make_study):
+        err = only_error(load_study(make_study(PATIENTS_OK + [("N1", "prospective", "1")])),
+                         "label-on-prospective")
+        assert err.line == 8 and "'external'" in err.fix
+
+    def it_warns_that_a_study_of_prospective_patients_only_can_only_score(self, make_study):
+        study = load_study(make_study([("N1", "prospective", ""), ("N2", "prospective", "")]))
+        assert study.ok and problems_with(study, "no-development")[0].severity == "warning"
 
 
 class DescribePatientRows:
@@ -204,4 +228,5 @@ class DescribeThePhantom:
         shutil.copytree(phantom, copy)
         study = load_study(copy / "study.yaml")
         assert study.ok and not study.problems.items
-        assert study.summary()["slides"]["MASSON"] == {"development": 6, "external": 2}
+        assert study.summary()["slides"]["MASSON"] == {"development": 6, "external": 2,
+                                                       "prospective": 0}

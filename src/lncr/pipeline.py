@@ -6,8 +6,9 @@ notebook::
     demo.synth(); demo.validate(); demo.tile(); demo.sweep()
     demo.predict().multi.head()
 
-Stages (:data:`STAGES`): synth → validate → tile → sweep + final models → predict → evaluate
-→ explain (heatmaps, Grad-CAM, DCCS clusters) → report. Each is a method returning what its
+Stages (:data:`STAGES`): synth → validate → tile → embed → sweep + final models → predict →
+evaluate → explain (heatmaps, Grad-CAM, DCCS clusters) → report → export + apply (the final
+ensemble as a bundle, applied to one external patient's slides as a new patient). Each is a method returning what its
 stage's Python API returns, and each resumes: finished slides, tiles, units, predictions and
 explanations are read from disk. :meth:`DemoPipeline.run` runs them all inside a stage
 display (:class:`StageLog` for the console, or any context-manager factory).
@@ -53,7 +54,7 @@ DEMO_CLUSTER = ("HE", "20x")  # the one final model the demo clusters
 
 STAGES = ["synth", "validate", "tile", "embed", "sweep + final models", "predict (ensembles)",
           "evaluate", "explain (heatmaps)", "explain (Grad-CAM)", "explain (DCCS clusters)",
-          "report"]
+          "report", "export + apply"]
 
 
 class DemoFailed(RuntimeError):
@@ -187,10 +188,34 @@ class DemoPipeline:
 
         return self._keep("report", build_report(self.study()))
 
+    @property
+    def bundle_path(self) -> Path:
+        return self.out / "bundle.lncr"
+
+    def apply_patient(self) -> str:
+        """The external patient the demo scores as if new: the first of the heatmap pair."""
+        return self.heatmap_patients()[0]
+
+    def export_apply(self):
+        """Export the final ensemble, then score one external patient's slides with the
+        bundle alone, in ``out/new-patient`` (as a hospital receiving the bundle would)."""
+        import pandas as pd
+
+        from lncr.bundle.apply import apply_bundle
+        from lncr.bundle.export import export_bundle
+
+        bundle = export_bundle(self.study(), self.bundle_path)
+        pid = self.apply_patient()
+        slides = self.study().slides
+        mine = slides[slides.patient_id == pid][["patient_id", "stain", "path"]]
+        return self._keep("apply", apply_bundle(bundle, pd.DataFrame(mine),
+                                                self.out / "new-patient", device="auto",
+                                                workers=self.workers))
+
     def stages(self) -> list[tuple[str, Callable[[], Any]]]:
         methods = [self.synth, self.validate, self.tile, self.embed, self.sweep, self.predict,
                    self.evaluate, self.explain_heatmaps, self.explain_gradcam,
-                   self.explain_clusters, self.report]
+                   self.explain_clusters, self.report, self.export_apply]
         return list(zip(STAGES, methods))
 
     def run(self, stage: Callable[[str], AbstractContextManager] | None = None,

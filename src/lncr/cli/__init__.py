@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from lncr import __version__
+from lncr.cli.bundle import apply, export
 from lncr.cli.common import ErrorBoundary
 from lncr.cli.demo import demo
 from lncr.cli.evaluation import evaluate
@@ -66,6 +67,8 @@ app.command()(sweep)
 app.command()(evaluate)
 app.add_typer(explain_app, name="explain")
 app.command()(report)
+app.command()(export)
+app.command()(apply)
 app.command()(demo)
 
 

@@ -88,11 +88,14 @@ def print_study(study: "Study") -> None:
     summary = study.summary()
     if "patients" in summary:
         console.print(table("Patients (label 1 = complete response at 12 months)",
-                             ["cohort", "label 1", "label 0"],
-                             [(c, n["1"], n["0"]) for c, n in summary["patients"].items()]))
+                             ["cohort", "label 1", "label 0", "no label (to score)"],
+                             [(c, n["1"], n["0"], n["unlabelled"])
+                              for c, n in summary["patients"].items()]))
     if "slides" in summary:
-        console.print(table("Slides per stain", ["stain", "development", "external"],
-                             [(s, n["development"], n["external"])
+        cohorts = [c for c in ("development", "external", "prospective")
+                   if any(n[c] for n in summary["slides"].values()) or c != "prospective"]
+        console.print(table("Slides per stain", ["stain", *cohorts],
+                             [(s, *(n[c] for c in cohorts))
                               for s, n in summary["slides"].items()]))
         missing = summary.get("missing_stains", {})
         if missing:

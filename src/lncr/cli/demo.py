@@ -27,7 +27,8 @@ def demo(
 ) -> None:
     """Run the method end to end on the built-in phantom: synth → validate → tile → embed
     (frozen encoder, once) → sweep (a published-shaped grid on cached features) → final models → predict (ensembles) → evaluate → explain (heatmaps,
-    Grad-CAM, DCCS clusters) → report. Re-running resumes."""
+    Grad-CAM, DCCS clusters) → report → export the bundle and score one external patient
+    with it as a new patient. Re-running resumes."""
     pipeline = DemoPipeline(out, workers or default_workers(), patients, external, size,
                             signal, epochs, list(set_ or []), unit_progress=_unit_failed)
     log = StageLog(console)
@@ -101,6 +102,11 @@ def _closing(pipeline: DemoPipeline) -> list[str]:
     console.print(f"DCCS clusters of the development cohort's influential tiles "
                   f"({' '.join(DEMO_CLUSTER)}, {clusters['tiles']} tiles; clusters × outcome "
                   f"chi-square p {assoc:.2g}): {clusters['folder']}")
+    scored = r["apply"]
+    row = scored.scores.iloc[0]
+    console.print(f"Bundle {pipeline.bundle_path} applied to {row.patient_id}'s slides as a new "
+                  f"patient: P(CR) {row.p_cr:.2f}, predicted {row.predicted} at the development "
+                  f"threshold {row.threshold:.2f}; report {scored.reports[row.patient_id]}")
     return [f"External cohort, multi-stain ensemble: AUC {ext.auc:.2f} "
             f"({ext.delong_ci_low:.2f}–{ext.delong_ci_high:.2f}); evaluation in {result.folder}",
             f"Report: {r['report']}"]

@@ -35,6 +35,9 @@ def evaluate(
                       f"{fmt(r.auc)} (95% CI {fmt(r.delong_ci_low)}–{fmt(r.delong_ci_high)}, "
                       f"DeLong) — {r.estimate} estimate: {r.estimate_note}")
     print_baseline(result)
+    if result.left_out:
+        console.print(f"Left out: {result.left_out} patient(s) without an outcome (cohort "
+                      "prospective): predicted, never evaluated")
     console.print(f"Written: {result.folder}")
 
 

@@ -74,7 +74,7 @@ def train(
 
 def predict(
     target: Annotated[Path, typer.Argument(help="A study YAML (every final model, with the ensembles) or one run folder (<output_dir>/runs/<stain>/<mag>/<run>).")],
-    cohort: Annotated[str, typer.Option(help="Run folder only: development, external or all.")] = "all",
+    cohort: Annotated[str, typer.Option(help="Run folder only: development, external, prospective or all.")] = "all",
     checkpoint: Annotated[str, typer.Option(help="Run folder only: best or last (study: evaluation.checkpoint).")] = "best",
     tiles: Annotated[str, typer.Option(help="Run folder only: eval (up to eval_tiles per slide) or all (every tile, in chunks).")] = "eval",
     chunk_size: Annotated[Optional[int], typer.Option(min=1, help="Tiles per chunk with --tiles all (default: eval_tiles).")] = None,

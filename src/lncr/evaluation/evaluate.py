@@ -65,6 +65,13 @@ class Evaluation:
     comparisons: pd.DataFrame
     figures: list[Path]
     baseline: pd.DataFrame | None = None  # the colour-statistics control's metrics
+    left_out: int = 0  # patients without an outcome (cohort prospective): never evaluated
+
+
+def unlabelled_patients(rows: pd.DataFrame) -> int:
+    """Patients in the predictions without an outcome (cohort ``prospective``): predicted,
+    never part of a metric."""
+    return int(rows[rows.label.isna()].patient_id.nunique())
 
 
 def long_predictions(folder: Path) -> pd.DataFrame:
@@ -175,6 +182,7 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -
 
     cfg = study.config
     rows = long_predictions(cfg.output_dir / "predictions")
+    left_out = unlabelled_patients(rows)
     metrics, thresholds, calibration, comparisons = evaluate_predictions(rows, cfg.evaluation)
     folder = cfg.output_dir / "evaluation"
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,6 +198,8 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -
         "metrics": records(metrics), "threshold_metrics": records(thresholds),
         "calibration": records(calibration), "comparisons": records(comparisons),
         "estimates": {c: {"estimate": e, "why": w} for c, (e, w) in ESTIMATES.items()},
+        "left_out": {"patients": left_out, "why": "no outcome (cohort prospective): scored "
+                     "by `lncr predict`, never evaluated"},
         "settings": cfg.evaluation.model_dump(mode="json"),
         "ensemble": cfg.ensemble.model_dump(mode="json"),
         **study.source, "versions": package_versions("numpy", "pandas", "scipy", "matplotlib")})
@@ -209,4 +219,5 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -
         from lncr.evaluation.baseline import run_baseline
 
         control = read_table(run_baseline(study) / "metrics.csv")
-    return Evaluation(folder, metrics, thresholds, calibration, comparisons, paths, control)
+    return Evaluation(folder, metrics, thresholds, calibration, comparisons, paths, control,
+                      left_out)

@@ -49,12 +49,12 @@ def final_models(output_dir: Path) -> pd.DataFrame:
 
 
 def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:
-    """``patient_id, cohort, label, split`` for every patient (external patients: split
-    ``external``)."""
+    """``patient_id, cohort, label, split`` for every patient (external and prospective
+    patients: their cohort as split)."""
     split = Layout(Path(output_dir)).read_split()
     sides = dict(zip(split.patient_id, split.split))
     out = patients[["patient_id", "cohort", "label"]].copy()
-    out["split"] = [("external" if c == "external" else sides.get(p, ""))
+    out["split"] = [(c if c in ("external", "prospective") else sides.get(p, ""))
                     for p, c in zip(out.patient_id, out.cohort)]
     return out.sort_values("patient_id").reset_index(drop=True)
 
@@ -77,7 +77,7 @@ def ensemble_tables(single: pd.DataFrame, sides: pd.DataFrame, cfg
 @locks_output
 def predict_final(study: Study, device: str = "auto", workers: int = 0) -> FinalPredictions:
     """Predict with every finished final model, build the ensembles, write the tables."""
-    from lncr.training.entries import unusable_patients
+    from lncr.training.entries import study_entries, unusable_patients
     from lncr.training.loop import versions
     from lncr.training.predict import predict_run
 
@@ -89,14 +89,21 @@ def predict_final(study: Study, device: str = "auto", workers: int = 0) -> Final
                          "re-run `lncr sweep` (models.csv lists their errors)")
     ev = cfg.evaluation
     tables, unusable = [], {}
+    idle = []  # models with no slide to predict (nobody has that stain with tiles there)
     for m in ready.itertuples():
         unusable[f"{m.stain} {m.magnification}"] = unusable_patients(study, m.stain,
                                                                      m.magnification)
+        if not study_entries(study, m.stain, m.magnification):
+            idle.append({"stain": m.stain, "magnification": m.magnification})
+            continue
         slides = predict_run(m.folder, "all", ev.checkpoint, ev.tiles, study=study,
                              device=device, workers=workers, reuse=True)
         slides["architecture"], slides["bag_size"] = m.architecture, m.bag_size
         slides["run"] = m.folder
         tables.append(slides)
+    if not tables:
+        raise ValueError("no slide of this study has tiles for any final model: run `lncr "
+                         "tile` (tiles/index.csv says why slides failed)")
     slides = pd.concat(tables, ignore_index=True)
     keys = ["patient_id", "stain", "magnification"]
     single = (slides.groupby(keys, sort=True)
@@ -120,6 +127,7 @@ def predict_final(study: Study, device: str = "auto", workers: int = 0) -> Final
         .to_dict("records"),
         "missing_models": models[models.status != "done"][["stain", "magnification"]]
         .to_dict("records"),
+        "models_without_slides": idle,
         "patients_without_tiles": {k: v for k, v in unusable.items() if v},
         **study.source, "versions": versions()})
     return FinalPredictions(folder, single, per_stain, multi,

@@ -60,14 +60,15 @@ INFLUENTIAL_FIRST = ["stain", "magnification", "patient_id", "split", "label",
 @locks_output
 def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | None = None,
                      device: str = "auto",
-                     progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+                     progress: Callable[[str], None] | None = None,
+                     thresholds: dict[str, float] | None = None) -> pd.DataFrame:
     """Score, map and export every selected slide of every final model; return the
-    influential tiles."""
+    influential tiles. ``thresholds`` (model → threshold) replaces the study's own."""
     from lncr.explain.heatmap import geojson, heatmap_figure
     from lncr.provenance import package_versions
 
     rows, used, cfg = [], [], None
-    for fm in final_models_for(study, cohort, patients, device):
+    for fm in final_models_for(study, cohort, patients, device, thresholds=thresholds):
         cfg = fm.cfg
         slides = slide_paths(cfg.output_dir)
         layout = Layout(cfg.output_dir)
@@ -87,7 +88,9 @@ def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | No
                 stamp(geo, key)
             if not is_fresh(png, key):
                 heatmap_figure(slides[(e.patient_id, fm.stain)], scores, png,
-                               f"{name}: P(CR) {probability:.2f}, label {e.label} ({e.split})")
+                               f"{name}: P(CR) {probability:.2f}, "
+                               + (f"label {e.label} ({e.split})" if e.label is not None
+                                  else f"outcome unknown ({e.split})"))
                 stamp(png, key)
             rows.append(influential_rows(fm, e, scores, probability, cfg.explain.top_k))
             if progress:

@@ -129,9 +129,12 @@ def model_thresholds(out: Path) -> dict[str, float]:
 
 def final_models_for(study: Study, cohort: str = "all", patients: list[str] | None = None,
                      device: str = "auto", stains: list[str] | None = None,
-                     magnifications: list[str] | None = None) -> Iterator[FinalModel]:
+                     magnifications: list[str] | None = None,
+                     thresholds: dict[str, float] | None = None) -> Iterator[FinalModel]:
     """Each finished final model (optionally only some stains/magnifications), loaded with the
-    checkpoint ``evaluation.checkpoint``, with the slides of ``cohort``/``patients``."""
+    checkpoint ``evaluation.checkpoint``, with the slides of ``cohort``/``patients``.
+    ``thresholds`` (model → threshold) replaces those of the study's own evaluation (a
+    bundle's, in ``lncr apply``)."""
     from lncr.training.entries import study_entries
     from lncr.training.predict import load_run, select
 
@@ -146,7 +149,7 @@ def final_models_for(study: Study, cohort: str = "all", patients: list[str] | No
         raise ValueError("no finished final model matches: check --stain/--magnification and "
                          "that `lncr sweep` trained the final models")
     wanted = set(patients) if patients else None
-    thresholds = model_thresholds(cfg.output_dir)
+    thresholds = model_thresholds(cfg.output_dir) if thresholds is None else thresholds
     for m in models.itertuples():
         entries = study_entries(study, m.stain, m.magnification)
         checkpoint = cfg.evaluation.checkpoint

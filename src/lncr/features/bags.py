@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lncr.features.store import FeatureFile
-from lncr.training.bags import BagDataset, SlideEntry
+from lncr.training.bags import BagDataset, SlideEntry, label_tensor
 
 
 class FeatureBagDataset(BagDataset):
@@ -59,7 +59,7 @@ class FeatureBagDataset(BagDataset):
             views = rng.integers(1, self.views, len(indices))
         features = torch.from_numpy(np.ascontiguousarray(self.read(slide, indices, views)))
         return (features, torch.ones(len(indices), 3),
-                torch.tensor(float(self.entries[slide].label)), slide)
+                label_tensor(self.entries[slide]), slide)
 
     def __getstate__(self) -> dict:  # open files do not cross process boundaries
         return {**super().__getstate__(), "_files": {}, "_arrays": {}}

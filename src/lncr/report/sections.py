@@ -39,9 +39,12 @@ def study_section(out: Path) -> str:
     if summary is None:
         return section("study", "Study", missing("the study summary", "lncr validate STUDY.yaml"))
     patients = pd.DataFrame(summary["patients"]).T.fillna(0).astype(int)
-    patients = patients.rename(columns={"1": "CR (label 1)", "0": "non-CR (label 0)"})
+    patients = patients.rename(columns={"1": "CR (label 1)", "0": "non-CR (label 0)",
+                                        "unlabelled": "no outcome (scored only)"})
     patients.insert(0, "cohort", patients.index)
     slides = pd.DataFrame(summary["slides"]).T.fillna(0).astype(int)
+    slides = slides.loc[:, [c for c in slides.columns
+                            if c != "prospective" or slides[c].any()]]
     slides.insert(0, "stain", slides.index)
     body = table(patients.reset_index(drop=True), "Patients by cohort and outcome")
     body += table(slides.reset_index(drop=True), "Slides per stain")

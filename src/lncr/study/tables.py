@@ -21,7 +21,9 @@ PATIENT_COLUMNS = ("patient_id", "cohort", "label")
 PATIENT_OPTIONAL = ("split",)
 SLIDE_COLUMNS = ("patient_id", "stain", "path")
 SLIDE_OPTIONAL = ("mpp",)
-COHORTS = ("development", "external")
+#: ``prospective``: patients to be scored, whose outcome is not known yet (an empty label).
+COHORTS = ("development", "external", "prospective")
+UNLABELLED = ("prospective",)
 SPLITS = ("train", "val")
 
 
@@ -127,21 +129,38 @@ def _check_patient_row(row, path: Path, first_line: dict[str, int],
                        f"write '{close}'" if close else "use 'train', 'val' or leave it empty",
                        code="bad-split")
         bad = True
-    if row.split and row.cohort == "external":
-        problems.error(path, row.line, f"external patient '{pid}' has split '{row.split}'",
-                       "leave split empty for external patients: they are never used in "
+    if row.split and row.cohort in ("external", "prospective"):
+        problems.error(path, row.line, f"{row.cohort} patient '{pid}' has split '{row.split}'",
+                       f"leave split empty for {row.cohort} patients: they are never used in "
                        "training or validation", code="split-on-external")
         bad = True
     return bad
 
 
-def _label(row, path: Path, problems: Problems) -> int | None:
+def _label(row, path: Path, problems: Problems) -> tuple[int | None, bool]:
+    """(the label or None, has an error): development and external patients need 0 or 1,
+    prospective ones (to be scored) an empty label."""
+    if row.cohort in UNLABELLED:
+        if not row.label:
+            return None, False
+        problems.error(path, row.line, f"prospective patient '{row.patient_id}' has label "
+                       f"'{row.label}'", "leave the label of a patient to be scored empty, or "
+                       "make the patient 'external' to evaluate the models on it",
+                       code="label-on-prospective")
+        return None, True
     if row.label in ("0", "1"):
-        return int(row.label)
+        return int(row.label), False
+    if not row.label:
+        problems.error(path, row.line, f"{row.cohort or 'the'} patient '{row.patient_id}' has "
+                       "no label", "write 1 for complete response at 12 months, 0 otherwise; "
+                       "a patient whose outcome is not known yet belongs to cohort "
+                       "'prospective' (scored, never trained or evaluated on)",
+                       code="bad-label")
+        return None, True
     problems.error(path, row.line, f"label '{row.label}' of patient '{row.patient_id}' is not "
                    "0 or 1", "write 1 for complete response at 12 months, 0 otherwise",
                    code="bad-label")
-    return None
+    return None, True
 
 
 def _check_case_collisions(df: pd.DataFrame, path: Path, problems: Problems) -> None:
@@ -169,9 +188,9 @@ def read_patients(path: Path, problems: Problems) -> pd.DataFrame | None:
     labels: list[object] = []
     for row in df.itertuples():
         bad = _check_patient_row(row, path, first_line, problems)
-        label = _label(row, path, problems)
+        label, bad_label = _label(row, path, problems)
         labels.append(pd.NA if label is None else label)
-        if bad or label is None:
+        if bad or bad_label:
             df.loc[row.Index, "ok"] = False
     df["label"] = pd.array(labels, dtype="Int64")
     _check_case_collisions(df, path, problems)

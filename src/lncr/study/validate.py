@@ -27,7 +27,7 @@ from lncr.study.config import StudyConfig, StudyConfigError, config_to_dict
 from lncr.study.config_file import load_config
 from lncr.study.report import Problems
 from lncr.study.split import resolve_split, write_split
-from lncr.study.tables import read_patients, read_slides
+from lncr.study.tables import COHORTS, read_patients, read_slides
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,15 @@ class Study:
         if self.patients is not None:
             p = self.patients
             out["patients"] = {
-                cohort: {str(lbl): int((g.label == lbl).sum()) for lbl in (1, 0)}
-                for cohort, g in p.groupby("cohort") if cohort in ("development", "external")}
+                cohort: {**{str(lbl): int((g.label == lbl).sum()) for lbl in (1, 0)},
+                         "unlabelled": int(g.label.isna().sum())}
+                for cohort, g in p.groupby("cohort") if cohort in COHORTS}
         if self.slides is not None and self.config is not None and self.patients is not None:
             s = self.slides
             cohort_of = dict(zip(self.patients.patient_id, self.patients.cohort))
             s = s.assign(cohort=s.patient_id.map(cohort_of))
             out["slides"] = {stain: {c: int(((s.stain == stain) & (s.cohort == c)).sum())
-                                     for c in ("development", "external")}
+                                     for c in COHORTS}
                              for stain in self.config.stains}
             have = s.groupby("patient_id").stain.apply(set).to_dict()
             out["missing_stains"] = {
@@ -169,9 +170,15 @@ def _check_coverage(study: Study) -> None:
                              f"{sorted(labels)}", "AUC needs patients of both labels",
                              code="one-class-cohort")
     if not (patients.cohort == "development").any():
-        problems.error(cfg.patients, None, "no development patients",
-                       "models are trained on the development cohort: add some",
-                       code="no-development")
+        if (patients.cohort == "prospective").any():  # a study that only scores (lncr apply)
+            problems.warning(cfg.patients, None, "no development patients: this study can "
+                             "only score its patients with models trained elsewhere",
+                             "`lncr apply BUNDLE` scores them; training stages refuse it",
+                             code="no-development")
+        else:
+            problems.error(cfg.patients, None, "no development patients",
+                           "models are trained on the development cohort: add some",
+                           code="no-development")
 
 
 def _check_models(cfg: StudyConfig, path: Path, problems: Problems) -> None:

@@ -72,6 +72,7 @@ _ENTRIES: dict[tuple, tuple] = {}
 def unit_entries(task: UnitTask):
     """The unit's study config, its slides (with the repeat's own split applied if it has
     one) and the patients without tiles there."""
+    from lncr.training.bags import OUTSIDE_SPLIT
     from lncr.training.entries import study_entries, unusable_patients
 
     u, study = task.unit, task.study
@@ -83,7 +84,8 @@ def unit_entries(task: UnitTask):
     if u.split:
         split = repeat_split(study.patients, cfg, u.repeat)
         sides = dict(zip(split.patient_id, split.split))
-        entries = [e if e.split == "external" else dataclasses.replace(e, split=sides[e.patient_id])
+        entries = [e if e.split in OUTSIDE_SPLIT
+                   else dataclasses.replace(e, split=sides[e.patient_id])
                    for e in entries]
     return cfg, entries, excluded
 

@@ -10,7 +10,8 @@ For each stain whose ``tiling.normalisation`` is not ``none``, the reference is 
 
 External-cohort slides never contribute. The fitted reference is written to
 ``tiles/norm/<stain>.json`` with the tiles it used, and reused unchanged (for every cohort) until
-a setting that shapes it changes.
+a setting that shapes it changes. A record marked ``"fixed"`` (a model bundle's reference,
+placed by ``lncr apply``) is always used as it is: new slides are never fitted on.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | 
     path = layout.norm_reference(stain)
     if path.exists():
         old = json.loads(path.read_text())
-        if old.get("digest") == digest:
+        if old.get("digest") == digest or old.get("fixed"):
             return old["reference"]
     if reference_image is not None:
         image = np.asarray(Image.open(reference_image).convert("RGB"))

@@ -32,9 +32,18 @@ class SlideEntry:
     stain: str
     magnification: str
     store: str
-    label: int
-    split: str  # train | val | external
+    label: int | None  # None: a prospective patient (no outcome yet)
+    split: str  # train | val | external | prospective
     n_tiles: int
+
+
+#: Cohorts that are not part of the development split: their slides keep the cohort as side.
+OUTSIDE_SPLIT = ("external", "prospective")
+
+
+def label_tensor(entry: SlideEntry) -> torch.Tensor:
+    """The slide's label as a float tensor (NaN for a prospective patient: no loss)."""
+    return torch.tensor(float("nan") if entry.label is None else float(entry.label))
 
 
 def slide_entries(layout: Layout, patients: pd.DataFrame, split: pd.DataFrame | None,
@@ -54,12 +63,13 @@ def slide_entries(layout: Layout, patients: pd.DataFrame, split: pd.DataFrame | 
         if r.patient_id not in info.index:
             continue
         p = info.loc[r.patient_id]
-        side = "external" if p.cohort == "external" else sides.get(r.patient_id)
+        side = p.cohort if p.cohort in OUTSIDE_SPLIT else sides.get(r.patient_id)
         if side is None:
             raise ValueError(f"development patient {r.patient_id} is not in the split; run "
                              "`lncr validate` to record it")
-        entries.append(SlideEntry(r.patient_id, stain, magnification, r.store, int(p.label),
-                                  side, int(r.kept)))
+        label = None if pd.isna(p.label) else int(p.label)
+        entries.append(SlideEntry(r.patient_id, stain, magnification, r.store, label, side,
+                                  int(r.kept)))
     return entries
 
 
@@ -171,7 +181,7 @@ class BagDataset(Dataset):
             out[k] = view_tile(tiles[k], c, rng, self.train, self.augment)
         factors = (1.0 + rng.uniform(-self.jitter, self.jitter, (n, 3))).astype(np.float32)
         bag = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-        return bag, torch.from_numpy(factors), torch.tensor(float(self.entries[slide].label)), slide
+        return bag, torch.from_numpy(factors), label_tensor(self.entries[slide]), slide
 
     def __getstate__(self) -> dict:  # open stores do not cross process boundaries
         state = self.__dict__.copy()

@@ -49,6 +49,10 @@ def unusable_patients(study: Study, stain: str, magnification: str) -> list[dict
 def check_sides(entries: list[SlideEntry], unusable: list[dict], where: str) -> None:
     """Refuse to train when the training slides (or the validation slides, where there are
     any) lack a label, naming the patients without tiles that caused it."""
+    if not any(e.split == "train" for e in entries):
+        raise BadInput(f"{where}: no training slides with tiles (the study has no development "
+                       "patients with tiles here); a study of prospective patients only is "
+                       "scored with `lncr apply BUNDLE`, not trained")
     for side in ("train", "val"):
         labels = pd.Series([e.label for e in entries if e.split == side], dtype=int)
         if side == "val" and labels.empty:

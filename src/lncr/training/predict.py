@@ -30,13 +30,13 @@ from lncr.layout import read_table
 from lncr.models.mil import load_head_state, with_backbone_keys
 from lncr.study.config import TrainingSettings
 from lncr.study.validate import Study
-from lncr.training.bags import BagDataset, SlideEntry, chunk_count
+from lncr.training.bags import OUTSIDE_SPLIT, BagDataset, SlideEntry, chunk_count
 from lncr.training.distributed import Context, resolve_device
 from lncr.training.entries import study_entries
 from lncr.training.inputs import DeviceInput, InputGeometry
 from lncr.training.loop import build_model, evaluate, loader, versions
 
-COHORTS = ("development", "external", "all")
+COHORTS = ("development", "external", "prospective", "all")
 CHECKPOINTS = ("best", "last")
 TILE_CHOICES = ("eval", "all")
 
@@ -86,15 +86,15 @@ def select(entries: list[SlideEntry], cohort: str) -> list[SlideEntry]:
         raise ValueError(f"--cohort {cohort!r}: use one of {', '.join(COHORTS)}")
     if cohort == "development":
         return [e for e in entries if e.split in ("train", "val")]
-    if cohort == "external":
-        return [e for e in entries if e.split == "external"]
+    if cohort in ("external", "prospective"):
+        return [e for e in entries if e.split == cohort]
     return list(entries)
 
 
 def inputs_fingerprint(entries: list[SlideEntry]) -> str:
     """A digest of the slides a prediction covers: patient, stain, magnification, label, side,
     tile count and the tile store's modification time (a re-tiled slide changes it)."""
-    rows = [[e.patient_id, e.stain, e.magnification, int(e.label), e.split, int(e.n_tiles),
+    rows = [[e.patient_id, e.stain, e.magnification, e.label, e.split, int(e.n_tiles),
              str(e.store), Path(e.store).stat().st_mtime_ns if Path(e.store).exists() else 0]
             for e in entries]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
@@ -195,7 +195,7 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best
                                 ctx, None):
         probs.setdefault(slide, []).append(p)
     rows = [{"patient_id": e.patient_id, "stain": e.stain, "magnification": e.magnification,
-             "cohort": "external" if e.split == "external" else "development",
+             "cohort": e.split if e.split in OUTSIDE_SPLIT else "development",
              "split": e.split, "label": e.label,
              "probability": float(np.mean(probs[i])), "tiles_used": used[i],
              "chunks": n_chunks[i], "run": folder.name, "checkpoint": checkpoint,

@@ -1,0 +1,255 @@
+"""Describe the model bundle: `lncr export` writes a study's final ensemble to one verified
+file, and `lncr apply` scores new patients with it exactly as `lncr predict` scored the study."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import zipfile
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import FAST, browser_page, validated_copy
+from lncr.bundle.apply import apply_bundle
+from lncr.bundle.archive import BundleError, open_bundle
+from lncr.bundle.export import export_bundle
+from lncr.cli import app
+from lncr.layout import read_table
+from lncr.models.backbones import build_backbone
+from lncr.study.validate import Study
+
+pytestmark = pytest.mark.slow  # trains final models
+
+#: Frozen ResNet-18 (a local weights file) on cached features, HE and PAS, one epoch.
+SETS = FAST + ["training.architecture=resnet18", "training.backbone_lr_factor=0",
+               "training.channel_stats=imagenet", "training.embedding_dim=32",
+               "training.transformer_heads=4", "training.feedforward_dim=64",
+               "training.epochs=1", "training.warmup_epochs=0", "training.eval_tiles=8",
+               "training.input_size=256", "training.loader_workers=0",
+               "sweep.backbone=frozen", "sweep.architectures=[resnet18]", "sweep.bag_sizes=[4]",
+               "sweep.repeats=1", "sweep.stains=[HE, PAS]", "sweep.magnifications=[10x]",
+               "evaluation.tiles=all", "evaluation.bootstrap_resamples=200",
+               "explain.top_k=3"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiled, tmp_path_factory):
+    """A trained, predicted and evaluated phantom study and its bundle:
+    (study file, bundle path, the patients table, the settings, the removed weights file)."""
+    from lncr.evaluation.evaluate import evaluate_study
+    from lncr.evaluation.final_predictions import predict_final
+    from lncr.sweep.run import run_sweep
+
+    folder = tmp_path_factory.mktemp("bundle")
+    study_yaml = validated_copy(tiled, folder / "study")
+    weights = folder / "resnet18.pth"
+    torch.manual_seed(5)
+    torch.save(build_backbone("resnet18", 8).model.state_dict(), weights)
+    sets = SETS + [f"sweep.weights={{resnet18: '{weights}'}}"]
+    run_sweep(Study.load(study_yaml, sets), executor="local", workers=1, device="cpu")
+    predict_final(Study.load(study_yaml, sets), device="cpu")
+    evaluate_study(Study.load(study_yaml, sets), figures=False)
+    bundle = export_bundle(Study.load(study_yaml, sets), folder / "phantom.lncr")
+    weights.unlink()  # the bundle must carry the backbone itself
+    patients = pd.read_csv(study_yaml.parent / "patients.csv", dtype=str)
+    return study_yaml, bundle, patients, sets, weights
+
+
+def external_slides(study_yaml, patients, stains=("HE", "PAS")) -> pd.DataFrame:
+    slides = pd.read_csv(study_yaml.parent / "slides.csv", dtype=str)
+    ext = set(patients[patients.cohort == "external"].patient_id)
+    slides = slides[slides.patient_id.isin(ext) & slides.stain.isin(stains)].copy()
+    slides["path"] = [str((study_yaml.parent / p).resolve()) for p in slides.path]
+    return slides
+
+
+@pytest.fixture(scope="module")
+def applied(exported, tmp_path_factory):
+    """The bundle applied to the study's external slides, from another folder."""
+    study_yaml, bundle, patients, _, _ = exported
+    out = tmp_path_factory.mktemp("elsewhere") / "scores"
+    return apply_bundle(bundle, external_slides(study_yaml, patients), out, device="cpu")
+
+
+class DescribeApply:
+    def it_reproduces_the_studys_predictions_for_every_model_and_ensemble(self, exported,
+                                                                         applied):
+        study_yaml, _, _, _, _ = exported
+        out = study_yaml.parent / "lncr-output" / "predictions"
+        keys = {"single_models": ["patient_id", "stain", "magnification"],
+                "stain_ensembles": ["patient_id", "stain"], "multi_stain": ["patient_id"]}
+        mine = {"single_models": applied.single, "stain_ensembles": applied.stains,
+                "multi_stain": applied.scores.rename(columns={"p_cr": "probability"})}
+        for kind, key in keys.items():
+            theirs = read_table(out / f"{kind}.csv")
+            theirs = theirs[theirs.cohort == "external"]
+            both = theirs.merge(mine[kind], on=key, suffixes=("", "_applied"))
+            assert len(both) == len(theirs) > 0, kind
+            assert (both.probability - both.probability_applied).abs().max() <= 1e-6, kind
+
+    def it_applies_the_development_threshold_to_give_the_same_classes(self, exported, applied):
+        study_yaml, _, _, _, _ = exported
+        out = study_yaml.parent / "lncr-output"
+        metrics = read_table(out / "evaluation" / "metrics.csv")
+        t = metrics[(metrics.cohort == "validation") & (metrics.model == "multi-stain")]
+        threshold = float(t.threshold.iloc[0])
+        multi = read_table(out / "predictions" / "multi_stain.csv")
+        multi = multi[multi.cohort == "external"].set_index("patient_id")
+        scores = applied.scores.set_index("patient_id")
+        assert (scores.threshold == threshold).all()
+        expected = ["CR" if p >= threshold else "non-CR" for p in multi.probability]
+        assert list(scores.loc[multi.index].predicted) == expected
+
+    def it_writes_the_scores_and_a_report_per_patient(self, applied):
+        record = json.loads((applied.folder / "scores.json").read_text())
+        assert record["bundle"]["sha256"] == applied.bundle.sha256
+        assert {"sensitivity", "specificity"} <= set(
+            record["threshold"]["cohorts"]["validation"])
+        for pid, path in applied.reports.items():
+            page = path.read_text()
+            assert pid in page and "Research use only" in page and 'src="http' not in page
+            assert page.count("<img") >= 2  # a heatmap and influential tiles
+
+    def it_renders_the_patient_report_in_a_browser_without_errors(self, applied, tmp_path):
+        pid, path = next(iter(applied.reports.items()))
+        with browser_page(path, width=794) as (page, errors):  # A4 at 96 dpi
+            images = page.evaluate("Array.from(document.images).map(i => "
+                                   "[i.complete, i.naturalWidth])")
+            text = page.locator("body").inner_text()
+            pdf = page.pdf(format="A4")  # print layout
+        assert not errors and images and all(done and w > 0 for done, w in images)
+        assert "P(complete response at 12 months)" in text and pid in text
+        pages = len(re.findall(rb"/Type\s*/Page[^s]", pdf))
+        assert pdf.startswith(b"%PDF") and pages == 1, pages  # one printed page
+
+    def it_scores_a_patient_missing_a_stain_from_the_others_and_says_so(self, exported,
+                                                                      tmp_path):
+        study_yaml, bundle, patients, _, _ = exported
+        slides = external_slides(study_yaml, patients, stains=("HE",)).head(1)
+        result = apply_bundle(bundle, slides, tmp_path / "one", device="cpu", heatmaps=False)
+        row = result.scores.iloc[0]
+        assert row.stains_used == "HE" and "PAS" in row.stains_missing.split("+")
+        assert row.p_cr == pytest.approx(row.p_HE)
+        page = result.reports[row.patient_id].read_text()
+        assert "missing: PAS" in page
+
+    def it_reports_an_unreadable_slide_and_scores_the_rest(self, exported, tmp_path):
+        study_yaml, bundle, patients, _, _ = exported
+        slides = external_slides(study_yaml, patients)
+        broken = tmp_path / "broken.svs"
+        broken.write_bytes(b"not a slide" * 100)
+        first = slides.patient_id.iloc[0]
+        slides.loc[(slides.patient_id == first) & (slides.stain == "PAS"), "path"] = str(broken)
+        result = apply_bundle(bundle, slides, tmp_path / "out", device="cpu", heatmaps=False)
+        refused = result.refused
+        assert list(refused.patient_id) == [first] and list(refused.stain) == ["PAS"]
+        assert "cannot be read" in refused.reason.iloc[0]
+        assert result.scores.p_cr.notna().all() and len(result.scores) == slides.patient_id.nunique()
+        assert "refused" in result.reports[first].read_text()
+
+
+class DescribeBundleFile:
+    def it_refuses_a_bundle_with_one_flipped_byte(self, exported, tmp_path):
+        _, bundle, _, _, _ = exported
+        data = bytearray(bundle.read_bytes())
+        with zipfile.ZipFile(bundle) as zf:
+            info = zf.getinfo(next(n for n in zf.namelist() if n.endswith("model.safetensors")))
+        data[info.header_offset + 30 + len(info.filename) + 100] ^= 0x01  # inside the weights
+        bad = tmp_path / "flipped.lncr"
+        bad.write_bytes(bytes(data))
+        with pytest.raises(BundleError, match="damaged|altered"):
+            open_bundle(bad)
+
+    def it_refuses_a_truncated_bundle_and_another_format_version(self, exported, tmp_path):
+        _, bundle, _, _, _ = exported
+        cut = tmp_path / "cut.lncr"
+        cut.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
+        with pytest.raises(BundleError, match="truncated|damaged"):
+            open_bundle(cut)
+        newer = tmp_path / "newer.lncr"
+        with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(newer, "w") as dst:
+            for item in src.infolist():
+                data = src.read(item)
+                if item.filename == "manifest.json":
+                    manifest = json.loads(data)
+                    manifest.update(format_version=99, lncr_version="9.0")
+                    data = json.dumps(manifest).encode()
+                dst.writestr(item, data)
+        with pytest.raises(BundleError, match="lncr 9.0 in bundle format 99.*format 1 only"):
+            open_bundle(newer)
+
+    def it_holds_no_patient_identifier_or_study_path(self, exported):
+        study_yaml, bundle, patients, _, _ = exported
+        text = []
+        with zipfile.ZipFile(bundle) as zf:
+            for name in zf.namelist():
+                if name.endswith((".json", ".csv")):
+                    text.append(zf.read(name).decode())
+        blob = "\n".join(text)
+        assert not [p for p in patients.patient_id if p in blob]
+        assert str(study_yaml.parent.parent) not in blob  # nor the weights' folder
+
+    def it_loads_weights_without_unpickling(self, exported):
+        _, bundle, _, _, _ = exported
+        opened = open_bundle(bundle)
+        for m in opened.manifest["models"]:
+            assert f"models/{m['key']}/model.safetensors" in opened.manifest["parts"]
+            assert m["backbone"] is None or m["backbone"].startswith("weights/")
+
+
+class DescribeProspectivePatientsInAStudy:
+    def it_predicts_them_and_evaluation_leaves_them_out_and_says_so(self, exported, tmp_path):
+        from lncr.evaluation.evaluate import evaluate_study
+        from lncr.evaluation.final_predictions import predict_final
+
+        study_yaml, bundle, patients, sets, weights = exported
+        copy = tmp_path / "study"
+        shutil.copytree(study_yaml.parent, copy)
+        opened = open_bundle(bundle)  # the removed weights, back where the runs recorded them
+        part = next(p for p in opened.manifest["parts"] if p.startswith("weights/"))
+        opened.extract(part, weights)
+        table = pd.read_csv(copy / "patients.csv", dtype=str, keep_default_na=False)
+        new = table[table.cohort == "external"].patient_id.iloc[0]
+        table.loc[table.patient_id == new, ["cohort", "label"]] = ["prospective", ""]
+        table.to_csv(copy / "patients.csv", index=False)
+        result = CliRunner().invoke(app, ["validate", str(copy / "study.yaml"), "--no-files"])
+        assert result.exit_code == 0, result.output
+        study = Study.load(copy / "study.yaml", sets)
+        multi = predict_final(study, device="cpu").multi
+        row = multi[multi.patient_id == new].iloc[0]
+        assert row.cohort == "prospective" and pd.isna(row.label) and row.probability == row.probability
+        evaluation = evaluate_study(study, figures=False)
+        assert evaluation.left_out == 1
+        external = evaluation.metrics[(evaluation.metrics.cohort == "external")
+                                      & (evaluation.metrics.model == "multi-stain")]
+        assert int(external.patients.iloc[0]) == (patients.cohort == "external").sum() - 1
+        cli = CliRunner().invoke(app, ["evaluate", str(copy / "study.yaml"), "--no-figures"]
+                                 + [a for s in sets for a in ("--set", s)])
+        assert cli.exit_code == 0 and "Left out: 1 patient(s) without an outcome" in cli.output
+
+
+class DescribeCommandLine:
+    def it_exports_and_scores_one_patient_with_plain_progress_lines(self, exported, tmp_path):
+        study_yaml, bundle, patients, _, _ = exported
+        slides = external_slides(study_yaml, patients)
+        pid = slides.patient_id.iloc[0]
+        pairs = [a for r in slides[slides.patient_id == pid].itertuples()
+                 for a in ("--slide", f"{r.stain}={r.path}")]
+        result = CliRunner().invoke(app, ["apply", str(bundle), *pairs, "--patient", "NEW/1",
+                                          "--out", str(tmp_path / "s"), "--device", "cpu",
+                                          "--no-heatmaps"])
+        assert result.exit_code == 0, result.output
+        assert "slide × magnification units (" in result.output  # Meter's plain lines
+        assert "NEW/1" in result.output and (tmp_path / "s" / "reports" / "NEW%2F1.html").exists()
+        assert not list(tmp_path.glob("NEW*"))  # the identifier never left the output folder
+
+    def it_says_what_is_wrong_with_a_bad_bundle_without_a_traceback(self, tmp_path):
+        bad = tmp_path / "x.lncr"
+        bad.write_text("hello")
+        result = CliRunner().invoke(app, ["apply", str(bad), "--slide", "HE=x.svs"])
+        assert result.exit_code == 2 and "not a readable lncr bundle" in result.output
+        assert "Traceback" not in result.output
