@@ -204,7 +204,6 @@ class DescribeBundleFile:
 class DescribeProspectivePatientsInAStudy:
     def it_predicts_them_and_evaluation_leaves_them_out_and_says_so(self, exported, tmp_path):
         from lncr.evaluation.evaluate import evaluate_study
-        from lncr.evaluation.final_predictions import predict_final
 
         study_yaml, bundle, patients, sets, weights = exported
         copy = tmp_path / "study"
@@ -219,7 +218,11 @@ class DescribeProspectivePatientsInAStudy:
         result = CliRunner().invoke(app, ["validate", str(copy / "study.yaml"), "--no-files"])
         assert result.exit_code == 0, result.output
         study = Study.load(copy / "study.yaml", sets)
-        multi = predict_final(study, device="cpu").multi
+        cli = CliRunner().invoke(app, ["predict", str(copy / "study.yaml"), "--device", "cpu"]
+                                 + [a for s in sets for a in ("--set", s)])
+        assert cli.exit_code == 0, cli.output
+        assert re.search(r"\d\d:\d\d:\d\d PAS 20x: \d+ slides: 4/4 final models \(", cli.output)
+        multi = read_table(copy / "lncr-output" / "predictions" / "multi_stain.csv")
         row = multi[multi.patient_id == new].iloc[0]
         assert row.cohort == "prospective" and pd.isna(row.label) and row.probability == row.probability
         evaluation = evaluate_study(study, figures=False)

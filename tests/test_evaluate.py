@@ -48,6 +48,23 @@ def rows() -> pd.DataFrame:
 SETTINGS = EvaluationSettings(bootstrap_resamples=300)
 
 
+class DescribeUndefinedMetrics:
+    def it_says_why_an_auc_or_a_proportion_is_undefined(self, rows):
+        from lncr.report.sections import undefined_or
+
+        only_cr = rows[(rows.split != "external") | (rows.label == 1)]
+        metrics, thresholds, _, _ = evaluate_predictions(only_cr, SETTINGS)
+        ext = metrics[(metrics.cohort == "external") & (metrics.model == "HE")].iloc[0]
+        assert np.isnan(ext.auc) and ext.auc_note.startswith("only CR patients (15)")
+        val = metrics[(metrics.cohort == "validation") & (metrics.model == "HE")].iloc[0]
+        assert val.auc == val.auc and val.auc_note == ""
+        spec = thresholds[(thresholds.cohort == "external") & (thresholds.model == "HE")
+                          & (thresholds.metric == "specificity")].iloc[0]
+        assert np.isnan(spec.value) and spec.note == "no non-CR patients"
+        assert undefined_or(ext.auc, ext.auc_note) == f"— ({ext.auc_note})"
+        assert undefined_or(0.8, "") == "0.80"
+
+
 class DescribeThresholdTransfer:
     def it_fixes_the_threshold_on_validation_patients_and_applies_it_to_external(self, rows):
         metrics, thresholds, _, _ = evaluate_predictions(rows, SETTINGS)
@@ -148,27 +165,83 @@ class DescribeRocPoints:
         assert list(fpr) == [0, 0, 0.5, 1] and list(tpr) == [0, 0.5, 1, 1]
 
 
-def write_study(folder, rows: pd.DataFrame, stains: str = "[HE, PAS]") -> None:
+def write_study(folder, rows: pd.DataFrame, stains: str = "[HE, PAS]",
+                sites: dict[str, str] | None = None) -> None:
     """A study whose tables hold the predicted patients (slide files are never opened)."""
     (folder / "study.yaml").write_text(f"patients: p.csv\nslides: s.csv\nstains: {stains}\n")
     patients = rows[["patient_id", "cohort", "label"]].drop_duplicates("patient_id")
+    if sites:
+        patients = patients.assign(site=patients.patient_id.map(sites).fillna(""))
     patients.to_csv(folder / "p.csv", index=False)
     pd.DataFrame([(p, st, f"{p}_{st}.svs") for p in patients.patient_id for st in ("HE", "PAS")],
                  columns=["patient_id", "stain", "path"]).to_csv(folder / "s.csv", index=False)
 
 
+def write_predictions(folder, rows: pd.DataFrame) -> None:
+    """The three prediction tables of ``rows`` under ``folder``."""
+    folder.mkdir(parents=True)
+    cols = ["patient_id", "cohort", "split", "label", "probability"]
+    single = pd.concat([rows[rows.model == st][cols].assign(stain=st, magnification=m)
+                        for st in ("HE", "PAS") for m in ("10x", "20x")])
+    single.to_csv(folder / "single_models.csv", index=False)
+    rows[rows.kind == "stain ensemble"][cols + ["stain"]].to_csv(
+        folder / "stain_ensembles.csv", index=False)
+    rows[rows.model == "multi-stain"][cols].to_csv(folder / "multi_stain.csv", index=False)
+
+
+def two_sites(rows: pd.DataFrame) -> dict[str, str]:
+    """The first half of the external patients at site A, the rest at site B (both outcomes
+    at each)."""
+    ext = sorted(rows[rows.cohort == "external"].patient_id.unique())
+    return {p: "A" if i < len(ext) // 2 else "B" for i, p in enumerate(ext)}
+
+
+class DescribeSites:
+    def it_evaluates_each_external_site_at_the_validation_threshold(self, rows):
+        from sklearn.metrics import roc_auc_score
+
+        from lncr.evaluation.evaluate import site_tables
+
+        sites = two_sites(rows)
+        pooled = evaluate_predictions(rows, SETTINGS)[0]
+        tables = site_tables(rows, sites, SETTINGS)
+        m = tables["metrics"]
+        assert set(m.site) == {"A", "B"} and (m.cohort == "external").all()
+        for model in ("HE", "multi-stain"):
+            mine = m[m.model == model].set_index("site")
+            assert mine.patients.sum() == pooled[(pooled.cohort == "external")
+                                                 & (pooled.model == model)].patients.iloc[0]
+            threshold = pooled[(pooled.cohort == "validation") & (pooled.model == model)]
+            assert (mine.threshold == threshold.threshold.iloc[0]).all()
+            ext = rows[(rows.model == model) & rows.patient_id.map(sites).eq("A")]
+            assert mine.loc["A", "auc"] == pytest.approx(roc_auc_score(ext.label, ext.probability))
+        tests = tables["comparisons"]
+        assert set(tests.site) == {"A", "B"} and set(tests.model_b) == {"HE", "PAS"}
+        assert site_tables(rows, {}, SETTINGS) is None  # no site column: pooled only
+
+
 class DescribeEvaluateCommand:
+    def it_writes_per_site_tables_and_prints_and_reports_them(self, tmp_path, rows):
+        from lncr.report.build import build_report
+        from lncr.study.validate import Study
+
+        write_study(tmp_path, rows, sites=two_sites(rows))
+        write_predictions(tmp_path / "lncr-output" / "predictions", rows)
+        result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "study.yaml"), "--set",
+                                          "evaluation.bootstrap_resamples=200", "--no-figures"])
+        assert result.exit_code == 0, result.output
+        assert "External cohort per site" in result.output
+        sites = pd.read_csv(tmp_path / "lncr-output" / "evaluation" / "sites" / "metrics.csv")
+        assert set(sites.site) == {"A", "B"}
+        record = json.loads((tmp_path / "lncr-output" / "evaluation" / "evaluation.json")
+                            .read_text())
+        assert {r["site"] for r in record["sites"]["metrics"]} == {"A", "B"}
+        page = build_report(Study.load(tmp_path / "study.yaml")).read_text()
+        assert "External cohort by site" in page and "Paired DeLong tests per external site" in page
+
     def it_writes_tables_json_and_figures(self, tmp_path, rows):
         write_study(tmp_path, rows)
-        folder = tmp_path / "lncr-output" / "predictions"
-        folder.mkdir(parents=True)
-        cols = ["patient_id", "cohort", "split", "label", "probability"]
-        single = pd.concat([rows[rows.model == st][cols].assign(stain=st, magnification=m)
-                            for st in ("HE", "PAS") for m in ("10x", "20x")])
-        single.to_csv(folder / "single_models.csv", index=False)
-        rows[rows.kind == "stain ensemble"][cols + ["stain"]].to_csv(
-            folder / "stain_ensembles.csv", index=False)
-        rows[rows.model == "multi-stain"][cols].to_csv(folder / "multi_stain.csv", index=False)
+        write_predictions(tmp_path / "lncr-output" / "predictions", rows)
         result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "study.yaml"), "--set",
                                           "evaluation.bootstrap_resamples=200"])
         assert result.exit_code == 0, result.output

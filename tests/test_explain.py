@@ -124,6 +124,9 @@ class DescribeHeatmapCommand:
                                           "external", "--device", "cpu"] + sets)
         assert result.exit_code == 0, result.output
         ext = [e for e in entries if e.split == "external"]
+        for e in ext:  # one plain progress line per slide
+            assert f"scored and mapped HE 20x {e.patient_id} (" in result.output
+        assert f"({len(ext)} slide × magnification units, " in result.output
         top = pd.read_csv(out / "explain" / "influential.csv", dtype={"patient_id": str})
         assert set(top.patient_id) == {e.patient_id for e in ext}
         assert (top.groupby("patient_id").size() == 3).all() and set(top["rank"]) == {1, 2, 3}
@@ -147,6 +150,7 @@ class DescribeGradCAMCommand:
         result = CliRunner().invoke(app, args + [a for p in ext for a in ("--patient", p)]
                                     + sets)
         assert result.exit_code == 0, result.output
+        assert all(f"Grad-CAM of HE 20x {p} (" in result.output for p in ext)
         table = pd.read_csv(out / "explain" / "gradcam" / "gradcam.csv", dtype={"patient_id": str})
         assert sorted(table.patient_id.unique()) == ext and (table.target == "CR").all()
         for patient in ext:

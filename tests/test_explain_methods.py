@@ -120,6 +120,20 @@ def test_the_peak_is_placed_in_level0_coordinates_of_the_centred_crop():
     assert np.isnan(peak(np.zeros((4, 4)), size0=400, x=0, y=0)).all()  # flat: no maximum
 
 
+class DescribeFlatMaps:
+    def it_draws_a_flat_or_undefined_map_as_no_evidence_without_warnings(self):
+        import warnings
+
+        from lncr.explain.gradcam import overlay
+
+        tile = np.full((32, 32, 3), 200, np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # NumPy's "invalid value encountered in cast"
+            flat = overlay(tile, np.full((8, 8), np.nan, np.float32))
+            zero = overlay(tile, np.zeros((8, 8), np.float32))
+        assert flat.dtype == np.uint8 and np.array_equal(flat, zero)
+
+
 class DescribeHungarianAccuracy:
     def it_is_one_for_a_relabelled_perfect_clustering(self):
         assert cluster_accuracy([0, 0, 1, 1, 2, 2], [2, 2, 0, 0, 1, 1]) == 1.0

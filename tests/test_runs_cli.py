@@ -79,12 +79,12 @@ class DescribePredictCommand:
         result = CliRunner().invoke(app, ["predict", str(run), "--cohort", "external",
                                           "--device", "cpu"])
         assert result.exit_code == 0, result.output
-        rows = pd.read_csv(run / "predictions" / "external-best-eval.csv", dtype={"patient_id": str})
+        rows = pd.read_csv(run / "predictions" / "external-last-eval.csv", dtype={"patient_id": str})
         assert rows.patient_id.tolist() == ["EXT-001", "EXT-002"]
         assert {"patient_id", "stain", "magnification", "run", "probability", "label",
                 "tiles_used"} <= set(rows.columns)
         assert (rows.stain == "PAS").all() and rows.probability.between(0, 1).all()
-        assert (rows.tiles_used <= 4).all() and (run / "predictions" / "external-best-eval.json").exists()
+        assert (rows.tiles_used <= 4).all() and (run / "predictions" / "external-last-eval.json").exists()
 
     def it_uses_every_tile_in_chunks_deterministically(self, run):
         from lncr.training.predict import predict_run
@@ -100,11 +100,18 @@ class DescribePredictCommand:
 
     def it_names_an_unknown_cohort_or_tile_choice(self, run):
         bad_cohort = CliRunner().invoke(app, ["predict", str(run), "--cohort", "test"])
-        assert bad_cohort.exit_code == 2 and "development, external, all" in bad_cohort.output
+        assert bad_cohort.exit_code == 2 and "development, external, prospective, all" in bad_cohort.output
         bad_tiles = CliRunner().invoke(app, ["predict", str(run), "--tiles", "some"])
         assert bad_tiles.exit_code == 2 and "use eval or all" in bad_tiles.output
         bad_checkpoint = CliRunner().invoke(app, ["predict", str(run), "--checkpoint", "config"])
         assert bad_checkpoint.exit_code == 2 and "use best or last" in bad_checkpoint.output
+
+    def it_refuses_run_folder_options_with_a_study(self, tmp_path):
+        result = CliRunner().invoke(app, ["predict", str(tmp_path / "study.yaml"), "--cohort",
+                                          "external",
+                                          "--checkpoint", "best"])
+        assert result.exit_code == 2 and "--cohort, --checkpoint apply to a run folder only" \
+            in " ".join(result.output.split())
 
     def it_explains_a_folder_that_is_not_a_run(self, tmp_path):
         result = CliRunner().invoke(app, ["predict", str(tmp_path)])

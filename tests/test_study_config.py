@@ -109,3 +109,18 @@ class DescribeLoadConfig:
         with pytest.raises(StudyConfigError) as err:
             load_config(path)
         assert len(err.value.problems) == 2
+
+
+def it_keeps_the_settings_reference_in_step_with_the_code():
+    """docs/settings.md is generated from the pydantic models: regenerate it with
+    `python -m lncr.study.settings_reference > docs/settings.md` after changing a setting."""
+    from pathlib import Path
+
+    from lncr.study.config import StudyConfig
+    from lncr.study.settings_reference import reference_markdown
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text()
+    assert page == reference_markdown() + "\n"
+    for section in ("training", "sweep", "embedding", "evaluation", "explain"):
+        model = StudyConfig.model_fields[section].annotation
+        assert all(f"`{section}.{key}`" in page for key in model.model_fields)

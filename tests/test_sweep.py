@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -325,14 +326,16 @@ class DescribeResumeAfterKill:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True,
                                 env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+        seen = []
         for line in proc.stdout:  # wait for the first finished unit, then kill everything
-            if line.strip().startswith("done"):
+            seen.append(line)
+            if re.match(r"\[\d+/\d+\] done .*validation AUC .*ETA \d+:\d\d", line.strip()):
                 break
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         runs = study.parent / "lncr-output" / "sweep" / "runs" / "HE" / "10x"
         finished = sorted(runs.glob("*/done.json"))
-        assert 1 <= len(finished) < 4
+        assert 1 <= len(finished) < 4, "".join(seen)
         stamps = {p: p.stat().st_mtime_ns for p in finished}
         result = CliRunner().invoke(app, ["sweep", str(study), "--workers", "1", "--no-final",
                                           "--device", "cpu"] + args[10:])
@@ -390,3 +393,18 @@ class DescribeSuccessiveHalving:
 def test_config_loads_sweep_overrides(tiled):
     cfg = load_config(tiled / "study.yaml", ["sweep.executor=ray", "sweep.workers=3"])
     assert cfg.sweep.executor == "ray" and cfg.sweep.workers == 3
+
+
+class DescribeMissingValidationAUC:
+    def it_says_why_a_unit_has_no_validation_auc(self, tmp_path):
+        from lncr.cli.common import fmt
+        from lncr.sweep.unit import unit_metrics
+
+        pd.DataFrame({"epoch": [0], "val_auc": [np.nan], "val_loss": [0.7], "train_auc": [0.6],
+                      "train_loss": [0.6]}).to_csv(tmp_path / "metrics.csv", index=False)
+        pd.DataFrame({"patient_id": ["A", "B", "C"], "split": ["train", "val", "val"],
+                      "label": [0, 1, 1]}).to_csv(tmp_path / "split.csv", index=False)
+        row = unit_metrics(tmp_path)
+        assert row["val_auc_note"] == ("the 2 validation slides with tiles at this "
+                                       "magnification are all CR")
+        assert fmt(row["val_auc"], 2, row["val_auc_note"]).startswith("— (the 2 validation")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -157,6 +158,10 @@ class DescribeTrainCommand:
         result = runner.invoke(app, args + [a for s in sets for a in ("--set", s)])
         assert result.exit_code == 0, result.output
         assert "validation AUC" in result.output
+        # one plain line per epoch (CliRunner is not a terminal): counts, metrics, time, ETA
+        assert re.search(r"epoch 1/2: train loss \d\.\d+, .*validation AUC .*lr .* s, ETA 0:\d\d\)",
+                         result.output), result.output
+        assert "epoch 2/2: " in result.output
         assert (study / "lncr-output" / "runs" / "HE" / "10x" / "resnet18-b4-s0" / "done.json").exists()
 
     def it_asks_for_the_earlier_stages_first(self, make_study):

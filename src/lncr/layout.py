@@ -27,7 +27,7 @@ from lncr.identifiers import file_name
 from lncr.paths import resolve_columns, store_columns
 
 #: Columns holding identifiers: read as text, an empty cell stays "".
-ID_COLUMNS = ("patient_id", "stain", "magnification", "split", "cohort", "model")
+ID_COLUMNS = ("patient_id", "stain", "magnification", "split", "cohort", "model", "site")
 #: Cells read as missing in every other column (pandas' defaults).
 _NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
        "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
@@ -165,6 +165,11 @@ class Layout:
     def evaluation_table(self, name: str) -> Path:
         """``metrics``, ``threshold_metrics``, ``calibration`` or ``comparisons``."""
         return self.evaluation_dir / f"{name}.csv"
+
+    def site_table(self, name: str) -> Path:
+        """``evaluation/sites/<name>.csv``: the external cohort per site (``metrics``,
+        ``threshold_metrics``, ``comparisons``)."""
+        return self.evaluation_dir / "sites" / f"{name}.csv"
 
     @property
     def baseline_metrics(self) -> Path:

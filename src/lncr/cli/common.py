@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,9 +126,11 @@ def run_synth(out: Path, settings, workers: int, force: bool):
                           progress=lambda _: bar.advance(task))
 
 
-def fmt(x: float | None, digits: int = 3) -> str:
-    """A number for the console; "-" for a missing one."""
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def fmt(x: float | None, digits: int = 3, why: object = "") -> str:
+    """A number for the console; "—" for an undefined one, with the reason when known."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return f"— ({why})" if isinstance(why, str) and why else "—"
+    return f"{x:.{digits}f}"
 
 
 def warn_unusable(excluded: list[dict], where: str) -> None:
@@ -185,6 +188,46 @@ class Meter:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.__exit__(*exc)
+
+
+def unit_line(row: dict) -> None:
+    """One line per finished sweep unit: ``[k/N]``, its status and score, the time it took and
+    the ETA of the rest (a red line with the first line of the error for a failed unit)."""
+    what = (f"{row['stain']} {row['magnification']} {row['architecture']} "
+            f"bag {row['bag_size']} repeat {row['repeat']}")
+    count = f"[{row['done']}/{row['total']}]" if "done" in row else ""
+    eta = f", ETA {_duration(row['eta_s'])}" if "eta_s" in row else ""
+    if row["status"] == "failed":
+        err_console.print(f"{count} [red]failed[/red] {escape(what)}: "
+                          f"{escape(str(row['error']).splitlines()[0])}{eta}")
+    else:
+        console.print(f"{count} {row['status']} {escape(what)}: epochs "
+                      f"{row['epochs_trained']}, validation AUC "
+                      f"{fmt(row['val_auc'], 2, row.get('val_auc_note', ''))} "
+                      f"({row['seconds']:.0f} s){eta}")
+
+
+def slide_lines(verb: str):
+    """A progress callback printing one timestamped line per finished slide, with a count and
+    the rate so far (explain commands: their models load lazily, so no total is known)."""
+    started, count = time.perf_counter(), [0]
+
+    def line(what: str) -> None:
+        count[0] += 1
+        rate = count[0] / max(time.perf_counter() - started, 1e-9)
+        console.print(f"{time.strftime('%H:%M:%S')} {verb} {escape(what)} ({count[0]} slide × "
+                      f"magnification units, {rate:.2f}/s)")
+    return line
+
+
+def epoch_line(row: dict) -> None:
+    """One line per training epoch: loss, AUCs, learning rate, its time and the ETA."""
+    done = int(row["epoch"]) + 1
+    eta = (row["epochs"] - done) * row["seconds"]
+    console.print(f"{time.strftime('%H:%M:%S')} epoch {done}/{row['epochs']}: train loss "
+                  f"{fmt(row['train_loss'])}, train AUC {fmt(row['train_auc'])}, validation "
+                  f"loss {fmt(row['val_loss'])}, validation AUC {fmt(row['val_auc'])}, lr "
+                  f"{row['lr']:.2e} ({row['seconds']:.1f} s, ETA {_duration(eta)})")
 
 
 def _duration(seconds: float) -> str:

@@ -10,7 +10,16 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import Progress
 
-from lncr.cli.common import Meter, console, default_workers, err_console, print_study, table
+from lncr.cli.common import (
+    Meter,
+    console,
+    default_workers,
+    err_console,
+    fmt,
+    print_study,
+    table,
+    unit_line,
+)
 from lncr.cli.evaluation import print_baseline
 from lncr.pipeline import DEMO_CLUSTER, DemoFailed, DemoPipeline, StageLog
 
@@ -30,7 +39,7 @@ def demo(
     Grad-CAM, DCCS clusters) → report → export the bundle and score one external patient
     with it as a new patient. Re-running resumes."""
     pipeline = DemoPipeline(out, workers or default_workers(), patients, external, size,
-                            signal, epochs, list(set_ or []), unit_progress=_unit_failed)
+                            signal, epochs, list(set_ or []), unit_progress=unit_line)
     log = StageLog(console)
 
     @contextmanager
@@ -69,12 +78,6 @@ def _tiles(report) -> None:
                   f"magnification units (see {report.folder / 'qc'} for QC thumbnails)")
 
 
-def _unit_failed(row: dict) -> None:
-    if row["status"] == "failed":
-        err_console.print(f"[red]unit failed[/red] {row['stain']} {row['magnification']} "
-                          f"{row['architecture']}: {row['error']}")
-
-
 def _closing(pipeline: DemoPipeline) -> list[str]:
     """Print what the model stages found; return the two lines that close the run."""
     r = pipeline.results
@@ -84,8 +87,8 @@ def _closing(pipeline: DemoPipeline) -> list[str]:
                   + ", ".join(f"{s} {a}" for s, a in sel["architectures"].items())
                   + f"; bag size {sel['bag_size']} ({sweep.folder / 'selection.json'})")
     m = result.metrics
-    rows = [(x.cohort, x.estimate, x.model, str(x.patients), f"{x.auc:.2f}",
-             f"{x.delong_ci_low:.2f}–{x.delong_ci_high:.2f}")
+    rows = [(x.cohort, x.estimate, x.model, str(x.patients), fmt(x.auc, 2, x.auc_note),
+             f"{fmt(x.delong_ci_low, 2)}–{fmt(x.delong_ci_high, 2)}")
             for x in m[m.kind != "single model"].itertuples()]
     console.print(table("Ensemble AUCs (95% CI, DeLong; validation patients chose the "
                         "configuration: optimistic)",
@@ -107,6 +110,7 @@ def _closing(pipeline: DemoPipeline) -> list[str]:
     console.print(f"Bundle {pipeline.bundle_path} applied to {row.patient_id}'s slides as a new "
                   f"patient: P(CR) {row.p_cr:.2f}, predicted {row.predicted} at the development "
                   f"threshold {row.threshold:.2f}; report {scored.reports[row.patient_id]}")
-    return [f"External cohort, multi-stain ensemble: AUC {ext.auc:.2f} "
-            f"({ext.delong_ci_low:.2f}–{ext.delong_ci_high:.2f}); evaluation in {result.folder}",
+    return [f"External cohort, multi-stain ensemble: AUC {fmt(ext.auc, 2, ext.auc_note)} "
+            f"({fmt(ext.delong_ci_low, 2)}–{fmt(ext.delong_ci_high, 2)}); evaluation in "
+            f"{result.folder}",
             f"Report: {r['report']}"]

@@ -26,19 +26,35 @@ def evaluate(
     console.print(table("Ensembles (evaluation/metrics.csv)",
                         ["cohort", "estimate", "model", "patients", "AUC", "95% CI (DeLong)",
                          "95% CI (bootstrap)", "Brier"],
-                        [(r.cohort, r.estimate, r.model, str(r.patients), fmt(r.auc),
+                        [(r.cohort, r.estimate, r.model, str(r.patients),
+                          fmt(r.auc, why=r.auc_note),
                           f"{fmt(r.delong_ci_low)}–{fmt(r.delong_ci_high)}",
                           f"{fmt(r.bootstrap_ci_low)}–{fmt(r.bootstrap_ci_high)}",
                           fmt(r.brier)) for r in m.itertuples()]))
     for r in m[m.model == "multi-stain"].itertuples():
         console.print(f"Multi-stain ensemble, {r.cohort} cohort ({r.patients} patients): AUC "
-                      f"{fmt(r.auc)} (95% CI {fmt(r.delong_ci_low)}–{fmt(r.delong_ci_high)}, "
+                      f"{fmt(r.auc, why=r.auc_note)} (95% CI {fmt(r.delong_ci_low)}–{fmt(r.delong_ci_high)}, "
                       f"DeLong) — {r.estimate} estimate: {r.estimate_note}")
+    print_sites(result)
     print_baseline(result)
     if result.left_out:
         console.print(f"Left out: {result.left_out} patient(s) without an outcome (cohort "
                       "prospective): predicted, never evaluated")
     console.print(f"Written: {result.folder}")
+
+
+def print_sites(result) -> None:
+    """The ensembles' external AUCs per site, with the paired tests (evaluation/sites/)."""
+    if not result.sites:
+        return
+    m = result.sites["metrics"]
+    m = m[m.kind != "single model"]
+    console.print(table("External cohort per site (evaluation/sites/metrics.csv; threshold "
+                        "fixed on the validation patients)",
+                        ["site", "model", "patients", "AUC", "95% CI (DeLong)", "Brier"],
+                        [(r.site, r.model, str(r.patients), fmt(r.auc, why=r.auc_note),
+                          f"{fmt(r.delong_ci_low)}–{fmt(r.delong_ci_high)}", fmt(r.brier))
+                         for r in m.itertuples()]))
 
 
 def print_baseline(result) -> None:

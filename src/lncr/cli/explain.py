@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli.common import console
+from lncr.cli.common import console, slide_lines
 from lncr.study.validate import Study
 
 explain_app = typer.Typer(help="Explain the final models' predictions: tile scores and heatmaps, Grad-CAM, DCCS clusters.",
@@ -26,7 +26,8 @@ def heatmap(
     effect), paint the scores on the slide, export them as GeoJSON, list influential tiles."""
     from lncr.explain.heatmap_run import explain_heatmaps
 
-    table = explain_heatmaps(Study.load(study_yaml, set_), cohort, patient, device)
+    table = explain_heatmaps(Study.load(study_yaml, set_), cohort, patient, device,
+                             slide_lines("scored and mapped"))
     slides = table.groupby(["stain", "magnification", "patient_id"]).ngroups
     console.print(f"Explained {slides} slide × magnification units; influential tiles in "
                   f"{table.attrs['folder']}/influential.csv; heatmaps/, geojson/ and scores/ "
@@ -46,7 +47,8 @@ def gradcam(
     their bag: tile/overlay PNGs, a gallery per slide and the raw maps with coordinates."""
     from lncr.explain.gradcam_run import explain_gradcam
 
-    table = explain_gradcam(Study.load(study_yaml, set_), patient, method, target, device)
+    table = explain_gradcam(Study.load(study_yaml, set_), patient, method, target, device,
+                            slide_lines("Grad-CAM of"))
     slides = table.groupby(["stain", "magnification", "patient_id"]).ngroups
     patients = ", ".join(sorted(table.patient_id.unique()))
     console.print(f"Grad-CAM of {len(table)} influential tiles on {slides} slide × "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli.common import console, err_console, fmt, table, warn_unusable
+from lncr.cli.common import console, err_console, fmt, table, unit_line, warn_unusable
 from lncr.study.validate import Study
 
 
@@ -26,17 +26,8 @@ def sweep(
     """
     from lncr.sweep.run import run_sweep
 
-    def progress(row: dict) -> None:
-        what = (f"{row['stain']} {row['magnification']} {row['architecture']} "
-                f"bag {row['bag_size']} repeat {row['repeat']}")
-        if row["status"] == "failed":
-            err_console.print(f"[red]failed[/red] {what}: {row['error'].splitlines()[0]}")
-        else:
-            console.print(f"{row['status']:>7} {what}: epochs {row['epochs_trained']}, "
-                          f"validation AUC {fmt(row['val_auc'], 2)} ({row['seconds']:.0f} s)")
-
     report = run_sweep(Study.load(study_yaml, set_), executor, workers, address, device, final,
-                       progress)
+                       unit_line)
     for where, excluded in report.unusable.items():
         warn_unusable(excluded, where)
     sel = report.selection

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli.common import console, table, warn_unusable
+from lncr.cli.common import Meter, console, epoch_line, table, warn_unusable
 
 
 def _weights(weights: Optional[Path], pretrained: bool, configured: bool):
@@ -60,7 +60,8 @@ def train(
         folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
                            weights=w, device=ctx, force=force, source=study.source,
                            excluded=excluded,
-                           features=FeatureCache(Layout(cfg.output_dir), cfg.embedding))
+                           features=FeatureCache(Layout(cfg.output_dir), cfg.embedding),
+                           on_epoch=epoch_line)
     finally:
         if ctx is not None:
             teardown(ctx)
@@ -74,10 +75,10 @@ def train(
 
 def predict(
     target: Annotated[Path, typer.Argument(help="A study YAML (every final model, with the ensembles) or one run folder (<output_dir>/runs/<stain>/<mag>/<run>).")],
-    cohort: Annotated[str, typer.Option(help="Run folder only: development, external, prospective or all.")] = "all",
-    checkpoint: Annotated[str, typer.Option(help="Run folder only: best or last (study: evaluation.checkpoint).")] = "best",
-    tiles: Annotated[str, typer.Option(help="Run folder only: eval (up to eval_tiles per slide) or all (every tile, in chunks).")] = "eval",
-    chunk_size: Annotated[Optional[int], typer.Option(min=1, help="Tiles per chunk with --tiles all (default: eval_tiles).")] = None,
+    cohort: Annotated[Optional[str], typer.Option(help="Run folder only: development, external, prospective or all (default all).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="Run folder only: best or last (default last, as a study's evaluation.checkpoint).")] = None,
+    tiles: Annotated[Optional[str], typer.Option(help="Run folder only: eval (up to eval_tiles per slide, the default) or all (every tile, in chunks).")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(min=1, help="Run folder only: tiles per chunk with --tiles all (default: eval_tiles).")] = None,
     study: Annotated[Optional[Path], typer.Option(help="Run folder only: study file (default: the one the run recorded).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of the study.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -89,8 +90,17 @@ def predict(
     from lncr.training.predict import predict_run, prediction_path
 
     if target.suffix in (".yaml", ".yml"):  # a study (load_config names a missing one)
+        given = [name for name, value in (("--cohort", cohort), ("--checkpoint", checkpoint),
+                                          ("--tiles", tiles), ("--chunk-size", chunk_size),
+                                          ("--study", study)) if value is not None]
+        if given:
+            raise typer.BadParameter(
+                f"{', '.join(given)} apply to a run folder only: a study predicts every patient "
+                "with evaluation.checkpoint and evaluation.tiles (e.g. --set "
+                "evaluation.checkpoint=best --set evaluation.tiles=all)")
         _predict_study(target, set_, device, workers)
         return
+    cohort, checkpoint, tiles = cohort or "all", checkpoint or "last", tiles or "eval"
     rows = predict_run(target, cohort, checkpoint, tiles, chunk_size, study, set_, device,
                        workers)
     summary = []
@@ -108,7 +118,8 @@ def _predict_study(study_yaml: Path, overrides: list[str] | None, device: str,
     from lncr.study.validate import Study
     from lncr.training.metrics import auc
 
-    result = predict_final(Study.load(study_yaml, overrides), device, workers)
+    with Meter("final models", every=0) as meter:
+        result = predict_final(Study.load(study_yaml, overrides), device, workers, meter.update)
     for model, excluded in result.unusable.items():
         warn_unusable(excluded, model)
     rows = []

@@ -27,6 +27,12 @@ def development_threshold(labels, probabilities, rule: str = "youden") -> float:
     raise ValueError(f"threshold rule {rule!r}: use youden or 0.5")
 
 
+#: Why a proportion at the threshold is undefined (its denominator is zero).
+UNDEFINED = {"accuracy": "no patients", "sensitivity": "no CR patients",
+             "specificity": "no non-CR patients", "ppv": "no CR predictions",
+             "npv": "no non-CR predictions", "f1": "no CR patient and no CR prediction"}
+
+
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:
     tp = int(((pred == 1) & (y == 1)).sum())
     denominator = 2 * tp + int(((pred == 1) & (y == 0)).sum()) + int(((pred == 0) & (y == 1)).sum())
@@ -47,7 +53,8 @@ def threshold_metrics(labels, probabilities, threshold: float, confidence: float
                        ("specificity", tn, tn + fp), ("ppv", tp, tp + fp), ("npv", tn, tn + fn)):
         low, high = wilson_interval(k, n, confidence)
         rows.append({"metric": name, "value": k / n if n else float("nan"), "ci_low": low,
-                     "ci_high": high, "successes": k, "total": n, "ci_method": "wilson"})
+                     "ci_high": high, "successes": k, "total": n, "ci_method": "wilson",
+                     "note": "" if n else UNDEFINED[name]})
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if len(pos) and len(neg):  # stratified: each resample keeps the class counts
@@ -66,7 +73,7 @@ def threshold_metrics(labels, probabilities, threshold: float, confidence: float
         else (float("nan"), float("nan"))
     rows.append({"metric": "f1", "value": _f1(y, pred), "ci_low": float(low),
                  "ci_high": float(high), "successes": tp, "total": 2 * tp + fp + fn,
-                 "ci_method": "bootstrap"})
+                 "ci_method": "bootstrap", "note": "" if 2 * tp + fp + fn else UNDEFINED["f1"]})
     table = pd.DataFrame(rows)
     table.insert(0, "threshold", threshold)
     return table

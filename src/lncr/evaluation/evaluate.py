@@ -66,6 +66,28 @@ class Evaluation:
     figures: list[Path]
     baseline: pd.DataFrame | None = None  # the colour-statistics control's metrics
     left_out: int = 0  # patients without an outcome (cohort prospective): never evaluated
+    sites: dict[str, pd.DataFrame] | None = None  # per external site: metrics, thresholds, …
+
+
+def site_tables(rows: pd.DataFrame, sites: dict[str, str], settings
+                ) -> dict[str, pd.DataFrame] | None:
+    """The external cohort's metrics, threshold metrics and paired tests per site (``site``
+    column first), each site evaluated as the pooled cohort is: the threshold fixed on the
+    validation patients. None when no external patient has a site."""
+    external = rows[rows.cohort == "external"]
+    names = sorted({sites[p] for p in external.patient_id if sites.get(p)})
+    if not names:
+        return None
+    parts: dict[str, list] = {"metrics": [], "threshold_metrics": [], "comparisons": []}
+    for site in names:
+        keep = (rows.cohort != "external") | (rows.patient_id.map(sites) == site)
+        metrics, thresholds, _, comparisons = evaluate_predictions(rows[keep], settings)
+        for name, table in (("metrics", metrics), ("threshold_metrics", thresholds),
+                            ("comparisons", comparisons)):
+            mine = table[table.cohort == "external"].copy()
+            mine.insert(0, "site", site)
+            parts[name].append(mine)
+    return {name: pd.concat(tables, ignore_index=True) for name, tables in parts.items()}
 
 
 def unlabelled_patients(rows: pd.DataFrame) -> int:
@@ -109,6 +131,16 @@ def model_threshold(rows: pd.DataFrame, cohort: str, rule: str) -> tuple[float, 
             f"{rule} on validation patients")
 
 
+def auc_note(labels: np.ndarray) -> str:
+    """Why the AUC of these patients is undefined ("" when it is not)."""
+    if len(labels) == 0:
+        return "no patient with a prediction"
+    if len(set(labels)) == 1:
+        only = "CR" if labels[0] == 1 else "non-CR"
+        return f"only {only} patients ({len(labels)}): the AUC needs both outcomes"
+    return ""
+
+
 def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ...]:
     """Metrics, threshold metrics, calibration and comparisons from :func:`long_predictions`
     rows; ``settings`` is the study's ``evaluation`` section."""
@@ -131,7 +163,8 @@ def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ..
                    "auc_variance": math.nan, "delong_ci_low": math.nan,
                    "delong_ci_high": math.nan, "bootstrap_ci_low": math.nan,
                    "bootstrap_ci_high": math.nan, "brier": math.nan,
-                   "threshold": threshold, "threshold_source": source}
+                   "threshold": threshold, "threshold_source": source,
+                   "auc_note": auc_note(y)}
             if len(have):
                 row["brier"] = brier_score(y, p)
                 t = threshold_metrics(y, p, threshold, settings.confidence,
@@ -189,6 +222,10 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -
     for name, table in (("metrics", metrics), ("threshold_metrics", thresholds),
                         ("calibration", calibration), ("comparisons", comparisons)):
         write_table(Layout(cfg.output_dir).evaluation_table(name), table)
+    sites = site_tables(rows, dict(zip(study.patients.patient_id, study.patients.site)),
+                        cfg.evaluation)
+    for name, table in (sites or {}).items():
+        write_table(Layout(cfg.output_dir).site_table(name), table)
 
     def records(table: pd.DataFrame) -> list[dict]:
         return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
@@ -198,6 +235,7 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -
         "metrics": records(metrics), "threshold_metrics": records(thresholds),
         "calibration": records(calibration), "comparisons": records(comparisons),
         "estimates": {c: {"estimate": e, "why": w} for c, (e, w) in ESTIMATES.items()},
+        "sites": {name: records(table) for name, table in (sites or {}).items()},
         "left_out": {"patients": left_out, "why": "no outcome (cohort prospective): scored "
                      "by `lncr predict`, never evaluated"},
         "settings": cfg.evaluation.model_dump(mode="json"),
@@ -220,4 +258,4 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -
 
         control = read_table(run_baseline(study) / "metrics.csv")
     return Evaluation(folder, metrics, thresholds, calibration, comparisons, paths, control,
-                      left_out)
+                      left_out, sites)

@@ -22,6 +22,7 @@ resumes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +76,10 @@ def ensemble_tables(single: pd.DataFrame, sides: pd.DataFrame, cfg
 
 
 @locks_output
-def predict_final(study: Study, device: str = "auto", workers: int = 0) -> FinalPredictions:
-    """Predict with every finished final model, build the ensembles, write the tables."""
+def predict_final(study: Study, device: str = "auto", workers: int = 0,
+                  progress: Callable[[str, int, int], None] | None = None) -> FinalPredictions:
+    """Predict with every finished final model, build the ensembles, write the tables;
+    ``progress(model, done, total)`` after each model."""
     from lncr.training.entries import study_entries, unusable_patients
     from lncr.training.loop import versions
     from lncr.training.predict import predict_run
@@ -101,6 +104,9 @@ def predict_final(study: Study, device: str = "auto", workers: int = 0) -> Final
         slides["architecture"], slides["bag_size"] = m.architecture, m.bag_size
         slides["run"] = m.folder
         tables.append(slides)
+        if progress:
+            progress(f"{m.stain} {m.magnification}: {len(slides)} slides", len(tables) + len(idle),
+                     len(ready))
     if not tables:
         raise ValueError("no slide of this study has tiles for any final model: run `lncr "
                          "tile` (tiles/index.csv says why slides failed)")

@@ -177,7 +177,7 @@ class BagCAM:
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
         probability = float(torch.sigmoid(self._cam.outputs.detach().reshape(-1)[0]))
-        return np.asarray(maps, dtype=np.float32), probability
+        return flat_safe(np.asarray(maps, dtype=np.float32)), probability
 
     def _raw_maps(self, size: int) -> np.ndarray:
         """Grad-CAM without the ReLU (the authors' ``gradCAM.py``): Σ_c mean(∂y/∂A_c)·A_c,
@@ -214,6 +214,13 @@ def resolve_target(target: str, probability: float, threshold: float = 0.5) -> i
     return 1 if target == "cr" else 0
 
 
+def flat_safe(maps: np.ndarray) -> np.ndarray:
+    """Maps with every non-finite value set to 0 and clipped to [0, 1]: a flat map (no
+    gradient reached the tile: the CAM methods divide 0 by 0) is drawn as "no evidence" instead
+    of reaching the colour map as NaN (NumPy's "invalid value encountered in cast")."""
+    return np.clip(np.nan_to_num(maps, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
 def overlay(tile: np.ndarray, cam: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """The tile (H, W, 3 uint8) with the map (h, w in [0, 1]) in the JET colour map over it,
     ``alpha`` × map + (1 − ``alpha``) × tile (the authors: 0.6)."""
@@ -221,7 +228,7 @@ def overlay(tile: np.ndarray, cam: np.ndarray, alpha: float = 0.6) -> np.ndarray
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     h, w = tile.shape[:2]
-    cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+    cam = cv2.resize(flat_safe(cam.astype(np.float32)), (w, h), interpolation=cv2.INTER_LINEAR)
     return show_cam_on_image(tile.astype(np.float32) / 255.0, cam, use_rgb=True,
                              image_weight=1.0 - alpha)
 

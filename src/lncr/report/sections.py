@@ -235,6 +235,17 @@ def final_section(out: Path) -> str:
                                                                 "magnification"))
 
 
+def undefined_or(value: float, note: object) -> str:
+    """``value`` to two decimals, or "—" with the reason it is undefined."""
+    if value == value:
+        return f"{value:.2f}"
+    return f"— ({note})" if isinstance(note, str) and note else "—"
+
+
+def interval(low: float, high: float) -> str:
+    return f"{low:.2f}–{high:.2f}" if low == low and high == high else "—"
+
+
 def results_section(out: Path) -> str:
     ev = Layout(out).evaluation_dir
     metrics = _csv(Layout(out).metrics)
@@ -264,15 +275,17 @@ def results_section(out: Path) -> str:
                 body += image_file(path, f"{kind.upper() if kind == 'roc' else 'Calibration'}"
                                          f" — {cohort}", 900)
         body += "</div>"
-        view = mine.assign(AUC=mine.auc.map("{:.2f}".format),
-                           CI=[f"{a:.2f}–{b:.2f}" for a, b in zip(mine.delong_ci_low,
-                                                                 mine.delong_ci_high)])
+        notes = mine.auc_note if "auc_note" in mine.columns else [""] * len(mine)
+        view = mine.assign(AUC=[undefined_or(v, n) for v, n in zip(mine.auc, notes)],
+                           CI=[interval(a, b) for a, b in zip(mine.delong_ci_low,
+                                                              mine.delong_ci_high)])
         body += table(view[["model", "kind", "patients", "cr_patients", "AUC", "CI", "brier",
                             "threshold"]], f"AUC and Brier score — {cohort}")
         if thresholds is not None:
             t = thresholds[thresholds.cohort == cohort]
-            t = t.assign(cell=[f"{v:.2f} ({a:.2f}–{b:.2f})" for v, a, b in
-                               zip(t.value, t.ci_low, t.ci_high)])
+            notes = t.note if "note" in t.columns else [""] * len(t)
+            t = t.assign(cell=[f"{v:.2f} ({interval(a, b)})" if v == v else undefined_or(v, n)
+                               for v, a, b, n in zip(t.value, t.ci_low, t.ci_high, notes)])
             wide = t.pivot_table(index="model", columns="metric", values="cell",
                                  aggfunc="first", sort=False).reset_index()
             body += table(wide, f"Metrics at the threshold ({mine.threshold_source.iloc[0]})"
@@ -283,7 +296,26 @@ def results_section(out: Path) -> str:
             if len(c):
                 body += table(c.drop(columns=["cohort"]),
                               f"Paired DeLong tests — {cohort}")
-    return section("results", "Results", body + baseline_table(out, metrics))
+    return section("results", "Results", body + site_table(out) + baseline_table(out, metrics))
+
+
+def site_table(out: Path) -> str:
+    """The external cohort per site (``lncr evaluate`` with a ``site`` column), or nothing."""
+    sites = _csv(Layout(out).site_table("metrics"))
+    if sites is None:
+        return ""
+    notes = sites.auc_note if "auc_note" in sites.columns else [""] * len(sites)
+    view = sites.assign(AUC=[undefined_or(v, n) for v, n in zip(sites.auc, notes)],
+                        CI=[interval(a, b) for a, b in zip(sites.delong_ci_low,
+                                                           sites.delong_ci_high)])
+    body = ("<h3>External cohort by site</h3><p>Each site evaluated on its own, at the "
+            "threshold fixed on the validation patients; the pooled rows are above.</p>")
+    body += table(view[["site", "model", "kind", "patients", "cr_patients", "AUC", "CI",
+                        "brier"]], "AUC and Brier score per external site")
+    tests = _csv(Layout(out).site_table("comparisons"))
+    if tests is not None and len(tests):
+        body += table(tests.drop(columns=["cohort"]), "Paired DeLong tests per external site")
+    return body
 
 
 def baseline_table(out: Path, metrics: pd.DataFrame) -> str:

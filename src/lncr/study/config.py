@@ -122,24 +122,25 @@ class TrainingSettings(_Settings):
     """``lncr train``: the published attention-MIL model and its optimisation (docs/training.md
     explains every field)."""
 
-    architecture: str = "resnet50"
-    pretrained: bool = True
-    bag_size: int = Field(16, ge=1)
-    embedding_dim: int = Field(512, ge=1)
-    transformer_layers: int = Field(2, ge=0)
+    architecture: str = "resnet50"  # a registered backbone, a torchvision name or timm:<name>
+    pretrained: bool = True  # ImageNet weights (torchvision/timm, or sweep.weights' file)
+    bag_size: int = Field(16, ge=1)  # tiles drawn at random per slide per step
+    embedding_dim: int = Field(512, ge=1)  # the projection of each tile's features
+    transformer_layers: int = Field(2, ge=0)  # encoder layers over the bag
     transformer_heads: int = Field(8, ge=1)
-    feedforward_dim: int = Field(2048, ge=1)
+    feedforward_dim: int = Field(2048, ge=1)  # the transformer's feed-forward width
     dropout: float = Field(0.1, ge=0, lt=1)
-    batch_norm: Literal["frozen", "train"] = "frozen"
-    crop_size: int = Field(384, ge=8)
-    input_size: int = Field(299, ge=8)
-    eval_tiles: int = Field(128, ge=1)
+    batch_norm: Literal["frozen", "train"] = "frozen"  # backbone BatchNorm statistics
+    crop_size: int = Field(384, ge=8)  # random (training) / centre crop, for 512-px tiles
+    input_size: int = Field(299, ge=8)  # the crop resized to this, for 512-px tiles
+    eval_tiles: int = Field(128, ge=1)  # tiles per slide in validation and prediction bags
+    # computed: the training tiles' mean and std; published: the authors'; imagenet
     channel_stats: Literal["computed", "published", "imagenet"] = "computed"
     augment: bool = False  # the authors: random crop only (no flips, rotations or jitter)
-    colour_jitter: float = Field(0.05, ge=0, lt=1)
-    bags_per_step: int = Field(1, ge=1)
+    colour_jitter: float = Field(0.05, ge=0, lt=1)  # with augment: brightness/contrast ±
+    bags_per_step: int = Field(1, ge=1)  # bags (slides) per optimiser step
     epochs: int = Field(100, ge=1)
-    warmup_epochs: int = Field(5, ge=0)
+    warmup_epochs: int = Field(5, ge=0)  # linear warm-up, then cosine to min_learning_rate
     optimiser: Literal["auto", "sgd", "adam"] = "auto"  # auto: Adam for ViT, SGD otherwise
     learning_rate: float = Field(5e-4, gt=0)
     # Pretrained backbones only: their lr = learning_rate × this (0 freezes them).
@@ -148,26 +149,27 @@ class TrainingSettings(_Settings):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "fp32"  # the authors: fp32 (apex O0)
-    loader_workers: int = Field(2, ge=0)
-    checkpoint_every: int = Field(50, ge=0)
-    seed: int = 0
+    loader_workers: int = Field(2, ge=0)  # tile-decoding processes per run
+    checkpoint_every: int = Field(50, ge=0)  # steps between mid-epoch checkpoints (0: none)
+    seed: int = 0  # weights, bag draws and augmentation
 
 
 class SweepSettings(_Settings):
     """``lncr sweep``: architecture × bag size × repeats per stain and magnification
     (docs/sweep.md explains the design, the selection rule and the executors)."""
 
+    # the published six
     architectures: tuple[str, ...] = ("alexnet", "densenet121", "inception_v3", "resnet50",
                                       "vgg11", "vit_base_patch16_384")
-    bag_sizes: tuple[int, ...] = (8, 16, 32, 64)
-    repeats: int = Field(10, ge=1)
+    bag_sizes: tuple[int, ...] = (8, 16, 32, 64)  # the published four
+    repeats: int = Field(10, ge=1)  # trainings per configuration (seed = repeat)
     stains: tuple[str, ...] | None = None  # None: every stain of the study
     magnifications: tuple[str, ...] | None = None  # None: every magnification, e.g. [10x]
     epochs: int | None = Field(None, ge=1)  # None: training.epochs
     resplit: bool = False  # repeat r > 0 draws its own stratified patient-level split
-    early_stopping: Literal["none", "halving"] = "none"
-    halving_rate: int = Field(3, ge=2)
-    min_epochs: int = Field(10, ge=1)
+    early_stopping: Literal["none", "halving"] = "none"  # halving: successive halving
+    halving_rate: int = Field(3, ge=2)  # keep 1 in this many configurations per rung
+    min_epochs: int = Field(10, ge=1)  # the first rung
     executor: str = "local"  # a registered executor (lncr.sweep.executors.EXECUTORS)
     workers: int = Field(0, ge=0)  # 0: one per GPU, or one per `unit_cpus` CPU cores
     unit_cpus: int = Field(1, ge=1)  # CPU threads (and Ray CPUs) of one unit
@@ -205,7 +207,7 @@ class EmbeddingSettings(_Settings):
     use: Literal["auto", "never"] = "auto"  # auto: whenever a pretrained backbone is frozen
     views: int = Field(1, ge=1, le=64)  # 1: the centred crop; V: and V-1 augmented views
     seed: int = 0  # the draws of the augmented views
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # tiles per encoder batch
     workers: int = Field(2, ge=0)  # tile-decoding processes
     dtype: Literal["float32", "float16"] = "float32"  # how features are stored
 

@@ -18,7 +18,7 @@ from lncr.slides.reader import PLAUSIBLE_MPP
 from lncr.study.report import Problems
 
 PATIENT_COLUMNS = ("patient_id", "cohort", "label")
-PATIENT_OPTIONAL = ("split",)
+PATIENT_OPTIONAL = ("split", "site")  # site: where an external patient comes from
 SLIDE_COLUMNS = ("patient_id", "stain", "path")
 SLIDE_OPTIONAL = ("mpp",)
 #: ``prospective``: patients to be scored, whose outcome is not known yet (an empty label).
@@ -32,7 +32,7 @@ class Tables:
     """The two tables after row checks. Rows with errors are kept (``ok`` is False) so that
     every problem can be reported; later stages only run on a study without errors."""
 
-    patients: pd.DataFrame  # patient_id, cohort, label (int or <NA>), split, line, ok
+    patients: pd.DataFrame  # patient_id, cohort, label (int or <NA>), split, site, line, ok
     slides: pd.DataFrame  # patient_id, stain, path (absolute), mpp (float or NaN), line, ok
 
 
@@ -184,6 +184,8 @@ def read_patients(path: Path, problems: Problems) -> pd.DataFrame | None:
         return None
     if "split" not in df.columns:
         df["split"] = ""
+    if "site" not in df.columns:
+        df["site"] = ""
     first_line: dict[str, int] = {}
     labels: list[object] = []
     for row in df.itertuples():

@@ -49,7 +49,7 @@ from lncr.sweep.unit import UnitTask, result_row
 
 UNIT_COLUMNS = ["stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split",
                 "status", "epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss",
-                "best_val_auc", "seconds", "folder", "error"]
+                "best_val_auc", "seconds", "folder", "error", "val_auc_note"]
 
 
 @dataclass
@@ -107,7 +107,9 @@ class _Book:
 
 def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], stop_epoch: int,
                book: _Book, executor_factory, progress) -> dict[str, dict]:
-    """Run ``units`` to ``stop_epoch``; finished runs are read, not dispatched."""
+    """Run ``units`` to ``stop_epoch``; finished runs are read, not dispatched. ``progress``
+    gets each finished unit's row with ``done`` and ``total`` (units of this dispatch) and
+    ``eta_s`` (the seconds left at the mean pace so far)."""
     results: dict[str, dict] = {}
     tasks = []
     for u in units:
@@ -120,12 +122,15 @@ def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], st
             tasks.append(task)
     book.write()  # once for every unit read from disk
     if tasks:
-        for row in executor_factory().map(tasks):
+        started = time.perf_counter()
+        for done, row in enumerate(executor_factory().map(tasks), start=1):
             name = Unit.from_row(row).name
             results[name] = row
             book.record(name, row)
             if progress:
-                progress(row)
+                pace = (time.perf_counter() - started) / done
+                progress({**row, "done": done, "total": len(tasks),
+                          "eta_s": pace * (len(tasks) - done)})
     return results
 
 

@@ -55,7 +55,26 @@ def unit_metrics(folder: Path) -> dict:
     out.update(epochs_trained=int(last.epoch) + 1, val_auc=float(last.val_auc),
                val_loss=float(last.val_loss), train_auc=float(last.train_auc),
                train_loss=float(last.train_loss), best_val_auc=float(metrics.val_auc.max()))
+    if math.isnan(out["val_auc"]):
+        out["val_auc_note"] = missing_auc_reason(folder)
     return out
+
+
+def missing_auc_reason(folder: Path) -> str:
+    """Why a run has no validation AUC, from the slides its ``split.csv`` lists."""
+    path = folder / "split.csv"
+    if not path.exists():
+        return "no split.csv in the run folder"
+    val = pd.read_csv(path)
+    val = val[val.split == "val"]
+    if val.empty:
+        return "no validation slide has tiles at this magnification"
+    counts = val.label.value_counts()
+    if len(counts) == 1:
+        only = "CR" if counts.index[0] == 1 else "non-CR"
+        return (f"the {int(counts.iloc[0])} validation slides with tiles at this magnification "
+                f"are all {only}")
+    return "the validation predictions were not finite"
 
 
 def result_row(unit: Unit, folder: Path, status: str, error: str = "", **extra) -> dict:

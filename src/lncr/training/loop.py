@@ -195,7 +195,7 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
               runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
               force: bool = False, stop_after: Callable[[int, int | None], bool] | None = None,
               source: dict | None = None, excluded: list[dict] | None = None,
-              features=None) -> Path:
+              features=None, on_epoch: Callable[[dict], None] | None = None) -> Path:
     """Train (or resume, or skip when finished) one run; returns its folder.
 
     ``entries`` are the stain × magnification's slides with their sides (``train``/``val``);
@@ -207,11 +207,13 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
     :func:`lncr.training.entries.unusable_patients`) is recorded, and named when the training
     or validation slides lose a label. ``features`` (a
     :class:`lncr.features.embed.FeatureCache`) trains a frozen pretrained backbone from cached
-    features, embedding the slides first when needed. The work is
+    features, embedding the slides first when needed. ``on_epoch`` gets each epoch's metrics
+    row (with ``epochs`` and ``seconds``) on the main process. The work is
     :class:`lncr.training.trainer.Trainer`'s.
     """
     from lncr.training.trainer import Trainer
 
     trainer = Trainer(spec, entries, settings, runs_root, tile_size, weights, device, force,
                       source, excluded, features)
+    trainer.on_epoch = on_epoch
     return trainer.run(stop_after)

@@ -147,7 +147,7 @@ def run_study(folder: Path, config: dict, study: Study | str | Path | None,
     return Study.load(study, list(source.get("overrides") or []) + list(overrides or []))
 
 
-def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "best",
+def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "last",
                 tiles: str = "eval", chunk_size: int | None = None,
                 study: Study | str | Path | None = None,
                 overrides: list[str] | None = None, device: str = "cpu", workers: int = 0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -94,6 +95,7 @@ class Trainer:
         self.best_key: tuple | None = None
         self.rng = None
         self.writer = None
+        self.on_epoch: Callable[[dict], None] | None = None  # the metrics row of each epoch
 
     @property
     def finished(self) -> bool:
@@ -121,9 +123,13 @@ class Trainer:
         self.start_loaders()
         try:
             for epoch in range(self.start_epoch, self.settings.epochs):
+                began = time.perf_counter()
                 outputs = self.train_epoch(epoch, stop_after)
                 row = self.validate(epoch, outputs)
                 self.record(epoch, row)
+                if self.on_epoch is not None and self.ctx.main:
+                    self.on_epoch({**row, "epochs": self.settings.epochs,
+                                   "seconds": time.perf_counter() - began})
                 self.checkpoint(epoch + 1, 0, [])
                 if stop_after is not None and stop_after(epoch, None):
                     return self.folder
