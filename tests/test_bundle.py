@@ -142,12 +142,15 @@ class DescribeApply:
         slides = external_slides(study_yaml, patients)
         broken = tmp_path / "broken.svs"
         broken.write_bytes(b"not a slide" * 100)
-        first = slides.patient_id.iloc[0]
+        first, second = sorted(slides.patient_id.unique())[:2]
         slides.loc[(slides.patient_id == first) & (slides.stain == "PAS"), "path"] = str(broken)
+        slides["mpp"] = ""
+        slides.loc[(slides.patient_id == second) & (slides.stain == "PAS"), "mpp"] = "7"
         result = apply_bundle(bundle, slides, tmp_path / "out", device="cpu", heatmaps=False)
-        refused = result.refused
-        assert list(refused.patient_id) == [first] and list(refused.stain) == ["PAS"]
-        assert "cannot be read" in refused.reason.iloc[0]
+        refused = result.refused.set_index("patient_id")
+        assert list(refused.index) == [first, second] and set(refused.stain) == {"PAS"}
+        assert "cannot be read" in refused.reason[first]
+        assert "implausible" in refused.reason[second]
         assert result.scores.p_cr.notna().all() and len(result.scores) == slides.patient_id.nunique()
         assert "refused" in result.reports[first].read_text()
 

@@ -9,6 +9,17 @@ from pathlib import Path
 from typing import Any
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 4 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def partial_path(path: Path) -> Path:
     """The temporary name a file is written under before it is renamed into place."""
     return path.with_name(f".{path.name}.partial")

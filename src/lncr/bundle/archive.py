@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lncr import __version__
 from lncr.errors import BadInput
-from lncr.fileio import partial_path
+from lncr.fileio import file_sha256, partial_path
 
 FORMAT = "lncr-bundle"
 #: The bundle layout this lncr writes and reads; a bundle of another version is refused.
@@ -41,14 +41,6 @@ class BundleError(BadInput):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def safe_part(name: str) -> str:

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lncr.bundle.archive import file_sha256, write_bundle
+from lncr.bundle.archive import write_bundle
 from lncr.errors import BadInput
+from lncr.fileio import file_sha256
 from lncr.identifiers import file_name
 from lncr.layout import Layout
 from lncr.locks import locks_output

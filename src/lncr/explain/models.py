@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.fileio import atomic_write_json, atomic_write_text, file_sha256
 from lncr.layout import Layout
 from lncr.paths import stored
 from lncr.study.validate import Study
@@ -100,16 +100,6 @@ def is_fresh(marker: Path, key: dict) -> bool:
 def stamp(marker: Path, key: dict) -> None:
     """Record ``key`` for the complete output marked by ``marker`` (write the marker first)."""
     atomic_write_json(_key_file(marker), key)
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def validation_column(out: Path, column: str) -> dict[str, float]:

@@ -74,11 +74,9 @@ def weights_id(weights: str, architecture: str) -> str:
     stat = os.stat(weights)
     key = (os.path.abspath(weights), stat.st_size, stat.st_mtime_ns)
     if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = f"sha256:{digest.hexdigest()}"
+        from lncr.fileio import file_sha256
+
+        _SHA_CACHE[key] = f"sha256:{file_sha256(weights)}"
     return _SHA_CACHE[key]
 
 

@@ -55,7 +55,9 @@ def cuda_devices() -> list[str]:
 
 
 class LocalExecutor:
-    """A pool of worker processes on this machine."""
+    """A pool of worker processes on this machine, started on the first :meth:`map` and kept
+    for the next ones (the rungs of successive halving, then the final models) until
+    :meth:`close`: each worker process imports torch once per sweep, not once per rung."""
 
     name = "local"
 
@@ -67,28 +69,34 @@ class LocalExecutor:
             workers = len(gpus) or max(1, (os.cpu_count() or 1) // unit_cpus)
         self.workers = workers
         self.unit_cpus = unit_cpus
+        self._pool = None
 
     def _device(self, slot: int) -> str:
         return self.devices[slot % len(self.devices)] if self.devices else "cpu"
 
     def close(self) -> None:
-        """Nothing to release: each :meth:`map` starts and stops its own pool."""
+        """Stop the worker processes (cancelling what has not started)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def map(self, tasks: list[UnitTask]) -> Iterator[dict]:
         """Run ``tasks``; yield result rows in completion order."""
         pending = list(tasks)
         if not pending:
             return
-        pool = process_pool(min(self.workers, len(pending)))
+        if self._pool is None:  # processes start on demand, up to the pool's size
+            self._pool = process_pool(self.workers)
         running: dict[Future, tuple[UnitTask, int]] = {}
         free = list(range(self.workers))
+        finished = False
         try:
             while pending or running:
                 while pending and free:
                     slot = free.pop(0)
                     task = replace(pending.pop(0), device=self._device(slot),
                                    threads=self.unit_cpus)
-                    running[pool.submit(run_unit, task)] = (task, slot)
+                    running[self._pool.submit(run_unit, task)] = (task, slot)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 broken = False
                 for fut in done:
@@ -105,10 +113,12 @@ class LocalExecutor:
                         free.append(slot)
                         yield _failed(task, "the worker pool broke while this unit ran")
                     running.clear()
-                    pool.shutdown(cancel_futures=True)
-                    pool = process_pool(self.workers)
+                    self.close()
+                    self._pool = process_pool(self.workers)
+            finished = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if not finished:  # stopped early (an error, an interrupt): stop the workers too
+                self.close()
 
 
 class RayExecutor:
