@@ -137,9 +137,10 @@ def patient_page(pid: str, result, study, thresholds: dict,
         f"<div>Patient <b>{esc(pid)}</b> · scored {esc(when)} · stains used: "
         f"{esc(row.stains_used or 'none')}"
         + (f" · missing: {esc(row.stains_missing)}" if row.stains_missing else "") + "</div>"
-        f'<p class="caveat"><b>Research use only.</b> {esc(manifest.get("intended_use", ""))}. '
-        "The probability comes from models trained on one development cohort; it is not a "
-        "diagnosis and must not guide treatment on its own.</p>"
+        '<p class="caveat"><b>Research use only.</b> Not a medical device: the scores need '
+        "local validation before any clinical use. The probability comes from models trained "
+        "on one development cohort; it is not a diagnosis and must not guide treatment on its "
+        "own.</p>"
         + _result(row, thresholds.get("multi-stain", {}))
         + "<h2>Stains and magnifications</h2>"
         + _models_table(pid, result, thresholds, manifest)
@@ -153,7 +154,8 @@ def patient_page(pid: str, result, study, thresholds: dict,
         f"with lncr {esc(manifest.get('lncr_version'))}; "
         f"{len(manifest['models'])} final models"
         + (f" (not in the bundle: {esc(', '.join(missing))})" if missing else "")
-        + ". Tiles and colour normalisation used the bundle's settings and references.</p>")
+        + ". Tiles and colour normalisation used the bundle's settings and references. "
+        f"Intended use recorded in the bundle: {esc(manifest.get('intended_use', '-'))}.</p>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>'
             f"{esc(pid)} — lncr patient report</title><style>{STYLE}</style></head>"
             f"<body>{body}</body></html>")
