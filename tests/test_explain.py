@@ -136,9 +136,20 @@ class DescribeHeatmapCommand:
             assert len(scores) == e.n_tiles
             doc = json.loads((out / "explain" / "geojson" / f"{stem}.geojson").read_text())
             assert len(doc["features"]) == e.n_tiles
+            names = [f["properties"]["classification"]["name"] for f in doc["features"]]
+            influential = [n for n in names if n.startswith("lncr influential (")]
+            assert len(influential) == 3 and names.count("lncr tile") == e.n_tiles - 3
+            ranked = top[top.patient_id == e.patient_id]["index"]
+            assert {int(f["properties"]["name"].rsplit(" ", 1)[1]) for f in doc["features"]
+                    if f["properties"]["classification"]["name"] != "lncr tile"} == set(ranked)
             with Image.open(out / "explain" / "heatmaps" / f"{stem}.png") as im:
                 assert im.size[0] > 400
         assert json.loads((out / "explain" / "explain.json").read_text())["top_k"] == 3
+        index = pd.read_csv(out / "explain" / "geojson" / "index.tsv", sep="\t",
+                            dtype={"patient_id": str})
+        assert sorted(index.patient_id) == sorted(e.patient_id for e in ext)
+        assert all((out / "explain" / "geojson" / g).exists() for g in index.geojson)
+        assert index.image.str.endswith(".tiff").all()  # the slide file QuPath opens
 
 
 class DescribeGradCAMCommand:

@@ -20,16 +20,28 @@ from lncr.fileio import atomic_save_figure
 MEASUREMENTS = ("attention", "relative_attention", "effect", "chunk_probability")
 
 
-def geojson(scores: pd.DataFrame, name: str = "lncr tile") -> dict:
-    """A GeoJSON FeatureCollection of the scored tiles (coordinates in level-0 pixels)."""
+#: QuPath colours (RGB) of the classes lncr gives tiles.
+CLASS_COLOURS = {"lncr influential (CR)": [46, 160, 67], "lncr influential (non-CR)": [214, 39, 40],
+                 "lncr tile": [150, 150, 150]}
+
+
+def geojson(scores: pd.DataFrame, name: str = "lncr tile",
+            classes: dict[int, str] | None = None) -> dict:
+    """A GeoJSON FeatureCollection of the scored tiles (coordinates in level-0 pixels); each
+    tile carries a QuPath classification: ``classes[tile index]`` (the influential ones) or
+    ``lncr tile``."""
     features = []
+    classes = classes or {}
     for r in scores.itertuples():
         x, y, s = float(r.x), float(r.y), float(r.size0)
         ring = [[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]
+        label = classes.get(int(r.index), "lncr tile")
         features.append({
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": {"objectType": "detection", "name": f"{name} {int(r.index)}",
+                           "classification": {"name": label,
+                                              "color": CLASS_COLOURS.get(label, [0, 0, 0])},
                            "measurements": {m: float(getattr(r, m)) for m in MEASUREMENTS
                                             if hasattr(r, m)}}})
     return {"type": "FeatureCollection", "features": features}

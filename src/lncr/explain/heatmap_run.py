@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
@@ -53,6 +54,54 @@ def influential_rows(fm: FinalModel, entry, scores: pd.DataFrame, probability: f
                       explained="CR" if outcome == 1 else "non-CR")
 
 
+def explain_slide(fm: FinalModel, e, layout: Layout, slide: str) -> pd.DataFrame:
+    """Score one slide, write its GeoJSON (influential tiles classified for QuPath) and
+    heatmap unless they are fresh; its influential tiles."""
+    from lncr.explain.heatmap import geojson, heatmap_figure
+
+    png = layout.explain_file("heatmaps", fm.stain, fm.magnification, e.patient_id, ".png")
+    geo = layout.explain_file("geojson", fm.stain, fm.magnification, e.patient_id, ".geojson")
+    scores, probability = cached_scores(fm, e)
+    top = influential_rows(fm, e, scores, probability, fm.cfg.explain.top_k)
+    name = f"{e.patient_id} {fm.stain} {fm.magnification}"
+    key = fm.key(e)
+    ex = fm.cfg.explain
+    geo_key = {**key, "geojson": 2, "top_k": ex.top_k, "influence": ex.influence,
+               "target": ex.target, "threshold": fm.threshold}
+    if not is_fresh(geo, geo_key):
+        geo.parent.mkdir(parents=True, exist_ok=True)
+        classes = {int(i): f"lncr influential ({x})" for i, x in zip(top["index"], top.explained)}
+        atomic_write_text(geo, json.dumps(geojson(scores, name, classes)))
+        stamp(geo, geo_key)
+    if not is_fresh(png, key):
+        heatmap_figure(slide, scores, png, f"{name}: P(CR) {probability:.2f}, "
+                       + (f"label {e.label} ({e.split})" if e.label is not None
+                          else f"outcome unknown ({e.split})"))
+        stamp(png, key)
+    return top
+
+
+def write_geojson_index(layout: Layout, table: pd.DataFrame, slides: dict) -> None:
+    """``explain/geojson/index.tsv``: slide file name, patient, stain, magnification and the
+    GeoJSON file (relative to that folder) of every slide explained so far (this call's rows
+    replace earlier ones of the same slide), for QuPath's import script (docs/explain.md).
+    Tab-separated: identifiers cannot hold tabs."""
+    rows = []
+    for (stain, mag, pid), _ in table.groupby(["stain", "magnification", "patient_id"]):
+        geo = layout.explain_file("geojson", stain, mag, pid, ".geojson")
+        rows.append({"image": Path(slides[(pid, stain)]).name, "patient_id": pid,
+                     "stain": stain, "magnification": mag,
+                     "geojson": geo.relative_to(layout.explain_dir / "geojson").as_posix()})
+    folder = layout.explain_dir / "geojson"
+    folder.mkdir(parents=True, exist_ok=True)
+    index = pd.DataFrame(rows)
+    if (folder / "index.tsv").exists():
+        earlier = pd.read_csv(folder / "index.tsv", sep="\t", dtype=str, keep_default_na=False)
+        index = pd.concat([earlier, index]).drop_duplicates(
+            ["patient_id", "stain", "magnification"], keep="last")
+    atomic_write_text(folder / "index.tsv", index.to_csv(sep="\t", index=False))
+
+
 INFLUENTIAL_FIRST = ["stain", "magnification", "patient_id", "split", "label",
                      "slide_probability", "rank"]
 
@@ -64,7 +113,6 @@ def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | No
                      thresholds: dict[str, float] | None = None) -> pd.DataFrame:
     """Score, map and export every selected slide of every final model; return the
     influential tiles. ``thresholds`` (model → threshold) replaces the study's own."""
-    from lncr.explain.heatmap import geojson, heatmap_figure
     from lncr.provenance import package_versions
 
     rows, used, cfg = [], [], None
@@ -75,24 +123,7 @@ def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | No
         used.append({"stain": fm.stain, "magnification": fm.magnification, "run": fm.folder,
                      "epoch": fm.epoch, "slides": len(fm.entries)})
         for e in fm.entries:
-            png = layout.explain_file("heatmaps", fm.stain, fm.magnification, e.patient_id,
-                                      ".png")
-            geo = layout.explain_file("geojson", fm.stain, fm.magnification, e.patient_id,
-                                      ".geojson")
-            scores, probability = cached_scores(fm, e)
-            name = f"{e.patient_id} {fm.stain} {fm.magnification}"
-            key = fm.key(e)
-            if not is_fresh(geo, key):
-                geo.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(geo, json.dumps(geojson(scores, name)))
-                stamp(geo, key)
-            if not is_fresh(png, key):
-                heatmap_figure(slides[(e.patient_id, fm.stain)], scores, png,
-                               f"{name}: P(CR) {probability:.2f}, "
-                               + (f"label {e.label} ({e.split})" if e.label is not None
-                                  else f"outcome unknown ({e.split})"))
-                stamp(png, key)
-            rows.append(influential_rows(fm, e, scores, probability, cfg.explain.top_k))
+            rows.append(explain_slide(fm, e, layout, slides[(e.patient_id, fm.stain)]))
             if progress:
                 progress(f"{fm.stain} {fm.magnification} {e.patient_id}")
     if not rows:
@@ -102,6 +133,7 @@ def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | No
     table = table[INFLUENTIAL_FIRST + [c for c in table.columns if c not in INFLUENTIAL_FIRST]]
     out = cfg.output_dir / "explain"
     write_table(Layout(cfg.output_dir).influential, table)
+    write_geojson_index(Layout(cfg.output_dir), table, slide_paths(cfg.output_dir))
     atomic_write_json(Layout(cfg.output_dir).explain_record, {
         "models": used, "checkpoint": cfg.evaluation.checkpoint, "top_k": cfg.explain.top_k,
         "influence": cfg.explain.influence, "target": cfg.explain.target,
