@@ -408,3 +408,23 @@ class DescribeMissingValidationAUC:
         assert row["val_auc_note"] == ("the 2 validation slides with tiles at this "
                                        "magnification are all CR")
         assert fmt(row["val_auc"], 2, row["val_auc_note"]).startswith("— (the 2 validation")
+
+
+class DescribeRaySettings:
+    def it_passes_retries_and_the_cpu_device_to_ray_tasks(self, monkeypatch):
+        """The wiring, with a stand-in for Ray (the real cluster runs in DescribeRayExecutor)."""
+        import types
+
+        from lncr.sweep.executors import RayExecutor, ray_task_device
+
+        asked = {}
+        fake = types.SimpleNamespace(
+            is_initialized=lambda: True, cluster_resources=lambda: {"GPU": 1},
+            remote=lambda **options: asked.update(options) or (lambda f: f))
+        monkeypatch.setitem(sys.modules, "ray", fake)
+        executor = RayExecutor(workers=1, unit_gpus=0.5, device="cpu", retries=3)
+        assert asked == {"num_cpus": 1, "num_gpus": 0, "max_retries": 3}  # no GPU asked for
+        assert executor.device == "cpu"
+        assert RayExecutor(workers=1, unit_gpus=0.5, device="cuda:1").device == "auto"
+        assert asked == {"num_cpus": 1, "num_gpus": 0.5, "max_retries": 2}
+        assert ray_task_device("cuda:3") == ray_task_device("auto") == "auto"

@@ -174,6 +174,7 @@ class SweepSettings(_Settings):
     workers: int = Field(0, ge=0)  # 0: one per GPU, or one per `unit_cpus` CPU cores
     unit_cpus: int = Field(1, ge=1)  # CPU threads (and Ray CPUs) of one unit
     unit_gpus: float = Field(1.0, ge=0)  # Ray GPUs of one unit when the cluster has GPUs
+    retries: int = Field(2, ge=0)  # Ray: runs of a unit whose worker died (pre-empted), again
     weights: dict[str, Path] = Field(default_factory=dict)  # architecture -> local weights file
     # "frozen": the grid trains on cached features of frozen pretrained backbones, then only
     # the selected configurations are trained with the training settings (docs/embeddings.md).

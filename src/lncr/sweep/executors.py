@@ -127,7 +127,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int = 0, unit_cpus: int = 1,
-                 unit_gpus: float = 1.0):
+                 unit_gpus: float = 1.0, device: str = "auto", retries: int = 2):
         try:
             import ray
         except ImportError as exc:
@@ -143,12 +143,16 @@ class RayExecutor:
             self.started = True
         has_gpus = ray.cluster_resources().get("GPU", 0) > 0
         self.unit_cpus = unit_cpus
-        self.remote = ray.remote(num_cpus=unit_cpus, num_gpus=unit_gpus if has_gpus else 0,
-                                 max_retries=0)(run_unit)
+        self.device = ray_task_device(device)
+        # A unit whose worker process dies (pre-emption, out of memory) is run again up to
+        # ``retries`` times; it resumes from its run folder's last checkpoint.
+        gpus = unit_gpus if has_gpus and self.device != "cpu" else 0  # --device cpu: none
+        self.remote = ray.remote(num_cpus=unit_cpus, num_gpus=gpus,
+                                 max_retries=retries)(run_unit)
 
     def map(self, tasks: list[UnitTask]) -> Iterator[dict]:
         ray = self.ray
-        refs = {self.remote.remote(replace(t, device="auto", threads=self.unit_cpus)): t
+        refs = {self.remote.remote(replace(t, device=self.device, threads=self.unit_cpus)): t
                 for t in tasks}
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
@@ -164,23 +168,31 @@ class RayExecutor:
             self.ray.shutdown()
 
 
+def ray_task_device(device: str) -> str:
+    """The device a Ray task asks for: ``cpu`` stays CPU; anything else (``auto``, ``cuda``,
+    ``cuda:N``) becomes ``auto``: the GPU Ray assigned to the task, a driver-side index means
+    nothing on another node."""
+    return "cpu" if device == "cpu" else "auto"
+
+
 def local_executor(workers: int, unit_cpus: int, unit_gpus: float, address: str | None,
-                   device: str) -> LocalExecutor:
+                   device: str, retries: int = 0) -> LocalExecutor:
     if address:
         raise ValueError("--address is for the Ray executor; add --executor ray")
     return LocalExecutor(workers, unit_cpus, device)
 
 
 def ray_executor(workers: int, unit_cpus: int, unit_gpus: float, address: str | None,
-                 device: str) -> RayExecutor:
-    return RayExecutor(address, workers, unit_cpus, unit_gpus)
+                 device: str, retries: int = 2) -> RayExecutor:
+    return RayExecutor(address, workers, unit_cpus, unit_gpus, device, retries)
 
 
 def make_executor(kind: str, workers: int = 0, unit_cpus: int = 1, unit_gpus: float = 1.0,
-                  address: str | None = None, device: str = "auto") -> Executor:
+                  address: str | None = None, device: str = "auto", retries: int = 2
+                  ) -> Executor:
     """The executor a sweep asked for (registered in :mod:`lncr.sweep.executor_registry`)."""
     from lncr.study.config import registered
     from lncr.sweep.executor_registry import EXECUTORS
 
     factory = globals()[EXECUTORS[registered(kind, list(EXECUTORS), "executor")]]
-    return factory(workers, unit_cpus, unit_gpus, address, device)
+    return factory(workers, unit_cpus, unit_gpus, address, device, retries)

@@ -182,7 +182,7 @@ class Sweep:
             t0 = time.perf_counter()
             sw = self.cfg.sweep
             self._executor = make_executor(self.kind, self.workers, sw.unit_cpus, sw.unit_gpus,
-                                           self.address, self.device)
+                                           self.address, self.device, sw.retries)
             self.timings["executor_start"] += time.perf_counter() - t0
         return self._executor
 
