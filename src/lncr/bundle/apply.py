@@ -60,7 +60,8 @@ def slides_from_pairs(patient_id: str, pairs: list[str]) -> pd.DataFrame:
 
 def read_slide_table(path: Path) -> pd.DataFrame:
     """A table of slides to score (``patient_id, stain, path[, mpp]``; paths relative to the
-    table's folder); a ``label`` or ``cohort`` column is refused: scoring never sees one."""
+    table's folder). Other columns (a ``label``, a ``cohort``) are not read: scoring never
+    sees an outcome."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
