@@ -23,14 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lncr.bundle.archive import Bundle, BundleError, open_bundle
+from lncr.bundle.archive import Bundle, open_bundle
 from lncr.bundle.scoring_study import SLIDE_COLUMNS, build_scoring_study
 from lncr.errors import BadInput
+from lncr.evaluation.evaluate import MULTI
 from lncr.fileio import atomic_write_json
-from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
-
-MULTI = "multi-stain"
 
 
 @dataclass
@@ -213,6 +211,8 @@ def apply_bundle(bundle_path: str | Path, slides: pd.DataFrame, out: Path,
 
 
 def _write_scores(result: Scored, thresholds: dict) -> None:
+    from lncr.provenance import training_versions
+
     out, bundle = result.folder, result.bundle
     write_table(out / "scores.csv", result.scores)
     write_table(out / "refused.csv", result.refused)
@@ -225,18 +225,4 @@ def _write_scores(result: Scored, thresholds: dict) -> None:
                    "lncr_version": bundle.manifest.get("lncr_version"),
                    "trained": bundle.manifest.get("trained"),
                    "intended_use": bundle.manifest.get("intended_use")},
-        "versions": _versions()})
-
-
-def _versions() -> dict:
-    from lncr.provenance import training_versions
-
-    return training_versions()
-
-
-def report_path(out: Path, patient_id: str) -> Path:
-    return out / "reports" / f"{file_name(patient_id)}.html"
-
-
-__all__ = ["Scored", "Steps", "apply_bundle", "read_slide_table", "slides_from_pairs",
-           "BundleError", "report_path"]
+        "versions": training_versions()})

@@ -103,11 +103,11 @@ def _tile_images(store: str, indices: list[int]) -> list[np.ndarray]:
         return [tiles[int(i)] for i in indices]
 
 
-def _slides(pid: str, study, influential: pd.DataFrame | None) -> str:
+def _slides(pid: str, layout: Layout, index: pd.DataFrame,
+            influential: pd.DataFrame | None) -> str:
+    """Each slide's heatmap and most influential tiles (``index``: the tile index)."""
     if influential is None:
         return '<p class="muted">Heatmaps were not computed (--no-heatmaps).</p>'
-    layout = Layout(study.config.output_dir)
-    index = layout.read_tiles_index()
     mine = influential[influential.patient_id == pid]
     blocks = []
     for (stain, mag), top in mine.groupby(["stain", "magnification"], sort=False):
@@ -125,9 +125,10 @@ def _slides(pid: str, study, influential: pd.DataFrame | None) -> str:
     return f'<div class="slides">{"".join(blocks)}</div>'
 
 
-def patient_page(pid: str, result, study, thresholds: dict,
+def patient_page(pid: str, result, layout: Layout, index: pd.DataFrame, thresholds: dict,
                  influential: pd.DataFrame | None) -> str:
-    """The HTML of one patient's report."""
+    """The HTML of one patient's report (``layout``, ``index``: the scoring study's output
+    folder and tile index)."""
     manifest = result.bundle.manifest
     row = result.scores[result.scores.patient_id == pid].iloc[0]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -147,7 +148,7 @@ def patient_page(pid: str, result, study, thresholds: dict,
         + "<p class='muted'>Per stain: the mean over its magnifications; across stains: the "
         "maximum over the stains present (the published ensembles). A missing stain is left "
         "out, never imputed.</p>"
-        + "<h2>Where the models looked</h2>" + _slides(pid, study, influential)
+        + "<h2>Where the models looked</h2>" + _slides(pid, layout, index, influential)
         + "<h2>Provenance</h2><p class='muted'>"
         f"Bundle {esc(result.bundle.path.name)} (sha256 {esc(result.bundle.sha256[:16])}…), "
         f"study {esc(manifest.get('study'))}, models trained {esc(manifest.get('trained'))} "
@@ -166,9 +167,12 @@ def write_patient_reports(result, study, thresholds: dict,
     """One report per scored patient under ``<out>/reports/``."""
     folder = result.folder / "reports"
     folder.mkdir(parents=True, exist_ok=True)
+    layout = Layout(study.config.output_dir)
+    index = layout.read_tiles_index()  # once for every patient
     out = {}
     for pid in result.scores.patient_id:
         path = folder / f"{file_name(pid)}.html"
-        atomic_write_text(path, patient_page(pid, result, study, thresholds, influential))
+        atomic_write_text(path, patient_page(pid, result, layout, index, thresholds,
+                                             influential))
         out[pid] = path
     return out

@@ -81,12 +81,12 @@ def site_tables(rows: pd.DataFrame, sites: dict[str, str], settings
     parts: dict[str, list] = {"metrics": [], "threshold_metrics": [], "comparisons": []}
     for site in names:
         keep = (rows.cohort != "external") | (rows.patient_id.map(sites) == site)
-        metrics, thresholds, _, comparisons = evaluate_predictions(rows[keep], settings)
+        metrics, thresholds, _, comparisons = evaluate_predictions(rows[keep], settings,
+                                                                   ("external",))
         for name, table in (("metrics", metrics), ("threshold_metrics", thresholds),
                             ("comparisons", comparisons)):
-            mine = table[table.cohort == "external"].copy()
-            mine.insert(0, "site", site)
-            parts[name].append(mine)
+            table.insert(0, "site", site)
+            parts[name].append(table)
     return {name: pd.concat(tables, ignore_index=True) for name, tables in parts.items()}
 
 
@@ -141,14 +141,16 @@ def auc_note(labels: np.ndarray) -> str:
     return ""
 
 
-def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ...]:
+def evaluate_predictions(rows: pd.DataFrame, settings, cohorts: tuple[str, ...] = COHORTS
+                         ) -> tuple[pd.DataFrame, ...]:
     """Metrics, threshold metrics, calibration and comparisons from :func:`long_predictions`
-    rows; ``settings`` is the study's ``evaluation`` section."""
+    rows for ``cohorts``; ``settings`` is the study's ``evaluation`` section. Thresholds are
+    fitted on the validation rows whichever cohorts are evaluated."""
     metrics, thresholds, calibration, comparisons = [], [], [], []
     order = list(dict.fromkeys(rows.model))
     for model in order:
         mine = rows[rows.model == model]
-        for cohort in COHORTS:
+        for cohort in cohorts:
             part = _cohort(mine, cohort)
             have = part.dropna(subset=["probability"])
             y, p = have.label.to_numpy().astype(int), have.probability.to_numpy(float)
@@ -180,7 +182,7 @@ def evaluate_predictions(rows: pd.DataFrame, settings) -> tuple[pd.DataFrame, ..
                            delong_ci_high=d.ci_high, bootstrap_ci_low=low,
                            bootstrap_ci_high=high)
             metrics.append(row)
-    for cohort in COHORTS:
+    for cohort in cohorts:
         multi = _cohort(rows[rows.model == MULTI], cohort).set_index("patient_id")
         for model in [m for m in order if (rows[rows.model == m].kind == "stain ensemble").all()]:
             other = _cohort(rows[rows.model == model], cohort).set_index("patient_id")

@@ -32,6 +32,7 @@ from lncr.evaluation.ensemble import multi_stain_ensemble, stain_ensembles
 from lncr.fileio import atomic_write_json
 from lncr.layout import Layout, write_table
 from lncr.locks import locks_output
+from lncr.study.tables import OUTSIDE_SPLIT
 from lncr.study.validate import Study
 
 
@@ -55,7 +56,7 @@ def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:
     split = Layout(Path(output_dir)).read_split()
     sides = dict(zip(split.patient_id, split.split))
     out = patients[["patient_id", "cohort", "label"]].copy()
-    out["split"] = [(c if c in ("external", "prospective") else sides.get(p, ""))
+    out["split"] = [(c if c in OUTSIDE_SPLIT else sides.get(p, ""))
                     for p, c in zip(out.patient_id, out.cohort)]
     return out.sort_values("patient_id").reset_index(drop=True)
 

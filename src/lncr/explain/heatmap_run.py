@@ -133,7 +133,7 @@ def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | No
     table = table[INFLUENTIAL_FIRST + [c for c in table.columns if c not in INFLUENTIAL_FIRST]]
     out = cfg.output_dir / "explain"
     write_table(Layout(cfg.output_dir).influential, table)
-    write_geojson_index(Layout(cfg.output_dir), table, slide_paths(cfg.output_dir))
+    write_geojson_index(layout, table, slides)
     atomic_write_json(Layout(cfg.output_dir).explain_record, {
         "models": used, "checkpoint": cfg.evaluation.checkpoint, "top_k": cfg.explain.top_k,
         "influence": cfg.explain.influence, "target": cfg.explain.target,

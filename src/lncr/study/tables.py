@@ -24,6 +24,8 @@ SLIDE_OPTIONAL = ("mpp",)
 #: ``prospective``: patients to be scored, whose outcome is not known yet (an empty label).
 COHORTS = ("development", "external", "prospective")
 UNLABELLED = ("prospective",)
+#: Cohorts outside the development split: their patients take the cohort as their side.
+OUTSIDE_SPLIT = ("external", "prospective")
 SPLITS = ("train", "val")
 
 
@@ -129,7 +131,7 @@ def _check_patient_row(row, path: Path, first_line: dict[str, int],
                        f"write '{close}'" if close else "use 'train', 'val' or leave it empty",
                        code="bad-split")
         bad = True
-    if row.split and row.cohort in ("external", "prospective"):
+    if row.split and row.cohort in OUTSIDE_SPLIT:
         problems.error(path, row.line, f"{row.cohort} patient '{pid}' has split '{row.split}'",
                        f"leave split empty for {row.cohort} patients: they are never used in "
                        "training or validation", code="split-on-external")

@@ -91,7 +91,7 @@ _ENTRIES: dict[tuple, tuple] = {}
 def unit_entries(task: UnitTask):
     """The unit's study config, its slides (with the repeat's own split applied if it has
     one) and the patients without tiles there."""
-    from lncr.training.bags import OUTSIDE_SPLIT
+    from lncr.study.tables import OUTSIDE_SPLIT
     from lncr.training.entries import study_entries, unusable_patients
 
     u, study = task.unit, task.study

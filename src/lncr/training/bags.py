@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from lncr.layout import Layout
+from lncr.study.tables import OUTSIDE_SPLIT
 from lncr.tiling.store import TileStore
 
 
@@ -35,10 +36,6 @@ class SlideEntry:
     label: int | None  # None: a prospective patient (no outcome yet)
     split: str  # train | val | external | prospective
     n_tiles: int
-
-
-#: Cohorts that are not part of the development split: their slides keep the cohort as side.
-OUTSIDE_SPLIT = ("external", "prospective")
 
 
 def label_tensor(entry: SlideEntry) -> torch.Tensor:

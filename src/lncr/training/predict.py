@@ -29,8 +29,9 @@ from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.layout import read_table
 from lncr.models.mil import load_head_state, with_backbone_keys
 from lncr.study.config import TrainingSettings
+from lncr.study.tables import OUTSIDE_SPLIT
 from lncr.study.validate import Study
-from lncr.training.bags import OUTSIDE_SPLIT, BagDataset, SlideEntry, chunk_count
+from lncr.training.bags import BagDataset, SlideEntry, chunk_count
 from lncr.training.distributed import Context, resolve_device
 from lncr.training.entries import study_entries
 from lncr.training.inputs import DeviceInput, InputGeometry
@@ -86,7 +87,7 @@ def select(entries: list[SlideEntry], cohort: str) -> list[SlideEntry]:
         raise ValueError(f"--cohort {cohort!r}: use one of {', '.join(COHORTS)}")
     if cohort == "development":
         return [e for e in entries if e.split in ("train", "val")]
-    if cohort in ("external", "prospective"):
+    if cohort in OUTSIDE_SPLIT:
         return [e for e in entries if e.split == cohort]
     return list(entries)
 
