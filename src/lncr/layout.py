@@ -28,6 +28,10 @@ from lncr.paths import resolve_columns, store_columns
 
 #: Columns holding identifiers: read as text, an empty cell stays "".
 ID_COLUMNS = ("patient_id", "stain", "magnification", "split", "cohort", "model", "site")
+#: Path columns of ``tiles/index.csv`` (stored relative to the output folder; text, so that a
+#: file called ``NA`` is not read as missing).
+INDEX_PATHS = ["slide", "store", "annotations"]
+_TEXT_COLUMNS = (*ID_COLUMNS, *INDEX_PATHS, "folder")
 #: Cells read as missing in every other column (pandas' defaults).
 _NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
        "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
@@ -38,9 +42,10 @@ class MissingOutput(BadInput):
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV written by lncr, with identifier columns as text (see :data:`ID_COLUMNS`)."""
+    """A CSV written by lncr, with identifier and path columns as text (an empty cell is
+    "", see :data:`ID_COLUMNS`)."""
     header = pd.read_csv(path, nrows=0).columns
-    ids = [c for c in header if c in ID_COLUMNS]
+    ids = [c for c in header if c in _TEXT_COLUMNS]
     return pd.read_csv(path, dtype={c: str for c in ids}, keep_default_na=False,
                        na_values={c: _NA for c in header if c not in ids})
 
@@ -257,12 +262,13 @@ class Layout:
 
     def write_tiles_index(self, table: pd.DataFrame) -> Path:
         """``tiles/index.csv``: one row per slide × magnification, paths stored relative."""
-        return write_table(self.tiles_index, store_columns(table, ["slide", "store"], self.root))
+        return write_table(self.tiles_index, store_columns(table, INDEX_PATHS, self.root))
 
     def read_tiles_index(self) -> pd.DataFrame:
-        """``tiles/index.csv`` with its ``slide`` and ``store`` paths resolved."""
+        """``tiles/index.csv`` with its ``slide``, ``store`` and ``annotations`` paths
+        resolved."""
         index = read_table(self._needed(self.tiles_index, "lncr tile"))
-        return resolve_columns(index, ["slide", "store"], self.root)
+        return resolve_columns(index, [c for c in INDEX_PATHS if c in index], self.root)
 
     def write_final_models(self, table: pd.DataFrame) -> Path:
         """``final/models.csv``: one row per stain × magnification, run folder relative."""

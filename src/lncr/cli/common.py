@@ -105,6 +105,9 @@ def print_study(study: "Study") -> None:
                 + (" …" if len(missing) > 20 else ""))
         else:
             console.print("Every patient has every stain.")
+        if summary.get("annotated_slides"):
+            console.print(f"{summary['annotated_slides']} slide(s) have QuPath annotations: "
+                          "only their regions are tiled.")
     if "split" in summary:
         sp = summary["split"]
         console.print(f"Split ({sp['source']}): train {sp['train']['1']} CR / {sp['train']['0']} "

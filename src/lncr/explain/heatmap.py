@@ -26,14 +26,16 @@ CLASS_COLOURS = {"lncr influential (CR)": [46, 160, 67], "lncr influential (non-
 
 
 def geojson(scores: pd.DataFrame, name: str = "lncr tile",
-            classes: dict[int, str] | None = None) -> dict:
-    """A GeoJSON FeatureCollection of the scored tiles (coordinates in level-0 pixels); each
-    tile carries a QuPath classification: ``classes[tile index]`` (the influential ones) or
+            classes: dict[int, str] | None = None,
+            offset: tuple[float, float] = (0.0, 0.0)) -> dict:
+    """A GeoJSON FeatureCollection of the scored tiles in QuPath's pixel frame: level-0
+    pixels less ``offset`` (the corner QuPath crops to, :func:`lncr.explain.heatmap_run.qupath_frame`); each tile
+    carries a QuPath classification: ``classes[tile index]`` (the influential ones) or
     ``lncr tile``."""
     features = []
     classes = classes or {}
     for r in scores.itertuples():
-        x, y, s = float(r.x), float(r.y), float(r.size0)
+        x, y, s = float(r.x) - offset[0], float(r.y) - offset[1], float(r.size0)
         ring = [[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]
         label = classes.get(int(r.index), "lncr tile")
         features.append({

@@ -54,6 +54,19 @@ def influential_rows(fm: FinalModel, entry, scores: pd.DataFrame, probability: f
                       explained="CR" if outcome == 1 else "non-CR")
 
 
+def qupath_frame(slide: str, crop_to_bounds: bool) -> tuple[float, float]:
+    """Where QuPath's pixel (0, 0) lies in the slide's level 0 (``openslide.bounds-x/y``:
+    QuPath crops MIRAX slides to their scanned area), so that overlays land on the tissue."""
+    from lncr.slides.reader import SlideReadError, probe_slide
+
+    if not crop_to_bounds:
+        return (0.0, 0.0)
+    try:
+        return probe_slide(slide, decode=False).bounds_offset
+    except SlideReadError:  # the slide moved since tiling: its stores still hold the tiles
+        return (0.0, 0.0)
+
+
 def explain_slide(fm: FinalModel, e, layout: Layout, slide: str) -> pd.DataFrame:
     """Score one slide, write its GeoJSON (influential tiles classified for QuPath) and
     heatmap unless they are fresh; its influential tiles."""
@@ -66,12 +79,13 @@ def explain_slide(fm: FinalModel, e, layout: Layout, slide: str) -> pd.DataFrame
     name = f"{e.patient_id} {fm.stain} {fm.magnification}"
     key = fm.key(e)
     ex = fm.cfg.explain
-    geo_key = {**key, "geojson": 2, "top_k": ex.top_k, "influence": ex.influence,
-               "target": ex.target, "threshold": fm.threshold}
+    offset = qupath_frame(slide, fm.cfg.annotations.crop_to_bounds)
+    geo_key = {**key, "geojson": 3, "top_k": ex.top_k, "influence": ex.influence,
+               "target": ex.target, "threshold": fm.threshold, "offset": list(offset)}
     if not is_fresh(geo, geo_key):
         geo.parent.mkdir(parents=True, exist_ok=True)
         classes = {int(i): f"lncr influential ({x})" for i, x in zip(top["index"], top.explained)}
-        atomic_write_text(geo, json.dumps(geojson(scores, name, classes)))
+        atomic_write_text(geo, json.dumps(geojson(scores, name, classes, offset)))
         stamp(geo, geo_key)
     if not is_fresh(png, key):
         heatmap_figure(slide, scores, png, f"{name}: P(CR) {probability:.2f}, "

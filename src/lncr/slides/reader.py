@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lncr.errors import BadInput
+from lncr.slides.annotations import bounds_offset
 
 #: µm/px outside this range are treated as a metadata error, not as a real scan.
 PLAUSIBLE_MPP = (0.1, 2.0)
@@ -38,6 +39,9 @@ class SlideInfo:
     mpp: float | None
     vendor: str | None
     objective_power: float | None
+    #: Level-0 position of the scanned area's corner (``openslide.bounds-x/y``, MIRAX), where
+    #: QuPath puts its pixel (0, 0); (0, 0) for formats without one.
+    bounds_offset: tuple[float, float] = (0.0, 0.0)
 
 
 def _float_or_none(value: object) -> float | None:
@@ -84,6 +88,7 @@ def _info_from_slide(path: Path, slide, backend: str, mpp_key: str, vendor_key: 
         mpp=mpp,
         vendor=props.get(vendor_key) or None,
         objective_power=_float_or_none(props.get(power_key)),
+        bounds_offset=bounds_offset(props, backend),
     )
 
 

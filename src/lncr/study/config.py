@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lncr.errors import BadInput
+from lncr.slides.annotations import DEFAULT_EXCLUDE, RegionRules
 
 DEFAULT_STAINS: tuple[str, ...] = ("HE", "PAS", "PASM", "MASSON")
 
@@ -116,6 +117,23 @@ class TilingSettings(_Settings):
     def method_for(self, stain: str) -> str:
         """The normalisation of ``stain`` (``default_normalisation`` if not listed)."""
         return self.normalisation.get(stain, self.default_normalisation)
+
+
+class AnnotationSettings(_Settings):
+    """QuPath annotations (GeoJSON) as the regions of each slide to tile (docs/annotations.md)."""
+
+    # auto: a slide's annotations when slides.csv names them (column ``annotations``) or a
+    # ``<slide name>.geojson`` lies beside it; require: every slide must have them; never: ignore.
+    use: Literal["auto", "require", "never"] = "auto"
+    # Classes (shell wildcards, case ignored) whose regions are left out: artefacts, pen marks.
+    exclude_classes: tuple[str, ...] = DEFAULT_EXCLUDE
+    # None: every other annotation is tissue to use; a list: only these classes are.
+    include_classes: tuple[str, ...] | None = None
+    # QuPath crops MIRAX slides to openslide.bounds-x/y: shift its coordinates (in and out).
+    crop_to_bounds: bool = True
+
+    def rules(self) -> RegionRules:
+        return RegionRules(self.exclude_classes, self.include_classes, self.crop_to_bounds)
 
 
 class TrainingSettings(_Settings):
@@ -286,6 +304,7 @@ class StudyConfig(_Settings):
     magnification: MagnificationSettings = MagnificationSettings()
     split: SplitSettings = SplitSettings()
     tiling: TilingSettings = TilingSettings()
+    annotations: AnnotationSettings = AnnotationSettings()
     training: TrainingSettings = TrainingSettings()
     sweep: SweepSettings = SweepSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()

@@ -44,7 +44,9 @@ def _type(annotation) -> str:
     if typing.get_origin(annotation) is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
     name = getattr(annotation, "__name__", None) or str(annotation)
-    return f"`{str(annotation).replace('typing.', '').replace('pathlib.', '')}`" \
+    text = str(annotation).replace("typing.", "").replace("pathlib.", "")
+    # A pipe inside a table cell, even in code, ends the cell unless escaped (GFM tables).
+    return f"`{text}`".replace("|", "\\|") \
         if name == str(annotation) or "[" in str(annotation) else f"`{name}`"
 
 

@@ -8,6 +8,7 @@ case or surrounding spaces.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from lncr.study.report import Problems
 PATIENT_COLUMNS = ("patient_id", "cohort", "label")
 PATIENT_OPTIONAL = ("split", "site")  # site: where an external patient comes from
 SLIDE_COLUMNS = ("patient_id", "stain", "path")
-SLIDE_OPTIONAL = ("mpp",)
+SLIDE_OPTIONAL = ("mpp", "annotations")  # annotations: a QuPath GeoJSON export
 #: ``prospective``: patients to be scored, whose outcome is not known yet (an empty label).
 COHORTS = ("development", "external", "prospective")
 UNLABELLED = ("prospective",)
@@ -35,7 +36,9 @@ class Tables:
     every problem can be reported; later stages only run on a study without errors."""
 
     patients: pd.DataFrame  # patient_id, cohort, label (int or <NA>), split, site, line, ok
-    slides: pd.DataFrame  # patient_id, stain, path (absolute), mpp (float or NaN), line, ok
+    # patient_id, stain, path (absolute), mpp (float or NaN), annotations (absolute or ""),
+    # line, ok
+    slides: pd.DataFrame
 
 
 def _closest(value: str, options: list[str] | tuple[str, ...]) -> str | None:
@@ -295,25 +298,63 @@ class _SlideRows:
         return False
 
 
+def _annotations(row, full: Path | None, base: Path, use: str, path: Path,
+                 problems: Problems) -> tuple[str, bool]:
+    """The annotation file of one slide (absolute, or "" for none) and whether the row has an
+    error: the ``annotations`` column, else a GeoJSON beside the slide (``use: auto``) — beside
+    the path as written, then beside the file a symbolic link points to."""
+    from lncr.slides.annotations import candidates, found_beside
+
+    if use == "never" or full is None:
+        return "", False
+    written = Path(os.path.abspath(base / row.path))
+    if row.annotations:
+        listed = (base / row.annotations).resolve()
+        if not listed.is_file():
+            problems.error(path, row.line, f"annotation file {row.annotations} does not exist",
+                           "check the path (relative to slides.csv's folder), or empty the "
+                           "cell to tile the whole slide", code="missing-annotations")
+            return "", True
+        return str(listed), False
+    found = found_beside(written) or found_beside(full)
+    if len(found) > 1:
+        problems.warning(path, row.line, f"{len(found)} annotation files beside "
+                         f"{written.name}: {', '.join(p.name for p in found)}; {found[0].name} "
+                         "is used", "name the right one in the 'annotations' column",
+                         code="ambiguous-annotations")
+    if not found and use == "require":
+        problems.error(path, row.line, f"slide {written.name} has no annotations "
+                       "(annotations.use: require)", "name its QuPath GeoJSON export in the "
+                       f"'annotations' column or save it as {candidates(written)[0].name} beside "
+                       "the slide", code="missing-annotations")
+        return "", True
+    return (str(found[0]) if found else ""), False
+
+
 def read_slides(path: Path, stains: tuple[str, ...], patient_ids: set[str] | None,
-                problems: Problems) -> pd.DataFrame | None:
-    """Check ``slides.csv`` row by row (file contents are checked separately)."""
+                problems: Problems, annotations: str = "auto") -> pd.DataFrame | None:
+    """Check ``slides.csv`` row by row (file contents are checked separately); find each
+    slide's annotation file (``annotations``: the ``annotations.use`` setting)."""
     df = _read_csv(path, SLIDE_COLUMNS, SLIDE_OPTIONAL, problems)
     if df is None:
         return None
-    if "mpp" not in df.columns:
-        df["mpp"] = ""
+    for col in SLIDE_OPTIONAL:
+        if col not in df.columns:
+            df[col] = ""
     base = path.resolve().parent
     rows = _SlideRows(path, stains, patient_ids, problems)
-    absolute, mpps = [], []
+    absolute, mpps, regions = [], [], []
     for row in df.itertuples():
         full = (base / row.path).resolve() if row.path else None
         absolute.append(str(full) if full else "")
         bad = rows.check(row, full)
         mpp, bad_mpp = _slide_mpp(row, path, problems)
         mpps.append(mpp if mpp is not None else float("nan"))
-        if bad or bad_mpp:
+        found, bad_regions = _annotations(row, full, base, annotations, path, problems)
+        regions.append(found)
+        if bad or bad_mpp or bad_regions:
             df.loc[row.Index, "ok"] = False
     df["path"] = absolute
+    df["annotations"] = regions
     df["mpp"] = pd.array(mpps, dtype="float64")
     return df

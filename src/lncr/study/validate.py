@@ -22,7 +22,7 @@ import yaml
 from lncr import __version__
 from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json, atomic_write_text
-from lncr.slides.reader import PLAUSIBLE_MPP, SlideReadError, probe_slide
+from lncr.slides.reader import PLAUSIBLE_MPP, SlideInfo, SlideReadError, probe_slide
 from lncr.study.config import StudyConfig, StudyConfigError, config_to_dict
 from lncr.study.config_file import load_config
 from lncr.study.report import Problems
@@ -88,6 +88,7 @@ class Study:
                                      for c in COHORTS}
                              for stain in self.config.stains}
             have = s.groupby("patient_id").stain.apply(set).to_dict()
+            out["annotated_slides"] = int((s.annotations != "").sum())
             out["missing_stains"] = {
                 pid: [st for st in self.config.stains if st not in have.get(pid, set())]
                 for pid in self.patients.patient_id if pid
@@ -124,6 +125,8 @@ def _check_files(study: Study, workers: int) -> None:
                 code="missing-file" if missing else "unreadable-file")
             slides.loc[row.Index, "ok"] = False
             continue
+        if row.annotations and not _check_annotations(study, row, info):
+            slides.loc[row.Index, "ok"] = False
         column_mpp = row.mpp if pd.notna(row.mpp) else None
         if column_mpp is None:
             if info.mpp is None:
@@ -140,6 +143,32 @@ def _check_files(study: Study, workers: int) -> None:
             problems.warning(src, row.line, f"mpp column {column_mpp:g} overrides the file's "
                              f"{info.mpp:.4g} µm/px", "remove the mpp value if the file is right",
                              code="mpp-override")
+
+
+def _check_annotations(study: Study, row, info: SlideInfo) -> bool:
+    """A slide's annotation file reads as regions that leave some of the slide to tile."""
+    from lncr.slides.annotations import AnnotationError, slide_regions
+
+    src, name = study.config.slides, Path(row.annotations).name
+    try:
+        regions = slide_regions(row.annotations, info.bounds_offset,
+                                study.config.annotations.rules())
+    except AnnotationError as exc:
+        study.problems.error(src, row.line, str(exc), "re-export the slide's annotations from "
+                             "QuPath (File → Export objects as GeoJSON), or remove the file",
+                             code="bad-annotations")
+        return False
+    w, h = info.dimensions
+    scale = max(w, h) / 512
+    if not regions.mask(0, 0, max(1, round(w / scale)), max(1, round(h / scale)), scale).any():
+        box = ", ".join(f"{v:.0f}" for v in regions.bbox() or ())
+        study.problems.error(src, row.line, f"annotations {name} leave nothing of "
+                             f"{Path(row.path).name} ({w}×{h} px) to tile (regions span "
+                             f"{box})", "check that they were exported from this slide; for a "
+                             "slide QuPath did not crop to its scanned area, set "
+                             "annotations.crop_to_bounds: false", code="annotations-outside")
+        return False
+    return True
 
 
 def _check_coverage(study: Study) -> None:
@@ -244,7 +273,7 @@ def check_study(cfg: StudyConfig, path: Path | None, overrides: tuple[str, ...],
     _check_models(cfg, where, problems)
     patients = read_patients(cfg.patients, problems)
     ids = set(patients.patient_id) - {""} if patients is not None else None
-    slides = read_slides(cfg.slides, cfg.stains, ids, problems)
+    slides = read_slides(cfg.slides, cfg.stains, ids, problems, cfg.annotations.use)
     study = Study(path, cfg, patients, slides, problems, overrides=overrides)
     if patients is not None and slides is not None:
         _check_coverage(study)

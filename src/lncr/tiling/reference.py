@@ -28,6 +28,7 @@ from lncr import __version__
 from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json
 from lncr.layout import Layout
+from lncr.slides.annotations import RegionRules, slide_regions
 from lncr.slides.reader import open_slide
 from lncr.tiling.luminosity import LuminosityStandardiser
 from lncr.tiling.normalisers import make_normaliser
@@ -47,37 +48,54 @@ def _digest(record: dict) -> str:
 
 
 def _sample_tiles(slide_path: str, mpp_override: float | None, target_mpp: float,
-                  params: TileParams, lum_on: bool) -> tuple[list[np.ndarray], list[list[int]]]:
+                  params: TileParams, lum_on: bool, annotations: str = "",
+                  rules: RegionRules = RegionRules()
+                  ) -> tuple[list[np.ndarray], list[list[int]]]:
     with open_slide(slide_path, mpp_override) as slide:
         if target_mpp < slide.mpp * 0.99:
             return [], []
+        regions = (slide_regions(annotations, slide.info.bounds_offset, rules)
+                   if annotations else None)
         reader = CellReader(slide, target_mpp, params.tile_size)
         thumb, ds = overview(slide)
-        mask = LowResTissueMask(thumb, ds, params.background_threshold)
+        area = regions.mask(0, 0, thumb.shape[1], thumb.shape[0], ds) if regions else None
+        mask = LowResTissueMask(thumb, ds, params.background_threshold, area)
         cells = [c for c in grid(*slide.dimensions, reader.cell0)
                  if mask.count(c[0], c[1], reader.cell0) > 0]
         lum = LuminosityStandardiser(params.luminosity_percentile).fit(thumb) if lum_on else None
         found = tissue_tiles(reader, richest_first(mask, cells, reader.cell0), lum, params,
-                             TILES_PER_SLIDE)
+                             TILES_PER_SLIDE, regions=regions)
         return [tile for _, tile in found], [list(xy) for xy, _ in found]
 
 
-def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | None]],
+def _slide_key(path: str, annotations: str) -> list:
+    """What identifies one slide's part in a reference: its name and size, and its
+    annotations' content (when it has some)."""
+    key: list = [Path(path).name, Path(path).stat().st_size]
+    if annotations and Path(annotations).is_file():
+        key.append(hashlib.sha256(Path(annotations).read_bytes()).hexdigest()[:16])
+    return key
+
+
+def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | None, str]],
                   target_mpp: float, params: TileParams, seed: int, layout: Layout,
-                  reference_image: Path | None = None) -> dict | None:
+                  reference_image: Path | None = None,
+                  rules: RegionRules = RegionRules()) -> dict | None:
     """Fit (or reuse) the reference of one stain; returns its record (``None`` for ``none``).
 
-    ``slides`` are (patient_id, path, mpp override) of **development** patients only; the
-    record and an image of the reference go to ``layout.norm_reference/norm_image(stain)``.
+    ``slides`` are (patient_id, path, mpp override, annotation file or "") of **development**
+    patients only (tiles come from inside their annotated regions); the record and an image
+    of the reference go to ``layout.norm_reference/norm_image(stain)``.
     """
     if method == "none":
         return None
     spec = {"stain": stain, "method": method, "target_mpp": target_mpp, "seed": seed,
             "params": asdict(params),
-            "slides": sorted([Path(s[1]).name, Path(s[1]).stat().st_size] for s in slides
-                             if Path(s[1]).exists()),
+            "slides": sorted(_slide_key(s[1], s[3]) for s in slides if Path(s[1]).exists()),
             "reference_image": str(reference_image) if reference_image else None,
             "format": 1}
+    if any(s[3] for s in slides):
+        spec["region_rules"] = asdict(rules)
     digest = _digest(spec)
     path = layout.norm_reference(stain)
     if path.exists():
@@ -94,10 +112,10 @@ def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | 
         rng = np.random.default_rng(seed)
         picks = [ordered[i] for i in sorted(rng.permutation(len(ordered))[:REFERENCE_SLIDES])]
         tiles, used = [], []
-        for pid, slide_path, mpp in picks:
+        for pid, slide_path, mpp, annotations in picks:
             try:
                 got, coords = _sample_tiles(slide_path, mpp, target_mpp, params,
-                                            params.luminosity_standardise)
+                                            params.luminosity_standardise, annotations, rules)
             except Exception:  # an unreadable slide is reported by its own tiling unit
                 continue
             tiles += got

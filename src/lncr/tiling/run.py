@@ -4,9 +4,11 @@ Writes, under ``<output_dir>/tiles/``::
 
     <stain>/<mag>/<patient>.tiles.zip   one store per slide × magnification (see store.py)
     norm/<stain>.json                   fitted colour reference (+ <stain>-reference.png)
-    index.csv                           every slide × magnification: status, counts, error
+    index.csv                           every slide × magnification: status, counts
+                                        (cells outside annotated regions too), error
     summary.csv                         tiles per stain × magnification × cohort
     qc/<patient>_<stain>.png            thumbnail with kept tiles outlined per magnification
+                                        and the annotated regions (yellow in, magenta out)
     run.json                            settings, versions, totals and timing of the last run
 
 Units run in a process pool; a failing slide is recorded (``status=failed`` with the error)
@@ -33,6 +35,7 @@ from lncr.fileio import atomic_save_image, atomic_write_json
 from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
 from lncr.locks import locks_output
+from lncr.slides.annotations import RegionRules
 from lncr.study.config import MagnificationSettings, StudyConfig
 from lncr.study.validate import Study
 from lncr.tiling.reference import NormalisationReferenceError, fit_reference
@@ -42,8 +45,10 @@ from lncr.workers import process_pool
 
 QC_COLOURS = [(31, 119, 180), (44, 160, 44), (214, 39, 40), (148, 103, 189), (255, 127, 14)]
 INDEX_COLUMNS = ["patient_id", "cohort", "stain", "magnification", "target_mpp", "slide_mpp",
-                 "status", "grid_cells", "prefiltered", "rejected", "kept",
-                 "normaliser_fallbacks", "seconds", "slide", "store", "error"]
+                 "status", "grid_cells", "outside_regions", "prefiltered", "rejected", "kept",
+                 "normaliser_fallbacks", "seconds", "slide", "store", "annotations", "error"]
+#: QC outline colours of the annotated regions: included (yellow), excluded (magenta).
+REGION_COLOURS = {"include": (230, 180, 0), "exclude": (200, 0, 200)}
 
 
 class TilingError(BadInput):
@@ -68,9 +73,10 @@ class TilingReport:
                          "stain": r.unit.stain, "magnification": r.unit.magnification,
                          "target_mpp": r.unit.target_mpp, "slide_mpp": r.slide_mpp,
                          "status": status, "grid_cells": r.grid_cells,
-                         "prefiltered": r.prefiltered, "rejected": r.rejected, "kept": r.kept,
+                         "outside_regions": r.outside, "prefiltered": r.prefiltered, "rejected": r.rejected, "kept": r.kept,
                          "normaliser_fallbacks": r.normaliser_fallbacks, "seconds": r.seconds,
-                         "slide": r.unit.slide, "store": r.unit.store, "error": r.error})
+                         "slide": r.unit.slide, "store": r.unit.store,
+                         "annotations": r.unit.annotations, "error": r.error})
         return pd.DataFrame(rows, columns=INDEX_COLUMNS)
 
 
@@ -98,7 +104,8 @@ def plan_units(study: Study, layout: Layout) -> list[TileUnit]:
                 patient_id=row.patient_id, cohort=cohort[row.patient_id], stain=row.stain,
                 slide=row.path, mpp_override=None if pd.isna(row.mpp) else float(row.mpp),
                 magnification=mag, target_mpp=cfg.magnification.mpp(power),
-                store=str(layout.tile_store(row.stain, mag, row.patient_id))))
+                store=str(layout.tile_store(row.stain, mag, row.patient_id)),
+                annotations=row.annotations, rules=cfg.annotations.rules()))
     return units
 
 
@@ -114,20 +121,36 @@ def _references(study: Study, layout: Layout, params: TileParams
     ok = study.slides[study.slides.ok]
     for stain in cfg.stains:
         rows = ok[(ok.stain == stain) & ok.patient_id.isin(dev)]
-        slides = [(r.patient_id, r.path, None if pd.isna(r.mpp) else float(r.mpp))
-                  for r in rows.itertuples()]
+        slides = [(r.patient_id, r.path, None if pd.isna(r.mpp) else float(r.mpp),
+                   r.annotations) for r in rows.itertuples()]
         try:
             refs[stain] = fit_reference(stain, cfg.tiling.method_for(stain), slides, ref_mpp,
                                         params, cfg.split.seed, layout,
-                                        cfg.tiling.reference_images.get(stain))
+                                        cfg.tiling.reference_images.get(stain),
+                                        cfg.annotations.rules())
         except NormalisationReferenceError as exc:
             errors[stain] = str(exc)
     return refs, errors
 
 
-def _qc(layout: Layout, index: pd.DataFrame, magnifications: list[str]) -> None:
-    """Per slide: its thumbnail with the kept tiles of each magnification outlined. A slide
-    whose thumbnail is newer than all its tile stores is not drawn again (resume)."""
+def _draw_regions(draw: ImageDraw.ImageDraw, annotations: str, slide, ds: float,
+                  rules: RegionRules) -> None:
+    """Outline a slide's annotated regions on its thumbnail (downsample ``ds``)."""
+    from lncr.slides.annotations import slide_regions
+
+    regions = slide_regions(annotations, slide.info.bounds_offset, rules)
+    for kind, polys in (("include", regions.include), ("exclude", regions.exclude)):
+        for poly in polys:
+            for ring in poly:
+                draw.line([tuple(p) for p in (ring / ds).tolist()] + [tuple(ring[0] / ds)],
+                          fill=REGION_COLOURS[kind], width=3)
+
+
+def _qc(layout: Layout, index: pd.DataFrame, magnifications: list[str],
+        rules: RegionRules) -> None:
+    """Per slide: its thumbnail with the annotated regions and the kept tiles of each
+    magnification outlined. A slide whose thumbnail is newer than all its tile stores is not
+    drawn again (resume)."""
     from lncr.slides.reader import open_slide
 
     layout.tiles_qc.mkdir(exist_ok=True)
@@ -137,14 +160,17 @@ def _qc(layout: Layout, index: pd.DataFrame, magnifications: list[str]) -> None:
         if out.exists() and stores and all(out.stat().st_mtime_ns >= s.stat().st_mtime_ns
                                            for s in stores):
             continue
+        annotations = str(group.annotations.iloc[0] or "")
         try:
             with open_slide(group.slide.iloc[0], group.slide_mpp.dropna().iloc[0]
                             if group.slide_mpp.notna().any() else None) as slide:
                 thumb, ds = slide.thumbnail(1200)
+                image = Image.fromarray(thumb)
+                draw = ImageDraw.Draw(image)
+                if annotations:
+                    _draw_regions(draw, annotations, slide, ds, rules)
         except Exception:
             continue  # the index already records why this slide failed
-        image = Image.fromarray(thumb)
-        draw = ImageDraw.Draw(image)
         for k, mag in enumerate(magnifications):
             row = group[group.magnification == mag]
             if row.empty or row.status.iloc[0] != "ok":
@@ -158,7 +184,8 @@ def _qc(layout: Layout, index: pd.DataFrame, magnifications: list[str]) -> None:
                                    outline=colour, width=1)
         legend = "  ".join(f"{mag}: {int(group[group.magnification == mag].kept.sum())}"
                            for mag in magnifications)
-        draw.text((4, 4), f"{pid} {stain}  {legend}", fill=(0, 0, 0))
+        regions = "  regions: yellow in, magenta out" if annotations else ""
+        draw.text((4, 4), f"{pid} {stain}  {legend}{regions}", fill=(0, 0, 0))
         atomic_save_image(np.asarray(image), out)
 
 
@@ -212,7 +239,8 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
     index = report.index()
     layout.write_tiles_index(index)
     write_table(layout.tiles_summary, summarise(index))
-    _qc(layout, index, [MagnificationSettings.label(p) for p in cfg.magnification.powers])
+    _qc(layout, index, [MagnificationSettings.label(p) for p in cfg.magnification.powers],
+        cfg.annotations.rules())
     statuses = index.status.value_counts().to_dict()
     atomic_write_json(layout.tiles_record, {
         "lncr_version": __version__, "settings": asdict(params),
@@ -221,6 +249,8 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
                            for p in cfg.magnification.powers},
         "units": len(units), "statuses": {k: int(v) for k, v in statuses.items()},
         "tiles": int(index.kept.sum()), "seconds": round(report.seconds, 2),
+        "annotated_slides": int(index[index.annotations != ""].groupby(
+            ["patient_id", "stain"]).ngroups),
         "workers": n, "reference_errors": ref_errors})
     return report
 

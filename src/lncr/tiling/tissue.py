@@ -16,15 +16,20 @@ def grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
 
 
-def background_fraction(image: np.ndarray, threshold: int = 225) -> float:
-    """Fraction of pixels whose grey value is above ``threshold``.
+def background_fraction(image: np.ndarray, threshold: int = 225,
+                        inside: np.ndarray | None = None) -> float:
+    """Fraction of pixels whose grey value is above ``threshold`` — or, given ``inside`` (a
+    boolean map of the annotated area to use), that are either that or outside it.
 
     >>> import numpy as np
     >>> background_fraction(np.full((4, 4, 3), 255, np.uint8))
     1.0
     """
     g = grey(image)
-    return float(np.count_nonzero(g > threshold)) / g.size
+    background = g > threshold
+    if inside is not None:
+        background |= ~inside
+    return float(np.count_nonzero(background)) / g.size
 
 
 def keeps(image: np.ndarray, threshold: int = 225, max_background_fraction: float = 0.5) -> bool:
@@ -41,9 +46,12 @@ class LowResTissueMask:
     darker than the threshold. The final decision is always the full-resolution rule.
     """
 
-    def __init__(self, thumbnail: np.ndarray, downsample: float, threshold: int = 225):
-        tissue = (grey(thumbnail) <= threshold).astype(np.uint8)
-        self.tissue = cv2.dilate(tissue, np.ones((3, 3), np.uint8)).astype(bool)
+    def __init__(self, thumbnail: np.ndarray, downsample: float, threshold: int = 225,
+                 allowed: np.ndarray | None = None):
+        tissue = grey(thumbnail) <= threshold
+        if allowed is not None:  # the annotated area to use, on the same grid
+            tissue &= allowed
+        self.tissue = cv2.dilate(tissue.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         self.downsample = downsample
         # Summed-area table: the tissue count of any rectangle in O(1).
         self._sat = np.pad(self.tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))

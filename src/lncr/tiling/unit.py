@@ -3,7 +3,9 @@
 Steps: open the slide (µm/px from the file or the ``mpp`` column); skip the magnification if
 it is finer than the scan; lay a grid of non-overlapping cells of ``tile_size`` pixels at the
 target µm/px over the whole slide (cells over the edge are read as white glass, never
-dropped); skip cells that the low-resolution tissue map shows to be empty; read each remaining
+dropped); with QuPath annotations, skip cells outside their regions and count the pixels
+outside as background in the tissue rule; skip cells that the low-resolution tissue map
+shows to be empty; read each remaining
 cell from the coarsest pyramid level at or above the target resolution and reduce it with area
 averaging (anti-aliased); standardise luminosity (fitted once per slide); apply the tissue
 rule; colour-normalise; encode; store.
@@ -22,6 +24,7 @@ import cv2
 import numpy as np
 
 from lncr.provenance import tiling_versions
+from lncr.slides.annotations import RegionRules, Regions, slide_regions
 from lncr.slides.reader import Slide, open_slide
 from lncr.tiling.luminosity import LuminosityStandardiser
 from lncr.tiling.normalisers import StainNormaliser, load_normaliser
@@ -72,6 +75,8 @@ class TileUnit:
     magnification: str  # e.g. "20x"
     target_mpp: float
     store: str  # path of the store to write
+    annotations: str = ""  # a QuPath GeoJSON export: only its regions are tiled
+    rules: RegionRules = RegionRules()
 
 
 @dataclass
@@ -81,6 +86,7 @@ class UnitResult:
     slide_mpp: float | None = None
     grid_cells: int = 0
     prefiltered: int = 0  # cells skipped by the low-resolution map
+    outside: int = 0  # cells outside the annotated regions (never read)
     rejected: int = 0  # cells read and dropped by the tissue rule
     kept: int = 0
     normaliser_fallbacks: int = 0
@@ -90,8 +96,9 @@ class UnitResult:
 
 
 def settings_digest(unit: TileUnit, params: TileParams, reference: dict | None,
-                    slide_mpp: float) -> str:
-    """Hash of everything that determines the store's content."""
+                    slide_mpp: float, regions: Regions | None = None) -> str:
+    """Hash of everything that determines the store's content (the annotations by their
+    content, rules and offset, not their path)."""
     path = Path(unit.slide)
     stat = path.stat()
     record = {"format": STORE_FORMAT, "params": asdict(params), "reference": reference,
@@ -99,6 +106,9 @@ def settings_digest(unit: TileUnit, params: TileParams, reference: dict | None,
               # The slide's name, size and modification time, not its folder: a study moved
               # elsewhere keeps its tiles.
               "slide": [path.name, stat.st_size, int(stat.st_mtime)]}
+    if regions is not None:
+        record["regions"] = {"sha256": regions.sha256, "rules": asdict(unit.rules),
+                             "offset": list(regions.offset)}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -139,17 +149,27 @@ def richest_first(mask: LowResTissueMask, cells: list[tuple[int, int]], cell0: f
     return sorted(cells, key=lambda c: -mask.count(c[0], c[1], cell0))
 
 
+def non_tissue(tile: np.ndarray, x: int, y: int, reader: CellReader, params: TileParams,
+               regions: Regions | None) -> float:
+    """The tile's fraction of background — of pixels outside the annotated area too."""
+    inside = None
+    if regions is not None:
+        inside = regions.mask(x, y, params.tile_size, params.tile_size,
+                              reader.cell0 / params.tile_size)
+    return background_fraction(tile, params.background_threshold, inside)
+
+
 def tissue_tiles(reader: CellReader, cells: list[tuple[int, int]], lum, params: TileParams,
-                 limit: int, max_reads: int | None = None
+                 limit: int, max_reads: int | None = None, regions: Regions | None = None
                  ) -> list[tuple[tuple[int, int], np.ndarray]]:
     """The first ``limit`` cells of ``cells`` that pass the tissue rule (after the luminosity
-    step), reading at most ``max_reads`` cells; returns (corner, tile) pairs."""
+    step, inside ``regions``), reading at most ``max_reads`` cells; (corner, tile) pairs."""
     found = []
     for x, y in cells[:max_reads]:
         tile = reader.read(x, y)
         if lum is not None:
             tile = lum.transform(tile)
-        if background_fraction(tile, params.background_threshold) <= params.max_background_fraction:
+        if non_tissue(tile, x, y, reader, params, regions) <= params.max_background_fraction:
             found.append(((x, y), tile))
             if len(found) == limit:
                 break
@@ -180,16 +200,19 @@ def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
     try:
         with open_slide(unit.slide, unit.mpp_override) as slide:
             result.slide_mpp = slide.mpp
-            digest = settings_digest(unit, params, reference, slide.mpp)
+            regions = (slide_regions(unit.annotations, slide.info.bounds_offset, unit.rules)
+                       if unit.annotations else None)
+            digest = settings_digest(unit, params, reference, slide.mpp, regions)
             meta = read_meta(unit.store)
             if (not force and meta is not None and meta.get("settings_digest") == digest
                     and intact(unit.store, result)):
                 result.status = "reused"
-                for k in ("grid_cells", "prefiltered", "rejected", "kept", "normaliser_fallbacks"):
+                for k in ("grid_cells", "prefiltered", "outside", "rejected", "kept",
+                          "normaliser_fallbacks"):
                     setattr(result, k, int(meta.get("counts", {}).get(k, 0)))
                 result.extra["stored_status"] = meta.get("status", "ok")
                 return result
-            _tile(slide, unit, params, reference, digest, result)
+            _tile(slide, unit, params, reference, digest, result, regions)
     except Exception as exc:  # one bad slide must not stop the cohort: record and go on
         result.status = "failed"
         result.error = f"{type(exc).__name__}: {exc}"
@@ -199,23 +222,39 @@ def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
     return result
 
 
+def candidate_cells(slide: Slide, reader: CellReader, params: TileParams, thumb: np.ndarray,
+                    thumb_ds: float, regions: Regions | None, result: UnitResult
+                    ) -> tuple[list[tuple[int, int]], LowResTissueMask | None]:
+    """The grid cells worth reading — inside the annotated area, and (prefilter) showing
+    tissue on the overview — and the overview's tissue map (None without the prefilter)."""
+    cells = grid(*slide.dimensions, reader.cell0)
+    result.grid_cells = len(cells)
+    area = None
+    if regions is not None:
+        area = regions.mask(0, 0, thumb.shape[1], thumb.shape[0], thumb_ds)
+        # Every overview pixel counts as tissue (threshold 255): the area alone decides.
+        inside = LowResTissueMask(thumb, thumb_ds, 255, area)
+        cells = [c for c in cells if inside.may_hold_tissue(c[0], c[1], reader.cell0)]
+        result.outside = result.grid_cells - len(cells)
+    mask = None
+    if params.prefilter:
+        mask = LowResTissueMask(thumb, thumb_ds, params.background_threshold, area)
+        kept = [c for c in cells if mask.may_hold_tissue(c[0], c[1], reader.cell0)]
+        result.prefiltered = len(cells) - len(kept)
+        cells = kept
+    return cells, mask
+
+
 def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | None,
-          digest: str, result: UnitResult) -> None:
+          digest: str, result: UnitResult, regions: Regions | None) -> None:
     if unit.target_mpp < slide.mpp * 0.99:
         result.status = "skipped-resolution"
         result.error = (f"{unit.magnification} needs {unit.target_mpp:g} µm/px but the scan is "
                         f"{slide.mpp:g} µm/px; never upsampled")
         return
     reader = CellReader(slide, unit.target_mpp, params.tile_size)
-    cells = grid(*slide.dimensions, reader.cell0)
-    result.grid_cells = len(cells)
     thumb, thumb_ds = overview(slide)
-    if params.prefilter:
-        mask = LowResTissueMask(thumb, thumb_ds, params.background_threshold)
-        candidates = [c for c in cells if mask.may_hold_tissue(c[0], c[1], reader.cell0)]
-    else:
-        candidates = cells
-    result.prefiltered = len(cells) - len(candidates)
+    candidates, mask = candidate_cells(slide, reader, params, thumb, thumb_ds, regions, result)
     lum = None
     if params.luminosity_standardise:
         lum = LuminosityStandardiser(params.luminosity_percentile).fit(thumb)
@@ -224,9 +263,10 @@ def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | No
     if normaliser is not None and params.stain_estimate == "slide":
         # The source sample: the cells the overview shows to be richest in tissue, so that
         # nearly every cell read passes the rule.
-        richest = richest_first(mask, candidates, reader.cell0) if params.prefilter else candidates
+        richest = (richest_first(mask, candidates, reader.cell0) if mask is not None
+                   else candidates)
         sample = tissue_tiles(reader, richest, lum, params, SOURCE_SAMPLE_TILES,
-                              max_reads=3 * SOURCE_SAMPLE_TILES)
+                              max_reads=3 * SOURCE_SAMPLE_TILES, regions=regions)
         source_fitted = bool(sample) and normaliser.fit_source(
             np.concatenate([tile for _, tile in sample], axis=0))
     with TileStoreWriter(unit.store, params.encoding, params.jpeg_quality,
@@ -235,7 +275,7 @@ def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | No
             tile = reader.read(x, y)
             if lum is not None:
                 tile = lum.transform(tile)
-            bg = background_fraction(tile, params.background_threshold)
+            bg = non_tissue(tile, x, y, reader, params, regions)
             if bg > params.max_background_fraction:
                 result.rejected += 1
                 continue
@@ -252,9 +292,10 @@ def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | No
             "read_level": reader.level, "read_size": reader.read_size,
             "settings_digest": digest, "settings": asdict(params), "reference": reference,
             "source_stains_per_slide": source_fitted,
+            "annotations": regions.summary() if regions else None,
             "luminosity": lum.to_dict() if lum else None, "status": result.status,
             "counts": {"grid_cells": result.grid_cells, "prefiltered": result.prefiltered,
-                       "rejected": result.rejected, "kept": result.kept,
-                       "normaliser_fallbacks": result.normaliser_fallbacks},
+                       "outside": result.outside, "rejected": result.rejected,
+                       "kept": result.kept, "normaliser_fallbacks": result.normaliser_fallbacks},
             "versions": tiling_versions(),
         }
