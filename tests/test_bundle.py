@@ -211,9 +211,7 @@ class DescribeProspectivePatientsInAStudy:
         study_yaml, bundle, patients, sets, weights = exported
         copy = tmp_path / "study"
         shutil.copytree(study_yaml.parent, copy)
-        opened = open_bundle(bundle)  # the removed weights, back where the runs recorded them
-        part = next(p for p in opened.manifest["parts"] if p.startswith("weights/"))
-        opened.extract(part, weights)
+        restore_weights(bundle, weights)
         table = pd.read_csv(copy / "patients.csv", dtype=str, keep_default_na=False)
         new = table[table.cohort == "external"].patient_id.iloc[0]
         table.loc[table.patient_id == new, ["cohort", "label"]] = ["prospective", ""]
@@ -236,6 +234,67 @@ class DescribeProspectivePatientsInAStudy:
         cli = CliRunner().invoke(app, ["evaluate", str(copy / "study.yaml"), "--no-figures"]
                                  + [a for s in sets for a in ("--set", s)])
         assert cli.exit_code == 0 and "Left out: 1 patient(s) without an outcome" in cli.output
+
+
+def restore_weights(bundle, weights) -> None:
+    """Put the removed weights file back where the study's runs recorded it."""
+    opened = open_bundle(bundle)
+    part = next(p for p in opened.manifest["parts"] if p.startswith("weights/"))
+    opened.extract(part, weights)
+
+
+class DescribeTwoExternalSites:
+    def it_evaluates_a_phantom_with_two_external_sites_per_site_and_pooled(self, exported,
+                                                                           tmp_path):
+        """Six more external patients are rendered, tiled, embedded and predicted by the
+        study's final models; the external cohort is split over sites A and B."""
+        from sklearn.metrics import roc_auc_score
+
+        from lncr.synth.cohort import SynthSettings, synthesize
+
+        study_yaml, bundle, patients, sets, weights = exported
+        copy = tmp_path / "study"
+        shutil.copytree(study_yaml.parent, copy)
+        restore_weights(bundle, weights)
+        more = tmp_path / "more"
+        synthesize(more, SynthSettings(patients=2, external=6, seed=11, stains=("HE", "PAS")),
+                   workers=2)
+        table = pd.read_csv(copy / "patients.csv", dtype=str, keep_default_na=False)
+        extra = pd.read_csv(more / "patients.csv", dtype=str, keep_default_na=False)
+        extra = extra[extra.cohort == "external"].assign(
+            patient_id=lambda t: "SITE2-" + t.patient_id)
+        table = pd.concat([table, extra[table.columns]], ignore_index=True)
+        external = table.cohort == "external"
+        table["site"] = ""
+        table.loc[external, "site"] = ["A"] * 4 + ["B"] * (int(external.sum()) - 4)
+        table.to_csv(copy / "patients.csv", index=False)
+        slides = pd.read_csv(copy / "slides.csv", dtype=str, keep_default_na=False)
+        new = pd.read_csv(more / "slides.csv", dtype=str, keep_default_na=False)
+        new = new[new.patient_id.isin(extra.patient_id.str.removeprefix("SITE2-"))]
+        new = new.assign(patient_id="SITE2-" + new.patient_id,
+                         path=[str((more / p).resolve()) for p in new.path])
+        pd.concat([slides, new[slides.columns]]).to_csv(copy / "slides.csv", index=False)
+        args = [a for s in sets for a in ("--set", s)]
+        for command in (["tile"], ["predict", "--device", "cpu"], ["evaluate", "--no-figures"]):
+            result = CliRunner().invoke(app, [command[0], str(copy / "study.yaml"),
+                                              *command[1:], *args])
+            assert result.exit_code == 0, result.output
+        assert "External cohort per site" in result.output
+        out = copy / "lncr-output" / "evaluation"
+        by_site = read_table(out / "sites" / "metrics.csv")
+        multi = read_table(copy / "lncr-output" / "predictions" / "multi_stain.csv")
+        multi = multi[multi.cohort == "external"].assign(
+            site=lambda t: t.patient_id.map(dict(zip(table.patient_id, table.site))))
+        assert len(multi) == 8 and set(multi.site) == {"A", "B"}
+        for site, rows in multi.groupby("site"):
+            mine = by_site[(by_site.site == site) & (by_site.model == "multi-stain")].iloc[0]
+            assert int(mine.patients) == len(rows)
+            assert mine.auc == pytest.approx(roc_auc_score(rows.label, rows.probability))
+        pooled = read_table(out / "metrics.csv")
+        pooled = pooled[(pooled.cohort == "external") & (pooled.model == "multi-stain")]
+        assert int(pooled.patients.iloc[0]) == 8
+        tests = read_table(out / "sites" / "comparisons.csv")
+        assert set(tests.site) == {"A", "B"} and tests.p.notna().any()
 
 
 class DescribeCommandLine:
