@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pandas as pd
@@ -313,6 +314,54 @@ class DescribeRayExecutor:
         assert ray.selection["bag_size"] == local.selection["bag_size"]
         assert json.loads((study.parent / "lncr-output" / "sweep" / "sweep.json")
                           .read_text())["executor"] == "ray"
+
+
+    def it_runs_a_unit_again_when_its_worker_is_killed(self, local_sweep, tiled, tmp_path):
+        """A real Ray instance; the first worker seen running a unit is killed (SIGKILL, as
+        a pre-emption or the OOM killer would). With ``sweep.retries`` Ray runs the unit
+        again and the sweep ends with the uninterrupted results."""
+        _, local = local_sweep
+        study = validated_copy(tiled, tmp_path / "study")
+        killed: list[int] = []
+        stop = threading.Event()
+
+        def kill_first_unit() -> None:
+            while not stop.is_set() and not killed:
+                pid = running_ray_unit()
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                stop.wait(0.02)  # polling the process table, not waiting for time to pass
+
+        killer = threading.Thread(target=kill_first_unit)
+        killer.start()
+        try:
+            ray = run_sweep(Study.load(study, TINY + ["sweep.architectures=[resnet18]",
+                                                      "sweep.retries=1"]),
+                            executor="ray", workers=2, device="cpu")
+        finally:
+            stop.set()
+            killer.join()
+        assert killed, "no Ray worker was seen running a unit"
+        assert (ray.units.status == "done").all()
+        mine = local.units[local.units.architecture == "resnet18"]
+        a = mine.sort_values(["bag_size", "repeat"]).reset_index()
+        b = ray.units.sort_values(["bag_size", "repeat"]).reset_index()
+        pd.testing.assert_frame_equal(a[NUMBERS], b[NUMBERS])
+
+
+def running_ray_unit() -> int | None:
+    """The process id of a Ray worker running a sweep unit (Ray titles it ``ray::run_unit``
+    while the task runs), from the Linux process table."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read(13) == b"ray::run_unit":
+                        return int(entry)
+            except OSError:
+                continue
+    return None
 
 
 @pytest.mark.slow  # trains sweep units
