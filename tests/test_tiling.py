@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -221,6 +223,73 @@ class DescribeResume:
         assert {str(p) for p in finished} <= reused
         assert {p: p.stat().st_mtime_ns for p in finished} == mtimes
         assert not list(tiles.rglob("*.partial"))
+
+
+SHARDED = FAST + ["magnification.powers=[10]"]
+
+
+def half_phantom(phantom, folder):
+    """A copy of the phantom with its HE and PAS slides only (16 slides)."""
+    shutil.copytree(phantom, folder)
+    slides = pd.read_csv(folder / "slides.csv", dtype=str)
+    slides[slides.stain.isin(["HE", "PAS"])].to_csv(folder / "slides.csv", index=False)
+    return folder
+
+
+class DescribeShards:
+    def it_gives_each_slide_to_one_shard_with_all_its_magnifications(self):
+        from lncr.tiling.shards import Shard
+
+        units = [TileUnit(p, "development", st, "s", None, m, 1.0, "x")
+                 for p in ("A", "B", "C") for st in ("HE", "PAS") for m in ("10x", "20x")]
+        parts = [Shard(i, 4).select(units) for i in range(1, 5)]
+        assert sorted(map(id, [u for part in parts for u in part])) == sorted(map(id, units))
+        for part in parts:
+            slides = {(u.patient_id, u.stain) for u in part}
+            assert len(part) == 2 * len(slides)
+        with pytest.raises(Exception, match="1 ≤ i ≤ n"):
+            Shard.parse("3/2")
+
+    def it_tiles_in_shards_side_by_side_and_the_last_merges_the_index(self, phantom, tiled,
+                                                                       tmp_path):
+        study = half_phantom(phantom, tmp_path / "p")
+        base = [sys.executable, "-m", "lncr.cli", "tile", str(study / "study.yaml"),
+                "--workers", "1", *[a for s in SHARDED for a in ("--set", s)]]
+        procs = [subprocess.Popen(base + ["--shard", f"{i}/2"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        assert any("index merged" in out for out in outputs), outputs
+        # Plain progress lines (not a terminal): a timestamp, the count and the ETA.
+        assert re.search(r"\d\d:\d\d:\d\d \S+ (HE|PAS) 10x ok .*: 8/8 slide × magnification "
+                         r"units \(.*ETA", outputs[0]), outputs[0]
+        index = index_of(study).set_index(["patient_id", "stain", "magnification"])
+        whole = index_of(tiled).set_index(["patient_id", "stain", "magnification"])
+        whole = whole.loc[index.index]
+        assert len(index) == 16 and (index.status == whole.status).all()
+        assert (index.kept == whole.kept).all() and (index.grid_cells == whole.grid_cells).all()
+        record = json.loads((study / "lncr-output" / "tiles" / "run.json").read_text())
+        assert record["shards"] == 2 and record["units"] == 16
+        summary = pd.read_csv(study / "lncr-output" / "tiles" / "summary.csv")
+        assert summary.tiles.sum() == index.kept.sum()
+
+    def it_refuses_to_merge_before_every_shard_has_finished(self, phantom, tmp_path):
+        from typer.testing import CliRunner
+
+        from lncr.cli import app
+
+        study = half_phantom(phantom, tmp_path / "p")
+        sets = [a for s in SHARDED for a in ("--set", s)]
+        first = CliRunner().invoke(app, ["tile", str(study / "study.yaml"), "--shard", "1/3",
+                                         "--workers", "1", *sets])
+        assert first.exit_code == 0 and "index not merged yet" in first.output
+        assert not (study / "lncr-output" / "tiles" / "index.csv").exists()
+        merge = CliRunner().invoke(app, ["tile", str(study / "study.yaml"), "--merge", *sets])
+        assert merge.exit_code == 2 and "shard(s) 2/3, 3/3 have not finished" in merge.output
+        assert "Traceback" not in merge.output
+        whole = tile_study(Study.load(study / "study.yaml", SHARDED), workers=2)
+        reused = {r.unit.patient_id for r in whole.results if r.status == "reused"}
+        assert reused and not list((study / "lncr-output" / "tiles" / "shards").glob("*.csv"))
 
 
 class DescribeReferences:

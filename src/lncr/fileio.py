@@ -21,8 +21,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def partial_path(path: Path) -> Path:
-    """The temporary name a file is written under before it is renamed into place."""
-    return path.with_name(f".{path.name}.partial")
+    """The temporary name a file is written under before it is renamed into place: hidden,
+    and this process's own, so that two processes writing the same file (the shards of a
+    tiling run fitting the same colour reference) never rename each other's half file."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

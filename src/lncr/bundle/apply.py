@@ -159,17 +159,14 @@ class Steps:
     slides: Callable[[str], None] | None = None
 
 
-def _counter(tiles: Callable[[str, int, int], None] | None, study):
+def _counter(tiles: Callable[[str, int, int], None] | None):
     """``tile_study``'s per-unit callback as counts of the slide × magnification units."""
     if tiles is None:
         return None
-    total = int(study.slides.ok.sum()) * len(study.config.magnification.powers)
-    done = [0]
 
-    def progress(result) -> None:
-        done[0] += 1
+    def progress(result, done: int, total: int) -> None:
         u = result.unit
-        tiles(f"{u.patient_id} {u.stain} {u.magnification}", done[0], total)
+        tiles(f"{u.patient_id} {u.stain} {u.magnification}", done, total)
     return progress
 
 
@@ -189,7 +186,7 @@ def apply_bundle(bundle_path: str | Path, slides: pd.DataFrame, out: Path,
     steps.stage("check slides")
     study, refused = _checked_study(study_yaml, workers)
     steps.stage("tile")
-    tile_study(study, workers=workers, progress=_counter(steps.tiles, study))
+    tile_study(study, workers=workers, progress=_counter(steps.tiles))
     refused = pd.concat([refused, _tiling_refusals(study)], ignore_index=True)
     steps.stage("predict")
     predictions = predict_final(study, device=device)

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
-from lncr.cli.common import console, err_console, table
+from lncr.cli.common import Meter, console, err_console, table
+from lncr.errors import BadInput
+from lncr.layout import Layout
 from lncr.study.validate import Study
 
 
@@ -18,47 +21,71 @@ def tile(
         "--set", help="Override a setting, e.g. --set tiling.tile_size=256 (repeatable).")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Processes (0 = tiling.workers, or all cores).")] = 0,
     force: Annotated[bool, typer.Option(help="Re-tile even finished slides.")] = False,
+    shard: Annotated[Optional[str], typer.Option(
+        help="Tile only shard i of n (e.g. 2/4): every n-th slide, for n machines sharing "
+             "the output folder; the last to finish merges the index.")] = None,
+    merge: Annotated[bool, typer.Option(
+        help="Only merge the finished shards' parts into the index.")] = False,
 ) -> None:
     """Cut every slide into normalised tiles at every magnification (the tile stores)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from lncr.tiling.run import summarise, tile_study
+    from lncr.tiling.run import tile_study
+    from lncr.tiling.shards import Shard, merge_shards
 
     study = Study.load(study_yaml, set_)
+    if merge:
+        if shard or force:
+            raise BadInput("--merge only merges the shards' parts: drop --shard and --force")
+        index = merge_shards(study)
+        _summary(index, 0.0, Layout(study.config.output_dir).tiles_index)
+        return
+    part = Shard.parse(shard) if shard else None
     tiles = {"n": 0}
     t0 = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:
-        task = bar.add_task("Tiling slide × magnification units", total=None, rate="")
-
-        def advance(result) -> None:
+    with Meter("slide × magnification units") as meter:
+        def advance(result, done: int, total: int) -> None:
             tiles["n"] += result.kept if result.status != "reused" else 0
-            elapsed = max(time.perf_counter() - t0, 1e-6)
-            bar.update(task, advance=1, rate=f"{tiles['n'] / elapsed:.1f} new tiles/s")
+            rate = tiles["n"] / max(time.perf_counter() - t0, 1e-6)
+            u = result.unit
+            meter.update(f"{u.patient_id} {u.stain} {u.magnification} {result.status} "
+                         f"({tiles['n']} new tiles, {rate:.1f} tiles/s)", done, total)
 
-        report = tile_study(study, workers=workers or None, force=force, progress=advance)
-    index = report.index()
+        report = tile_study(study, workers=workers or None, force=force, progress=advance,
+                            shard=part)
+    _summary(report.index(), report.seconds, report.folder / "index.csv")
+    _problems(report)
+    if part is not None:
+        console.print(f"Shard {part}: index part in {report.folder / 'shards'}; " + (
+            "every shard has finished: index merged." if not report.merge_note else
+            f"index not merged yet ({escape(report.merge_note)})."))
+    if report.failed:
+        err_console.print(f"[red]{len(report.failed)} unit(s) failed; the others are done. Fix "
+                          "the slides and re-run: finished units are skipped.[/red]")
+        raise typer.Exit(1)
+
+
+def _summary(index, seconds: float, where: Path) -> None:
+    from lncr.tiling.run import summarise
+
     console.print(table("Tiles per stain and magnification",
                          ["stain", "magnification", "cohort", "slides", "tiles", "tiles_per_slide"],
                          summarise(index).itertuples(index=False)))
     counts = index.status.value_counts().to_dict()
     console.print("Units: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-                  + f"; {report.seconds:.1f} s. Index: {report.folder / 'index.csv'}")
+                  + f"; {seconds:.1f} s. Index: {where}")
+
+
+def _problems(report) -> None:
     for r in report.results:
         if r.status in ("failed", "skipped-resolution"):
             style = "red" if r.status == "failed" else "yellow"
-            console.print(f"[{style}]{r.status.upper()} {r.unit.patient_id} {r.unit.stain} "
-                          f"{r.unit.magnification} ({r.unit.slide}): {r.error}[/{style}]")
+            console.print(f"[{style}]{r.status.upper()} {escape(r.unit.patient_id)} "
+                          f"{escape(r.unit.stain)} {r.unit.magnification} "
+                          f"({escape(r.unit.slide)}): {escape(r.error)}[/{style}]")
     for r in report.results:
         if "damaged_store" in r.extra:
-            console.print(f"[yellow]re-tiled {r.unit.patient_id} {r.unit.stain} "
+            console.print(f"[yellow]re-tiled {escape(r.unit.patient_id)} {escape(r.unit.stain)} "
                           f"{r.unit.magnification}: its store was damaged "
-                          f"({r.extra['damaged_store']})[/yellow]")
-    if report.failed:
-        err_console.print(f"[red]{len(report.failed)} unit(s) failed; the others are done. Fix "
-                          "the slides and re-run: finished units are skipped.[/red]")
-        raise typer.Exit(1)
+                          f"({escape(r.extra['damaged_store'])})[/yellow]")
 
 
 tiles_app = typer.Typer(help="Work with tile stores.", no_args_is_help=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lncr.fileio import atomic_save_torch
+
 ARCHITECTURE = "timm:tf_efficientnet_lite0"
 
 
@@ -46,7 +48,5 @@ def lite0_weights(out: str | Path) -> Path:
                              f"does not fit {name_t} {tuple(expected.shape)}")
         converted[name_t] = tensor
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    torch.save(converted, tmp)
-    tmp.replace(out)
+    atomic_save_torch(converted, out)
     return out

@@ -26,7 +26,7 @@ from PIL import Image
 
 from lncr import __version__
 from lncr.errors import BadInput
-from lncr.fileio import atomic_write_json
+from lncr.fileio import atomic_save_image, atomic_write_json
 from lncr.layout import Layout
 from lncr.slides.annotations import RegionRules, slide_regions
 from lncr.slides.reader import open_slide
@@ -135,6 +135,6 @@ def fit_reference(stain: str, method: str, slides: list[tuple[str, str, float | 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"digest": digest, "spec": spec, "reference": reference,
                              "tiles_used": used, "lncr_version": __version__})
-    Image.fromarray(image[: min(len(image), 4 * params.tile_size)]).save(
-        layout.norm_image(stain))
+    atomic_save_image(np.ascontiguousarray(image[: min(len(image), 4 * params.tile_size)]),
+                      layout.norm_image(stain))
     return reference

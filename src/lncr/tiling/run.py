@@ -34,11 +34,12 @@ from lncr.errors import BadInput
 from lncr.fileio import atomic_save_image, atomic_write_json
 from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
-from lncr.locks import locks_output
+from lncr.locks import locks_output, output_lock
 from lncr.slides.annotations import RegionRules
 from lncr.study.config import MagnificationSettings, StudyConfig
 from lncr.study.validate import Study
 from lncr.tiling.reference import NormalisationReferenceError, fit_reference
+from lncr.tiling.shards import Shard, clear_parts, try_merge, write_part
 from lncr.tiling.store import TileStore
 from lncr.tiling.unit import TileParams, TileUnit, UnitResult, tile_unit
 from lncr.workers import process_pool
@@ -60,6 +61,10 @@ class TilingReport:
     folder: Path
     results: list[UnitResult] = field(default_factory=list)
     seconds: float = 0.0
+    workers: int | None = None
+    reference_errors: dict[str, str] = field(default_factory=dict)
+    # A shard's run: "" when it merged every shard's part into index.csv, else why not.
+    merge_note: str | None = None
 
     @property
     def failed(self) -> list[UnitResult]:
@@ -199,25 +204,55 @@ def summarise(index: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-@locks_output
 def tile_study(study: Study, workers: int | None = None, force: bool = False,
-               progress: Callable[[UnitResult], None] | None = None) -> TilingReport:
-    """Tile every slide × magnification of a study (the Python API of ``lncr tile``)."""
+               progress: Callable[[UnitResult, int, int], None] | None = None,
+               shard: Shard | None = None) -> TilingReport:
+    """Tile every slide × magnification of a study (the Python API of ``lncr tile``);
+    ``progress(result, done, total)`` after each unit.
+
+    With ``shard`` (``Shard(i, n)``: ``lncr tile --shard i/n``) only every n-th slide is tiled,
+    under a lock of that shard alone, so that n machines sharing the output folder tile a
+    study together; each writes its part of the index, and the last to finish merges them
+    into ``index.csv`` (:func:`lncr.tiling.shards.merge_shards`)."""
+    layout = Layout(study.config.output_dir)
+    units = plan_units(study, layout)
+    if shard is None:
+        with output_lock(study.config.output_dir, "lncr tile"):
+            report = _run_units(study, layout, units, workers, force, progress)
+            index = report.index()
+            write_index(study, layout, index, report.seconds, report.workers,
+                        report.reference_errors)
+            _qc(layout, index, list(study.config.magnification_labels()),
+                study.config.annotations.rules())
+            clear_parts(layout)
+        return report
+    with output_lock(layout.tiles_dir / "shards" / shard.name, f"lncr tile --shard {shard}"):
+        report = _run_units(study, layout, shard.select(units), workers, force, progress)
+        index = report.index()
+        _qc(layout, index, list(study.config.magnification_labels()),
+            study.config.annotations.rules())
+        write_part(layout, shard, index, report.seconds, report.workers,
+                   report.reference_errors)
+    report.merge_note = try_merge(study, units)
+    return report
+
+
+def _run_units(study: Study, layout: Layout, units: list[TileUnit], workers: int | None,
+               force: bool, progress: Callable[[UnitResult, int, int], None] | None
+               ) -> TilingReport:
+    """Fit the references, then tile ``units`` in a process pool; results in plan order."""
     t0 = time.perf_counter()
     cfg = study.config
-    layout = Layout(cfg.output_dir)
-    folder = layout.tiles_dir
-    folder.mkdir(parents=True, exist_ok=True)
+    layout.tiles_dir.mkdir(parents=True, exist_ok=True)
     params = tile_params(cfg)
     refs, ref_errors = _references(study, layout, params)
-    units = plan_units(study, layout)
     n = workers if workers else (cfg.tiling.workers or os.cpu_count() or 1)
-    report = TilingReport(folder)
+    report = TilingReport(layout.tiles_dir, workers=n, reference_errors=ref_errors)
 
     def done(result: UnitResult) -> None:
         report.results.append(result)
         if progress:
-            progress(result)
+            progress(result, len(report.results), len(units))
 
     runnable = []
     for unit in units:
@@ -236,23 +271,27 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
     order = {(u.patient_id, u.stain, u.magnification): i for i, u in enumerate(units)}
     report.results.sort(key=lambda r: order[(r.unit.patient_id, r.unit.stain, r.unit.magnification)])
     report.seconds = time.perf_counter() - t0
-    index = report.index()
+    return report
+
+
+def write_index(study: Study, layout: Layout, index: pd.DataFrame, seconds: float,
+                workers: int | None, reference_errors: dict[str, str],
+                shards: int | None = None) -> None:
+    """``index.csv``, ``summary.csv`` and ``run.json`` of the whole study."""
+    cfg = study.config
     layout.write_tiles_index(index)
     write_table(layout.tiles_summary, summarise(index))
-    _qc(layout, index, [MagnificationSettings.label(p) for p in cfg.magnification.powers],
-        cfg.annotations.rules())
     statuses = index.status.value_counts().to_dict()
     atomic_write_json(layout.tiles_record, {
-        "lncr_version": __version__, "settings": asdict(params),
+        "lncr_version": __version__, "settings": asdict(tile_params(cfg)),
         "normalisation": {s: cfg.tiling.method_for(s) for s in cfg.stains},
         "magnifications": {MagnificationSettings.label(p): cfg.magnification.mpp(p)
                            for p in cfg.magnification.powers},
-        "units": len(units), "statuses": {k: int(v) for k, v in statuses.items()},
-        "tiles": int(index.kept.sum()), "seconds": round(report.seconds, 2),
-        "annotated_slides": int(index[index.annotations != ""].groupby(
+        "units": len(index), "statuses": {k: int(v) for k, v in statuses.items()},
+        "tiles": int(index.kept.sum()), "seconds": round(seconds, 2),
+        "annotated_slides": int(index[index.annotations.fillna("") != ""].groupby(
             ["patient_id", "stain"]).ngroups),
-        "workers": n, "reference_errors": ref_errors})
-    return report
+        "workers": workers, "shards": shards, "reference_errors": reference_errors})
 
 
 @locks_output

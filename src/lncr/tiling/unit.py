@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lncr.fileio import partial_path
 from lncr.provenance import tiling_versions
 from lncr.slides.annotations import RegionRules, Regions, slide_regions
 from lncr.slides.reader import Slide, open_slide
@@ -216,7 +217,7 @@ def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
     except Exception as exc:  # one bad slide must not stop the cohort: record and go on
         result.status = "failed"
         result.error = f"{type(exc).__name__}: {exc}"
-        Path(unit.store).with_name(f".{Path(unit.store).name}.partial").unlink(missing_ok=True)
+        partial_path(Path(unit.store)).unlink(missing_ok=True)
     finally:
         result.seconds = round(time.perf_counter() - t0, 3)
     return result
