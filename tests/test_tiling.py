@@ -250,6 +250,7 @@ class DescribeShards:
         with pytest.raises(Exception, match="1 ≤ i ≤ n"):
             Shard.parse("3/2")
 
+    @pytest.mark.slow  # two lncr processes
     def it_tiles_in_shards_side_by_side_and_the_last_merges_the_index(self, phantom, tiled,
                                                                        tmp_path):
         study = half_phantom(phantom, tmp_path / "p")

@@ -45,15 +45,15 @@ def _holder(info: Path) -> str:
 
 
 @contextmanager
-def output_lock(output_dir: Path, stage: str = "") -> Iterator[None]:
-    """Hold the output folder's lock; raise :class:`OutputBusy` at once if another process
-    holds it."""
+def output_lock(output_dir: Path, stage: str = "", wait: float = 0.0) -> Iterator[None]:
+    """Hold the output folder's lock; raise :class:`OutputBusy` if another process holds it
+    (at once, or after ``wait`` seconds)."""
     folder = Path(os.path.abspath(output_dir))
     folder.mkdir(parents=True, exist_ok=True)
     lock = _LOCKS.setdefault(folder, FileLock(folder / ".lncr.lock"))
     info = folder / ".lncr.lock.json"
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=wait)
     except Timeout:
         raise OutputBusy(f"{folder} is in use by {_holder(info)}; wait for it to finish, or "
                          "stop it (a killed process releases the folder at once)") from None

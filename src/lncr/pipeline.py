@@ -55,6 +55,20 @@ DEMO_CLUSTER = ("HE", "20x")  # the one final model the demo clusters
 STAGES = ["synth", "validate", "tile", "embed", "sweep + final models", "predict (ensembles)",
           "evaluate", "explain (heatmaps)", "explain (Grad-CAM)", "explain (DCCS clusters)",
           "report", "export + apply"]
+#: The key of each stage in :attr:`DemoPipeline.progress`, and what its callback receives.
+PROGRESS = dict(zip(STAGES, [
+    "synth",  # (patient id) per rendered patient
+    "validate",  # (unused)
+    "tile",  # (UnitResult, done, total) per slide × magnification
+    "embed",  # (what, done, total) per batch of tiles
+    "sweep",  # (unit row) per finished sweep unit
+    "predict",  # (what, done, total) per final model
+    "evaluate",  # (step) as each step begins
+    "heatmaps", "gradcam",  # (what) per explained slide
+    "clusters",  # (what, epoch, epochs) per DCCS epoch
+    "report",  # (section) per written section
+    "apply",  # a lncr.bundle.apply.Steps
+]))
 
 
 class DemoFailed(RuntimeError):
@@ -73,9 +87,9 @@ class DemoPipeline:
     signal: float = 1.9
     epochs: int = 30
     extra: list[str] = field(default_factory=list)  # the user's --set, applied last
-    render_progress: Callable[[Any], None] | None = None  # per rendered patient
-    unit_progress: Callable[[dict], None] | None = None  # per finished sweep unit
-    embed_progress: Callable[[str, int, int], None] | None = None  # per embedded batch
+    # Each stage's progress callback, by stage name (see :data:`PROGRESS`); a display sets
+    # them, the stage passes its own to the function it calls.
+    progress: dict[str, Callable[..., None]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)  # each stage's return value
 
     @property
@@ -111,7 +125,7 @@ class DemoPipeline:
                                  size=self.size, signal=self.signal)
         return self._keep("synth", synthesize(self.out / "study", settings,
                                               workers=self.workers, force=False,
-                                              progress=self.render_progress))
+                                              progress=self.progress.get("synth")))
 
     def validate(self):
         """Check every slide file and record the split; raises :class:`DemoFailed`."""
@@ -130,7 +144,7 @@ class DemoPipeline:
 
         # Small JPEG tiles keep the CPU demo quick; PNG (lossless) is the default for studies.
         report = tile_study(Study.load(self.study_yaml, self.tiling_overrides()),
-                            workers=self.workers)
+                            workers=self.workers, progress=self.progress.get("tile"))
         if report.failed:
             raise DemoFailed(f"{len(report.failed)} tiling unit(s) failed on the phantom")
         return self._keep("tile", report)
@@ -139,25 +153,27 @@ class DemoPipeline:
         from lncr.features.study_run import embed_study
 
         return self._keep("embed", embed_study(self.study(), device="auto",
-                                               progress=self.embed_progress))
+                                               progress=self.progress.get("embed")))
 
     def sweep(self):
         from lncr.sweep.run import run_sweep
 
         return self._keep("sweep", run_sweep(self.study(), executor="local",
                                              workers=self.workers, device="auto",
-                                             progress=self.unit_progress))
+                                             progress=self.progress.get("sweep")))
 
     def predict(self):
         from lncr.evaluation.final_predictions import predict_final
 
-        return self._keep("predict", predict_final(self.study(), device="auto"))
+        return self._keep("predict", predict_final(self.study(), device="auto",
+                                                   progress=self.progress.get("predict")))
 
     def evaluate(self):
         from lncr.evaluation.evaluate import evaluate_study
 
         # With the control beside it: colour statistics of the same tiles.
-        return self._keep("evaluate", evaluate_study(self.study(), baseline=True))
+        return self._keep("evaluate", evaluate_study(self.study(), baseline=True,
+                                                     progress=self.progress.get("evaluate")))
 
     def heatmap_patients(self) -> list[str]:
         """The external patients the multi-stain ensemble is surest about, either way."""
@@ -170,23 +186,27 @@ class DemoPipeline:
         from lncr.explain.heatmap_run import explain_heatmaps
 
         return self._keep("heatmaps", explain_heatmaps(
-            self.study(), "external", self.heatmap_patients(), device="auto"))
+            self.study(), "external", self.heatmap_patients(), device="auto",
+            progress=self.progress.get("heatmaps")))
 
     def explain_gradcam(self):
         from lncr.explain.gradcam_run import explain_gradcam
 
-        return self._keep("gradcam", explain_gradcam(self.study(), device="auto"))
+        return self._keep("gradcam", explain_gradcam(self.study(), device="auto",
+                                                     progress=self.progress.get("gradcam")))
 
     def explain_clusters(self):
         from lncr.explain.cluster_run import explain_clusters
 
         return self._keep("clusters", explain_clusters(
-            self.study(), [DEMO_CLUSTER[0]], [DEMO_CLUSTER[1]], device="auto")[0])
+            self.study(), [DEMO_CLUSTER[0]], [DEMO_CLUSTER[1]], device="auto",
+            progress=self.progress.get("clusters"))[0])
 
     def report(self) -> Path:
         from lncr.report.build import build_report
 
-        return self._keep("report", build_report(self.study()))
+        return self._keep("report", build_report(self.study(),
+                                                 progress=self.progress.get("report")))
 
     @property
     def bundle_path(self) -> Path:
@@ -210,7 +230,8 @@ class DemoPipeline:
         mine = slides[slides.patient_id == pid][["patient_id", "stain", "path"]]
         return self._keep("apply", apply_bundle(bundle, pd.DataFrame(mine),
                                                 self.out / "new-patient", device="auto",
-                                                workers=self.workers))
+                                                workers=self.workers,
+                                                steps=self.progress.get("apply")))
 
     def stages(self) -> list[tuple[str, Callable[[], Any]]]:
         methods = [self.synth, self.validate, self.tile, self.embed, self.sweep, self.predict,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,15 +119,12 @@ def print_study(study: "Study") -> None:
 
 
 def run_synth(out: Path, settings, workers: int, force: bool):
-    from rich.progress import Progress
-
     from lncr.synth.cohort import synthesize
 
     total = settings.patients + settings.external
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"Rendering {total} patients × {len(settings.stains)} stains", total=total)
+    with Meter("patients") as meter:
         return synthesize(out, settings, workers=workers, force=force,
-                          progress=lambda _: bar.advance(task))
+                          progress=counted(meter, "rendered", total))
 
 
 def fmt(x: float | None, digits: int = 3, why: object = "") -> str:
@@ -145,11 +143,12 @@ def warn_unusable(excluded: list[dict], where: str) -> None:
 
 class Meter:
     """Progress of a long command in counts, rate and ETA: a redrawn bar on a terminal, plain
-    timestamped lines (at most one per ``every`` seconds, and the last) in a log file or a
-    batch job. ``update(what, done, total)`` moves it; use it as a context manager."""
+    timestamped lines (at most one per ``every`` seconds, and the last unless ``last_line``
+    is False) in a log file or a batch job. ``update(what, done, total)`` moves it; use it as
+    a context manager."""
 
-    def __init__(self, unit: str, every: float = 10.0):
-        self.unit, self.every = unit, every
+    def __init__(self, unit: str, every: float = 10.0, last_line: bool = True):
+        self.unit, self.every, self.last_line = unit, every, last_line
         self.bar = None
         self.t0 = self.last = 0.0
 
@@ -181,7 +180,7 @@ class Meter:
         if self.bar is not None:
             self.bar.update(self.task, description=escape(what), completed=done, total=total,
                             rate=f"{rate:.1f} {self.unit}/s")
-        elif now - self.last >= self.every or done >= total:
+        elif now - self.last >= self.every or (done >= total and self.last_line):
             self.last = now
             eta = (total - done) / rate if rate > 0 else float("nan")
             stamp = time.strftime("%H:%M:%S")
@@ -191,6 +190,17 @@ class Meter:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.__exit__(*exc)
+
+
+def counted(meter: Meter, verb: str, total: int) -> Callable[[str], None]:
+    """A callback of one argument (what was just done) that moves ``meter`` towards
+    ``total``."""
+    done = [0]
+
+    def step(what: str) -> None:
+        done[0] += 1
+        meter.update(f"{verb} {what}", done[0], total)
+    return step
 
 
 def unit_line(row: dict) -> None:
@@ -221,6 +231,16 @@ def slide_lines(verb: str):
         console.print(f"{time.strftime('%H:%M:%S')} {verb} {escape(what)} ({count[0]} slide × "
                       f"magnification units, {rate:.2f}/s)")
     return line
+
+
+def step_line(what: str) -> None:
+    """One timestamped line as a step of a command begins."""
+    console.print(f"{time.strftime('%H:%M:%S')} {escape(what)} …")
+
+
+def section_line(name: str) -> None:
+    """One timestamped line per report section as it is written."""
+    console.print(f"{time.strftime('%H:%M:%S')} report: section '{escape(name)}' written")
 
 
 def epoch_line(row: dict) -> None:

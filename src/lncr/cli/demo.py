@@ -8,20 +8,23 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import Progress
 
 from lncr.cli.common import (
     Meter,
     console,
+    counted,
     default_workers,
     err_console,
     fmt,
     print_study,
+    section_line,
+    slide_lines,
+    step_line,
     table,
     unit_line,
 )
 from lncr.cli.evaluation import print_baseline
-from lncr.pipeline import DEMO_CLUSTER, DemoFailed, DemoPipeline, StageLog
+from lncr.pipeline import DEMO_CLUSTER, PROGRESS, DemoFailed, DemoPipeline, StageLog
 
 
 def demo(
@@ -39,25 +42,13 @@ def demo(
     Grad-CAM, DCCS clusters) → report → export the bundle and score one external patient
     with it as a new patient. Re-running resumes."""
     pipeline = DemoPipeline(out, workers or default_workers(), patients, external, size,
-                            signal, epochs, list(set_ or []), unit_progress=unit_line)
+                            signal, epochs, list(set_ or []))
     log = StageLog(console)
 
     @contextmanager
     def stage(name: str):
-        with log.stage(name):
-            if name == "embed":
-                with Meter("tiles") as meter:
-                    pipeline.embed_progress = meter.update
-                    yield
-                return
-            if name != "synth":
-                yield
-                return
-            with Progress(console=console, transient=True) as bar:
-                task = bar.add_task(f"Rendering {patients + external} patients × 4 stains",
-                                    total=patients + external)
-                pipeline.render_progress = lambda _: bar.advance(task)
-                yield
+        with log.stage(name), stage_progress(pipeline, PROGRESS[name], patients + external):
+            yield
 
     try:
         pipeline.run(stage, after={"validate": print_study, "tile": _tiles})
@@ -68,6 +59,34 @@ def demo(
     console.print(f"Phantom study: {pipeline.study_yaml}")
     for line in _closing(pipeline):  # the external AUC and the report's path come last
         console.print(f"[bold]{line}[/bold]")
+
+
+@contextmanager
+def stage_progress(pipeline: DemoPipeline, key: str, patients: int):
+    """Set the progress display of one demo stage (counts, rate and ETA; plain timestamped
+    lines when the output is not a terminal)."""
+    from lncr.bundle.apply import Steps
+
+    simple = {"sweep": unit_line, "evaluate": step_line, "report": section_line,
+              "heatmaps": slide_lines("scored and mapped"), "gradcam": slide_lines("Grad-CAM of")}
+    units = {"synth": "patients", "tile": "slide × magnification units", "embed": "tiles",
+             "predict": "final models", "clusters": "epochs", "apply": "slide × magnification units"}
+    if key in simple:
+        pipeline.progress[key] = simple[key]
+        yield
+    elif key in units:
+        with Meter(units[key], every=0 if key == "predict" else 10.0) as meter:
+            pipeline.progress[key] = {
+                "synth": counted(meter, "rendered", patients),
+                "tile": lambda r, done, total: meter.update(
+                    f"{r.unit.patient_id} {r.unit.stain} {r.unit.magnification} {r.status}",
+                    done, total),
+                "apply": Steps(stage=lambda step: console.print(f"  {step}"),
+                               tiles=meter.update, slides=slide_lines("explained")),
+            }.get(key, meter.update)
+            yield
+    else:
+        yield
 
 
 def _tiles(report) -> None:

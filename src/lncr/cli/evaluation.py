@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli.common import console, fmt, table
+from lncr.cli.common import console, fmt, step_line, table
 from lncr.study.validate import Study
 
 
@@ -21,7 +21,7 @@ def evaluate(
     paired tests, for the validation and the external cohort."""
     from lncr.evaluation.evaluate import evaluate_study
 
-    result = evaluate_study(Study.load(study_yaml, set_), figures, baseline)
+    result = evaluate_study(Study.load(study_yaml, set_), figures, baseline, step_line)
     m = result.metrics[result.metrics.kind != "single model"]
     console.print(table("Ensembles (evaluation/metrics.csv)",
                         ["cohort", "estimate", "model", "patients", "AUC", "95% CI (DeLong)",

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli.common import console, slide_lines
+from lncr.cli.common import Meter, console, slide_lines
 from lncr.study.validate import Study
 
 explain_app = typer.Typer(help="Explain the final models' predictions: tile scores and heatmaps, Grad-CAM, DCCS clusters.",
@@ -68,8 +68,9 @@ def cluster(
     cluster galleries and the clusters' association with the outcome."""
     from lncr.explain.cluster_run import explain_clusters
 
-    done = explain_clusters(Study.load(study_yaml, set_), stain, magnification, device,
-                            log=lambda m: console.print(m))
+    with Meter("epochs") as meter:
+        done = explain_clusters(Study.load(study_yaml, set_), stain, magnification, device,
+                                log=lambda m: console.print(m), progress=meter.update)
     for d in done:
         phantom = d.get("phantom", {}).get("dccs")
         extra = (f"; against the phantom's planted classes: accuracy {phantom['accuracy']:.2f}, "

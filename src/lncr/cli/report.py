@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli.common import console
+from lncr.cli.common import console, section_line
 from lncr.study.validate import Study
 
 
@@ -21,5 +21,5 @@ def report(
     appendix written from the settings that ran. Sections whose stage has not run say so."""
     from lncr.report.build import build_report
 
-    path = build_report(Study.load(study_yaml, set_), out)
+    path = build_report(Study.load(study_yaml, set_), out, progress=section_line)
     console.print(f"Report: {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")

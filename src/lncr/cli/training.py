@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lncr.cli.common import Meter, console, epoch_line, table, warn_unusable
+from lncr.cli.common import Meter, console, epoch_line, fmt, table, warn_unusable
 
 
 def _weights(weights: Optional[Path], pretrained: bool, configured: bool):
@@ -57,11 +57,17 @@ def train(
         spec = RunSpec(stain, magnification, architecture or t.architecture,
                        t.bag_size if bag_size is None else bag_size, t.seed if seed is None else seed)
         w = _weights(weights, pretrained, t.pretrained)
-        folder = train_run(spec, entries, t, cfg.output_dir / "runs", cfg.tiling.tile_size,
-                           weights=w, device=ctx, force=force, source=study.source,
-                           excluded=excluded,
-                           features=FeatureCache(Layout(cfg.output_dir), cfg.embedding),
-                           on_epoch=epoch_line)
+        # A bar within each epoch on a terminal; off it, a line at most every minute of a
+        # long epoch (each epoch's own line says the rest).
+        with Meter("steps", every=60, last_line=False) as meter:
+            def step_done(epoch: int, step: int, steps: int) -> None:
+                meter.update(f"epoch {epoch + 1}/{t.epochs}", step, steps)
+
+            folder = train_run(spec, entries, t, cfg.output_dir / "runs",
+                               cfg.tiling.tile_size, weights=w, device=ctx, force=force,
+                               source=study.source, excluded=excluded,
+                               features=FeatureCache(Layout(cfg.output_dir), cfg.embedding),
+                               on_epoch=epoch_line, on_step=step_done if ctx.main else None)
     finally:
         if ctx is not None:
             teardown(ctx)
@@ -69,8 +75,8 @@ def train(
         metrics = pd.read_csv(folder / "metrics.csv")
         last = metrics.iloc[-1]
         console.print(f"Run {folder}: {len(metrics)} epochs; last epoch train AUC "
-                      f"{last.train_auc:.3f}, validation AUC {last.val_auc:.3f}, best "
-                      f"validation AUC {metrics.val_auc.max():.3f}")
+                      f"{fmt(last.train_auc)}, validation AUC {fmt(last.val_auc)}, best "
+                      f"validation AUC {fmt(metrics.val_auc.max())}")
 
 
 def predict(

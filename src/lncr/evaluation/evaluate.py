@@ -25,6 +25,7 @@ Written to ``<output_dir>/evaluation/``:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,22 +211,29 @@ def evaluate_predictions(rows: pd.DataFrame, settings, cohorts: tuple[str, ...] 
 
 
 @locks_output
-def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -> Evaluation:
+def evaluate_study(study: Study, figures: bool = True, baseline: bool = False,
+                   progress: Callable[[str], None] | None = None) -> Evaluation:
     """Evaluate the predictions of ``lncr predict STUDY.yaml`` and write every output; with
-    ``baseline``, also the colour-statistics control (:mod:`lncr.evaluation.baseline`)."""
+    ``baseline``, also the colour-statistics control (:mod:`lncr.evaluation.baseline`).
+    ``progress(step)`` as each step begins."""
     from lncr.provenance import package_versions
 
+    say = progress or (lambda step: None)
     cfg = study.config
     rows = long_predictions(cfg.output_dir / "predictions")
     left_out = unlabelled_patients(rows)
+    say(f"metrics of {rows.model.nunique()} models and ensembles "
+        f"({cfg.evaluation.bootstrap_resamples} bootstrap resamples each)")
     metrics, thresholds, calibration, comparisons = evaluate_predictions(rows, cfg.evaluation)
     folder = cfg.output_dir / "evaluation"
     folder.mkdir(parents=True, exist_ok=True)
     for name, table in (("metrics", metrics), ("threshold_metrics", thresholds),
                         ("calibration", calibration), ("comparisons", comparisons)):
         write_table(Layout(cfg.output_dir).evaluation_table(name), table)
-    sites = site_tables(rows, dict(zip(study.patients.patient_id, study.patients.site)),
-                        cfg.evaluation)
+    site_of = dict(zip(study.patients.patient_id, study.patients.site))
+    if any(site_of.values()):
+        say("metrics per external site")
+    sites = site_tables(rows, site_of, cfg.evaluation)
     for name, table in (sites or {}).items():
         write_table(Layout(cfg.output_dir).site_table(name), table)
 
@@ -247,6 +255,7 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -
     if figures:
         from lncr.evaluation.plots import calibration_figure, roc_figure
 
+        say("ROC and calibration figures")
         for cohort in COHORTS:
             ensembles = rows[(rows.kind != "single model")]
             paths += roc_figure(_cohort(ensembles, cohort), metrics[metrics.cohort == cohort],
@@ -258,6 +267,7 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False) -
     if baseline:
         from lncr.evaluation.baseline import run_baseline
 
+        say("colour-statistics control")
         control = read_table(run_baseline(study) / "metrics.csv")
     return Evaluation(folder, metrics, thresholds, calibration, comparisons, paths, control,
                       left_out, sites)

@@ -243,9 +243,10 @@ def _phantom_scores(fm: FinalModel, tiles: pd.DataFrame, cluster: np.ndarray) ->
                         "classes": tiles.planted_class.value_counts().to_dict()}}
 
 
-def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None = None
-                  ) -> dict:
-    """Cluster one final model's development influential tiles; write its folder."""
+def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Cluster one final model's development influential tiles; write its folder;
+    ``progress(what, epoch, epochs)`` after each DCCS epoch."""
     import torch
 
     from lncr.explain.dccs import assign, fit_dccs
@@ -263,13 +264,19 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
     images = load_tiles(tiles, ex.cluster_tile_size, cluster_crop_fraction(ex))
     config = dccs_config(ex, fm.stain, len(tiles))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
-    model, history = fit_dccs(x, config, str(resolve_device(device)))
+    name = f"{fm.stain} {fm.magnification}"
+
+    def epoch_done(epoch: int, losses: dict[str, float]) -> None:
+        if progress:
+            loss = ", ".join(f"{k} {v:.3f}" for k, v in losses.items())
+            progress(f"DCCS {name} ({len(tiles)} tiles; {loss})", epoch + 1, config.epochs)
+
+    model, history = fit_dccs(x, config, str(resolve_device(device)), epoch_done)
     z, cluster = assign(model, x)
     probability = z[:, ex.style_dim:]
     tiles = tiles.assign(cluster=cluster, cluster_probability=probability.max(axis=1))
     xy = tsne(z, ex.seed)
     tiles["tsne_x"], tiles["tsne_y"] = xy[:, 0], xy[:, 1]
-    name = f"{fm.stain} {fm.magnification}"
     extra = _phantom_scores(fm, tiles, cluster)
     folder.mkdir(parents=True, exist_ok=True)
     table, overall = association(tiles, ex.clusters)
@@ -305,9 +312,10 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
 @locks_output
 def explain_clusters(study: Study, stains: list[str] | None = None,
                      magnifications: list[str] | None = None,
-                     device: str = "auto", log: Callable[[str], None] | None = None
-                     ) -> list[dict]:
-    """DCCS clustering for each chosen final model; one summary dict per model."""
-    return [cluster_model(fm, device, log)
+                     device: str = "auto", log: Callable[[str], None] | None = None,
+                     progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+    """DCCS clustering for each chosen final model; one summary dict per model
+    (``progress(what, epoch, epochs)`` per training epoch)."""
+    return [cluster_model(fm, device, log, progress)
             for fm in final_models_for(study, "development", None, device, stains,
                                        magnifications)]

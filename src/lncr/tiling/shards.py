@@ -123,13 +123,14 @@ def _check(parts: dict, units: list) -> None:
                                "it): the tables changed since; run the shards again")
 
 
-def merge_shards(study, units: list | None = None) -> pd.DataFrame:
-    """Merge the shards' parts into the study's index (``lncr tile --merge``)."""
+def merge_shards(study, units: list | None = None, wait: float = 0.0) -> pd.DataFrame:
+    """Merge the shards' parts into the study's index (``lncr tile --merge``), waiting up to
+    ``wait`` seconds for the output folder."""
     from lncr.locks import output_lock
     from lncr.tiling.run import INDEX_COLUMNS, plan_units, write_index
 
     layout = Layout(study.config.output_dir)
-    with output_lock(study.config.output_dir, "lncr tile --merge"):
+    with output_lock(study.config.output_dir, "lncr tile --merge", wait):
         parts = read_parts(layout)
         units = units if units is not None else plan_units(study, layout)
         _check(parts, units)
@@ -145,13 +146,18 @@ def merge_shards(study, units: list | None = None) -> pd.DataFrame:
     return index
 
 
+#: Seconds a finished shard waits for the output folder: another shard may be checking the
+#: parts at that moment (and finding this one's missing, it gives up the merge to this one).
+MERGE_WAIT = 120.0
+
+
 def try_merge(study, units: list) -> str:
-    """Merge when every part is there and the folder is free: "" when merged, else why not
-    (a shard has not finished, or another command holds the folder)."""
+    """Merge when every part is there: "" when merged, else why not (a shard has not
+    finished, or another command holds the folder longer than :data:`MERGE_WAIT`)."""
     from lncr.locks import OutputBusy
 
     try:
-        merge_shards(study, units)
+        merge_shards(study, units, MERGE_WAIT)
     except (ShardsIncomplete, OutputBusy) as exc:
         return str(exc)
     return ""

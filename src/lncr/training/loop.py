@@ -195,7 +195,8 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
               runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
               force: bool = False, stop_after: Callable[[int, int | None], bool] | None = None,
               source: dict | None = None, excluded: list[dict] | None = None,
-              features=None, on_epoch: Callable[[dict], None] | None = None) -> Path:
+              features=None, on_epoch: Callable[[dict], None] | None = None,
+              on_step: Callable[[int, int, int], None] | None = None) -> Path:
     """Train (or resume, or skip when finished) one run; returns its folder.
 
     ``entries`` are the stain × magnification's slides with their sides (``train``/``val``);
@@ -208,12 +209,13 @@ def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettin
     or validation slides lose a label. ``features`` (a
     :class:`lncr.features.embed.FeatureCache`) trains a frozen pretrained backbone from cached
     features, embedding the slides first when needed. ``on_epoch`` gets each epoch's metrics
-    row (with ``epochs`` and ``seconds``) on the main process. The work is
+    row (with ``epochs`` and ``seconds``) on the main process, ``on_step(epoch, step, steps)``
+    each optimiser step there. The work is
     :class:`lncr.training.trainer.Trainer`'s.
     """
     from lncr.training.trainer import Trainer
 
     trainer = Trainer(spec, entries, settings, runs_root, tile_size, weights, device, force,
                       source, excluded, features)
-    trainer.on_epoch = on_epoch
+    trainer.on_epoch, trainer.on_step = on_epoch, on_step
     return trainer.run(stop_after)

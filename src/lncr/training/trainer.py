@@ -96,6 +96,7 @@ class Trainer:
         self.rng = None
         self.writer = None
         self.on_epoch: Callable[[dict], None] | None = None  # the metrics row of each epoch
+        self.on_step: Callable[[int, int, int], None] | None = None  # (epoch, step, steps)
 
     @property
     def finished(self) -> bool:
@@ -300,6 +301,8 @@ class Trainer:
             for bags, factors, labels, slides in self.train_loader:
                 mine += self.step(bags, factors, labels, slides)
                 step += 1
+                if self.on_step is not None and ctx.main:
+                    self.on_step(epoch, step, steps_of[ctx.rank])
                 every = s.checkpoint_every
                 if every and step % every == 0 and step < min(steps_of):
                     self.prior += [o for part in ctx.gather(mine) for o in part]
