@@ -4,6 +4,7 @@ demo."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -120,6 +121,17 @@ class DescribeDemoCommand:
         assert "Not available yet" not in page  # every stage ran
         assert result.output.rstrip().endswith(str(report))
         assert "[11/12] report" in result.output and "[12/12] export + apply" in result.output
+        # Every stage shows its progress; off a terminal, as plain timestamped lines.
+        parts = re.split(r"^\[(\d+)/12\] [^\n]*─$", result.output, flags=re.M)
+        stages = dict(zip(parts[1::2], parts[2::2]))
+        assert len(stages) == 12
+        for k, text in stages.items():
+            if k == "2":  # validate: the study's tables
+                assert "Slides per stain" in text
+            elif k == "5":  # sweep: one line per unit
+                assert re.search(r"\[1/2\] done .*validation AUC", text), text
+            else:
+                assert re.search(r"\n\d\d:\d\d:\d\d \S", text), (k, text[:800])
         new = tmp_path / "demo-out" / "new-patient"
         scored = pd.read_csv(new / "scores.csv", dtype={"patient_id": str})
         assert len(scored) == 1 and scored.stains_used.iloc[0] == "HE+PAS"
