@@ -243,7 +243,7 @@ def it_embeds_from_the_command_line_with_plain_progress_lines(frozen_study):
     assert "tiles (" in result.output and "/s, ETA" in result.output  # not a terminal
     assert "Features" in result.output
     bad = CliRunner().invoke(app, ["embed", str(study_yaml), "--shard", "3/2", *sets])
-    assert bad.exit_code == 2 and "i must be" in bad.output
+    assert bad.exit_code == 2 and "0 ≤ i < N" in bad.output
 
 
 def it_refuses_a_frozen_grid_with_a_randomly_initialised_backbone(frozen_study):

@@ -238,17 +238,17 @@ def half_phantom(phantom, folder):
 
 class DescribeShards:
     def it_gives_each_slide_to_one_shard_with_all_its_magnifications(self):
-        from lncr.tiling.shards import Shard
+        from lncr.sharding import Shard
 
         units = [TileUnit(p, "development", st, "s", None, m, 1.0, "x")
                  for p in ("A", "B", "C") for st in ("HE", "PAS") for m in ("10x", "20x")]
-        parts = [Shard(i, 4).select(units) for i in range(1, 5)]
+        parts = [Shard(i, 4).select(units, lambda u: (u.patient_id, u.stain)) for i in range(4)]
         assert sorted(map(id, [u for part in parts for u in part])) == sorted(map(id, units))
         for part in parts:
             slides = {(u.patient_id, u.stain) for u in part}
             assert len(part) == 2 * len(slides)
-        with pytest.raises(Exception, match="1 ≤ i ≤ n"):
-            Shard.parse("3/2")
+        with pytest.raises(Exception, match="0 ≤ i < N"):
+            Shard.parse("2/2")
 
     @pytest.mark.slow  # two lncr processes
     def it_tiles_in_shards_side_by_side_and_the_last_merges_the_index(self, phantom, tiled,
@@ -257,7 +257,7 @@ class DescribeShards:
         base = [sys.executable, "-m", "lncr.cli", "tile", str(study / "study.yaml"),
                 "--workers", "1", *[a for s in SHARDED for a in ("--set", s)]]
         procs = [subprocess.Popen(base + ["--shard", f"{i}/2"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+                                  stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
         outputs = [p.communicate(timeout=300)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
         assert any("index merged" in out for out in outputs), outputs
@@ -281,12 +281,12 @@ class DescribeShards:
 
         study = half_phantom(phantom, tmp_path / "p")
         sets = [a for s in SHARDED for a in ("--set", s)]
-        first = CliRunner().invoke(app, ["tile", str(study / "study.yaml"), "--shard", "1/3",
+        first = CliRunner().invoke(app, ["tile", str(study / "study.yaml"), "--shard", "0/3",
                                          "--workers", "1", *sets])
         assert first.exit_code == 0 and "index not merged yet" in first.output
         assert not (study / "lncr-output" / "tiles" / "index.csv").exists()
         merge = CliRunner().invoke(app, ["tile", str(study / "study.yaml"), "--merge", *sets])
-        assert merge.exit_code == 2 and "shard(s) 2/3, 3/3 have not finished" in merge.output
+        assert merge.exit_code == 2 and "shard(s) 1/3, 2/3 have not finished" in merge.output
         assert "Traceback" not in merge.output
         whole = tile_study(Study.load(study / "study.yaml", SHARDED), workers=2)
         reused = {r.unit.patient_id for r in whole.results if r.status == "reused"}

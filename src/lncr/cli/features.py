@@ -11,15 +11,10 @@ from lncr.cli.common import Meter, console, table
 
 
 def _shard(text: str | None) -> tuple[int, int]:
-    if text is None:
-        return 0, 1
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: give i/N, e.g. 0/4") from None
-    if not 0 <= index < count:
-        raise typer.BadParameter(f"{text!r}: i must be 0 … N-1")
-    return index, count
+    from lncr.sharding import Shard
+
+    shard = Shard.parse(text) if text is not None else Shard()
+    return shard.index, shard.count
 
 
 def embed(

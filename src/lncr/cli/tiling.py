@@ -22,14 +22,15 @@ def tile(
     workers: Annotated[int, typer.Option(min=0, help="Processes (0 = tiling.workers, or all cores).")] = 0,
     force: Annotated[bool, typer.Option(help="Re-tile even finished slides.")] = False,
     shard: Annotated[Optional[str], typer.Option(
-        help="Tile only shard i of n (e.g. 2/4): every n-th slide, for n machines sharing "
-             "the output folder; the last to finish merges the index.")] = None,
+        help="Tile only shard i of n (0 ≤ i < n, e.g. 1/4): every n-th slide, for n machines "
+             "sharing the output folder; the last to finish merges the index.")] = None,
     merge: Annotated[bool, typer.Option(
         help="Only merge the finished shards' parts into the index.")] = False,
 ) -> None:
     """Cut every slide into normalised tiles at every magnification (the tile stores)."""
+    from lncr.sharding import Shard
     from lncr.tiling.run import tile_study
-    from lncr.tiling.shards import Shard, merge_shards
+    from lncr.tiling.shards import merge_shards
 
     study = Study.load(study_yaml, set_)
     if merge:

@@ -35,11 +35,12 @@ from lncr.fileio import atomic_save_image, atomic_write_json
 from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
 from lncr.locks import locks_output, output_lock
+from lncr.sharding import Shard
 from lncr.slides.annotations import RegionRules
 from lncr.study.config import MagnificationSettings, StudyConfig
 from lncr.study.validate import Study
 from lncr.tiling.reference import NormalisationReferenceError, fit_reference
-from lncr.tiling.shards import Shard, clear_parts, try_merge, write_part
+from lncr.tiling.shards import clear_parts, try_merge, write_part
 from lncr.tiling.store import TileStore
 from lncr.tiling.unit import TileParams, TileUnit, UnitResult, tile_unit
 from lncr.workers import process_pool
@@ -210,7 +211,8 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
     """Tile every slide × magnification of a study (the Python API of ``lncr tile``);
     ``progress(result, done, total)`` after each unit.
 
-    With ``shard`` (``Shard(i, n)``: ``lncr tile --shard i/n``) only every n-th slide is tiled,
+    With ``shard`` (``Shard(i, n)``: ``lncr tile --shard i/n``, 0 ≤ i < n) only every n-th
+    slide is tiled,
     under a lock of that shard alone, so that n machines sharing the output folder tile a
     study together; each writes its part of the index, and the last to finish merges them
     into ``index.csv`` (:func:`lncr.tiling.shards.merge_shards`)."""
@@ -227,7 +229,8 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
             clear_parts(layout)
         return report
     with output_lock(layout.tiles_dir / "shards" / shard.name, f"lncr tile --shard {shard}"):
-        report = _run_units(study, layout, shard.select(units), workers, force, progress)
+        mine = shard.select(units, key=lambda u: (u.patient_id, u.stain))
+        report = _run_units(study, layout, mine, workers, force, progress)
         index = report.index()
         _qc(layout, index, list(study.config.magnification_labels()),
             study.config.annotations.rules())

@@ -1,6 +1,7 @@
 """Tiling split over machines: ``lncr tile --shard i/n``.
 
-Shard *i* of *n* tiles every *n*-th slide of the plan, starting with the *i*-th (all
+Shard *i* of *n* (0 ≤ *i* < *n*, as ``lncr embed --shard``) tiles every *n*-th slide of the
+plan, starting with the *i*-th (counting from 0; all
 magnifications of a slide stay in one shard, so a slide is opened by one machine only). The
 shards share the output folder (a shared file system) and each holds a lock of its own
 (``tiles/shards/<i>-of-<n>/``), so they run side by side; a shard run twice at once is refused.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -27,42 +27,13 @@ from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json
 from lncr.layout import INDEX_PATHS, Layout, read_table, write_table
 from lncr.paths import resolve_columns, store_columns
+from lncr.sharding import Shard
 
 _PART = re.compile(r"^(\d+)-of-(\d+)\.csv$")
 
 
 class ShardsIncomplete(BadInput):
     """The shards' parts cannot be merged yet (or no longer fit the study)."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` (from 1) of ``count``."""
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """``"2/4"`` → ``Shard(2, 4)``; a clear error for anything else."""
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
-        if not match or not 1 <= int(match[1]) <= int(match[2]):
-            raise BadInput(f"--shard {text!r}: write i/n with 1 ≤ i ≤ n, e.g. --shard 2/4 for "
-                           "the second of four machines")
-        return cls(int(match[1]), int(match[2]))
-
-    @property
-    def name(self) -> str:
-        return f"{self.index}-of-{self.count}"
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    def select(self, units: list) -> list:
-        """This shard's units: those of every ``count``-th slide of the plan."""
-        slides = list(dict.fromkeys((u.patient_id, u.stain) for u in units))
-        mine = set(slides[self.index - 1::self.count])
-        return [u for u in units if (u.patient_id, u.stain) in mine]
 
 
 def _folder(layout: Layout) -> Path:
@@ -109,7 +80,7 @@ def _check(parts: dict, units: list) -> None:
         raise ShardsIncomplete(f"parts of different splits ({', '.join(map(str, parts))}) are "
                                "in tiles/shards/: run every shard of one split again")
     n = counts.pop() if counts else 0
-    missing = [f"{i}/{n}" for i in range(1, n + 1) if Shard(i, n) not in parts] if n else []
+    missing = [f"{i}/{n}" for i in range(n) if Shard(i, n) not in parts] if n else []
     if not parts or missing:
         raise ShardsIncomplete("shard(s) " + (", ".join(missing) or "(none)") + " have not "
                                "finished: run `lncr tile STUDY --shard i/n` for them")
