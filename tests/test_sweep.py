@@ -122,6 +122,9 @@ class DescribeSelectionRule:
         # bag 8: mean(0.9, 0.6) = 0.75; bag 16: mean(0.7, 0.8) = 0.75 -> tie -> smaller bag
         assert s["bag_size"] == 8
         assert [b["mean_val_auc"] for b in s["evidence"]["bag_size"]] == [0.75, 0.75]
+        assert s["decided_by"] == {
+            "architecture": {"HE": "mean validation AUC", "PAS": "mean validation AUC"},
+            "bag_size": "mean validation AUC tied at 0.750 with bag 16: the smaller bag"}
 
     def it_breaks_ties_by_loss_then_by_model_size(self):
         t = units([("HE", "resnet50", 8, "10x", 0, 0.8, 0.5, "done"),
@@ -131,6 +134,14 @@ class DescribeSelectionRule:
         assert s["architectures"]["HE"] == "resnet18"  # same AUC and loss: fewer parameters
         ranked = s["evidence"]["architecture"]["HE"]
         assert [r["architecture"] for r in ranked] == ["resnet18", "resnet50", "vgg11"]
+        assert s["decided_by"]["architecture"]["HE"] == (
+            "mean validation AUC tied at 0.800 and loss with resnet50: the smaller model")
+        by_loss = select(t[t.architecture != "resnet18"], self.settings)
+        assert by_loss["decided_by"]["architecture"]["HE"] == (
+            "mean validation AUC tied at 0.800 with vgg11: the lower mean validation loss")
+        undefined = t.assign(val_auc=np.nan)
+        assert select(undefined, self.settings)["decided_by"]["architecture"]["HE"].startswith(
+            "no validation AUC (one outcome in the validation slides) and loss")
 
     def it_explains_when_nothing_finished(self):
         with pytest.raises(ValueError, match="no sweep unit finished"):

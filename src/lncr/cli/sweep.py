@@ -31,13 +31,17 @@ def sweep(
     for where, excluded in report.unusable.items():
         warn_unusable(excluded, where)
     sel = report.selection
+    decided = sel.get("decided_by", {})
     console.print(table("Selection (sweep/selection.json)", ["stain", "architecture",
-                                                             "mean val AUC", "units"],
+                                                             "mean val AUC", "units",
+                                                             "decided by"],
                         [(s, a, fmt(sel["evidence"]["architecture"][s][0]["mean_val_auc"]),
-                          str(sel["evidence"]["architecture"][s][0]["units"]))
+                          str(sel["evidence"]["architecture"][s][0]["units"]),
+                          decided.get("architecture", {}).get(s, ""))
                          for s, a in sel["architectures"].items()]))
     es = sel["early_stopping"]
-    console.print(f"Bag size {sel['bag_size']}; units {sel['units']}; epochs trained "
+    console.print(f"Bag size {sel['bag_size']} ({decided.get('bag_size', '')}); units "
+                  f"{sel['units']}; epochs trained "
                   f"{es['epochs_trained']} of {es['epochs_full_grid']} "
                   f"({100 * es['compute_saved']:.0f}% saved)")
     if report.final is not None:

@@ -182,8 +182,13 @@ def sweep_section(out: Path) -> str:
     body = failures_box(selection) + protocol_note(out)
     body += img(figure_uri(fig), "Validation AUC by architecture and bag size (mean over "
                                  "magnifications and repeats; dotted: the selected bag size)")
-    chosen = ", ".join(f"{s}: <b>{esc(a)}</b>" for s, a in selection["architectures"].items())
-    body += (f"<p>Selected: {chosen}; bag size <b>{esc(selection['bag_size'])}</b>.</p>"
+    decided = selection.get("decided_by") or {}
+    why = decided.get("architecture", {})
+    chosen = ", ".join(f"{s}: <b>{esc(a)}</b>" + (f" ({esc(why[s])})" if s in why else "")
+                       for s, a in selection["architectures"].items())
+    bag_why = f" ({esc(decided['bag_size'])})" if "bag_size" in decided else ""
+    body += (f"<p>Selected: {chosen}; bag size <b>{esc(selection['bag_size'])}</b>{bag_why}."
+             "</p>"
              f"<p class=note>Rule: {esc(selection.get('rule', ''))}</p>")
     stopping = selection.get("early_stopping") or {}
     if stopping.get("method", "none") != "none":

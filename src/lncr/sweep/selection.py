@@ -137,10 +137,53 @@ def select(units: pd.DataFrame, settings) -> dict:
                 per_stain[stain] = float(p.val_auc.mean())
         if per_stain:
             bag_rows.append({"bag_size": int(bag),
-                             "mean_val_auc": float(np.nanmean(list(per_stain.values()))),
+                             "mean_val_auc": _mean_defined(list(per_stain.values())),
                              "per_stain": per_stain})
     ranked_bags = sorted(bag_rows, key=lambda b: (
         -round(np.nan_to_num(b["mean_val_auc"], nan=-1), 9), b["bag_size"]))
     return {"rule": RULE, "architectures": architectures,
             "bag_size": ranked_bags[0]["bag_size"],
+            "decided_by": {"architecture": {s: architecture_decision(r)
+                                            for s, r in arch_evidence.items()},
+                           "bag_size": bag_decision(ranked_bags)},
             "evidence": {"architecture": arch_evidence, "bag_size": ranked_bags}}
+
+
+def _mean_defined(values: list[float]) -> float:
+    """The mean of the defined values; NaN (without a warning) when there are none."""
+    defined = [v for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan
+
+
+def _same(a: float, b: float) -> bool:
+    """Equal as the rule compares them (to 1e-9; two undefined values are equal)."""
+    return (math.isnan(a) and math.isnan(b)) or round(a, 9) == round(b, 9)
+
+
+def architecture_decision(ranked: list[dict]) -> str:
+    """What chose a stain's architecture: the AUC, or — on a tie — which tie-break."""
+    if len(ranked) == 1:
+        return "the only architecture with finished units"
+    first, second = ranked[0], ranked[1]
+    auc = ("no validation AUC (one outcome in the validation slides)"
+           if math.isnan(first["mean_val_auc"]) else
+           f"mean validation AUC tied at {first['mean_val_auc']:.3f}")
+    if not _same(first["mean_val_auc"], second["mean_val_auc"]):
+        return "mean validation AUC"
+    if not _same(first["mean_val_loss"], second["mean_val_loss"]):
+        return f"{auc} with {second['architecture']}: the lower mean validation loss"
+    if first["parameters"] != second["parameters"]:
+        return f"{auc} and loss with {second['architecture']}: the smaller model"
+    return f"{auc}, loss and size with {second['architecture']}: the name"
+
+
+def bag_decision(ranked: list[dict]) -> str:
+    """What chose the bag size: the AUC, or a tie that went to the smaller bag."""
+    if len(ranked) == 1:
+        return "the only bag size with finished units"
+    first, second = ranked[0], ranked[1]
+    if not _same(first["mean_val_auc"], second["mean_val_auc"]):
+        return "mean validation AUC over stains"
+    what = ("no validation AUC" if math.isnan(first["mean_val_auc"]) else
+            f"mean validation AUC tied at {first['mean_val_auc']:.3f}")
+    return f"{what} with bag {second['bag_size']}: the smaller bag"
