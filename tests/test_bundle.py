@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -295,6 +296,39 @@ class DescribeTwoExternalSites:
         assert int(pooled.patients.iloc[0]) == 8
         tests = read_table(out / "sites" / "comparisons.csv")
         assert set(tests.site) == {"A", "B"} and tests.p.notna().any()
+
+
+class DescribePredictionShards:
+    def it_splits_the_final_models_over_shards_and_the_last_builds_the_ensembles(
+            self, exported, tmp_path):
+        from lncr.evaluation.final_predictions import final_models
+
+        study_yaml, bundle, patients, sets, weights = exported
+        copy = tmp_path / "study"
+        shutil.copytree(study_yaml.parent, copy)
+        restore_weights(bundle, weights)
+        out = copy / "lncr-output"
+        models = final_models(out)
+        for folder in models.folder:  # every model must predict again
+            shutil.rmtree(Path(folder) / "predictions", ignore_errors=True)
+        shutil.rmtree(out / "predictions")
+        args = [a for s in sets for a in ("--set", s)]
+        outputs = []
+        for i in (0, 1):
+            result = CliRunner().invoke(app, ["predict", str(copy / "study.yaml"), "--shard",
+                                              f"{i}/2", "--device", "cpu", *args])
+            assert result.exit_code == 0, result.output
+            outputs.append(" ".join(result.output.split()))
+        assert "ensembles not built yet" in outputs[0] and "has no prediction" in outputs[0]
+        assert "ensembles written to predictions/" in outputs[1]
+        predicted = [Path(f) for f in models.folder if (Path(f) / "predictions").is_dir()]
+        assert len(predicted) == len(models) == 4
+        mine = read_table(out / "predictions" / "multi_stain.csv")
+        theirs = read_table(study_yaml.parent / "lncr-output" / "predictions" / "multi_stain.csv")
+        pd.testing.assert_frame_equal(mine[["patient_id", "probability"]],
+                                      theirs[["patient_id", "probability"]])
+        bad = CliRunner().invoke(app, ["predict", str(copy / "study.yaml"), "--shard", "2/2"])
+        assert bad.exit_code == 2 and "0 ≤ i < N" in bad.output
 
 
 class DescribeCommandLine:

@@ -4,6 +4,7 @@ effects, influential tiles, the heatmap and the GeoJSON export (`lncr explain he
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -150,6 +151,33 @@ class DescribeHeatmapCommand:
         assert sorted(index.patient_id) == sorted(e.patient_id for e in ext)
         assert all((out / "explain" / "geojson" / g).exists() for g in index.geojson)
         assert index.image.str.endswith(".tiff").all()  # the slide file QuPath opens
+
+
+class DescribeHeatmapShards:
+    def it_splits_the_patients_over_shards_and_the_last_writes_the_tables(self, final_study,
+                                                                          tmp_path):
+        study, folder, entries, out = final_study
+        copy = tmp_path / "study"
+        shutil.copytree(study.parent, copy, ignore=shutil.ignore_patterns("explain"))
+        sets = [a for s in QUICK + ["explain.top_k=2"] for a in ("--set", s)]
+        base = ["explain", "heatmap", str(copy / "study.yaml"), "--cohort", "development",
+                "--device", "cpu", *sets]
+        first = CliRunner().invoke(app, base + ["--shard", "0/2"])
+        second = CliRunner().invoke(app, base + ["--shard", "1/2"])
+        assert first.exit_code == second.exit_code == 0, first.output + second.output
+        assert "the tables wait for the other shards" in " ".join(first.output.split())
+        assert "influential.csv and the GeoJSON index written" in " ".join(second.output.split())
+        explain = copy / "lncr-output" / "explain"
+        dev = sorted(e.patient_id for e in entries if e.split != "external")
+        sharded = pd.read_csv(explain / "influential.csv", dtype={"patient_id": str})
+        assert sorted(sharded.patient_id.unique()) == dev
+        scores = {p: p.stat().st_mtime_ns for p in (explain / "scores").rglob("*.csv")}
+        assert len(scores) == len(dev)
+        whole = CliRunner().invoke(app, base)  # every slide cached: nothing is scored again
+        assert whole.exit_code == 0, whole.output
+        assert {p: p.stat().st_mtime_ns for p in scores} == scores
+        pd.testing.assert_frame_equal(
+            sharded, pd.read_csv(explain / "influential.csv", dtype={"patient_id": str}))
 
 
 class DescribeGradCAMCommand:

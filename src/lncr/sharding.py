@@ -12,6 +12,10 @@ from lncr.errors import BadInput
 
 T = TypeVar("T")
 
+#: Seconds a finished shard waits for the output folder before merging what every shard did
+#: (another shard may hold it for the same reason, or be checking the parts).
+MERGE_WAIT = 120.0
+
 
 @dataclass(frozen=True)
 class Shard:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from lncr.cli.common import Meter, console, slide_lines
 from lncr.study.validate import Study
@@ -21,11 +22,22 @@ def heatmap(
     patient: Annotated[Optional[list[str]], typer.Option(help="Only these patients (repeatable).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting, e.g. explain.top_k=4.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    shard: Annotated[Optional[str], typer.Option(help="Explain every n-th selected patient from the i-th (i/n, 0 ≤ i < n), for n machines; the last to finish writes the tables of them all.")] = None,
 ) -> None:
     """Score every tile of every slide with each final model (attention and leave-one-out
     effect), paint the scores on the slide, export them as GeoJSON, list influential tiles."""
-    from lncr.explain.heatmap_run import explain_heatmaps
+    from lncr.explain.heatmap_run import explain_heatmaps, explain_heatmaps_shard
 
+    if shard is not None:
+        from lncr.sharding import Shard
+
+        part = Shard.parse(shard)
+        note = explain_heatmaps_shard(Study.load(study_yaml, set_), part, cohort, patient,
+                                      device, slide_lines("scored and mapped"))
+        console.print(f"Shard {part}: its slides are scored and mapped; " + (
+            "every selected slide is: influential.csv and the GeoJSON index written." if not note
+            else f"the tables wait for the other shards ({escape(note)})."))
+        return
     table = explain_heatmaps(Study.load(study_yaml, set_), cohort, patient, device,
                              slide_lines("scored and mapped"))
     slides = table.groupby(["stain", "magnification", "patient_id"]).ngroups

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from lncr.cli.common import Meter, console, epoch_line, fmt, table, warn_unusable
 
@@ -89,6 +90,7 @@ def predict(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of the study.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
+    shard: Annotated[Optional[str], typer.Option(help="Study only: predict with every n-th final model from the i-th (i/n, 0 ≤ i < n), for n machines; the last to finish builds the ensembles.")] = None,
 ) -> None:
     """Predict P(complete response): with a study file, every final model of the sweep and the
     single-stain and multi-stain ensembles (predictions/*.csv); with a run folder, that run."""
@@ -104,8 +106,13 @@ def predict(
                 f"{', '.join(given)} apply to a run folder only: a study predicts every patient "
                 "with evaluation.checkpoint and evaluation.tiles (e.g. --set "
                 "evaluation.checkpoint=best --set evaluation.tiles=all)")
-        _predict_study(target, set_, device, workers)
+        if shard is not None:
+            _predict_shard(target, set_, device, workers, shard)
+        else:
+            _predict_study(target, set_, device, workers)
         return
+    if shard is not None:
+        raise typer.BadParameter("--shard splits a study's final models: give the study file")
     cohort, checkpoint, tiles = cohort or "all", checkpoint or "last", tiles or "eval"
     rows = predict_run(target, cohort, checkpoint, tiles, chunk_size, study, set_, device,
                        workers)
@@ -116,6 +123,21 @@ def predict(
                         f"{auc(part.label, part.probability):.3f}" if both else "-"))
     console.print(table("Predictions", ["split", "slides", "tiles", "AUC"], summary))
     console.print(f"Written: {prediction_path(target, cohort, checkpoint, tiles)}")
+
+
+def _predict_shard(study_yaml: Path, overrides: list[str] | None, device: str,
+                   workers: int, shard: str) -> None:
+    from lncr.evaluation.final_predictions import predict_shard
+    from lncr.sharding import Shard
+    from lncr.study.validate import Study
+
+    part = Shard.parse(shard)
+    with Meter("final models of this shard", every=0) as meter:
+        note = predict_shard(Study.load(study_yaml, overrides), part, device, workers,
+                             meter.update)
+    console.print(f"Shard {part}: its models' predictions are in their run folders; " + (
+        "every model has predicted: ensembles written to predictions/." if not note else
+        f"ensembles not built yet ({escape(note)}); the last shard builds them."))
 
 
 def _predict_study(study_yaml: Path, overrides: list[str] | None, device: str,

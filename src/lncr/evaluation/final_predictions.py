@@ -31,7 +31,8 @@ import pandas as pd
 from lncr.evaluation.ensemble import multi_stain_ensemble, stain_ensembles
 from lncr.fileio import atomic_write_json
 from lncr.layout import Layout, write_table
-from lncr.locks import locks_output
+from lncr.locks import output_lock
+from lncr.sharding import MERGE_WAIT, Shard
 from lncr.study.tables import OUTSIDE_SPLIT
 from lncr.study.validate import Study
 
@@ -76,34 +77,81 @@ def ensemble_tables(single: pd.DataFrame, sides: pd.DataFrame, cfg
     return single, per_stain, multi
 
 
-@locks_output
+def ready_models(study: Study) -> pd.DataFrame:
+    """The final models that finished (``final/models.csv``), or a clear error."""
+    models = final_models(study.config.output_dir)
+    ready = models[models.status == "done"]
+    if ready.empty:
+        raise ValueError(f"none of the final models in {study.config.output_dir / 'final'} "
+                         "finished; re-run `lncr sweep` (models.csv lists their errors)")
+    return ready
+
+
 def predict_final(study: Study, device: str = "auto", workers: int = 0,
                   progress: Callable[[str, int, int], None] | None = None) -> FinalPredictions:
     """Predict with every finished final model, build the ensembles, write the tables;
     ``progress(model, done, total)`` after each model."""
-    from lncr.training.entries import study_entries, unusable_patients
-    from lncr.training.loop import versions
+    with output_lock(study.config.output_dir, "lncr predict"):
+        return _predict_all(study, device, workers, progress)
+
+
+def predict_shard(study: Study, shard: Shard, device: str = "auto", workers: int = 0,
+                  progress: Callable[[str, int, int], None] | None = None) -> str:
+    """``lncr predict STUDY.yaml --shard i/n``: predict with every n-th final model (each
+    writes into its own run folder), under a lock of this shard alone; then, when every
+    model has its predictions, build the ensembles from them. Returns "" when it did, else
+    why not (another shard has not finished, or the folder stayed busy)."""
+    from lncr.locks import OutputBusy
+    from lncr.training.predict import NotPredictedYet
+
+    ready = ready_models(study)
+    mine = shard.select(list(ready.itertuples()), key=lambda m: (m.stain, m.magnification))
+    folder = Layout(study.config.output_dir).predictions_dir / "shards" / shard.name
+    with output_lock(folder, f"lncr predict --shard {shard}"):
+        for k, m in enumerate(mine, 1):
+            slides = _predict_model(study, m, device, workers, reuse=True)
+            if progress:
+                progress(f"{m.stain} {m.magnification}: {0 if slides is None else len(slides)} "
+                         "slides", k, len(mine))
+    try:
+        with output_lock(study.config.output_dir, "lncr predict (merge)", MERGE_WAIT):
+            _predict_all(study, device, workers, None, reuse="only")
+    except (NotPredictedYet, OutputBusy) as exc:
+        return str(exc)
+    return ""
+
+
+def _predict_model(study: Study, m, device: str, workers: int, reuse: bool | str
+                   ) -> pd.DataFrame | None:
+    """One final model's slide predictions (None when no slide has its stain's tiles)."""
+    from lncr.training.entries import study_entries
     from lncr.training.predict import predict_run
 
-    cfg = study.config
-    models = final_models(cfg.output_dir)
-    ready = models[models.status == "done"]
-    if ready.empty:
-        raise ValueError(f"none of the final models in {cfg.output_dir / 'final'} finished; "
-                         "re-run `lncr sweep` (models.csv lists their errors)")
-    ev = cfg.evaluation
+    if not study_entries(study, m.stain, m.magnification):
+        return None
+    ev = study.config.evaluation
+    slides = predict_run(m.folder, "all", ev.checkpoint, ev.tiles, study=study, device=device,
+                         workers=workers, reuse=reuse)
+    slides["architecture"], slides["bag_size"] = m.architecture, m.bag_size
+    slides["run"] = m.folder
+    return slides
+
+
+def _predict_all(study: Study, device: str, workers: int,
+                 progress: Callable[[str, int, int], None] | None,
+                 reuse: bool | str = True) -> FinalPredictions:
+    from lncr.training.entries import unusable_patients
+
+    ready = ready_models(study)
     tables, unusable = [], {}
     idle = []  # models with no slide to predict (nobody has that stain with tiles there)
     for m in ready.itertuples():
         unusable[f"{m.stain} {m.magnification}"] = unusable_patients(study, m.stain,
                                                                      m.magnification)
-        if not study_entries(study, m.stain, m.magnification):
+        slides = _predict_model(study, m, device, workers, reuse)
+        if slides is None:
             idle.append({"stain": m.stain, "magnification": m.magnification})
             continue
-        slides = predict_run(m.folder, "all", ev.checkpoint, ev.tiles, study=study,
-                             device=device, workers=workers, reuse=True)
-        slides["architecture"], slides["bag_size"] = m.architecture, m.bag_size
-        slides["run"] = m.folder
         tables.append(slides)
         if progress:
             progress(f"{m.stain} {m.magnification}: {len(slides)} slides", len(tables) + len(idle),
@@ -111,7 +159,18 @@ def predict_final(study: Study, device: str = "auto", workers: int = 0,
     if not tables:
         raise ValueError("no slide of this study has tiles for any final model: run `lncr "
                          "tile` (tiles/index.csv says why slides failed)")
-    slides = pd.concat(tables, ignore_index=True)
+    return _write_predictions(study, pd.concat(tables, ignore_index=True), idle,
+                              {k: v for k, v in unusable.items() if v})
+
+
+def _write_predictions(study: Study, slides: pd.DataFrame, idle: list[dict],
+                       unusable: dict[str, list[dict]]) -> FinalPredictions:
+    """The three prediction tables and ``predictions.json`` from every model's slides."""
+    from lncr.training.loop import versions
+
+    cfg, ev = study.config, study.config.evaluation
+    models = final_models(cfg.output_dir)
+    ready = models[models.status == "done"]
     keys = ["patient_id", "stain", "magnification"]
     single = (slides.groupby(keys, sort=True)
               .agg(probability=("probability", "mean"), slides=("probability", "size"),
@@ -135,7 +194,6 @@ def predict_final(study: Study, device: str = "auto", workers: int = 0,
         "missing_models": models[models.status != "done"][["stain", "magnification"]]
         .to_dict("records"),
         "models_without_slides": idle,
-        "patients_without_tiles": {k: v for k, v in unusable.items() if v},
+        "patients_without_tiles": unusable,
         **study.source, "versions": versions()})
-    return FinalPredictions(folder, single, per_stain, multi,
-                            {k: v for k, v in unusable.items() if v})
+    return FinalPredictions(folder, single, per_stain, multi, unusable)

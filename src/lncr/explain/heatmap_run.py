@@ -35,7 +35,8 @@ from lncr.explain.models import (
 )
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.layout import Layout, write_table
-from lncr.locks import locks_output
+from lncr.locks import output_lock
+from lncr.sharding import MERGE_WAIT, Shard
 from lncr.study.validate import Study
 
 
@@ -67,14 +68,16 @@ def qupath_frame(slide: str, crop_to_bounds: bool) -> tuple[float, float]:
         return (0.0, 0.0)
 
 
-def explain_slide(fm: FinalModel, e, layout: Layout, slide: str) -> pd.DataFrame:
-    """Score one slide, write its GeoJSON (influential tiles classified for QuPath) and
-    heatmap unless they are fresh; its influential tiles."""
+def explain_slide(fm: FinalModel, e, layout: Layout, slide: str, compute: bool = True
+                  ) -> pd.DataFrame:
+    """Score one slide (or, without ``compute``, read its cached scores), write its GeoJSON
+    (influential tiles classified for QuPath) and heatmap unless they are fresh; its
+    influential tiles."""
     from lncr.explain.heatmap import geojson, heatmap_figure
 
     png = layout.explain_file("heatmaps", fm.stain, fm.magnification, e.patient_id, ".png")
     geo = layout.explain_file("geojson", fm.stain, fm.magnification, e.patient_id, ".geojson")
-    scores, probability = cached_scores(fm, e)
+    scores, probability = cached_scores(fm, e, compute)
     top = influential_rows(fm, e, scores, probability, fm.cfg.explain.top_k)
     name = f"{e.patient_id} {fm.stain} {fm.magnification}"
     key = fm.key(e)
@@ -120,13 +123,51 @@ INFLUENTIAL_FIRST = ["stain", "magnification", "patient_id", "split", "label",
                      "slide_probability", "rank"]
 
 
-@locks_output
 def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | None = None,
                      device: str = "auto",
                      progress: Callable[[str], None] | None = None,
                      thresholds: dict[str, float] | None = None) -> pd.DataFrame:
     """Score, map and export every selected slide of every final model; return the
     influential tiles. ``thresholds`` (model → threshold) replaces the study's own."""
+    with output_lock(study.config.output_dir, "lncr explain heatmap"):
+        return _explain_heatmaps(study, cohort, patients, device, progress, thresholds)
+
+
+def explain_heatmaps_shard(study: Study, shard: Shard, cohort: str = "all",
+                           patients: list[str] | None = None, device: str = "auto",
+                           progress: Callable[[str], None] | None = None) -> str:
+    """``lncr explain heatmap --shard i/n``: score and map the slides of every n-th selected
+    patient under a lock of this shard alone; then, when every selected slide has its cached
+    scores, write the influential tiles and the GeoJSON index of them all. Returns "" when it
+    did, else why not (another shard has not finished, or the folder stayed busy)."""
+    from lncr.explain.models import NotExplainedYet
+    from lncr.locks import OutputBusy
+
+    chosen = study.patients[(cohort == "all") | (study.patients.cohort == cohort)]
+    ids = sorted(p for p in chosen.patient_id if patients is None or p in set(patients))
+    mine = shard.select(ids, key=lambda p: p)
+    folder = Layout(study.config.output_dir).explain_dir / "shards" / shard.name
+    if mine:
+        with output_lock(folder, f"lncr explain heatmap --shard {shard}"):
+            for fm in final_models_for(study, cohort, mine, device):
+                slides = slide_paths(fm.cfg.output_dir)
+                for e in fm.entries:
+                    explain_slide(fm, e, Layout(fm.cfg.output_dir), slides[(e.patient_id,
+                                                                            fm.stain)])
+                    if progress:
+                        progress(f"{fm.stain} {fm.magnification} {e.patient_id}")
+    try:
+        with output_lock(study.config.output_dir, "lncr explain heatmap (merge)", MERGE_WAIT):
+            _explain_heatmaps(study, cohort, patients, device, None, None, compute=False)
+    except (NotExplainedYet, OutputBusy) as exc:
+        return str(exc)
+    return ""
+
+
+def _explain_heatmaps(study: Study, cohort: str, patients: list[str] | None, device: str,
+                      progress: Callable[[str], None] | None,
+                      thresholds: dict[str, float] | None, compute: bool = True
+                      ) -> pd.DataFrame:
     from lncr.provenance import package_versions
 
     rows, used, cfg = [], [], None
@@ -137,7 +178,8 @@ def explain_heatmaps(study: Study, cohort: str = "all", patients: list[str] | No
         used.append({"stain": fm.stain, "magnification": fm.magnification, "run": fm.folder,
                      "epoch": fm.epoch, "slides": len(fm.entries)})
         for e in fm.entries:
-            rows.append(explain_slide(fm, e, layout, slides[(e.patient_id, fm.stain)]))
+            rows.append(explain_slide(fm, e, layout, slides[(e.patient_id, fm.stain)],
+                                      compute))
             if progress:
                 progress(f"{fm.stain} {fm.magnification} {e.patient_id}")
     if not rows:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json, atomic_write_text, file_sha256
 from lncr.layout import Layout
 from lncr.paths import stored
@@ -152,8 +153,13 @@ def final_models_for(study: Study, cohort: str = "all", patients: list[str] | No
                          thresholds.get(f"{m.stain} {m.magnification}", 0.5))
 
 
-def cached_scores(fm: FinalModel, entry) -> tuple[pd.DataFrame, float]:
-    """The slide's tile scores and probability, from the cache or computed and cached."""
+class NotExplainedYet(BadInput):
+    """A slide's tile scores were asked for from the cache only, and it has none."""
+
+
+def cached_scores(fm: FinalModel, entry, compute: bool = True) -> tuple[pd.DataFrame, float]:
+    """The slide's tile scores and probability, from the cache or (``compute``) computed and
+    cached; without ``compute`` a missing cache raises :class:`NotExplainedYet`."""
     from lncr.explain.scores import slide_scores
 
     path = fm.scores_path(entry.patient_id)
@@ -161,6 +167,9 @@ def cached_scores(fm: FinalModel, entry) -> tuple[pd.DataFrame, float]:
     if is_fresh(path, key):
         scores = pd.read_csv(path)
         return scores, float(scores.groupby("chunk").chunk_probability.first().mean())
+    if not compute:
+        raise NotExplainedYet(f"{fm.stain} {fm.magnification} of patient {entry.patient_id} "
+                              "has not been scored yet")
     scores, probability = slide_scores(fm.model, fm.inputs, entry, fm.crop, fm.chunk,
                                        features_of(fm, entry))
     path.parent.mkdir(parents=True, exist_ok=True)

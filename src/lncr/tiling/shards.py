@@ -27,7 +27,7 @@ from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json
 from lncr.layout import INDEX_PATHS, Layout, read_table, write_table
 from lncr.paths import resolve_columns, store_columns
-from lncr.sharding import Shard
+from lncr.sharding import MERGE_WAIT, Shard
 
 _PART = re.compile(r"^(\d+)-of-(\d+)\.csv$")
 
@@ -115,11 +115,6 @@ def merge_shards(study, units: list | None = None, wait: float = 0.0) -> pd.Data
         write_index(study, layout, index, sum(r.get("seconds", 0) for r in records),
                     sum(r.get("workers") or 0 for r in records), errors, len(parts))
     return index
-
-
-#: Seconds a finished shard waits for the output folder: another shard may be checking the
-#: parts at that moment (and finding this one's missing, it gives up the merge to this one).
-MERGE_WAIT = 120.0
 
 
 def try_merge(study, units: list) -> str:

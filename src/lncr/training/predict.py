@@ -101,6 +101,10 @@ def inputs_fingerprint(entries: list[SlideEntry]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
+class NotPredictedYet(BadInput):
+    """A model's predictions were asked for without predicting, and it has none."""
+
+
 def _earlier_prediction(folder: Path, cohort: str, checkpoint: str, tiles: str, chunk: int,
                         fingerprint: str) -> pd.DataFrame | None:
     out = prediction_path(folder, cohort, checkpoint, tiles)
@@ -152,14 +156,15 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "last
                 tiles: str = "eval", chunk_size: int | None = None,
                 study: Study | str | Path | None = None,
                 overrides: list[str] | None = None, device: str = "cpu", workers: int = 0,
-                write: bool = True, reuse: bool = False,
+                write: bool = True, reuse: bool | str = False,
                 features: bool | None = None) -> pd.DataFrame:
     """One row per slide of ``cohort``: patient, stain, magnification, cohort, split, label,
     probability, tiles used, chunks, run, checkpoint, epoch.
 
     With ``reuse``, an earlier prediction file is returned instead when its record shows the
     same checkpoint (not rewritten since), tile choice, chunk size and inputs — the same
-    slides with the same labels, sides and tile stores (:func:`inputs_fingerprint`).
+    slides with the same labels, sides and tile stores (:func:`inputs_fingerprint`); with
+    ``reuse="only"`` its absence raises :class:`NotPredictedYet` instead of predicting.
 
     A run trained on cached features predicts from them (``features=None``; the slides are
     embedded first when needed); ``features=False`` runs its backbone on the tiles instead,
@@ -185,6 +190,9 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "last
         earlier = _earlier_prediction(folder, cohort, checkpoint, tiles, chunk, fingerprint)
         if earlier is not None:
             return earlier
+        if reuse == "only":
+            raise NotPredictedYet(f"{spec['stain']} {spec['magnification']} ({folder.name}) "
+                                  "has no prediction of these slides yet")
     ctx = Context(device=inputs.device)
     ds = BagDataset(entries, 1, train=False, eval_tiles=settings.eval_tiles, crop=crop)
     spec = spec_from_config(config) if features is not False else None
