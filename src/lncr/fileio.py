@@ -21,10 +21,39 @@ def file_sha256(path: str | Path) -> str:
 
 
 def partial_path(path: Path) -> Path:
-    """The temporary name a file is written under before it is renamed into place: hidden,
-    and this process's own, so that two processes writing the same file (the shards of a
-    tiling run fitting the same colour reference) never rename each other's half file."""
+    """The temporary name this process writes ``path`` under before renaming it into place:
+    hidden, and this process's own (``.NAME.<pid>.partial``), so that two processes writing
+    the same file (the shards of a tiling run fitting the same colour reference) never rename
+    each other's half file. The half files that dead processes left for the same path (a
+    killed run) are removed first."""
+    _remove_orphans(path)
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove ``.NAME.<pid>.partial`` files of ``path`` whose process is gone (and the
+    ``.NAME.partial`` of earlier lncr versions)."""
+    prefix = f".{path.name}."
+    try:
+        entries = [e.name for e in os.scandir(path.parent)]
+    except OSError:
+        return
+    for name in entries:
+        if not (name.startswith(prefix) and name.endswith(".partial")):
+            continue
+        pid = name[len(prefix):-len(".partial")]
+        if pid == "" or (pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))):
+            (path.parent / name).unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
