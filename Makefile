@@ -6,11 +6,22 @@ STAMP := $(VENV)/.lncr-installed
 
 .PHONY: demo test test-fast lint install browser bench constraints clean
 
+# TORCH_INDEX: PyTorch's index for another CUDA build (a driver older than CUDA 13), e.g.
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cu126
+# installs the pinned torch/torchvision versions from there, then the rest with the other pins.
+TORCH_INDEX ?=
+PINS := $(if $(TORCH_INDEX),$(VENV)/constraints-local.txt,constraints.txt)
+
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=23.2"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,demo]'
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt staintools spams-bin
+ifneq ($(TORCH_INDEX),)
+	$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) \
+		$$(grep -E '^(torch|torchvision)==' constraints.txt)
+	grep -v -E '^(torch|torchvision)==' constraints.txt > $(PINS)
+endif
+	$(BIN)/python -m pip install --quiet -c $(PINS) -e '.[test,demo]'
+	$(BIN)/python -m pip install --quiet --no-deps -c $(PINS) staintools spams-bin
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -156,6 +156,33 @@ class DescribeApply:
         assert "refused" in result.reports[first].read_text()
 
 
+    def it_tiles_inside_a_new_slides_annotations_and_refuses_a_missing_file(self, exported,
+                                                                           tmp_path):
+        from lncr.layout import Layout
+
+        study_yaml, bundle, patients, _, _ = exported
+        slides = external_slides(study_yaml, patients)
+        pid = sorted(slides.patient_id.unique())[0]
+        slides = slides[slides.patient_id == pid].copy()
+        region = tmp_path / "pas.geojson"  # the left half of the slide, drawn in QuPath
+        region.write_text(json.dumps([{"type": "Feature", "properties": {
+            "objectType": "annotation"}, "geometry": {"type": "Polygon", "coordinates": [
+                [[0, 0], [2000, 0], [2000, 20000], [0, 20000], [0, 0]]]}}]))
+        slides["annotations"] = ["nowhere.geojson" if s == "HE" else "pas.geojson"
+                                 for s in slides.stain]
+        slides["path"] = [str(p) for p in slides.path]
+        slides.to_csv(tmp_path / "slides.csv", index=False)
+        from lncr.bundle.apply import read_slide_table
+
+        result = apply_bundle(bundle, read_slide_table(tmp_path / "slides.csv"),
+                              tmp_path / "out", device="cpu", heatmaps=False)
+        refused = result.refused.set_index("stain")
+        assert list(refused.index) == ["HE"] and "nowhere.geojson" in refused.reason["HE"]
+        assert result.scores.stains_used.iloc[0] == "PAS"
+        index = Layout(tmp_path / "out" / "lncr-output").read_tiles_index()
+        assert (index.annotations == str(region)).all() and (index.outside_regions > 0).all()
+
+
 class DescribeBundleFile:
     def it_refuses_a_bundle_with_one_flipped_byte(self, exported, tmp_path):
         _, bundle, _, _, _ = exported

@@ -57,9 +57,9 @@ def slides_from_pairs(patient_id: str, pairs: list[str]) -> pd.DataFrame:
 
 
 def read_slide_table(path: Path) -> pd.DataFrame:
-    """A table of slides to score (``patient_id, stain, path[, mpp]``; paths relative to the
-    table's folder). Other columns (a ``label``, a ``cohort``) are not read: scoring never
-    sees an outcome."""
+    """A table of slides to score (``patient_id, stain, path[, mpp][, annotations]``; paths
+    relative to the table's folder). Other columns (a ``label``, a ``cohort``) are not read:
+    scoring never sees an outcome."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -72,8 +72,10 @@ def read_slide_table(path: Path) -> pd.DataFrame:
                        "has patient_id, stain, path and optionally mpp")
     table = table.apply(lambda s: s.str.strip())
     base = path.resolve().parent
-    table["path"] = [str((base / p).resolve()) if p else "" for p in table.path]
-    return table.reindex(columns=list(SLIDE_COLUMNS)).fillna("")
+    for col in ("path", "annotations"):
+        if col in table:
+            table[col] = [str((base / p).resolve()) if p else "" for p in table[col]]
+    return table.reindex(columns=list(SLIDE_COLUMNS), fill_value="")
 
 
 def _checked_study(study_yaml: Path, workers: int):

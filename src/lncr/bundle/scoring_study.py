@@ -26,7 +26,8 @@ from lncr.bundle.archive import Bundle, BundleError, safe_part
 from lncr.fileio import atomic_save_torch, atomic_write_json, atomic_write_text
 from lncr.layout import Layout
 
-SLIDE_COLUMNS = ("patient_id", "stain", "path", "mpp")
+#: annotations: a QuPath GeoJSON export of the slide (docs/annotations.md), or "".
+SLIDE_COLUMNS = ("patient_id", "stain", "path", "mpp", "annotations")
 
 
 def write_inputs(out: Path, slides: pd.DataFrame) -> tuple[Path, Path]:
