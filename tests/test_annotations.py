@@ -23,7 +23,8 @@ from lncr.slides.annotations import (
 )
 from lncr.slides.reader import open_slide, probe_slide
 from lncr.study.validate import Study, load_study
-from lncr.tiling.run import REGION_COLOURS, tile_study
+from lncr.tiling.qc import REGION_COLOURS
+from lncr.tiling.run import tile_study
 from lncr.tiling.store import TileStore
 from lncr.tiling.tissue import grey
 from lncr.tiling.unit import TileParams, TileUnit, tile_unit

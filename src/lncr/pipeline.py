@@ -59,7 +59,8 @@ STAGES = ["synth", "validate", "tile", "embed", "sweep + final models", "predict
 PROGRESS = dict(zip(STAGES, [
     "synth",  # (patient id) per rendered patient
     "validate",  # (unused)
-    "tile",  # (UnitResult, done, total) per slide × magnification
+    "tile",  # (UnitResult, done, total) per slide × magnification; "tile-qc": (what, done,
+    # total) per QC thumbnail
     "embed",  # (what, done, total) per batch of tiles
     "sweep",  # (unit row) per finished sweep unit
     "predict",  # (what, done, total) per final model
@@ -144,7 +145,8 @@ class DemoPipeline:
 
         # Small JPEG tiles keep the CPU demo quick; PNG (lossless) is the default for studies.
         report = tile_study(Study.load(self.study_yaml, self.tiling_overrides()),
-                            workers=self.workers, progress=self.progress.get("tile"))
+                            workers=self.workers, progress=self.progress.get("tile"),
+                            qc_progress=self.progress.get("tile-qc"))
         if report.failed:
             raise DemoFailed(f"{len(report.failed)} tiling unit(s) failed on the phantom")
         return self._keep("tile", report)

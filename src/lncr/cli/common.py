@@ -172,10 +172,14 @@ class Meter:
             self.task = self.bar.add_task("", total=None, rate="")
         return self
 
-    def update(self, what: str, done: int, total: int) -> None:
+    def update(self, what: str, done: int, total: int, unit: str | None = None) -> None:
+        """``done`` of ``total``; another ``unit`` starts a new phase (the rate and ETA
+        count from there), e.g. the QC thumbnails after the tiles."""
         import time
 
         now = time.perf_counter()
+        if unit is not None and unit != self.unit:
+            self.unit, self.t0, self.last = unit, now, 0.0
         rate = done / max(now - self.t0, 1e-9)
         if self.bar is not None:
             self.bar.update(self.task, description=escape(what), completed=done, total=total,

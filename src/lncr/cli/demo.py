@@ -84,6 +84,9 @@ def stage_progress(pipeline: DemoPipeline, key: str, patients: int):
                 "apply": Steps(stage=lambda step: console.print(f"  {step}"),
                                tiles=meter.update, slides=slide_lines("explained")),
             }.get(key, meter.update)
+            if key == "tile":
+                pipeline.progress["tile-qc"] = lambda what, done, total: meter.update(
+                    what, done, total, unit="QC thumbnails")
             yield
     else:
         yield

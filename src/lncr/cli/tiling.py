@@ -51,7 +51,8 @@ def tile(
                          f"({tiles['n']} new tiles, {rate:.1f} tiles/s)", done, total)
 
         report = tile_study(study, workers=workers or None, force=force, progress=advance,
-                            shard=part)
+                            shard=part, qc_progress=lambda what, done, total: meter.update(
+                                what, done, total, unit="QC thumbnails"))
     _summary(report.index(), report.seconds, report.folder / "index.csv")
     _problems(report)
     if part is not None:

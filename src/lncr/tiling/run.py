@@ -8,7 +8,7 @@ Writes, under ``<output_dir>/tiles/``::
                                         (cells outside annotated regions too), error
     summary.csv                         tiles per stain × magnification × cohort
     qc/<patient>_<stain>.png            thumbnail with kept tiles outlined per magnification
-                                        and the annotated regions (yellow in, magenta out)
+                                        and the annotated regions (qc.py)
     run.json                            settings, versions, totals and timing of the last run
 
 Units run in a process pool; a failing slide is recorded (``status=failed`` with the error)
@@ -25,32 +25,29 @@ from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from lncr import __version__
 from lncr.errors import BadInput
-from lncr.fileio import atomic_save_image, atomic_write_json
+from lncr.fileio import atomic_write_json
 from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
 from lncr.locks import locks_output, output_lock
 from lncr.sharding import Shard
-from lncr.slides.annotations import RegionRules
 from lncr.study.config import MagnificationSettings, StudyConfig
 from lncr.study.validate import Study
+from lncr.tiling.qc import qc_thumbnails
 from lncr.tiling.reference import NormalisationReferenceError, fit_reference
 from lncr.tiling.shards import clear_parts, try_merge, write_part
 from lncr.tiling.store import TileStore
 from lncr.tiling.unit import TileParams, TileUnit, UnitResult, tile_unit
 from lncr.workers import process_pool
 
-QC_COLOURS = [(31, 119, 180), (44, 160, 44), (214, 39, 40), (148, 103, 189), (255, 127, 14)]
 INDEX_COLUMNS = ["patient_id", "cohort", "stain", "magnification", "target_mpp", "slide_mpp",
                  "status", "grid_cells", "outside_regions", "prefiltered", "rejected", "kept",
                  "normaliser_fallbacks", "seconds", "slide", "store", "annotations", "error"]
-#: QC outline colours of the annotated regions: included (yellow), excluded (magenta).
-REGION_COLOURS = {"include": (230, 180, 0), "exclude": (200, 0, 200)}
+
 
 
 class TilingError(BadInput):
@@ -139,62 +136,6 @@ def _references(study: Study, layout: Layout, params: TileParams
     return refs, errors
 
 
-def _draw_regions(draw: ImageDraw.ImageDraw, annotations: str, slide, ds: float,
-                  rules: RegionRules) -> None:
-    """Outline a slide's annotated regions on its thumbnail (downsample ``ds``)."""
-    from lncr.slides.annotations import slide_regions
-
-    regions = slide_regions(annotations, slide.info.bounds_offset, rules)
-    for kind, polys in (("include", regions.include), ("exclude", regions.exclude)):
-        for poly in polys:
-            for ring in poly:
-                draw.line([tuple(p) for p in (ring / ds).tolist()] + [tuple(ring[0] / ds)],
-                          fill=REGION_COLOURS[kind], width=3)
-
-
-def _qc(layout: Layout, index: pd.DataFrame, magnifications: list[str],
-        rules: RegionRules) -> None:
-    """Per slide: its thumbnail with the annotated regions and the kept tiles of each
-    magnification outlined. A slide whose thumbnail is newer than all its tile stores is not
-    drawn again (resume)."""
-    from lncr.slides.reader import open_slide
-
-    layout.tiles_qc.mkdir(exist_ok=True)
-    for (pid, stain), group in index.groupby(["patient_id", "stain"]):
-        out = layout.qc_image(pid, stain)
-        stores = [Path(s) for s in group[group.status == "ok"].store if Path(s).exists()]
-        if out.exists() and stores and all(out.stat().st_mtime_ns >= s.stat().st_mtime_ns
-                                           for s in stores):
-            continue
-        annotations = str(group.annotations.iloc[0] or "")
-        try:
-            with open_slide(group.slide.iloc[0], group.slide_mpp.dropna().iloc[0]
-                            if group.slide_mpp.notna().any() else None) as slide:
-                thumb, ds = slide.thumbnail(1200)
-                image = Image.fromarray(thumb)
-                draw = ImageDraw.Draw(image)
-                if annotations:
-                    _draw_regions(draw, annotations, slide, ds, rules)
-        except Exception:
-            continue  # the index already records why this slide failed
-        for k, mag in enumerate(magnifications):
-            row = group[group.magnification == mag]
-            if row.empty or row.status.iloc[0] != "ok":
-                continue
-            colour = QC_COLOURS[k % len(QC_COLOURS)]
-            with TileStore(row.store.iloc[0]) as store:
-                for c in store.coords.itertuples():
-                    x0, y0 = c.x / ds, c.y / ds
-                    s = c.size0 / ds
-                    draw.rectangle([x0 + k, y0 + k, x0 + s - 1 - k, y0 + s - 1 - k],
-                                   outline=colour, width=1)
-        legend = "  ".join(f"{mag}: {int(group[group.magnification == mag].kept.sum())}"
-                           for mag in magnifications)
-        regions = "  regions: yellow in, magenta out" if annotations else ""
-        draw.text((4, 4), f"{pid} {stain}  {legend}{regions}", fill=(0, 0, 0))
-        atomic_save_image(np.asarray(image), out)
-
-
 def summarise(index: pd.DataFrame) -> pd.DataFrame:
     """Slides and tiles per stain × magnification × cohort."""
     ok = index[index.status == "ok"]
@@ -207,9 +148,11 @@ def summarise(index: pd.DataFrame) -> pd.DataFrame:
 
 def tile_study(study: Study, workers: int | None = None, force: bool = False,
                progress: Callable[[UnitResult, int, int], None] | None = None,
-               shard: Shard | None = None) -> TilingReport:
+               shard: Shard | None = None,
+               qc_progress: Callable[[str, int, int], None] | None = None) -> TilingReport:
     """Tile every slide × magnification of a study (the Python API of ``lncr tile``);
-    ``progress(result, done, total)`` after each unit.
+    ``progress(result, done, total)`` after each unit, ``qc_progress(slide, done, total)``
+    after each QC thumbnail.
 
     With ``shard`` (``Shard(i, n)``: ``lncr tile --shard i/n``, 0 ≤ i < n) only every n-th
     slide is tiled,
@@ -224,16 +167,16 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
             index = report.index()
             write_index(study, layout, index, report.seconds, report.workers,
                         report.reference_errors)
-            _qc(layout, index, list(study.config.magnification_labels()),
-                study.config.annotations.rules())
+            qc_thumbnails(layout, index, list(study.config.magnification_labels()),
+                          study.config.annotations.rules(), report.workers, qc_progress)
             clear_parts(layout)
         return report
     with output_lock(layout.tiles_dir / "shards" / shard.name, f"lncr tile --shard {shard}"):
         mine = shard.select(units, key=lambda u: (u.patient_id, u.stain))
         report = _run_units(study, layout, mine, workers, force, progress)
         index = report.index()
-        _qc(layout, index, list(study.config.magnification_labels()),
-            study.config.annotations.rules())
+        qc_thumbnails(layout, index, list(study.config.magnification_labels()),
+                      study.config.annotations.rules(), report.workers, qc_progress)
         write_part(layout, shard, index, report.seconds, report.workers,
                    report.reference_errors)
     report.merge_note = try_merge(study, units)
