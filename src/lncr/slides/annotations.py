@@ -24,6 +24,7 @@ no geometry library is needed for union and difference of masks.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -92,11 +93,12 @@ class Regions:
 
         out = np.zeros((height, width), np.uint8) if self.include else np.ones(
             (height, width), np.uint8)
-        window = (x0, y0, x0 + width * scale, y0 + height * scale)
-        for polys, value in ((self.include, 1), (self.exclude, 0)):
-            for poly in polys:
-                if not _overlaps(poly[0], window):
-                    continue
+        window = np.array([x0, y0, x0 + width * scale, y0 + height * scale])
+        for polys, boxes, value in ((self.include, self._boxes[0], 1),
+                                    (self.exclude, self._boxes[1], 0)):
+            near = ~((boxes[:, 2] < window[0]) | (boxes[:, 0] > window[2])
+                     | (boxes[:, 3] < window[1]) | (boxes[:, 1] > window[3]))
+            for poly in (polys[k] for k in np.flatnonzero(near)):
                 # Ring by ring (exterior 1, holes 0): filling them in one call would count
                 # the holes' edge pixels as inside.
                 inside = np.zeros_like(out)
@@ -106,6 +108,13 @@ class Regions:
                                  lineType=cv2.LINE_8, shift=_SHIFT)
                 out[inside.astype(bool)] = value
         return out.astype(bool)
+
+    @functools.cached_property
+    def _boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The bounding boxes of the include and exclude polygons (one row each): a tile's
+        mask rasterises only the polygons whose box meets it."""
+        return tuple(np.array([_box(p) for p in polys], float).reshape(-1, 4)
+                     for polys in (self.include, self.exclude))  # type: ignore[return-value]
 
     def bbox(self) -> tuple[float, float, float, float] | None:
         """(x0, y0, x1, y1) of every region, or None when there are none."""
@@ -121,10 +130,9 @@ class Regions:
                 "offset": list(self.offset)}
 
 
-def _overlaps(ring: np.ndarray, window: tuple[float, float, float, float]) -> bool:
-    """Whether a ring's bounding box meets the window (x0, y0, x1, y1)."""
-    (lx, ly), (hx, hy) = ring.min(0), ring.max(0)
-    return not (hx < window[0] or lx > window[2] or hy < window[1] or ly > window[3])
+def _box(poly: Polygon) -> list[float]:
+    """(x0, y0, x1, y1) of a polygon's exterior ring."""
+    return [*poly[0].min(0).tolist(), *poly[0].max(0).tolist()]
 
 
 def _features(data: object, path: Path) -> list[dict]:
