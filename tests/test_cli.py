@@ -129,7 +129,7 @@ class DescribeDemoCommand:
             if k == "2":  # validate: the study's tables
                 assert "Slides per stain" in text
             elif k == "5":  # sweep: one line per unit
-                assert re.search(r"\[1/2\] done .*validation AUC", text), text
+                assert re.search(r"\d\d:\d\d:\d\d \[1/2\] done .*validation AUC", text), text
             else:
                 assert re.search(r"\n\d\d:\d\d:\d\d \S", text), (k, text[:800])
         new = tmp_path / "demo-out" / "new-patient"

@@ -389,7 +389,8 @@ class DescribeResumeAfterKill:
         seen = []
         for line in proc.stdout:  # wait for the first finished unit, then kill everything
             seen.append(line)
-            if re.match(r"\[\d+/\d+\] done .*validation AUC .*ETA \d+:\d\d", line.strip()):
+            if re.match(r"\d\d:\d\d:\d\d \[\d+/\d+\] done .*validation AUC .*ETA \d+:\d\d",
+                        line.strip()):
                 break
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -208,17 +208,19 @@ def counted(meter: Meter, verb: str, total: int) -> Callable[[str], None]:
 
 
 def unit_line(row: dict) -> None:
-    """One line per finished sweep unit: ``[k/N]``, its status and score, the time it took and
-    the ETA of the rest (a red line with the first line of the error for a failed unit)."""
+    """One timestamped line per finished sweep unit: ``[k/N]``, its status and score, the
+    time it took and the ETA of the rest (a red line with the first line of the error for a
+    failed unit)."""
     what = (f"{row['stain']} {row['magnification']} {row['architecture']} "
             f"bag {row['bag_size']} repeat {row['repeat']}")
-    count = f"[{row['done']}/{row['total']}]" if "done" in row else ""
+    count = f"[{row['done']}/{row['total']}] " if "done" in row else ""
     eta = f", ETA {_duration(row['eta_s'])}" if "eta_s" in row else ""
+    stamp = time.strftime("%H:%M:%S")
     if row["status"] == "failed":
-        err_console.print(f"{count} [red]failed[/red] {escape(what)}: "
+        err_console.print(f"{stamp} {count}[red]failed[/red] {escape(what)}: "
                           f"{escape(str(row['error']).splitlines()[0])}{eta}")
     else:
-        console.print(f"{count} {row['status']} {escape(what)}: epochs "
+        console.print(f"{stamp} {count}{row['status']} {escape(what)}: epochs "
                       f"{row['epochs_trained']}, validation AUC "
                       f"{fmt(row['val_auc'], 2, row.get('val_auc_note', ''))} "
                       f"({row['seconds']:.0f} s){eta}")
