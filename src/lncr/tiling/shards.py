@@ -81,9 +81,12 @@ def _check(parts: dict, units: list) -> None:
                                "in tiles/shards/: run every shard of one split again")
     n = counts.pop() if counts else 0
     missing = [f"{i}/{n}" for i in range(n) if Shard(i, n) not in parts] if n else []
-    if not parts or missing:
-        raise ShardsIncomplete("shard(s) " + (", ".join(missing) or "(none)") + " have not "
-                               "finished: run `lncr tile STUDY --shard i/n` for them")
+    if not parts:
+        raise ShardsIncomplete("no shard has finished (tiles/shards/ holds no part): run "
+                               "`lncr tile STUDY --shard i/n` on each machine first")
+    if missing:
+        raise ShardsIncomplete(f"shard(s) {', '.join(missing)} have not finished: run `lncr "
+                               "tile STUDY --shard i/n` for them")
     keys = pd.concat([rows for rows, _ in parts.values()])[
         ["patient_id", "stain", "magnification"]].apply(tuple, axis=1)
     planned = {(u.patient_id, u.stain, u.magnification) for u in units}
