@@ -230,6 +230,10 @@ class DescribeAnnotationRestrictedTiling:
         qc = np.asarray(Image.open(layout.qc_image("CMU", "HE")).convert("RGB"))
         for colour in REGION_COLOURS.values():  # both kinds of region are drawn
             assert (qc == colour).all(-1).sum() > 50
+        from lncr.report.sections import tiling_section
+
+        assert "2 slide(s) were tiled inside a pathologist's QuPath annotations" in (
+            tiling_section(tmp_path / "lncr-output"))
         again = tile_study(Study.load(yaml), workers=1)
         assert {r.status for r in again.results} == {"reused"}
         listed.write_text(json.dumps([feature("Polygon", [TISSUE], "Tissue")]))

@@ -85,6 +85,20 @@ def _normalisation_example(out: Path, index: pd.DataFrame, stain: str) -> np.nda
     return np.hstack([raw, gap, tile])
 
 
+def _annotated(index: pd.DataFrame) -> str:
+    """A sentence on the slides tiled inside QuPath annotations, if any."""
+    if "annotations" not in index:
+        return ""
+    marked = index[index.annotations.fillna("") != ""]
+    if marked.empty:
+        return ""
+    slides = marked.groupby(["patient_id", "stain"]).ngroups
+    return (f"<p>{slides} slide(s) were tiled inside a pathologist's QuPath annotations "
+            f"({int(marked.outside_regions.sum())} grid cells outside their regions were not "
+            "read); their QC thumbnails outline the regions (yellow: used, magenta: left "
+            "out).</p>")
+
+
 def tiling_section(out: Path) -> str:
     summary = _csv(Layout(out).tiles_summary)
     layout = Layout(out)
@@ -97,6 +111,7 @@ def tiling_section(out: Path) -> str:
     body += (f"<p>{len(failed)} slide × magnification unit(s) failed; their errors are in "
              "<code>tiles/index.csv</code>.</p>" if len(failed) else
              "<p>Every slide was tiled.</p>")
+    body += _annotated(index)
     plt = pyplot()
     ok = index[index.status == "ok"]
     groups = list(ok.groupby(["stain", "magnification"]))
@@ -109,7 +124,8 @@ def tiling_section(out: Path) -> str:
     qc = Layout(out).tiles_qc
     thumbs = sorted(qc.glob("*.png"))[:4] if qc.exists() else []
     if thumbs:
-        body += "<h3>QC thumbnails</h3><p>Kept tiles outlined on the slide (first slides).</p>"
+        body += ("<h3>QC thumbnails</h3><p>Kept tiles outlined on the slide, one colour per "
+                 "magnification (first slides).</p>")
         body += '<div class="grid">' + "".join(
             image_file(p, p.stem, 900, jpeg=True) for p in thumbs) + "</div>"
     norm = Layout(out).tiles_norm
