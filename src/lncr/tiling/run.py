@@ -155,10 +155,9 @@ def tile_study(study: Study, workers: int | None = None, force: bool = False,
     after each QC thumbnail.
 
     With ``shard`` (``Shard(i, n)``: ``lncr tile --shard i/n``, 0 ≤ i < n) only every n-th
-    slide is tiled,
-    under a lock of that shard alone, so that n machines sharing the output folder tile a
-    study together; each writes its part of the index, and the last to finish merges them
-    into ``index.csv`` (:func:`lncr.tiling.shards.merge_shards`)."""
+    slide is tiled, under a lock of that shard alone, so that n machines sharing the output
+    folder tile a study together; each writes its part of the index, and the last to finish
+    merges them into ``index.csv`` (:func:`lncr.tiling.shards.merge_shards`)."""
     layout = Layout(study.config.output_dir)
     units = plan_units(study, layout)
     if shard is None:
