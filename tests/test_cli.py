@@ -187,3 +187,25 @@ class DescribeTileCommands:
     def it_asks_for_tiling_before_export(self, make_study, tmp_path):
         result = runner.invoke(app, ["tiles", "export", str(make_study()), str(tmp_path / "o")])
         assert result.exit_code == 2 and "lncr tile" in result.output
+
+
+class DescribeProgressLines:
+    def it_prints_counts_rates_and_eta_and_restarts_them_for_a_new_phase(self, monkeypatch,
+                                                                         capsys):
+        """Off a terminal: one timestamped line per update (``every=0``); a new unit is a new
+        phase whose first line has no rate yet (not a division by nearly nothing)."""
+        from lncr.cli import common
+
+        clock = iter([0.0, 10.0, 20.0, 20.0, 25.0])
+        monkeypatch.setattr("time.perf_counter", lambda: next(clock))
+        with common.Meter("tiles", every=0) as meter:
+            meter.update("HE 10x", 50, 100)
+            meter.update("HE 20x", 100, 100)
+            meter.update("QC thumbnail P1 HE", 1, 4, unit="QC thumbnails")
+            meter.update("QC thumbnail P2 HE", 3, 4)
+        lines = capsys.readouterr().out.splitlines()
+        assert re.fullmatch(r"\d\d:\d\d:\d\d HE 10x: 50/100 tiles \(5\.0/s, ETA 0:10\)",
+                            lines[0])
+        assert lines[1].endswith("100/100 tiles (5.0/s, ETA 0:00)")
+        assert lines[2].endswith("1/4 QC thumbnails (-/s, ETA -)")
+        assert lines[3].endswith("3/4 QC thumbnails (0.6/s, ETA 0:01)")  # rate since 20 s

@@ -180,16 +180,18 @@ class Meter:
         now = time.perf_counter()
         if unit is not None and unit != self.unit:
             self.unit, self.t0, self.last = unit, now, 0.0
-        rate = done / max(now - self.t0, 1e-9)
+        elapsed = now - self.t0  # no rate yet at the very start of a phase
+        rate = done / elapsed if elapsed > 1e-2 else math.nan
+        shown = "-" if math.isnan(rate) else f"{rate:.1f}"
         if self.bar is not None:
             self.bar.update(self.task, description=escape(what), completed=done, total=total,
-                            rate=f"{rate:.1f} {self.unit}/s")
+                            rate=f"{shown} {self.unit}/s")
         elif now - self.last >= self.every or (done >= total and self.last_line):
             self.last = now
-            eta = (total - done) / rate if rate > 0 else float("nan")
+            eta = (total - done) / rate if rate > 0 else math.nan
             stamp = time.strftime("%H:%M:%S")
             console.print(f"{stamp} {escape(what)}: {done}/{total} {self.unit} "
-                          f"({rate:.1f}/s, ETA {_duration(eta)})")
+                          f"({shown}/s, ETA {_duration(eta)})")
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
