@@ -110,7 +110,13 @@ class DescribeReadingQuPathExports:
     @pytest.mark.parametrize("text,needle", [
         ("{not json", "cannot be read as GeoJSON"),
         ('{"type": "Topology"}', "not a GeoJSON FeatureCollection"),
-        ('{"type": "FeatureCollection", "features": []}', "no polygon annotation")])
+        ('{"type": "FeatureCollection", "features": []}', "no polygon annotation"),
+        ('[{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", '
+         '"coordinates": [[["a", 1], [2, 3], [4]]]}}]', "feature 1 is malformed"),
+        ('[{"type": "Feature", "properties": [1], "geometry": null}]',
+         "feature 1 is malformed"),
+        ('[{"type": "Feature", "geometry": {"type": "Polygon", '
+         '"coordinates": [[[0, 0], [NaN, 0], [1, 1]]]}}]', "feature 1 is malformed")])
     def it_names_the_file_and_the_fix_for_a_bad_export(self, tmp_path, text, needle):
         path = tmp_path / "bad.geojson"
         path.write_text(text)

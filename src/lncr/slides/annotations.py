@@ -118,11 +118,10 @@ class Regions:
 
     def bbox(self) -> tuple[float, float, float, float] | None:
         """(x0, y0, x1, y1) of every region, or None when there are none."""
-        pts = [r for p in self.include + self.exclude for r in p]
-        if not pts:
+        boxes = np.concatenate(self._boxes)
+        if not len(boxes):
             return None
-        allp = np.concatenate(pts)
-        return (*allp.min(0).tolist(), *allp.max(0).tolist())
+        return (*boxes[:, :2].min(0).tolist(), *boxes[:, 2:].max(0).tolist())
 
     def summary(self) -> dict:
         return {"file": self.source, "sha256": self.sha256, "include": len(self.include),
@@ -159,10 +158,18 @@ def _polygons(geometry: dict) -> list[Polygon]:
         return []
     out = []
     for part in parts or []:
-        rings = tuple(np.asarray(r, float)[:, :2] for r in part if len(r) >= 3)
+        rings = tuple(_ring(r) for r in part if len(r) >= 3)
         if rings:
             out.append(rings)
     return out
+
+
+def _ring(points) -> np.ndarray:
+    """A ring's (n, 2) x, y; ValueError for anything that is not finite points."""
+    ring = np.asarray(points, float)
+    if ring.ndim != 2 or ring.shape[1] < 2 or not np.isfinite(ring[:, :2]).all():
+        raise ValueError("a ring is not a list of finite [x, y] points")
+    return ring[:, :2]
 
 
 def _class_name(props: dict) -> str | None:
@@ -188,11 +195,15 @@ def read_regions(path: str | Path, rules: RegionRules = RegionRules()) -> Region
     include: list[Polygon] = []
     exclude: list[Polygon] = []
     skipped: dict[str, int] = {}
-    for feature in _features(data, path):
-        props = feature.get("properties") or {}
-        kind_of_object = props.get("objectType", "annotation")
-        polys = _polygons(feature.get("geometry") or {})
-        kind = rules.kind(_class_name(props))
+    for k, feature in enumerate(_features(data, path), 1):
+        try:
+            props = feature.get("properties") or {}
+            kind_of_object = props.get("objectType", "annotation")
+            polys = _polygons(feature.get("geometry") or {})
+            kind = rules.kind(_class_name(props))
+        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+            raise AnnotationError(f"{path}: feature {k} is malformed ({exc}); re-export the "
+                                  "annotations from QuPath") from exc
         why = ("not an annotation" if kind_of_object != "annotation" else
                "no area" if not polys else "class not used" if kind is None else None)
         if why:
