@@ -32,8 +32,14 @@ from lncr.slides.annotations import RegionRules, slide_regions
 from lncr.slides.reader import open_slide
 from lncr.tiling.luminosity import LuminosityStandardiser
 from lncr.tiling.normalisers import make_normaliser
-from lncr.tiling.tissue import LowResTissueMask
-from lncr.tiling.unit import CellReader, TileParams, grid, overview, richest_first, tissue_tiles
+from lncr.tiling.unit import (
+    CellReader,
+    TileParams,
+    candidate_cells,
+    overview,
+    richest_first,
+    tissue_tiles,
+)
 
 REFERENCE_SLIDES = 8
 TILES_PER_SLIDE = 4
@@ -58,13 +64,11 @@ def _sample_tiles(slide_path: str, mpp_override: float | None, target_mpp: float
                    if annotations else None)
         reader = CellReader(slide, target_mpp, params.tile_size)
         thumb, ds = overview(slide)
-        area = regions.mask(0, 0, thumb.shape[1], thumb.shape[0], ds) if regions else None
-        mask = LowResTissueMask(thumb, ds, params.background_threshold, area)
-        cells = [c for c in grid(*slide.dimensions, reader.cell0)
-                 if mask.count(c[0], c[1], reader.cell0) > 0]
+        cand = candidate_cells(slide, reader, thumb, ds, params.background_threshold, regions,
+                               prefilter=True)
         lum = LuminosityStandardiser(params.luminosity_percentile).fit(thumb) if lum_on else None
-        found = tissue_tiles(reader, richest_first(mask, cells, reader.cell0), lum, params,
-                             TILES_PER_SLIDE, regions=regions)
+        found = tissue_tiles(reader, richest_first(cand.mask, cand.cells, reader.cell0), lum,
+                             params, TILES_PER_SLIDE, regions=regions)
         return [tile for _, tile in found], [list(xy) for xy, _ in found]
 
 

@@ -223,27 +223,36 @@ def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
     return result
 
 
-def candidate_cells(slide: Slide, reader: CellReader, params: TileParams, thumb: np.ndarray,
-                    thumb_ds: float, regions: Regions | None, result: UnitResult
-                    ) -> tuple[list[tuple[int, int]], LowResTissueMask | None]:
-    """The grid cells worth reading — inside the annotated area, and (prefilter) showing
-    tissue on the overview — and the overview's tissue map (None without the prefilter)."""
+@dataclass
+class Candidates:
+    """The grid cells worth reading, the overview's tissue map (None without the prefilter)
+    and the counts of cells left out on the way."""
+
+    cells: list[tuple[int, int]]
+    mask: LowResTissueMask | None
+    grid_cells: int
+    outside: int  # outside the annotated regions
+    prefiltered: int  # no tissue on the overview
+
+
+def candidate_cells(slide: Slide, reader: CellReader, thumb: np.ndarray, thumb_ds: float,
+                    threshold: int, regions: Regions | None, prefilter: bool) -> Candidates:
+    """The grid cells inside the annotated area and (``prefilter``) showing tissue on the
+    overview (``thumb``, ``thumb_ds`` level-0 pixels per pixel)."""
     cells = grid(*slide.dimensions, reader.cell0)
-    result.grid_cells = len(cells)
-    area = None
+    total, area, outside = len(cells), None, 0
     if regions is not None:
         area = regions.mask(0, 0, thumb.shape[1], thumb.shape[0], thumb_ds)
         # Every overview pixel counts as tissue (threshold 255): the area alone decides.
         inside = LowResTissueMask(thumb, thumb_ds, 255, area)
         cells = [c for c in cells if inside.may_hold_tissue(c[0], c[1], reader.cell0)]
-        result.outside = result.grid_cells - len(cells)
-    mask = None
-    if params.prefilter:
-        mask = LowResTissueMask(thumb, thumb_ds, params.background_threshold, area)
+        outside = total - len(cells)
+    mask, prefiltered = None, 0
+    if prefilter:
+        mask = LowResTissueMask(thumb, thumb_ds, threshold, area)
         kept = [c for c in cells if mask.may_hold_tissue(c[0], c[1], reader.cell0)]
-        result.prefiltered = len(cells) - len(kept)
-        cells = kept
-    return cells, mask
+        prefiltered, cells = len(cells) - len(kept), kept
+    return Candidates(cells, mask, total, outside, prefiltered)
 
 
 def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | None,
@@ -255,7 +264,11 @@ def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | No
         return
     reader = CellReader(slide, unit.target_mpp, params.tile_size)
     thumb, thumb_ds = overview(slide)
-    candidates, mask = candidate_cells(slide, reader, params, thumb, thumb_ds, regions, result)
+    found = candidate_cells(slide, reader, thumb, thumb_ds, params.background_threshold,
+                            regions, params.prefilter)
+    candidates, mask = found.cells, found.mask
+    result.grid_cells, result.outside = found.grid_cells, found.outside
+    result.prefiltered = found.prefiltered
     lum = None
     if params.luminosity_standardise:
         lum = LuminosityStandardiser(params.luminosity_percentile).fit(thumb)
