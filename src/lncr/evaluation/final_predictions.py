@@ -77,9 +77,11 @@ def ensemble_tables(single: pd.DataFrame, sides: pd.DataFrame, cfg
     return single, per_stain, multi
 
 
-def ready_models(study: Study) -> pd.DataFrame:
-    """The final models that finished (``final/models.csv``), or a clear error."""
-    models = final_models(study.config.output_dir)
+def ready_models(study: Study, models: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The final models that finished (of ``models``, by default ``final/models.csv``), or a
+    clear error."""
+    if models is None:
+        models = final_models(study.config.output_dir)
     ready = models[models.status == "done"]
     if ready.empty:
         raise ValueError(f"none of the final models in {study.config.output_dir / 'final'} "
@@ -142,7 +144,8 @@ def _predict_all(study: Study, device: str, workers: int,
                  reuse: bool | str = True) -> FinalPredictions:
     from lncr.training.entries import unusable_patients
 
-    ready = ready_models(study)
+    models = final_models(study.config.output_dir)
+    ready = ready_models(study, models)
     tables, unusable = [], {}
     idle = []  # models with no slide to predict (nobody has that stain with tiles there)
     for m in ready.itertuples():
@@ -159,17 +162,17 @@ def _predict_all(study: Study, device: str, workers: int,
     if not tables:
         raise ValueError("no slide of this study has tiles for any final model: run `lncr "
                          "tile` (tiles/index.csv says why slides failed)")
-    return _write_predictions(study, pd.concat(tables, ignore_index=True), idle,
+    return _write_predictions(study, models, pd.concat(tables, ignore_index=True), idle,
                               {k: v for k, v in unusable.items() if v})
 
 
-def _write_predictions(study: Study, slides: pd.DataFrame, idle: list[dict],
-                       unusable: dict[str, list[dict]]) -> FinalPredictions:
-    """The three prediction tables and ``predictions.json`` from every model's slides."""
+def _write_predictions(study: Study, models: pd.DataFrame, slides: pd.DataFrame,
+                       idle: list[dict], unusable: dict[str, list[dict]]) -> FinalPredictions:
+    """The three prediction tables and ``predictions.json`` from every model's slides
+    (``models``: ``final/models.csv``)."""
     from lncr.training.loop import versions
 
     cfg, ev = study.config, study.config.evaluation
-    models = final_models(cfg.output_dir)
     ready = models[models.status == "done"]
     keys = ["patient_id", "stain", "magnification"]
     single = (slides.groupby(keys, sort=True)

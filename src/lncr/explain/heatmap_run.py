@@ -149,13 +149,8 @@ def explain_heatmaps_shard(study: Study, shard: Shard, cohort: str = "all",
     folder = Layout(study.config.output_dir).explain_dir / "shards" / shard.name
     if mine:
         with output_lock(folder, f"lncr explain heatmap --shard {shard}"):
-            for fm in final_models_for(study, cohort, mine, device):
-                slides = slide_paths(fm.cfg.output_dir)
-                for e in fm.entries:
-                    explain_slide(fm, e, Layout(fm.cfg.output_dir), slides[(e.patient_id,
-                                                                            fm.stain)])
-                    if progress:
-                        progress(f"{fm.stain} {fm.magnification} {e.patient_id}")
+            explain_slides(study, slide_paths(study.config.output_dir), cohort, mine, device,
+                           progress)
     try:
         with output_lock(study.config.output_dir, "lncr explain heatmap (merge)", MERGE_WAIT):
             _explain_heatmaps(study, cohort, patients, device, None, None, compute=False)
@@ -164,17 +159,17 @@ def explain_heatmaps_shard(study: Study, shard: Shard, cohort: str = "all",
     return ""
 
 
-def _explain_heatmaps(study: Study, cohort: str, patients: list[str] | None, device: str,
-                      progress: Callable[[str], None] | None,
-                      thresholds: dict[str, float] | None, compute: bool = True
-                      ) -> pd.DataFrame:
-    from lncr.provenance import package_versions
-
-    rows, used, cfg = [], [], None
+def explain_slides(study: Study, slides: dict[tuple[str, str], str], cohort: str,
+                   patients: list[str] | None, device: str,
+                   progress: Callable[[str], None] | None = None,
+                   thresholds: dict[str, float] | None = None, compute: bool = True
+                   ) -> tuple[list[pd.DataFrame], list[dict]]:
+    """Score, map and export every selected slide of every final model (:func:`explain_slide`;
+    ``slides``: (patient, stain) → slide file); the influential tiles of each slide, and the
+    models used."""
+    layout = Layout(study.config.output_dir)
+    rows, used = [], []
     for fm in final_models_for(study, cohort, patients, device, thresholds=thresholds):
-        cfg = fm.cfg
-        slides = slide_paths(cfg.output_dir)
-        layout = Layout(cfg.output_dir)
         used.append({"stain": fm.stain, "magnification": fm.magnification, "run": fm.folder,
                      "epoch": fm.epoch, "slides": len(fm.entries)})
         for e in fm.entries:
@@ -182,18 +177,30 @@ def _explain_heatmaps(study: Study, cohort: str, patients: list[str] | None, dev
                                       compute))
             if progress:
                 progress(f"{fm.stain} {fm.magnification} {e.patient_id}")
+    return rows, used
+
+
+def _explain_heatmaps(study: Study, cohort: str, patients: list[str] | None, device: str,
+                      progress: Callable[[str], None] | None,
+                      thresholds: dict[str, float] | None, compute: bool = True
+                      ) -> pd.DataFrame:
+    from lncr.provenance import package_versions
+
+    slides = slide_paths(study.config.output_dir)
+    rows, used = explain_slides(study, slides, cohort, patients, device, progress, thresholds,
+                                compute)
     if not rows:
         raise ValueError("no slides to explain: check --cohort/--patient and that `lncr sweep` "
                          "trained final models")
     table = pd.concat(rows, ignore_index=True)
     table = table[INFLUENTIAL_FIRST + [c for c in table.columns if c not in INFLUENTIAL_FIRST]]
-    out = cfg.output_dir / "explain"
-    write_table(Layout(cfg.output_dir).influential, table)
+    cfg, layout = study.config, Layout(study.config.output_dir)
+    write_table(layout.influential, table)
     write_geojson_index(layout, table, slides)
-    atomic_write_json(Layout(cfg.output_dir).explain_record, {
+    atomic_write_json(layout.explain_record, {
         "models": used, "checkpoint": cfg.evaluation.checkpoint, "top_k": cfg.explain.top_k,
         "influence": cfg.explain.influence, "target": cfg.explain.target,
         "cohort": cohort, "patients": patients, **study.source,
         "versions": package_versions("torch", "torchvision", "numpy", "matplotlib")})
-    table.attrs["folder"] = str(out)
+    table.attrs["folder"] = str(layout.explain_dir)
     return table
