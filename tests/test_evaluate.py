@@ -50,7 +50,7 @@ SETTINGS = EvaluationSettings(bootstrap_resamples=300)
 
 class DescribeUndefinedMetrics:
     def it_says_why_an_auc_or_a_proportion_is_undefined(self, rows):
-        from lncr.report.sections import undefined_or
+        from lncr.display import fmt  # the console's and the report's format
 
         only_cr = rows[(rows.split != "external") | (rows.label == 1)]
         metrics, thresholds, _, _ = evaluate_predictions(only_cr, SETTINGS)
@@ -61,8 +61,8 @@ class DescribeUndefinedMetrics:
         spec = thresholds[(thresholds.cohort == "external") & (thresholds.model == "HE")
                           & (thresholds.metric == "specificity")].iloc[0]
         assert np.isnan(spec.value) and spec.note == "no non-CR patients"
-        assert undefined_or(ext.auc, ext.auc_note) == f"— ({ext.auc_note})"
-        assert undefined_or(0.8, "") == "0.80"
+        assert fmt(ext.auc, 2, ext.auc_note) == f"— ({ext.auc_note})"
+        assert fmt(0.8, 2, "") == "0.80"
 
 
 class DescribeThresholdTransfer:

@@ -17,6 +17,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from lncr.display import fmt
 from lncr.errors import LncrError
 
 console = Console(highlight=False, soft_wrap=True)
@@ -125,13 +126,6 @@ def run_synth(out: Path, settings, workers: int, force: bool):
     with Meter("patients") as meter:
         return synthesize(out, settings, workers=workers, force=force,
                           progress=counted(meter, "rendered", total))
-
-
-def fmt(x: float | None, digits: int = 3, why: object = "") -> str:
-    """A number for the console; "—" for an undefined one, with the reason when known."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return f"— ({why})" if isinstance(why, str) and why else "—"
-    return f"{x:.{digits}f}"
 
 
 def warn_unusable(excluded: list[dict], where: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lncr.display import fmt
 from lncr.figures import pyplot
 from lncr.identifiers import identifier
 from lncr.layout import Layout, read_table
@@ -256,13 +257,6 @@ def final_section(out: Path) -> str:
                                                                 "magnification"))
 
 
-def undefined_or(value: float, note: object) -> str:
-    """``value`` to two decimals, or "—" with the reason it is undefined."""
-    if value == value:
-        return f"{value:.2f}"
-    return f"— ({note})" if isinstance(note, str) and note else "—"
-
-
 def interval(low: float, high: float) -> str:
     return f"{low:.2f}–{high:.2f}" if low == low and high == high else "—"
 
@@ -297,7 +291,7 @@ def results_section(out: Path) -> str:
                                          f" — {cohort}", 900)
         body += "</div>"
         notes = mine.auc_note if "auc_note" in mine.columns else [""] * len(mine)
-        view = mine.assign(AUC=[undefined_or(v, n) for v, n in zip(mine.auc, notes)],
+        view = mine.assign(AUC=[fmt(v, 2, n) for v, n in zip(mine.auc, notes)],
                            CI=[interval(a, b) for a, b in zip(mine.delong_ci_low,
                                                               mine.delong_ci_high)])
         body += table(view[["model", "kind", "patients", "cr_patients", "AUC", "CI", "brier",
@@ -305,7 +299,7 @@ def results_section(out: Path) -> str:
         if thresholds is not None:
             t = thresholds[thresholds.cohort == cohort]
             notes = t.note if "note" in t.columns else [""] * len(t)
-            t = t.assign(cell=[f"{v:.2f} ({interval(a, b)})" if v == v else undefined_or(v, n)
+            t = t.assign(cell=[f"{v:.2f} ({interval(a, b)})" if v == v else fmt(v, 2, n)
                                for v, a, b, n in zip(t.value, t.ci_low, t.ci_high, notes)])
             wide = t.pivot_table(index="model", columns="metric", values="cell",
                                  aggfunc="first", sort=False).reset_index()
@@ -326,7 +320,7 @@ def site_table(out: Path) -> str:
     if sites is None:
         return ""
     notes = sites.auc_note if "auc_note" in sites.columns else [""] * len(sites)
-    view = sites.assign(AUC=[undefined_or(v, n) for v, n in zip(sites.auc, notes)],
+    view = sites.assign(AUC=[fmt(v, 2, n) for v, n in zip(sites.auc, notes)],
                         CI=[interval(a, b) for a, b in zip(sites.delong_ci_low,
                                                            sites.delong_ci_high)])
     body = ("<h3>External cohort by site</h3><p>Each site evaluated on its own, at the "
