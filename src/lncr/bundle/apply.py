@@ -64,12 +64,12 @@ def read_slide_table(path: Path) -> pd.DataFrame:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise BadInput(f"{path}: cannot be read as a CSV table ({exc}); give patient_id, stain, "
-                       "path and optionally mpp columns") from exc
+                       "path and optionally mpp and annotations columns") from exc
     table.columns = [str(c).strip().lower() for c in table.columns]
     missing = [c for c in ("patient_id", "stain", "path") if c not in table.columns]
     if missing:
         raise BadInput(f"{path}: missing column(s) {', '.join(missing)}; a slides table to score "
-                       "has patient_id, stain, path and optionally mpp")
+                       "has patient_id, stain, path and optionally mpp and annotations")
     table = table.apply(lambda s: s.str.strip())
     base = path.resolve().parent
     for col in ("path", "annotations"):

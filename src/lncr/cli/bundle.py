@@ -36,7 +36,7 @@ def apply(
     bundle: Annotated[Path, typer.Argument(help="A bundle written by `lncr export`.")],
     slide: Annotated[Optional[list[str]], typer.Option(help="One slide of the patient as STAIN=PATH (repeat per stain).")] = None,
     patient: Annotated[str, typer.Option(help="The patient's identifier (with --slide).")] = "patient",
-    slides: Annotated[Optional[Path], typer.Option(help="A CSV of slides to score: patient_id, stain, path (relative to the table), optional mpp. No labels.")] = None,
+    slides: Annotated[Optional[Path], typer.Option(help="A CSV of slides to score: patient_id, stain, path (relative to the table), optional mpp and annotations (a QuPath GeoJSON). No labels.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the scores, the reports and the work files.")] = Path("lncr-scores"),
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(min=1, help="Tiling processes.")] = 1,

@@ -187,10 +187,9 @@ def read_patients(path: Path, problems: Problems) -> pd.DataFrame | None:
     df = _read_csv(path, PATIENT_COLUMNS, PATIENT_OPTIONAL, problems)
     if df is None:
         return None
-    if "split" not in df.columns:
-        df["split"] = ""
-    if "site" not in df.columns:
-        df["site"] = ""
+    for col in PATIENT_OPTIONAL:
+        if col not in df.columns:
+            df[col] = ""
     first_line: dict[str, int] = {}
     labels: list[object] = []
     for row in df.itertuples():
