@@ -201,8 +201,9 @@ class DescribeProgressLines:
         with common.Meter("tiles", every=0) as meter:
             meter.update("HE 10x", 50, 100)
             meter.update("HE 20x", 100, 100)
-            meter.update("QC thumbnail P1 HE", 1, 4, unit="QC thumbnails")
-            meter.update("QC thumbnail P2 HE", 3, 4)
+            qc = meter.phase("QC thumbnails")
+            qc("QC thumbnail P1 HE", 1, 4)
+            qc("QC thumbnail P2 HE", 3, 4)
         lines = capsys.readouterr().out.splitlines()
         assert re.fullmatch(r"\d\d:\d\d:\d\d HE 10x: 50/100 tiles \(5\.0/s, ETA 0:10\)",
                             lines[0])

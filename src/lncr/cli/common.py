@@ -187,6 +187,10 @@ class Meter:
             console.print(f"{stamp} {escape(what)}: {done}/{total} {self.unit} "
                           f"({shown}/s, ETA {_duration(eta)})")
 
+    def phase(self, unit: str) -> Callable[[str, int, int], None]:
+        """A ``(what, done, total)`` callback that counts in ``unit``: a new phase."""
+        return lambda what, done, total: self.update(what, done, total, unit=unit)
+
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.__exit__(*exc)

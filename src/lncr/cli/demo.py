@@ -85,8 +85,7 @@ def stage_progress(pipeline: DemoPipeline, key: str, patients: int):
                                tiles=meter.update, slides=slide_lines("explained")),
             }.get(key, meter.update)
             if key == "tile":
-                pipeline.progress["tile-qc"] = lambda what, done, total: meter.update(
-                    what, done, total, unit="QC thumbnails")
+                pipeline.progress["tile-qc"] = meter.phase("QC thumbnails")
             yield
     else:
         yield

@@ -51,8 +51,7 @@ def tile(
                          f"({tiles['n']} new tiles, {rate:.1f} tiles/s)", done, total)
 
         report = tile_study(study, workers=workers or None, force=force, progress=advance,
-                            shard=part, qc_progress=lambda what, done, total: meter.update(
-                                what, done, total, unit="QC thumbnails"))
+                            shard=part, qc_progress=meter.phase("QC thumbnails"))
     _summary(report.index(), report.seconds, report.folder / "index.csv")
     _problems(report)
     if part is not None:
