@@ -13,7 +13,7 @@ Reports the median seconds per unit over the repeats, the grid cells read (outsi
 they are not), the kept tiles, and the seconds per cell read with the ratio of (b) and (c) to
 (a): what rasterising the regions for every cell costs.
 
-    python bench/annotations.py [--real-data ../shared/data/real] [--repeats 3]
+    python bench/annotations.py [--real-data tests/data/slides] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run(slide: Path, annotations: str, folder: Path, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real-data", type=Path, default=REPO.parent / "shared" / "data" / "real")
+    parser.add_argument("--real-data", type=Path, default=REPO / "tests" / "data" / "slides")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     slide = args.real_data / "CMU-1-Small-Region.svs"

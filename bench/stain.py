@@ -9,7 +9,7 @@
    normalisation, divided by the spread of development slides. The defaults for three-dye
    stains (PASM, MASSON) are chosen from this table (see docs/tiling.md).
 
-    python bench/stain.py [--real-data ../shared/data/real] [--skip-gap]
+    python bench/stain.py [--real-data tests/data/slides] [--skip-gap]
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def cohort_gap() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--real-data", type=Path, default=REPO.parent / "shared" / "data" / "real")
+    ap.add_argument("--real-data", type=Path, default=REPO / "tests" / "data" / "slides")
     ap.add_argument("--skip-gap", action="store_true")
     args = ap.parse_args()
     throughput(real_tiles(args.real_data / "CMU-1-Small-Region.svs"))

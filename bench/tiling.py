@@ -9,7 +9,7 @@ them counts in lncr's favour. Slides: one phantom ``demo`` slide at 40x, 20x and
 ``CMU-1-Small-Region.svs`` at 20x. Also: peak memory of tiling the demo slide at 40x in a fresh
 process, and the speed-up of 2 worker processes over 1 on a phantom cohort.
 
-    python bench/tiling.py [--real-data ../shared/data/real]
+    python bench/tiling.py [--real-data tests/data/slides]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _warm(_: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--real-data", type=Path, default=REPO.parent / "shared" / "data" / "real")
+    ap.add_argument("--real-data", type=Path, default=REPO / "tests" / "data" / "slides")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

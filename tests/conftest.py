@@ -1,5 +1,6 @@
-"""Shared fixtures: the small phantom cohort (made once per test run), the real slides in
-``../shared/data/real`` and a factory for tiny studies with chosen rows."""
+"""Shared fixtures: the small phantom cohort (made once per test run), the real slides of
+``tests/data/slides`` (with a generated almost-empty strip TIFF beside them) and a factory for
+tiny studies with chosen rows."""
 
 from __future__ import annotations
 
@@ -99,15 +100,37 @@ def tiled_entries(tiled: Path, stain: str, magnification: str) -> list:
     return slide_entries(Layout(tiled / "lncr-output"), patients, split, stain, magnification)
 
 
-@pytest.fixture(scope="session")
-def real_data() -> Path:
-    """``shared/data/real`` beside the repository (or $LNCR_REAL_DATA)."""
-    path = Path(os.environ.get("LNCR_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
-    if not (path / "CMU-1-Small-Region.svs").exists():
-        raise FileNotFoundError(
-            f"real test slides not found in {path}: the repository must sit beside shared/ "
-            "(or set LNCR_REAL_DATA)")
+#: The third-party slides shipped with the tests (sources and licences in its README.md).
+SLIDES = REPO / "tests" / "data" / "slides"
+#: The name of the generated almost-empty, non-tiled RGB TIFF in :func:`real_data`.
+ALMOST_EMPTY = "almost-empty-strip.tif"
+
+
+def write_almost_empty_tiff(path: Path) -> Path:
+    """A 1493 × 901 RGB TIFF in one uncompressed strip (not tiled, no resolution tags), glass
+    everywhere but a small stained fragment (≈ 0.3 % of the pixels): OpenSlide cannot open it
+    (untiled), tiffslide reads it as one level, and no tile keeps tissue."""
+    import tifffile
+
+    rng = np.random.default_rng(48)
+    image = (238 + rng.integers(-6, 7, (901, 1493, 3))).clip(0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:901, :1493]
+    fragment = ((yy - 610) / 16.0) ** 2 + ((xx - 380) / 42.0) ** 2 <= 1.0
+    image[fragment] = (150, 90, 140)
+    tifffile.imwrite(path, image, photometric="rgb", rowsperstrip=901, compression=None)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real slides of ``tests/data/slides`` (linked) and :data:`ALMOST_EMPTY` in one
+    folder of this test run."""
+    folder = tmp_path_factory.mktemp("real-data")
+    for slide in sorted(SLIDES.iterdir()):
+        if slide.suffix != ".md":
+            (folder / slide.name).symlink_to(slide)
+    write_almost_empty_tiff(folder / ALMOST_EMPTY)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -10,16 +10,12 @@ from conftest import REPO
 from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc, delong_test, wilson_interval
 from lncr.training.metrics import auc
 
-REFERENCE = REPO.parent / "shared" / "data" / "reference"
+REFERENCE = REPO / "tests" / "data" / "reference"
 
 
 @pytest.fixture(scope="module")
 def ovarian() -> pd.DataFrame:
-    path = REFERENCE / "delong1988_ovarian.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"reference data not found at {path}: the repository must sit "
-                                "beside shared/")
-    return pd.read_csv(path)
+    return pd.read_csv(REFERENCE / "delong1988_ovarian.csv")
 
 
 class DescribeDelong:

@@ -113,7 +113,7 @@ class DescribeBadInput:
         assert r.status == "failed" and "'mpp' column" in r.error
 
     def it_finds_no_tissue_on_an_almost_empty_slide(self, real_data, tmp_path):
-        u = unit(real_data / "kidney-48-5.tif", "10x", 1.0, mpp=0.5, tmp=tmp_path)
+        u = unit(real_data / "almost-empty-strip.tif", "10x", 1.0, mpp=0.5, tmp=tmp_path)
         r = tile_unit(u, TileParams(tile_size=256), None)
         assert r.status == "skipped-no-tissue" and r.kept == 0
         assert r.prefiltered > 0 and TileStore(u.store).meta["status"] == "skipped-no-tissue"
@@ -316,7 +316,7 @@ class DescribeRealStudy:
                 ("KID", "development", "1"), ("TCGA", "development", "0")]
         slides = [("CMU", "HE", str(real_data / "CMU-1-Small-Region.svs"), ""),
                   ("OME", "HE", str(real_data / "OS-1-detail.ome.tif"), ""),
-                  ("KID", "HE", str(real_data / "kidney-48-5.tif"), "0.5"),
+                  ("KID", "HE", str(real_data / "almost-empty-strip.tif"), "0.5"),
                   ("TCGA", "HE", str(real_data / "tcga-cr-7395-01a-01-ts1.svs"), "")]
         study = make_study(rows, slides=slides, slide_header="patient_id,stain,path,mpp",
                            stains=("HE",))

@@ -192,7 +192,7 @@ class DescribeWarnings:
 
 
 class DescribeRealSlides:
-    """The third-party slides in shared/data/real, through every backend."""
+    """The third-party slides in tests/data/slides, through every backend."""
 
     def study_of(self, make_study, real_data, names, mpp=None):
         rows = [(f"P{i}", "development", str(i % 2)) for i in range(len(names))]
@@ -207,13 +207,13 @@ class DescribeRealSlides:
 
     def it_requires_an_mpp_column_when_the_file_has_none(self, make_study, real_data):
         study = self.study_of(make_study, real_data,
-                              ["tcga-cr-7395-01a-01-ts1.svs", "kidney-48-5.tif"])
+                              ["tcga-cr-7395-01a-01-ts1.svs", "almost-empty-strip.tif"])
         errs = problems_with(study, "missing-mpp")
         assert [e.line for e in errs] == [2, 3] and all("'mpp' column" in e.fix for e in errs)
 
     def it_accepts_the_mpp_column_as_the_fix(self, make_study, real_data):
         study = self.study_of(make_study, real_data,
-                              ["tcga-cr-7395-01a-01-ts1.svs", "kidney-48-5.tif"], mpp=["0.25", "0.5"])
+                              ["tcga-cr-7395-01a-01-ts1.svs", "almost-empty-strip.tif"], mpp=["0.25", "0.5"])
         assert study.ok, [str(p) for p in study.problems.items]
 
     def it_warns_when_the_mpp_column_contradicts_the_file(self, make_study, real_data):

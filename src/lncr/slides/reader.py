@@ -177,7 +177,7 @@ class Slide:
     transparent pixels, are white (empty glass), so a grid that runs over the slide's edge is
     read like any other cell instead of being dropped.
 
-    For example, with the Aperio test slide of ``shared/data/real``::
+    For example, with the Aperio test slide of ``tests/data/slides``::
 
         with open_slide("CMU-1-Small-Region.svs") as s:
             s.mpp, s.level_for(4.0)   # (0.499, 0)
