@@ -127,6 +127,22 @@ class DescribeApply:
         pages = len(re.findall(rb"/Type\s*/Page[^s]", pdf))
         assert pdf.startswith(b"%PDF") and pages == 1, pages  # one printed page
 
+    def it_is_a_study_that_evaluate_and_report_describe_without_an_error(self, applied):
+        study_yaml = applied.folder / "study.yaml"
+        cli = CliRunner().invoke(app, ["evaluate", str(study_yaml)])
+        assert cli.exit_code == 0, cli.output
+        assert "Nothing to evaluate: every one of the" in cli.output
+        record = json.loads((applied.folder / "lncr-output" / "evaluation" /
+                             "evaluation.json").read_text())
+        assert "prospective" in record["nothing_to_evaluate"] and record["metrics"] == []
+        cli = CliRunner().invoke(app, ["report", str(study_yaml)])
+        assert cli.exit_code == 0, cli.output
+        page = (applied.folder / "lncr-output" / "report" / "report.html").read_text()
+        results = page[page.index('id="results"'):page.index('id="explain"')]
+        assert "Nothing to evaluate" in results
+        for pid, p_cr in zip(applied.scores.patient_id, applied.scores.p_cr):
+            assert pid in results and f"{p_cr:.3f}" in results
+
     def it_scores_a_patient_missing_a_stain_from_the_others_and_says_so(self, exported,
                                                                       tmp_path):
         study_yaml, bundle, patients, _, _ = exported

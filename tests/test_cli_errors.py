@@ -65,6 +65,48 @@ class DescribeDebug:
         assert "none.yaml" in str(result.exception) and "file not found" in str(result.exception)
 
 
+    def it_names_a_command_line_that_works_in_the_internal_error_hint(self, make_study,
+                                                                     monkeypatch):
+        import shlex
+
+        import lncr.evaluation.evaluate as evaluation
+
+        def broken(*args, **kwargs):
+            raise KeyError("boom")
+
+        monkeypatch.setattr(evaluation, "evaluate_study", broken)
+        study = str(make_study())
+        result = CliRunner().invoke(app, ["evaluate", study, "--no-figures", "--debug"][:3])
+        assert result.exit_code == 1 and "internal error (KeyError" in result.output
+        hint = result.output.split("run `")[1].split("`")[0]
+        assert hint == shlex.join(["lncr", "--debug", "evaluate", study, "--no-figures"])
+        again = CliRunner().invoke(app, shlex.split(hint)[1:])  # as the hint says
+        assert isinstance(again.exception, KeyError)
+
+
+class DescribeLogs:
+    def it_never_wraps_a_table_written_to_a_file_or_pipe(self):
+        import io
+
+        from lncr.cli.common import LogConsole, table
+
+        out = io.StringIO()
+        cells = [f"validation-cohort-{i}" for i in range(12)]
+        LogConsole(file=out, highlight=False, soft_wrap=True).print(
+            table("A wide table", [f"column-{i}" for i in range(12)], [cells, cells]))
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 7  # title, top rule, header, rule, two rows, bottom: no fold
+        assert all(c in lines[4] for c in cells) and len(lines[4]) > 240
+
+    def it_keeps_the_terminals_width_on_a_terminal(self):
+        import io
+
+        from lncr.cli.common import LogConsole
+
+        terminal = LogConsole(file=io.StringIO(), force_terminal=True, width=100)
+        assert terminal.width == 100
+
+
 class DescribeErrorKinds:
     def it_gives_bad_input_exit_2_and_failed_work_exit_1(self):
         from lncr.cli.common import describe_error

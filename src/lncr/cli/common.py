@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
@@ -20,8 +20,24 @@ from typer.exceptions import TyperException
 from lncr.display import fmt
 from lncr.errors import LncrError
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: The width of output that goes to a file or a pipe (a batch job's log): wide enough that no
+#: table is wrapped ("validati / on"); a table takes only the width its cells need.
+LOG_WIDTH = 4000
+
+
+class LogConsole(Console):
+    """A rich console that is the terminal's width on a terminal and :data:`LOG_WIDTH` wide
+    otherwise (rich falls back to 80 columns, or the terminal of another standard stream,
+    when its own output is redirected)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(LOG_WIDTH, size.height)
+
+
+console = LogConsole(highlight=False, soft_wrap=True)
+err_console = LogConsole(stderr=True, highlight=False, soft_wrap=True)
 
 if TYPE_CHECKING:
     from lncr.study.validate import Study
@@ -32,8 +48,9 @@ if TYPE_CHECKING:
 _BAD_PATH = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
-def describe_error(exc: BaseException) -> tuple[int, str]:
-    """The exit code and the one-line explanation of an error reaching the command line."""
+def describe_error(exc: BaseException, argv: list[str] | None = None) -> tuple[int, str]:
+    """The exit code and the one-line explanation of an error reaching the command line
+    (``argv``: the command's arguments, for the ``--debug`` hint)."""
     if isinstance(exc, LncrError):
         return exc.exit_code, str(exc)
     if isinstance(exc, KeyboardInterrupt):
@@ -51,14 +68,28 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
             " (free some space and run again)" if exc.errno == 28 else "")
     if isinstance(exc, ValueError):
         return 2, str(exc)
-    return 1, (f"internal error ({type(exc).__name__}: {exc}); run again with --debug for the "
+    return 1, (f"internal error ({type(exc).__name__}: {exc}); run `{debug_command(argv)}` for the "
                "traceback and report it")
+
+
+def debug_command(argv: list[str] | None = None) -> str:
+    """The command line that just ran, with ``--debug`` where lncr takes it (before the
+    subcommand: ``lncr --debug evaluate study.yaml``)."""
+    import shlex
+    import sys
+
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]
+    return shlex.join(["lncr", "--debug", *args])
 
 
 class ErrorBoundary(TyperGroup):
     """The one place where errors become messages: every lncr error (and the usual OS and
     value errors) is printed as one red line with exit code 2 (bad input) or 1 (failed work);
     ``lncr --debug …`` lets the traceback through instead."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta["lncr.argv"] = list(args)  # the command line, for the --debug hint
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: typer.Context):
         try:
@@ -68,7 +99,7 @@ class ErrorBoundary(TyperGroup):
         except (Exception, KeyboardInterrupt) as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
-            code, message = describe_error(exc)
+            code, message = describe_error(exc, ctx.meta.get("lncr.argv"))
             err_console.print(f"[red]ERROR {escape(message)}[/red]")
             raise typer.Exit(code) from exc
 

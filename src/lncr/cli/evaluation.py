@@ -22,6 +22,10 @@ def evaluate(
     from lncr.evaluation.evaluate import evaluate_study
 
     result = evaluate_study(Study.load(study_yaml, set_), figures, baseline, step_line)
+    if result.nothing:
+        console.print(f"Nothing to evaluate: {result.nothing}")
+        console.print(f"Written: {result.folder}")
+        return
     m = result.metrics[result.metrics.kind != "single model"]
     console.print(table("Ensembles (evaluation/metrics.csv)",
                         ["cohort", "estimate", "model", "patients", "AUC", "95% CI (DeLong)",

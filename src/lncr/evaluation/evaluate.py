@@ -68,6 +68,17 @@ class Evaluation:
     baseline: pd.DataFrame | None = None  # the colour-statistics control's metrics
     left_out: int = 0  # patients without an outcome (cohort prospective): never evaluated
     sites: dict[str, pd.DataFrame] | None = None  # per external site: metrics, thresholds, …
+    nothing: str = ""  # why nothing was evaluated (every patient prospective), else ""
+
+
+def nothing_to_evaluate(rows: pd.DataFrame) -> str:
+    """Why no metric can be computed from the predictions ("" when some can): a scoring
+    study (``lncr apply``) holds prospective patients only."""
+    if rows.label.notna().any():
+        return ""
+    return (f"every one of the {rows.patient_id.nunique()} patients predicted is prospective "
+            "(no outcome): there is nothing to evaluate; their predictions are in "
+            "predictions/multi_stain.csv (and scores.csv for `lncr apply`)")
 
 
 def site_tables(rows: pd.DataFrame, sites: dict[str, str], settings
@@ -222,6 +233,10 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False,
     cfg = study.config
     rows = long_predictions(cfg.output_dir / "predictions")
     left_out = unlabelled_patients(rows)
+    nothing = nothing_to_evaluate(rows)
+    if nothing:
+        rows = rows.iloc[:0]  # the tables below are written empty: no stale metric survives
+        figures = baseline = False
     say(f"metrics of {rows.model.nunique()} models and ensembles "
         f"({cfg.evaluation.bootstrap_resamples} bootstrap resamples each)")
     metrics, thresholds, calibration, comparisons = evaluate_predictions(rows, cfg.evaluation)
@@ -248,6 +263,7 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False,
         "sites": {name: records(table) for name, table in (sites or {}).items()},
         "left_out": {"patients": left_out, "why": "no outcome (cohort prospective): scored "
                      "by `lncr predict`, never evaluated"},
+        "nothing_to_evaluate": nothing or None,
         "settings": cfg.evaluation.model_dump(mode="json"),
         "ensemble": cfg.ensemble.model_dump(mode="json"),
         **study.source, "versions": package_versions("numpy", "pandas", "scipy", "matplotlib")})
@@ -270,4 +286,4 @@ def evaluate_study(study: Study, figures: bool = True, baseline: bool = False,
         say("colour-statistics control")
         control = read_table(run_baseline(study) / "metrics.csv")
     return Evaluation(folder, metrics, thresholds, calibration, comparisons, paths, control,
-                      left_out, sites)
+                      left_out, sites, nothing)

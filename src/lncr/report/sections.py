@@ -268,6 +268,8 @@ def results_section(out: Path) -> str:
         return section("results", "Results", missing("the evaluation",
                                                      "lncr predict STUDY.yaml && lncr evaluate "
                                                      "STUDY.yaml"))
+    if metrics.empty:
+        return section("results", "Results", nothing_evaluated(out))
     thresholds = _csv(Layout(out).evaluation_table("threshold_metrics"))
     comparisons = _csv(Layout(out).evaluation_table("comparisons"))
     body = unusable_box(out) + (
@@ -312,6 +314,28 @@ def results_section(out: Path) -> str:
                 body += table(c.drop(columns=["cohort"]),
                               f"Paired DeLong tests — {cohort}")
     return section("results", "Results", body + site_table(out) + baseline_table(out, metrics))
+
+
+def nothing_evaluated(out: Path) -> str:
+    """A study without outcomes (``lncr apply``'s scoring study): why nothing was evaluated,
+    and every patient's predicted probability of CR per stain and for the ensemble."""
+    layout = Layout(out)
+    why = (read_json(layout.evaluation_record) or {}).get("nothing_to_evaluate") or (
+        "no patient with an outcome has a prediction")
+    body = f"<p class=missing>Nothing to evaluate: {esc(why)}.</p>"
+    multi, stains = _csv(layout.predictions("multi_stain")), _csv(layout.predictions(
+        "stain_ensembles"))
+    if multi is None:
+        return body
+    view = multi[["patient_id", "cohort", "probability"]].rename(
+        columns={"probability": "multi-stain P(CR)"})
+    if stains is not None and len(stains):
+        wide = stains.pivot_table(index="patient_id", columns="stain", values="probability",
+                                  aggfunc="first").add_prefix("P(CR) ").reset_index()
+        view = view.merge(wide, on="patient_id", how="left")
+    shown = view.assign(**{c: [fmt(v, 3) for v in view[c]] for c in view.columns
+                           if c.startswith(("P(CR)", "multi"))})
+    return body + table(shown, "Predicted probability of complete response (missing stain: —)")
 
 
 def site_table(out: Path) -> str:
