@@ -80,7 +80,8 @@ class DescribeDemoCommand:
         quick = ["magnification.powers=[10, 20]", "sweep.bag_sizes=[2]", "sweep.repeats=1",
                  "sweep.stains=[HE, PAS]", "sweep.epochs=1", "training.eval_tiles=4",
                  "training.input_size=128", "evaluation.bootstrap_resamples=200",
-                 "explain.cluster_epochs=2", "explain.cluster_tile_size=32", "explain.top_k=2"]
+                 "explain.cluster_epochs=2", "explain.cluster_tile_size=32", "explain.top_k=2",
+                 "training.min_patients_per_outcome=1"]  # one patient per outcome trains
         args = (["demo", "demo-out", "--patients", "4", "--external", "2", "--workers", "2",
                  "--epochs", "1"] + [a for s in quick for a in ("--set", s)])
         result = runner.invoke(app, args)

@@ -32,8 +32,9 @@ HEADS = {"alexnet": 9216 * 512 + 512, "densenet121": 1024 * 512 + 512,
          "inception_v3": 2048 * 512 + 512, "resnet50": 2048 * 512 + 512,
          "vgg11": 25088 * 512 + 512, "vit_base_patch16_384": 1000 * 128 + 128,
          "vit_b_16": 768 * 128 + 128}
+#: One epoch on four patients (one of each outcome trains: below the default minimum of two).
 QUICK = ["training.epochs=1", "training.warmup_epochs=0", "training.eval_tiles=2",
-         "training.loader_workers=0"]
+         "training.loader_workers=0", "training.min_patients_per_outcome=1"]
 
 
 @pytest.fixture(scope="session")

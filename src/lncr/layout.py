@@ -146,6 +146,11 @@ class Layout:
     def final_runs(self) -> Path:
         return self.final_dir / "runs"
 
+    @property
+    def final_folds(self) -> Path:
+        """``sweep.validation: kfold``: the final configurations' fold models."""
+        return self.final_dir / "folds.csv"
+
     # predictions/, evaluation/, explain/, report/
     @property
     def predictions_dir(self) -> Path:
@@ -278,6 +283,17 @@ class Layout:
         """``final/models.csv`` with run folders resolved."""
         table = read_table(self._needed(self.final_models, "lncr sweep"))
         return resolve_columns(table, ["folder"], self.root)
+
+    def write_final_folds(self, table: pd.DataFrame) -> Path:
+        """``final/folds.csv``: one row per stain × magnification × fold, run folder
+        relative."""
+        return write_table(self.final_folds, store_columns(table, ["folder"], self.root))
+
+    def read_final_folds(self) -> pd.DataFrame | None:
+        """``final/folds.csv`` with run folders resolved, or None (not a k-fold study)."""
+        if not self.final_folds.exists():
+            return None
+        return resolve_columns(read_table(self.final_folds), ["folder"], self.root)
 
     def read_metrics(self) -> pd.DataFrame | None:
         """``evaluation/metrics.csv`` (``lncr evaluate``), or None before evaluation."""

@@ -35,6 +35,14 @@ class LogConsole(Console):
         size = super().size
         return size if self.is_terminal else ConsoleDimensions(LOG_WIDTH, size.height)
 
+    def rule(self, title: str = "", **kwargs) -> None:
+        """A horizontal rule: the terminal's width, or 80 columns in a log."""
+        if self.is_terminal:
+            return super().rule(title, **kwargs)
+        from rich.rule import Rule
+
+        self.print(Rule(title, **kwargs), width=80)
+
 
 console = LogConsole(highlight=False, soft_wrap=True)
 err_console = LogConsole(stderr=True, highlight=False, soft_wrap=True)

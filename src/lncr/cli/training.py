@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from lncr.cli.common import Meter, console, epoch_line, fmt, table, warn_unusable
+from lncr.cli.common import Meter, console, epoch_line, err_console, fmt, table, warn_unusable
 
 
 def _weights(weights: Optional[Path], pretrained: bool, configured: bool):
@@ -42,7 +42,7 @@ def train(
     from lncr.layout import Layout
     from lncr.study.validate import Study
     from lncr.training.distributed import setup, teardown
-    from lncr.training.entries import study_entries, unusable_patients
+    from lncr.training.entries import study_entries, unusable_patients, validation_problem
     from lncr.training.loop import RunSpec, train_run
 
     ctx = None
@@ -54,6 +54,11 @@ def train(
         excluded = unusable_patients(study, stain, magnification)
         if ctx.main:
             warn_unusable(excluded, f"{stain} {magnification}")
+            unvalidated = validation_problem(entries)
+            if unvalidated:
+                err_console.print(f"[yellow]WARNING {escape(stain)} {escape(magnification)}: "
+                                  f"{escape(unvalidated)}: the run trains but has no "
+                                  "validation AUC[/yellow]")
         t = cfg.training
         spec = RunSpec(stain, magnification, architecture or t.architecture,
                        t.bag_size if bag_size is None else bag_size, t.seed if seed is None else seed)
@@ -82,7 +87,7 @@ def train(
 
 def predict(
     target: Annotated[Path, typer.Argument(help="A study YAML (every final model, with the ensembles) or one run folder (<output_dir>/runs/<stain>/<mag>/<run>).")],
-    cohort: Annotated[Optional[str], typer.Option(help="Run folder only: development, external, prospective or all (default all).")] = None,
+    cohort: Annotated[Optional[str], typer.Option(help="Run folder only: development, val (the patients the run held out), external, prospective, outside (external and prospective) or all (default all).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="Run folder only: best or last (default last, as a study's evaluation.checkpoint).")] = None,
     tiles: Annotated[Optional[str], typer.Option(help="Run folder only: eval (up to eval_tiles per slide, the default) or all (every tile, in chunks).")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(min=1, help="Run folder only: tiles per chunk with --tiles all (default: eval_tiles).")] = None,

@@ -7,7 +7,10 @@ histogram (fractions of pixels). A logistic regression (standardised features, L
 stain × magnification is fitted on the development **training** patients only, as the deep
 models are; it gives every patient a probability, and the study's own ensemble rules and
 statistics (thresholds fixed on the validation patients) turn them into the same tables as
-``lncr predict`` and ``lncr evaluate``.
+``lncr predict`` and ``lncr evaluate``. When the study's final models come from k-fold
+(``final/folds.csv``), the control follows the same protocol: each development patient is
+predicted by a regression fitted on the other folds (repeat 0's folds), the external and
+prospective patients by one fitted on every development patient.
 
 Written to ``<output_dir>/evaluation/baseline/``: ``features.csv`` (one row per slide ×
 magnification), ``predictions/{single_models,stain_ensembles,multi_stain}.csv`` and
@@ -58,29 +61,45 @@ def slide_features(layout: Layout) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["patient_id", "stain", "magnification", *names])
 
 
-def fit_and_predict(features: pd.DataFrame, sides: pd.DataFrame, seed: int = 0
-                    ) -> pd.DataFrame:
+def fit_and_predict(features: pd.DataFrame, sides: pd.DataFrame, seed: int = 0,
+                    folds: dict[str, int] | None = None) -> pd.DataFrame:
     """Per stain × magnification, a logistic regression fitted on the training patients; the
-    probability of every patient (``patient_id, stain, magnification, probability``)."""
+    probability of every patient (``patient_id, stain, magnification, probability``). With
+    ``folds`` (development patient → fold), development patients out of fold and the others
+    from a fit on every development patient."""
+    label = dict(zip(sides.patient_id, sides.label))
+    out = []
+    for _, part in features.groupby(["stain", "magnification"], sort=True):
+        if folds is None:
+            split = dict(zip(sides.patient_id, sides.split))
+            groups = [(part.patient_id.map(split) == "train", part.index == part.index)]
+        else:
+            fold = part.patient_id.map(folds)
+            groups = [(fold.notna() & (fold != f), fold == f) for f in sorted(set(folds.values()))]
+            groups.append((fold.notna(), fold.isna()))
+        for train, target in groups:
+            fitted = _fit(part[train], label, seed)
+            if fitted is not None and target.any():
+                out.append(part[target][["patient_id", "stain", "magnification"]].assign(
+                    probability=fitted(part[target])))
+    return pd.concat(out, ignore_index=True)
+
+
+def _fit(train: pd.DataFrame, label: dict, seed: int):
+    """A standardised L2 logistic regression of ``train``'s features on the labels, as a
+    function of feature rows; None with one outcome (the model's own runs refuse it too)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    split = dict(zip(sides.patient_id, sides.split))
-    label = dict(zip(sides.patient_id, sides.label))
-    names = [c for c in features.columns if c.startswith("f")]
-    out = []
-    for (stain, mag), part in features.groupby(["stain", "magnification"], sort=True):
-        train = part[part.patient_id.map(split) == "train"]
-        y = train.patient_id.map(label).astype(int)
-        if y.nunique() < 2:
-            continue  # cannot fit: the model's own runs refuse this case too
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000,
-                                                                   random_state=seed))
-        model.fit(train[names].to_numpy(), y.to_numpy())
-        out.append(part[["patient_id", "stain", "magnification"]].assign(
-            probability=model.predict_proba(part[names].to_numpy())[:, 1]))
-    return pd.concat(out, ignore_index=True)
+    names = [c for c in train.columns if c.startswith("f")]
+    y = train.patient_id.map(label).astype(int)
+    if y.nunique() < 2:
+        return None
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000,
+                                                               random_state=seed))
+    model.fit(train[names].to_numpy(), y.to_numpy())
+    return lambda rows: model.predict_proba(rows[names].to_numpy())[:, 1]
 
 
 def beside(metrics: pd.DataFrame, control: pd.DataFrame) -> pd.DataFrame:
@@ -101,8 +120,14 @@ def run_baseline(study) -> Path:
     folder = layout.evaluation_dir / "baseline"
     features = slide_features(layout)
     write_table(folder / "features.csv", features)
-    sides = patient_sides(cfg.output_dir, study.patients)
-    single = fit_and_predict(features, sides, cfg.split.seed)
+    folds = None
+    if layout.read_final_folds() is not None:
+        from lncr.study.folds import study_folds
+
+        table = study_folds(study.patients, cfg)
+        folds = dict(zip(table.patient_id, table.fold))
+    sides = patient_sides(cfg.output_dir, study.patients, folds is not None)
+    single = fit_and_predict(features, sides, cfg.split.seed, folds)
     tables = ensemble_tables(single, sides, cfg)
     for kind, table in zip(("single_models", "stain_ensembles", "multi_stain"), tables):
         write_table(folder / "predictions" / f"{kind}.csv", table)

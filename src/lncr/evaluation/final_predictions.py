@@ -14,7 +14,11 @@ Reads ``<output_dir>/final/models.csv`` (written by ``lncr sweep``) and writes
 - ``predictions.json`` — the checkpoint and tile choice, the models and package versions.
 
 Each model predicts with ``evaluation.checkpoint`` (``last`` by default: the final weights, so
-that validation patients did not pick the checkpoint) and ``evaluation.tiles``. A model's
+that validation patients did not pick the checkpoint) and ``evaluation.tiles``. With
+``sweep.validation: kfold`` (``final/folds.csv`` exists), a final model was trained on every
+development patient: the development patients are predicted instead by the fold model that
+held each of them out (their ``split`` is ``val``: every one is a validation patient, out of
+fold), and the final model predicts the external and prospective patients. A model's
 predictions from an earlier run are reused when its checkpoint and the slides (labels, sides,
 tile stores) are unchanged (``predict_run(reuse=True)``), so an interrupted demo or study
 resumes.
@@ -51,11 +55,12 @@ def final_models(output_dir: Path) -> pd.DataFrame:
     return Layout(Path(output_dir)).read_final_models()
 
 
-def patient_sides(output_dir: Path, patients: pd.DataFrame) -> pd.DataFrame:
+def patient_sides(output_dir: Path, patients: pd.DataFrame, out_of_fold: bool = False
+                  ) -> pd.DataFrame:
     """``patient_id, cohort, label, split`` for every patient (external and prospective
-    patients: their cohort as split)."""
+    patients: their cohort as split; ``out_of_fold``: every development patient ``val``)."""
     split = Layout(Path(output_dir)).read_split()
-    sides = dict(zip(split.patient_id, split.split))
+    sides = dict(zip(split.patient_id, ["val"] * len(split) if out_of_fold else split.split))
     out = patients[["patient_id", "cohort", "label"]].copy()
     out["split"] = [(c if c in OUTSIDE_SPLIT else sides.get(p, ""))
                     for p, c in zip(out.patient_id, out.cohort)]
@@ -107,11 +112,12 @@ def predict_shard(study: Study, shard: Shard, device: str = "auto", workers: int
     from lncr.training.predict import NotPredictedYet
 
     ready = ready_models(study)
+    folds = Layout(study.config.output_dir).read_final_folds()
     mine = shard.select(list(ready.itertuples()), key=lambda m: (m.stain, m.magnification))
     folder = Layout(study.config.output_dir).predictions_dir / "shards" / shard.name
     with output_lock(folder, f"lncr predict --shard {shard}"):
         for k, m in enumerate(mine, 1):
-            slides = _predict_model(study, m, device, workers, reuse=True)
+            slides = _model_slides(study, m, folds, device, workers, reuse=True)
             if progress:
                 progress(f"{m.stain} {m.magnification}: {0 if slides is None else len(slides)} "
                          "slides", k, len(mine))
@@ -123,20 +129,37 @@ def predict_shard(study: Study, shard: Shard, device: str = "auto", workers: int
     return ""
 
 
-def _predict_model(study: Study, m, device: str, workers: int, reuse: bool | str
-                   ) -> pd.DataFrame | None:
-    """One final model's slide predictions (None when no slide has its stain's tiles)."""
+def _predict_model(study: Study, m, folder: str, cohort: str, device: str, workers: int,
+                   reuse: bool | str) -> pd.DataFrame | None:
+    """The slide predictions of the run in ``folder`` (final model ``m``'s configuration) for
+    ``cohort`` (None when no slide of that cohort has its stain's tiles)."""
     from lncr.training.entries import study_entries
-    from lncr.training.predict import predict_run
+    from lncr.training.predict import predict_run, run_sides, select
 
-    if not study_entries(study, m.stain, m.magnification):
+    entries = run_sides(Path(folder), study_entries(study, m.stain, m.magnification))
+    if not select(entries, cohort):
         return None
     ev = study.config.evaluation
-    slides = predict_run(m.folder, "all", ev.checkpoint, ev.tiles, study=study, device=device,
+    slides = predict_run(folder, cohort, ev.checkpoint, ev.tiles, study=study, device=device,
                          workers=workers, reuse=reuse)
     slides["architecture"], slides["bag_size"] = m.architecture, m.bag_size
-    slides["run"] = m.folder
+    slides["run"] = folder
     return slides
+
+
+def _model_slides(study: Study, m, folds: pd.DataFrame | None, device: str, workers: int,
+                  reuse: bool | str) -> pd.DataFrame | None:
+    """Final model ``m``'s slide predictions: every patient; or with k-fold (``folds``:
+    ``final/folds.csv``) the development patients out of fold, by the fold model that held
+    each out, and the others by ``m``."""
+    if folds is None:
+        return _predict_model(study, m, m.folder, "all", device, workers, reuse)
+    mine = folds[(folds.stain == m.stain) & (folds.magnification == m.magnification)
+                 & (folds.status == "done")]
+    parts = [_predict_model(study, m, f, "val", device, workers, reuse) for f in mine.folder]
+    parts.append(_predict_model(study, m, m.folder, "outside", device, workers, reuse))
+    parts = [p for p in parts if p is not None]
+    return pd.concat(parts, ignore_index=True) if parts else None
 
 
 def _predict_all(study: Study, device: str, workers: int,
@@ -146,12 +169,13 @@ def _predict_all(study: Study, device: str, workers: int,
 
     models = final_models(study.config.output_dir)
     ready = ready_models(study, models)
+    folds = Layout(study.config.output_dir).read_final_folds()
     tables, unusable = [], {}
     idle = []  # models with no slide to predict (nobody has that stain with tiles there)
     for m in ready.itertuples():
         unusable[f"{m.stain} {m.magnification}"] = unusable_patients(study, m.stain,
                                                                      m.magnification)
-        slides = _predict_model(study, m, device, workers, reuse)
+        slides = _model_slides(study, m, folds, device, workers, reuse)
         if slides is None:
             idle.append({"stain": m.stain, "magnification": m.magnification})
             continue
@@ -163,13 +187,15 @@ def _predict_all(study: Study, device: str, workers: int,
         raise ValueError("no slide of this study has tiles for any final model: run `lncr "
                          "tile` (tiles/index.csv says why slides failed)")
     return _write_predictions(study, models, pd.concat(tables, ignore_index=True), idle,
-                              {k: v for k, v in unusable.items() if v})
+                              {k: v for k, v in unusable.items() if v}, folds is not None)
 
 
 def _write_predictions(study: Study, models: pd.DataFrame, slides: pd.DataFrame,
-                       idle: list[dict], unusable: dict[str, list[dict]]) -> FinalPredictions:
+                       idle: list[dict], unusable: dict[str, list[dict]],
+                       out_of_fold: bool = False) -> FinalPredictions:
     """The three prediction tables and ``predictions.json`` from every model's slides
-    (``models``: ``final/models.csv``)."""
+    (``models``: ``final/models.csv``; ``out_of_fold``: k-fold, the development patients
+    predicted by their fold models)."""
     from lncr.training.loop import versions
 
     cfg, ev = study.config, study.config.evaluation
@@ -180,7 +206,7 @@ def _write_predictions(study: Study, models: pd.DataFrame, slides: pd.DataFrame,
                    architecture=("architecture", "first"), bag_size=("bag_size", "first"),
                    run=("run", "first"), epoch=("epoch", "first"))
               .reset_index())
-    sides = patient_sides(cfg.output_dir, study.patients)
+    sides = patient_sides(cfg.output_dir, study.patients, out_of_fold)
     single, per_stain, multi = ensemble_tables(single, sides, cfg)
     folder = cfg.output_dir / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,12 +216,16 @@ def _write_predictions(study: Study, models: pd.DataFrame, slides: pd.DataFrame,
         write_table(layout.predictions(kind), table)
     atomic_write_json(layout.predictions_record, {
         "checkpoint": ev.checkpoint, "tiles": ev.tiles,
+        "development_patients": ("out of fold: each by the fold model that held it out "
+                                 "(final/folds.csv)" if out_of_fold else
+                                 "by the final model (only its validation patients are "
+                                 "evaluated)"),
         "within_stain": f"{cfg.ensemble.within_stain} over the magnifications present",
         "across_stains": f"{cfg.ensemble.across_stains} over the single-stain ensembles present",
         "models": ready[["stain", "magnification", "architecture", "bag_size", "folder"]]
         .to_dict("records"),
-        "missing_models": models[models.status != "done"][["stain", "magnification"]]
-        .to_dict("records"),
+        "missing_models": models[models.status != "done"][["stain", "magnification", "error"]]
+        .fillna("").to_dict("records"),
         "models_without_slides": idle,
         "patients_without_tiles": unusable,
         **study.source, "versions": versions()})

@@ -53,11 +53,22 @@ def _training(out: Path) -> str | None:
                  f"stain and magnification ({_mags(g.get('magnifications') or ['all'])}), "
                  f"{sweep.get('epochs')} epoch(s) per unit, with seeds "
                  f"{tr.get('seed', 0)} + repeat; early stopping: {g.get('early_stopping')}. ")
+        if g.get("validation") == "kfold":
+            text += (f"Each unit was trained once per fold of {g['folds']} patient-level folds "
+                     "stratified by outcome (a new partition per repeat"
+                     + (", each development site in one fold" if g.get("fold_by_site") else "")
+                     + "); a configuration's score was the AUC of its pooled out-of-fold "
+                     "predictions. ")
     if final is not None:
         arch = ", ".join(f"{k} {v}" for k, v in final["architectures"].items())
+        kfold = (final.get("validation") or {}).get("method") == "kfold"
+        trained_on = ("every development patient; the development patients were predicted "
+                      "out of fold by the selected configuration's fold models, and the "
+                      "threshold was fixed on those predictions" if kfold
+                      else "the study split")
         text += (f"Selected: {arch}; bag size {final['bag_size']} (rule: {final['rule']}). "
                  f"Final models were trained for {final['epochs']} epochs with seed "
-                 f"{final['seed']} on the study split. ")
+                 f"{final['seed']} on {trained_on}. ")
     runs = sorted(Layout(out).final_runs.glob("*/*/*/config.json"))
     if runs:
         c = json.loads(runs[0].read_text())

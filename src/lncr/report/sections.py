@@ -166,6 +166,41 @@ def failures_box(selection: dict) -> str:
               "retries the failed units.</p></div>")
 
 
+def left_out_box(selection: dict) -> str:
+    """The stain × magnifications the selection could not score, and the stains left without
+    an architecture, with the reasons."""
+    dropped = selection.get("left_out") or {}
+    unselected = selection.get("unselected_stains") or {}
+    if not dropped and not unselected:
+        return ""
+    items = "".join(f"<li>{esc(where)}: {esc(d['reason'])} ({d['skipped']} of {d['units']} "
+                    "units skipped)</li>" for where, d in dropped.items())
+    items += "".join(f"<li><b>{esc(stain)}</b> has no model: {esc(why)}</li>"
+                     for stain, why in unselected.items())
+    return ("<div class=missing><strong>Left out of the selection.</strong> These stain × "
+            "magnifications had no patients with tiles to score a unit on (a needle core "
+            "at 10x often keeps no tile); the selection used the others, and the final "
+            "models are trained wherever both outcomes can train.<ul>" + items + "</ul></div>")
+
+
+def stability_table(selection: dict) -> str:
+    """Per configuration, the criterion's mean and spread and how often the rule chose it."""
+    rows = selection.get("stability") or []
+    if not rows:
+        return ""
+    view = pd.DataFrame([{
+        "stain": r["stain"], "architecture": r["architecture"], "bag size": r["bag_size"],
+        "mean": fmt(r["mean"]), "s.d.": fmt(r["sd"]),
+        "range": f"{fmt(r['min'], 2)}–{fmt(r['max'], 2)}", "scores": r["scores"],
+        "s.d. over folds": fmt(r.get("fold_sd", float("nan"))),
+        "chosen in": f"{r['wins']} of {r['repeats']} repeats"} for r in rows])
+    if all(r.get("folds_with_auc", 0) == 0 for r in rows):
+        view = view.drop(columns=["s.d. over folds"])
+    return table(view, "Selection stability: the criterion of each configuration over "
+                       "magnifications and repeats, and how often the rule, applied to one "
+                       "repeat alone, chose it")
+
+
 def sweep_section(out: Path) -> str:
     summary = _csv(Layout(out).sweep_summary)
     selection = read_json(Layout(out).selection)
@@ -196,7 +231,7 @@ def sweep_section(out: Path) -> str:
         ax.set_title(stain, fontsize=9)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("mean validation AUC")
-    body = failures_box(selection) + protocol_note(out)
+    body = failures_box(selection) + left_out_box(selection) + protocol_note(out)
     body += img(figure_uri(fig), "Validation AUC by architecture and bag size (mean over "
                                  "magnifications and repeats; dotted: the selected bag size)")
     decided = selection.get("decided_by") or {}
@@ -212,6 +247,7 @@ def sweep_section(out: Path) -> str:
         body += (f"<p>Early stopping ({esc(stopping['method'])}): "
                  f"{esc(stopping.get('epochs_saved'))} of {esc(stopping.get('epochs_full_grid'))}"
                  " epochs saved.</p>")
+    body += stability_table(selection)
     cols = ["stain", "magnification", "architecture", "bag_size", "units", "done", "failed",
             "mean_val_auc", "sd_val_auc", "mean_val_loss"]
     body += table(summary[[c for c in cols if c in summary]], "Sweep summary")
@@ -219,12 +255,24 @@ def sweep_section(out: Path) -> str:
 
 
 def protocol_note(out: Path) -> str:
-    """Which selection protocol ran: the published one (every unit fine-tuned) or the
-    cheaper frozen-feature one, said plainly."""
+    """Which selection protocol ran — how units were validated (one split per repeat, or
+    k-fold) and whether their backbones were fine-tuned or frozen — said plainly."""
     record = read_json(Layout(out).sweep_record) or {}
-    if (record.get("settings") or {}).get("backbone") != "frozen":
-        return ""
-    return ("<div class=protocol><p><b>Selection protocol: frozen features.</b> Every unit of the "
+    settings = record.get("settings") or {}
+    note = ""
+    if settings.get("validation") == "kfold":
+        note += ("<div class=protocol><p><b>Validation: k-fold.</b> Each configuration was "
+                 f"trained once per fold ({esc(settings.get('folds'))} patient-level folds "
+                 "stratified by outcome"
+                 + (", each development site in one fold" if settings.get("fold_by_site")
+                    else "") +
+                 ") and scored by the AUC of the pooled out-of-fold predictions of every "
+                 "development patient with tiles; the final models were trained on every "
+                 "development patient, and the development patients' results below are "
+                 "out of fold.</p></div>")
+    if settings.get("backbone") != "frozen":
+        return note
+    return note + ("<div class=protocol><p><b>Selection protocol: frozen features.</b> Every unit of the "
             "grid trained with its backbone frozen, on tile features computed once "
             "(<code>sweep.backbone: frozen</code>); only the selected configurations were "
             "then trained as final models with the training settings. This is cheaper than "

@@ -170,6 +170,9 @@ class TrainingSettings(_Settings):
     loader_workers: int = Field(2, ge=0)  # tile-decoding processes per run
     checkpoint_every: int = Field(50, ge=0)  # steps between mid-epoch checkpoints (0: none)
     seed: int = 0  # weights, bag draws and augmentation
+    # Fewest training patients of each outcome (with tiles) a run is trained on; a stain ×
+    # magnification with fewer gets no model, and says so (docs/sweep.md).
+    min_patients_per_outcome: int = Field(2, ge=1)
 
 
 class SweepSettings(_Settings):
@@ -185,6 +188,12 @@ class SweepSettings(_Settings):
     magnifications: tuple[str, ...] | None = None  # None: every magnification, e.g. [10x]
     epochs: int | None = Field(None, ge=1)  # None: training.epochs
     resplit: bool = False  # repeat r > 0 draws its own stratified patient-level split
+    # split: each unit is scored on the validation patients of its split (the published
+    # protocol); kfold: each unit is trained once per fold and a configuration is scored by
+    # the AUC of its pooled out-of-fold predictions (docs/sweep.md, for small cohorts).
+    validation: Literal["split", "kfold"] = "split"
+    folds: int = Field(5, ge=2)  # kfold: patient-level folds, stratified by outcome
+    fold_by_site: bool = False  # kfold: each development site's patients in one fold
     early_stopping: Literal["none", "halving"] = "none"  # halving: successive halving
     halving_rate: int = Field(3, ge=2)  # keep 1 in this many configurations per rung
     min_epochs: int = Field(10, ge=1)  # the first rung
@@ -204,6 +213,14 @@ class SweepSettings(_Settings):
         from lncr.sweep.executor_registry import list_executors
 
         return registered(v, list_executors(), "executor")
+
+    @model_validator(mode="after")
+    def _one_protocol(self) -> "SweepSettings":
+        if self.validation == "kfold" and self.resplit:
+            raise ValueError("sweep.resplit re-draws the validation split of each repeat; with "
+                             "sweep.validation=kfold each repeat draws its own folds already: "
+                             "drop sweep.resplit")
+        return self
 
     @field_validator("bag_sizes")
     @classmethod

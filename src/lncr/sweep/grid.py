@@ -1,10 +1,16 @@
-"""The sweep's grid: stains × magnifications × architectures × bag sizes × repeats.
+"""The sweep's grid: stains × magnifications × architectures × bag sizes × repeats (× folds).
 
 Every cell is one independent training :class:`Unit`. Repeat ``r`` trains with seed
 ``training.seed + r``. With ``sweep.resplit``, repeat ``r > 0`` also draws its own stratified,
 patient-level split of the development patients (seed ``split.seed + r``; external patients
 never enter it) and its run folder is tagged ``-split<r>``; repeat 0 always uses the study's
 recorded split, so the final model of a configuration can be the sweep's own repeat 0.
+
+With ``sweep.validation: kfold``, repeat ``r`` partitions the development patients into
+``sweep.folds`` stratified folds (seed ``split.seed + r``, :mod:`lncr.study.folds`) and every
+configuration is trained once per fold: the unit of fold ``f`` is tagged ``-fold<f>`` and
+validates on that fold's patients. A final model is then trained on every development patient
+(tag ``-dev``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from lncr.study.config import StudyConfig
+from lncr.study.folds import fold_sides, study_folds
 from lncr.study.split import stratified_split
 from lncr.training.loop import RunSpec
 
@@ -52,6 +59,11 @@ class Unit:
                 f"-s{self.seed}{tag}")
 
     @property
+    def fold(self) -> int | None:
+        """The unit's fold (``sweep.validation: kfold``), else None."""
+        return int(self.split[4:]) if self.split.startswith("fold") else None
+
+    @property
     def configuration(self) -> tuple[str, str, int]:
         """What the sweep compares: (stain, architecture, bag size)."""
         return self.stain, self.architecture, self.bag_size
@@ -72,17 +84,43 @@ def sweep_magnifications(config: StudyConfig) -> tuple[str, ...]:
     return tuple(config.sweep.magnifications or config.magnification_labels())
 
 
+#: The split tag of a model trained on every development patient (k-fold's final models).
+ALL_DEVELOPMENT = "dev"
+
+
+def split_tags(config: StudyConfig, repeat: int) -> list[str]:
+    """The split tags of one repeat: one per fold with k-fold, else "" (the study's split) or
+    ``split<r>`` (its own split, ``sweep.resplit``)."""
+    sw = config.sweep
+    if sw.validation == "kfold":
+        return [f"fold{f}" for f in range(sw.folds)]
+    return [f"split{repeat}" if sw.resplit and repeat > 0 else ""]
+
+
 def build_grid(config: StudyConfig) -> list[Unit]:
     """Every unit of the sweep, in a fixed order (stain, magnification, architecture, bag size,
-    repeat)."""
+    repeat, fold)."""
     sw = config.sweep
-    return [Unit.of(stain, mag, arch, bag, r, config.training.seed + r,
-                 f"split{r}" if sw.resplit and r > 0 else "")
+    return [Unit.of(stain, mag, arch, bag, r, config.training.seed + r, tag)
             for stain in sweep_stains(config)
             for mag in sweep_magnifications(config)
             for arch in sw.architectures
             for bag in sw.bag_sizes
-            for r in range(sw.repeats)]
+            for r in range(sw.repeats)
+            for tag in split_tags(config, r)]
+
+
+def unit_sides(patients: pd.DataFrame, config: StudyConfig, unit: Unit) -> dict[str, str] | None:
+    """Each development patient's side (``train``/``val``) in ``unit``'s split; None when the
+    unit uses the study's recorded split."""
+    if not unit.split:
+        return None
+    if unit.split == ALL_DEVELOPMENT:
+        return {p: "train" for p in patients[patients.cohort == "development"].patient_id}
+    if unit.fold is not None:
+        return fold_sides(study_folds(patients, config, unit.repeat), unit.fold)
+    split = repeat_split(patients, config, unit.repeat)
+    return dict(zip(split.patient_id, split.split))
 
 
 def repeat_split(patients: pd.DataFrame, config: StudyConfig, repeat: int) -> pd.DataFrame:
@@ -91,11 +129,19 @@ def repeat_split(patients: pd.DataFrame, config: StudyConfig, repeat: int) -> pd
 
 
 def write_repeat_splits(folder: Path, patients: pd.DataFrame, config: StudyConfig) -> list[Path]:
-    """Record every re-drawn split as ``<folder>/split<r>.csv`` (written once, then checked by
-    the runs themselves through their ``split.csv``)."""
+    """Record every re-drawn split as ``<folder>/split<r>.csv`` and every repeat's folds as
+    ``<folder>/folds<r>.csv`` (written once, then checked by the runs themselves through their
+    ``split.csv``)."""
     from lncr.fileio import atomic_write_text
 
     paths = []
+    if config.sweep.validation == "kfold":
+        folder.mkdir(parents=True, exist_ok=True)
+        for r in range(config.sweep.repeats):
+            path = folder / f"folds{r}.csv"
+            atomic_write_text(path, study_folds(patients, config, r).to_csv(index=False))
+            paths.append(path)
+        return paths
     if not config.sweep.resplit:
         return paths
     folder.mkdir(parents=True, exist_ok=True)

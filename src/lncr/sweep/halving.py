@@ -34,20 +34,29 @@ def score_at(folder: str | Path, epoch: int) -> tuple[float, float]:
     return float(row.val_auc.iloc[0]), float(row.val_loss.iloc[0])
 
 
+def unit_scores(units: list[Unit], results: dict[str, dict], epoch: int
+                ) -> list[tuple[float, float]]:
+    """One (AUC, loss) per unit that did not fail, at ``epoch`` (0-based)."""
+    return [score_at(results[u.name]["folder"], epoch) for u in units
+            if results.get(u.name, {}).get("status") != "failed"]
+
+
 def promote(units: list[Unit], results: dict[str, dict], rung: int, rate: int,
-            sizes: Callable[[str], int]) -> tuple[list[Unit], list[Unit]]:
+            sizes: Callable[[str], int],
+            scores_of: Callable[[list[Unit], dict[str, dict], int], list] = unit_scores
+            ) -> tuple[list[Unit], list[Unit]]:
     """Successive halving at ``rung`` epochs, per stain: configurations (architecture × bag
-    size) are ranked by their units' mean validation AUC at that epoch (over magnifications
-    and repeats; ties to lower loss, smaller model, smaller bag) and the best
-    ``ceil(n / rate)`` go on. Returns (kept units, stopped units)."""
+    size) are ranked by the mean of their scores at that epoch (``scores_of(units, results,
+    epoch)``: by default each unit's validation AUC, over magnifications and repeats; ties to
+    lower loss, smaller model, smaller bag) and the best ``ceil(n / rate)`` go on. Returns
+    (kept units, stopped units)."""
     kept, stopped = [], []
     for stain in sorted({u.stain for u in units}):
         mine = [u for u in units if u.stain == stain]
         scores: dict[tuple, list[tuple[float, float]]] = {}
-        for u in mine:
-            if results.get(u.name, {}).get("status") != "failed":
-                scores.setdefault((u.architecture, u.bag_size), []).append(
-                    score_at(results[u.name]["folder"], rung - 1))
+        for config in {u.configuration[1:] for u in mine}:
+            scores[config] = scores_of([u for u in mine if u.configuration[1:] == config],
+                                       results, rung - 1)
         configs = {u.configuration[1:] for u in mine}
         ranked = []
         for config in configs:

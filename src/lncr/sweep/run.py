@@ -4,20 +4,30 @@ Folder ``<output_dir>/sweep/``:
 
 - ``sweep.json`` — the grid, the settings, the executor, timings and package versions;
 - ``runs/<stain>/<mag>/<arch>-b<bag>-s<seed>[-split<r>]/`` — one training run per unit;
-- ``splits/split<r>.csv`` — each repeat's own split (with ``sweep.resplit``);
+- ``splits/split<r>.csv`` — each repeat's own split (with ``sweep.resplit``), or
+  ``splits/folds<r>.csv`` — each repeat's folds (with ``sweep.validation: kfold``);
 - ``units.csv`` — one row per unit: status (``done``, ``failed``, ``stopped`` by successive
-  halving, ``pending``), epochs trained, last-epoch validation AUC/loss, seconds, error;
+  halving, ``skipped`` — not trained because its split cannot train or validate a model, the
+  reason in ``error`` — or ``pending``), epochs trained, last-epoch validation AUC/loss,
+  seconds, error;
+- ``criterion.csv`` — the scores the selection compares, one per configuration ×
+  magnification × repeat (:mod:`lncr.sweep.criterion`; with k-fold, the pooled out-of-fold
+  AUC, and ``oof_predictions.csv`` beside it);
 - ``failures/<unit>.txt`` — the traceback of each failed unit;
 - ``summary.csv`` — per stain × magnification × architecture × bag size: mean ± s.d. and
   every repeat's validation AUC and loss (:func:`lncr.sweep.selection.summary_table`);
-- ``selection.json`` — the chosen architecture per stain and bag size, the rule, the evidence
-  and, with early stopping, the compute it saved.
+- ``selection.json`` — the chosen architecture per stain and bag size, the rule, the evidence,
+  the stain × magnifications left out and why, the selection's stability and, with early
+  stopping, the compute it saved.
 
 Final models go to ``<output_dir>/final/``: ``models.csv`` (one row per stain × magnification:
-configuration, run folder, status) and ``final.json``. A final model is the selected
+configuration, run folder, status; ``skipped`` with the reason when too few training patients
+of an outcome have tiles there) and ``final.json``. A final model is the selected
 configuration trained with ``training.seed`` on the study's recorded split for
 ``training.epochs``; when the sweep already trained exactly that run (its repeat 0 with the
-same epochs), the sweep's run is used rather than trained again.
+same epochs), the sweep's run is used rather than trained again. With k-fold, it is trained on
+every development patient, and the configuration's fold models (``final/folds.csv``) give the
+development patients' out-of-fold predictions.
 
 Re-running resumes: finished units are read from their folders without starting a worker,
 interrupted ones continue from their last checkpoint, and failed ones are tried again.
@@ -25,6 +35,7 @@ interrupted ones continue from their last checkpoint, and failed ones are tried 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -41,11 +52,25 @@ from lncr.locks import locks_output
 from lncr.paths import store_columns, stored
 from lncr.study.config import StudyConfig
 from lncr.study.validate import Study
+from lncr.sweep.criterion import criterion_table, left_out, pooled_at, stability
 from lncr.sweep.executors import Executor
-from lncr.sweep.grid import Unit, build_grid, sweep_stains, write_repeat_splits
-from lncr.sweep.halving import halving_rungs, promote
-from lncr.sweep.selection import RULE, complete_failures, failure_lines, select, summary_table
-from lncr.sweep.unit import UnitTask, result_row
+from lncr.sweep.grid import (
+    ALL_DEVELOPMENT,
+    Unit,
+    build_grid,
+    sweep_stains,
+    unit_sides,
+    write_repeat_splits,
+)
+from lncr.sweep.halving import halving_rungs, promote, score_at
+from lncr.sweep.selection import (
+    complete_failures,
+    failure_lines,
+    rule_text,
+    select,
+    summary_table,
+)
+from lncr.sweep.unit import UnitTask, result_row, with_sides
 
 UNIT_COLUMNS = ["stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split",
                 "status", "epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss",
@@ -64,6 +89,18 @@ class SweepReport:
     timings: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # whole architectures/groups that failed
     unusable: dict[str, list[dict]] = field(default_factory=dict)  # patients without tiles
+
+    def stains_without_model(self) -> dict[str, str]:
+        """Swept stains without a finished final model (or, before final models, without a
+        selected architecture): stain → why."""
+        sel = self.selection or {}
+        out = dict(sel.get("unselected_stains", {}))
+        if self.final is not None:
+            for stain, part in self.final.groupby("stain", sort=False):
+                if stain not in out and not (part.status == "done").any():
+                    out[stain] = "; ".join(f"{r.magnification}: {r.error}"
+                                           for r in part.itertuples())
+        return out
 
 
 class SweepFailed(WorkFailed):
@@ -172,6 +209,8 @@ class Sweep:
                       if sw.early_stopping == "halving" else [self.epochs])
         self.timings = {"executor_start": 0.0}
         self._sizes: dict[str, int] = {}
+        self._entries: dict[tuple[str, str], list] = {}  # stain × magnification's slides
+        self._sides: dict[tuple[str, int], dict | None] = {}  # (split tag, repeat) → sides
         self._owns_executor = self._executor is None
 
     def executor(self) -> Executor:
@@ -257,9 +296,11 @@ class Sweep:
         try:
             book = self.run_grid()
             table = book.table()
-            summary = summary_table(table)
+            criterion, oof = criterion_table(table, self.cfg.sweep.validation)
+            self.write_criterion(criterion, oof)
+            summary = summary_table(criterion)
             write_table(self.layout.sweep_summary, summary)
-            selection, lines = self.select(table)
+            selection, lines = self.select(table, criterion, oof)
             final_table = self.train_final(selection) if final else None
         finally:
             if self._owns_executor and self._executor is not None \
@@ -272,44 +313,165 @@ class Sweep:
         return SweepReport(self.folder, table, summary, selection, final_table, self.timings,
                            lines, record["patients_without_tiles"])
 
+    def write_criterion(self, criterion: pd.DataFrame, oof: pd.DataFrame | None) -> None:
+        write_table(self.folder / "criterion.csv", criterion)
+        if oof is not None:
+            write_table(self.folder / "oof_predictions.csv", oof)
+
+    def entries(self, u: Unit) -> list:
+        """The unit's slides with tiles, on the sides of its split."""
+        from lncr.training.entries import study_entries
+
+        key = (u.stain, u.magnification)
+        if key not in self._entries:
+            self._entries[key] = study_entries(self.study, *key)
+        if (u.split, u.repeat) not in self._sides:
+            self._sides[u.split, u.repeat] = unit_sides(self.study.patients, self.cfg, u)
+        return with_sides(self._entries[key], self._sides[u.split, u.repeat])
+
+    def problem(self, u: Unit, final: bool = False) -> str:
+        """Why ``u`` cannot give what the sweep needs of it ("" when it can): a model of both
+        outcomes (every unit), a validation AUC (a unit of the split protocol), or its share
+        of the out-of-fold predictions (a fold: every fold of its repeat must train, and the
+        pooled patients hold both outcomes). A final model needs training data only."""
+        from lncr.training.entries import (
+            OUTCOME,
+            side_patients,
+            training_problem,
+            validation_problem,
+        )
+
+        minimum = self.cfg.training.min_patients_per_outcome
+        if u.fold is None:
+            entries = self.entries(u)
+            why = training_problem(entries, minimum)
+            return why or ("" if final or u.split == ALL_DEVELOPMENT
+                           else validation_problem(entries))
+        for f in range(self.cfg.sweep.folds):  # one fold that cannot train loses patients
+            why = training_problem(self.entries(dataclasses.replace(u, spec=dataclasses.replace(
+                u.spec, split=f"fold{f}"))), minimum)
+            if why:
+                return f"fold {f}: {why}"
+        entries = self.entries(u)
+        if not sum(side_patients(entries, "val").values()):
+            return f"fold {u.fold} holds no development patient with tiles here"
+        pool = {(e.patient_id, e.label) for e in entries if e.split in ("train", "val")}
+        labels = {label for _, label in pool}
+        if len(labels) < 2:
+            return (f"the {len(pool)} development patient(s) with tiles are all "
+                    f"{OUTCOME[labels.pop()] if labels else 'absent'}: no out-of-fold AUC")
+        return ""
+
+    def skip_infeasible(self, units: list[Unit], book: _Book, final: bool = False
+                        ) -> list[Unit]:
+        """Record the units that cannot be trained (or validated) as ``skipped`` with the
+        reason; returns the others."""
+        keep = []
+        for u in units:
+            why = self.problem(u, final)
+            if why:
+                folder = u.spec.folder(self.runs_root)
+                book.record(u.name, {**u.to_dict(), "status": "skipped", "error": why,
+                                     "folder": str(folder)}, write=False)
+            else:
+                keep.append(u)
+        book.write()
+        return keep
+
     def run_grid(self) -> _Book:
         """Every unit to the last rung, stopping the configurations halving drops."""
         units = build_grid(self.cfg)
         book = _Book(self.layout.sweep_units, units, self.cfg.output_dir)
-        alive = list(units)
+        alive = self.skip_infeasible(units, book)
         for i, rung in enumerate(self.rungs):
             results = _run_units(alive, self.tasks(self.runs_root, self.epochs, self.frozen),
                                  rung, book, self.executor, self.progress)
             if i < len(self.rungs) - 1:
                 alive, stopped = promote(alive, results, rung, self.cfg.sweep.halving_rate,
-                                         self.size)
+                                         self.size, self.rung_scores)
                 for u in stopped:
                     book.record(u.name, {**results[u.name], "status": "stopped"
                                          if results[u.name]["status"] != "failed" else "failed"})
         return book
 
-    def select(self, table: pd.DataFrame) -> tuple[dict, list[str]]:
-        """Write ``selection.json``; raises :class:`SweepFailed` when no unit finished."""
+    def rung_scores(self, units: list[Unit], results: dict[str, dict], epoch: int
+                    ) -> list[tuple[float, float]]:
+        """The (AUC, loss) scores of one configuration's units at ``epoch`` (0-based): one per
+        unit, or with k-fold one per magnification × repeat, its folds pooled."""
+        folders = {u.name: results[u.name]["folder"] for u in units
+                   if results.get(u.name, {}).get("status") != "failed"}
+        if self.cfg.sweep.validation != "kfold":
+            return [score_at(folders[u.name], epoch) for u in units if u.name in folders]
+        groups: dict[tuple, list] = {}
+        for u in units:
+            if u.name in folders:
+                groups.setdefault((u.magnification, u.repeat), []).append(folders[u.name])
+        return [pooled_at(group, epoch) for group in groups.values()]
+
+    def select(self, table: pd.DataFrame, criterion: pd.DataFrame,
+               oof: pd.DataFrame | None) -> tuple[dict, list[str]]:
+        """Write ``selection.json``; raises :class:`SweepFailed` when nothing can be
+        selected."""
         from lncr.training.loop import versions
 
-        failures = complete_failures(table)
+        rule = rule_text(self.cfg.sweep.validation)
+        failures = complete_failures(table[table.status != "skipped"])
         lines = failure_lines(failures)
-        if not (table.status == "done").any():
+        dropped = left_out(table, criterion)
+        scored = criterion[(criterion.status == "done") & criterion.val_auc.notna()]
+        if scored.empty:
+            why = [f"{k}: {v['reason']}" for k, v in dropped.items()] + lines
             atomic_write_json(self.layout.selection, {
                 "status": "failed", "failures": failures, "failure_lines": lines,
-                "rule": RULE, "study": self.study.source["study"], "versions": versions()})
-            raise SweepFailed("no sweep unit finished every epoch: nothing to select from "
-                              f"(see {self.folder / 'failures'}):\n  " + "\n  ".join(lines))
-        selection = select(table, self.cfg.training)
+                "left_out": dropped, "rule": rule, "study": self.study.source["study"],
+                "versions": versions()})
+            raise SweepFailed("no configuration could be scored: nothing to select from. "
+                              f"{remedy(self.cfg.sweep.validation)}\n  " + "\n  ".join(why))
+        selection = select(scored, self.cfg.training, rule)
+        unselected = self.fill_unscored_stains(selection, dropped)
         selection.update({
-            "status": "incomplete" if lines else "complete",
-            "failures": failures, "failure_lines": lines,
+            "status": "incomplete" if lines else ("partial" if dropped else "complete"),
+            "validation": self.protocol(),
+            "failures": failures, "failure_lines": lines, "left_out": dropped,
+            "unselected_stains": unselected,
+            "stability": stability(criterion, lambda part: select(part, self.cfg.training,
+                                                                  rule), oof),
             "units": {s: int((table.status == s).sum()) for s in
-                      ("done", "failed", "stopped", "pending")},
+                      ("done", "failed", "stopped", "skipped", "pending")},
             "early_stopping": self.compute_saved(table),
             **self.study.source, "versions": versions()})
         atomic_write_json(self.layout.selection, selection)
         return selection, lines
+
+    def protocol(self) -> dict:
+        sw = self.cfg.sweep
+        out = {"method": sw.validation, "repeats": sw.repeats}
+        if sw.validation == "kfold":
+            out.update(folds=sw.folds, by_site=sw.fold_by_site)
+        else:
+            out.update(resplit=sw.resplit)
+        return out
+
+    def fill_unscored_stains(self, selection: dict, dropped: dict[str, dict]
+                             ) -> dict[str, str]:
+        """Swept stains the selection could not score at any magnification: given the grid's
+        only architecture when it has one (no choice to make), else left without a model.
+        Returns the stains left without an architecture, with the reason."""
+        archs = self.cfg.sweep.architectures
+        unselected = {}
+        for stain in sweep_stains(self.cfg):
+            if stain in selection["architectures"]:
+                continue
+            why = "; ".join(f"{mag}: {d['reason']}" for mag, d in
+                            ((d["magnification"], d) for d in dropped.values()
+                             if d["stain"] == stain)) or "no unit scored"
+            if len(archs) == 1:
+                selection["architectures"][stain] = archs[0]
+                selection["decided_by"]["architecture"][stain] = (
+                    f"the grid's only architecture; no {stain} unit could be scored ({why})")
+            else:
+                unselected[stain] = f"no architecture could be chosen: {why}"
+        return unselected
 
     def compute_saved(self, table: pd.DataFrame) -> dict:
         sw = self.cfg.sweep
@@ -322,41 +484,101 @@ class Sweep:
                 "epochs_saved": saved, "compute_saved": saved / full if full else 0.0}
 
     def train_final(self, selection: dict) -> pd.DataFrame:
-        """Train (or reuse) the final models; write ``final/models.csv`` and ``final.json``."""
+        """Train (or reuse) the final models (and with k-fold their fold models); write
+        ``final/models.csv``, ``final/folds.csv`` and ``final.json``."""
         from lncr.training.loop import versions
 
         cfg = self.cfg
-        folder = self.layout.final_dir
-        folder.mkdir(parents=True, exist_ok=True)
+        self.layout.final_dir.mkdir(parents=True, exist_ok=True)
         epochs = cfg.training.epochs
-        # The sweep's repeat 0 of a configuration is the final model when it was trained the
-        # same way: the same epochs, and not frozen for the grid only.
+        # The sweep's repeat 0 of a configuration is the final model (or fold model) when it
+        # was trained the same way: the same epochs, and not frozen for the grid only.
         same = self.epochs == epochs and (not self.frozen
                                           or cfg.training.backbone_lr_factor == 0)
         root = self.runs_root if same else self.layout.final_runs
-        units = final_units(cfg, selection)
+        units = final_units(cfg, selection) + fold_units(cfg, selection)
         book = _Book(self.layout.final_units, units, cfg.output_dir)
-        results = _run_units(units, self.tasks(root, epochs), epochs, book, self.executor,
-                             self.progress)
-        rows = [{"stain": u.stain, "magnification": u.magnification,
-                 "architecture": u.architecture, "bag_size": u.bag_size, "seed": u.seed,
-                 "status": results[u.name]["status"], "val_auc": results[u.name]["val_auc"],
-                 "folder": results[u.name]["folder"],
-                 "error": results[u.name].get("error", "")} for u in units]
-        table = pd.DataFrame(rows)
+        todo = self.skip_infeasible(units, book, final=True)
+        results = {u.name: book.rows[u.name] for u in units}
+        results.update(_run_units(todo, self.tasks(root, epochs), epochs, book, self.executor,
+                                  self.progress))
+        folds = self.fold_table(results)
+        table = pd.DataFrame([final_row(u, results[u.name]) for u in units if u.fold is None]
+                             + unselected_rows(cfg, selection))
+        if folds is not None:
+            table = with_oof_auc(table, folds)
+            self.layout.write_final_folds(folds)
+        else:  # a study that used k-fold before: its fold models no longer apply
+            self.layout.final_folds.unlink(missing_ok=True)
         self.layout.write_final_models(table)
         atomic_write_json(self.layout.final_record, {
             "selection": stored(self.layout.selection, cfg.output_dir),
             "architectures": selection["architectures"], "bag_size": selection["bag_size"],
-            "epochs": epochs, "seed": cfg.training.seed,
-            "runs_root": stored(root, cfg.output_dir), **self.study.source, "rule": RULE,
-            "versions": versions()})
+            "epochs": epochs, "seed": cfg.training.seed, "validation": self.protocol(),
+            "runs_root": stored(root, cfg.output_dir), **self.study.source,
+            "rule": selection["rule"], "versions": versions()})
         return table
+
+    def fold_table(self, results: dict[str, dict]) -> pd.DataFrame | None:
+        """With k-fold, the final configurations' fold models (``final/folds.csv``) with each
+        fold's last-epoch validation predictions pooled per stain × magnification."""
+        rows = [{**final_row(Unit.from_row(r), r), "fold": Unit.from_row(r).fold}
+                for r in results.values() if Unit.from_row(r).fold is not None]
+        return pd.DataFrame(rows) if rows else None
+
+
+def remedy(validation: str) -> str:
+    """What to try when too few patients with tiles can train or validate a model."""
+    kfold = ("" if validation == "kfold" else
+             "use sweep.validation=kfold (every development patient validates once), ")
+    return (f"Fix: {kfold}tile at magnifications that keep tissue (a smaller tiling.tile_size "
+            "keeps more tiles of a needle core), or add patients")
+
+
+def final_row(u: Unit, result: dict) -> dict:
+    """A final model's row of ``final/models.csv`` (or ``folds.csv``)."""
+    return {"stain": u.stain, "magnification": u.magnification,
+            "architecture": u.architecture, "bag_size": u.bag_size, "seed": u.seed,
+            "status": result["status"], "val_auc": result.get("val_auc", math.nan),
+            "folder": result.get("folder", ""), "error": result.get("error", "")}
+
+
+def unselected_rows(cfg: StudyConfig, selection: dict) -> list[dict]:
+    """A ``skipped`` row per magnification of each swept stain without an architecture."""
+    return [{"stain": stain, "magnification": mag, "architecture": "", "bag_size": math.nan,
+             "seed": cfg.training.seed, "status": "skipped", "val_auc": math.nan,
+             "folder": "", "error": why}
+            for stain, why in selection.get("unselected_stains", {}).items()
+            for mag in cfg.magnification_labels()]
+
+
+def with_oof_auc(models: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """The final models' ``val_auc`` as the AUC of their fold models' pooled out-of-fold
+    predictions (a model trained on every development patient has no validation of its
+    own)."""
+    out = models.copy()
+    for i, m in out.iterrows():
+        mine = folds[(folds.stain == m.stain) & (folds.magnification == m.magnification)
+                     & (folds.status == "done")]
+        out.loc[i, "val_auc"] = pooled_at(list(mine.folder))[0] if len(mine) else math.nan
+    return out
 
 
 def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
-    """The selected configuration for every stain (with a selection) × every magnification."""
+    """The selected configuration for every stain (with a selection) × every magnification:
+    on the study's split, or with k-fold on every development patient."""
+    tag = ALL_DEVELOPMENT if cfg.sweep.validation == "kfold" else ""
     return [Unit.of(stain, mag, selection["architectures"][stain], selection["bag_size"], 0,
-                 cfg.training.seed)
+                    cfg.training.seed, tag)
             for stain in sweep_stains(cfg) if stain in selection["architectures"]
             for mag in cfg.magnification_labels()]
+
+
+def fold_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
+    """With k-fold, the selected configuration of every final model once per fold of repeat
+    0 (its development patients' out-of-fold predictions); else none."""
+    if cfg.sweep.validation != "kfold":
+        return []
+    return [Unit.of(u.stain, u.magnification, u.architecture, u.bag_size, 0, u.seed,
+                    f"fold{f}")
+            for u in final_units(cfg, selection) for f in range(cfg.sweep.folds)]

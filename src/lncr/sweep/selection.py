@@ -27,6 +27,18 @@ RULE = ("unit score = validation AUC of the last epoch; architecture per stain =
         "mean validation loss, then fewer parameters, then name; bag size = highest mean over "
         "stains of the chosen architecture's mean score with that bag size, ties to the smaller "
         "bag; only units that trained every epoch count")
+KFOLD_RULE = ("score = AUC of the pooled last-epoch out-of-fold predictions of every development "
+              "patient with tiles, per configuration × magnification × repeat; architecture per "
+              "stain = highest mean score over that stain's scores (all magnifications, bag "
+              "sizes, repeats), ties to lower mean pooled loss, then fewer parameters, then name; "
+              "bag size = highest mean over stains of the chosen architecture's mean score with "
+              "that bag size, ties to the smaller bag; only configurations whose every fold "
+              "trained every epoch count")
+
+
+def rule_text(validation: str) -> str:
+    """The selection rule of the ``sweep.validation`` protocol."""
+    return KFOLD_RULE if validation == "kfold" else RULE
 
 
 def parameter_count(architecture: str, settings) -> int:
@@ -102,9 +114,11 @@ def failure_lines(failures: dict[str, list]) -> list[str]:
     return lines
 
 
-def select(units: pd.DataFrame, settings) -> dict:
-    """Apply the rule to the unit results (``settings``: the training settings, for model
-    sizes). Returns the choice and the evidence; raises if no unit finished."""
+def select(units: pd.DataFrame, settings, rule: str = RULE) -> dict:
+    """Apply the rule to the scores (one row per unit, or per configuration × repeat with
+    k-fold: :func:`lncr.sweep.criterion.criterion_table`; ``settings``: the training
+    settings, for model sizes). Returns the choice and the evidence; raises if none
+    finished."""
     done = units[units.status == "done"]
     if done.empty:
         raise ValueError("no sweep unit finished every epoch: nothing to select from (see "
@@ -141,7 +155,7 @@ def select(units: pd.DataFrame, settings) -> dict:
                              "per_stain": per_stain})
     ranked_bags = sorted(bag_rows, key=lambda b: (
         -round(np.nan_to_num(b["mean_val_auc"], nan=-1), 9), b["bag_size"]))
-    return {"rule": RULE, "architectures": architectures,
+    return {"rule": rule, "architectures": architectures,
             "bag_size": ranked_bags[0]["bag_size"],
             "decided_by": {"architecture": {s: architecture_decision(r)
                                             for s, r in arch_evidence.items()},

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from lncr.sweep.grid import Unit, repeat_split
+from lncr.sweep.grid import Unit, unit_sides
 
 if TYPE_CHECKING:
     from lncr.study.validate import Study
@@ -91,7 +91,6 @@ _ENTRIES: dict[tuple, tuple] = {}
 def unit_entries(task: UnitTask):
     """The unit's study config, its slides (with the repeat's own split applied if it has
     one) and the patients without tiles there."""
-    from lncr.study.tables import OUTSIDE_SPLIT
     from lncr.training.entries import study_entries, unusable_patients
 
     u, study = task.unit, task.study
@@ -100,13 +99,17 @@ def unit_entries(task: UnitTask):
         _ENTRIES[key] = (study.config, study_entries(study, u.stain, u.magnification),
                          unusable_patients(study, u.stain, u.magnification))
     cfg, entries, excluded = _ENTRIES[key]
-    if u.split:
-        split = repeat_split(study.patients, cfg, u.repeat)
-        sides = dict(zip(split.patient_id, split.split))
-        entries = [e if e.split in OUTSIDE_SPLIT
-                   else dataclasses.replace(e, split=sides[e.patient_id])
-                   for e in entries]
-    return cfg, entries, excluded
+    return cfg, with_sides(entries, unit_sides(study.patients, cfg, u)), excluded
+
+
+def with_sides(entries: list, sides: dict[str, str] | None) -> list:
+    """The development slides moved to ``sides`` (patient → train/val); None: unchanged."""
+    from lncr.study.tables import OUTSIDE_SPLIT
+
+    if sides is None:
+        return entries
+    return [e if e.split in OUTSIDE_SPLIT else dataclasses.replace(e, split=sides[e.patient_id])
+            for e in entries]
 
 
 def run_unit(task: UnitTask) -> dict:

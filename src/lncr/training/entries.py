@@ -5,15 +5,12 @@ it)."""
 
 from __future__ import annotations
 
-import pandas as pd
-
 from lncr.errors import BadInput
 from lncr.layout import Layout
 from lncr.study.validate import Study
 from lncr.training.bags import SlideEntry, slide_entries
 
-#: Fewest training slides of each label a run accepts.
-MIN_PER_CLASS = 1
+OUTCOME = {1: "CR", 0: "non-CR"}
 
 
 def study_entries(study: Study, stain: str, magnification: str) -> list[SlideEntry]:
@@ -46,23 +43,51 @@ def unusable_patients(study: Study, stain: str, magnification: str) -> list[dict
     return out
 
 
-def check_sides(entries: list[SlideEntry], unusable: list[dict], where: str) -> None:
-    """Refuse to train when the training slides (or the validation slides, where there are
-    any) lack a label, naming the patients without tiles that caused it."""
+def side_patients(entries: list[SlideEntry], side: str) -> dict[int, int]:
+    """Patients with tiles on ``side`` (``train``/``val``) per label (0 and 1)."""
+    seen = {(e.patient_id, e.label) for e in entries if e.split == side}
+    return {label: sum(1 for _, lbl in seen if lbl == label) for label in (0, 1)}
+
+
+def training_problem(entries: list[SlideEntry], minimum: int) -> str:
+    """Why a model cannot be trained on these slides ("" when it can): fewer than
+    ``minimum`` training patients with tiles of an outcome (``training.min_patients_per_outcome``)."""
+    counts = side_patients(entries, "train")
+    if not sum(counts.values()):
+        return "no development patient with tiles to train on"
+    short = [f"{counts[lbl]} {OUTCOME[lbl]}" for lbl in (1, 0) if counts[lbl] < minimum]
+    if short:
+        return (f"too few training patients with tiles: {' and '.join(short)} (at least "
+                f"{minimum} of each outcome, training.min_patients_per_outcome)")
+    return ""
+
+
+def validation_problem(entries: list[SlideEntry]) -> str:
+    """Why a model trained on these slides cannot be validated ("" when it can): no
+    validation patient with tiles, or all of one outcome (no AUC)."""
+    counts = side_patients(entries, "val")
+    total = sum(counts.values())
+    if not total:
+        return "no validation patient has tiles"
+    if min(counts.values()) == 0:
+        only = OUTCOME[1 if counts[1] else 0]
+        return f"the {total} validation patient(s) with tiles are all {only}"
+    return ""
+
+
+def check_sides(entries: list[SlideEntry], unusable: list[dict], where: str,
+                minimum: int = 1) -> None:
+    """Refuse to train when the training slides hold fewer than ``minimum`` patients of an
+    outcome, naming the patients without tiles that caused it (validation slides of one
+    outcome are allowed: the run then has no validation AUC)."""
     if not any(e.split == "train" for e in entries):
         raise BadInput(f"{where}: no training slides with tiles (the study has no development "
                        "patients with tiles here); a study of prospective patients only is "
                        "scored with `lncr apply BUNDLE`, not trained")
-    for side in ("train", "val"):
-        labels = pd.Series([e.label for e in entries if e.split == side], dtype=int)
-        if side == "val" and labels.empty:
-            continue
-        counts = labels.value_counts()
-        short = [lbl for lbl in (0, 1) if counts.get(lbl, 0) < MIN_PER_CLASS]
-        if short:
-            lost = ", ".join(f"{u['patient_id']} ({u['reason']})" for u in unusable) or "none"
-            raise BadInput(
-                f"{where}: the {side} slides with tiles hold no patient of label "
-                f"{short[0]} ({dict(counts)} by label); patients without tiles: {lost}. "
-                "Fix their tiling (lncr tile) or add patients; a model trained this way "
-                "could not learn the outcome")
+    problem = training_problem(entries, minimum)
+    if problem:
+        lost = ", ".join(f"{u['patient_id']} ({u['reason']})" for u in unusable) or "none"
+        raise BadInput(
+            f"{where}: {problem}; patients without tiles: {lost}. Fix their tiling (lncr "
+            "tile), add patients, or lower training.min_patients_per_outcome; a model "
+            "trained this way could not learn the outcome")

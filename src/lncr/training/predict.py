@@ -37,7 +37,9 @@ from lncr.training.entries import study_entries
 from lncr.training.inputs import DeviceInput, InputGeometry
 from lncr.training.loop import build_model, evaluate, loader, versions
 
-COHORTS = ("development", "external", "prospective", "all")
+#: development: every development patient; val: those the run held out (its split.csv);
+#: outside: external and prospective patients.
+COHORTS = ("development", "val", "external", "prospective", "outside", "all")
 CHECKPOINTS = ("best", "last")
 TILE_CHOICES = ("eval", "all")
 
@@ -87,9 +89,28 @@ def select(entries: list[SlideEntry], cohort: str) -> list[SlideEntry]:
         raise ValueError(f"--cohort {cohort!r}: use one of {', '.join(COHORTS)}")
     if cohort == "development":
         return [e for e in entries if e.split in ("train", "val")]
+    if cohort == "val":
+        return [e for e in entries if e.split == "val"]
+    if cohort == "outside":
+        return [e for e in entries if e.split in OUTSIDE_SPLIT]
     if cohort in OUTSIDE_SPLIT:
         return [e for e in entries if e.split == cohort]
     return list(entries)
+
+
+def run_sides(folder: Path, entries: list[SlideEntry]) -> list[SlideEntry]:
+    """The development slides on the sides the run trained with (its ``split.csv``: a
+    re-drawn split, a fold, or every development patient); slides it did not see keep the
+    study's side."""
+    import dataclasses
+
+    path = Path(folder) / "split.csv"
+    if not path.exists():
+        return entries
+    table = read_table(path)
+    sides = dict(zip(table.patient_id, table.split))
+    return [dataclasses.replace(e, split=sides[e.patient_id])
+            if e.split not in OUTSIDE_SPLIT and e.patient_id in sides else e for e in entries]
 
 
 def inputs_fingerprint(entries: list[SlideEntry]) -> str:
@@ -178,7 +199,7 @@ def predict_run(folder: str | Path, cohort: str = "all", checkpoint: str = "last
     settings = TrainingSettings(**config["settings"])
     study = run_study(folder, config, study, overrides)
     spec = config["spec"]
-    entries = study_entries(study, spec["stain"], spec["magnification"])
+    entries = run_sides(folder, study_entries(study, spec["stain"], spec["magnification"]))
     entries = select(entries, cohort)
     if not entries:
         raise ValueError(f"no {cohort} slides with {spec['stain']} {spec['magnification']} "

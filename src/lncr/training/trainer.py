@@ -54,6 +54,11 @@ from lncr.training.run_state import (
     set_rng_state,
 )
 
+#: Every epoch's validation probability and loss per slide (the out-of-fold predictions of
+#: ``sweep.validation: kfold`` are pooled from them).
+VAL_PREDICTIONS = "val_predictions.csv"
+VAL_COLUMNS = ["epoch", "patient_id", "label", "probability", "loss"]
+
 
 class Stopped(Exception):
     """``stop_after`` asked to end the call at a checkpoint (an interruption on purpose)."""
@@ -91,6 +96,7 @@ class Trainer:
         self.amp = autocast_dtype(settings.precision, self.dev)
         self.source = portable_source(source, self.folder)
         self.rows: list[dict] = []
+        self.val_rows: list[dict] = []  # every epoch's validation prediction per slide
         self.start_epoch, self.start_step, self.prior = 0, 0, []
         self.best_key: tuple | None = None
         self.rng = None
@@ -110,7 +116,8 @@ class Trainer:
         from lncr.training.entries import check_sides
 
         check_sides(self.train + self.val, self.excluded,
-                    f"{self.spec.stain} {self.spec.magnification}")
+                    f"{self.spec.stain} {self.spec.magnification}",
+                    self.settings.min_patients_per_outcome)
         with output_lock(self.folder, "training run") if self.ctx.main else \
                 contextlib.nullcontext():
             return self._train(stop_after)
@@ -194,7 +201,7 @@ class Trainer:
         if ctx.main:
             folder.mkdir(parents=True, exist_ok=True)
             if self.force:
-                for name in ("last.pt", "best.pt", "done.json", "metrics.csv"):
+                for name in ("last.pt", "best.pt", "done.json", "metrics.csv", VAL_PREDICTIONS):
                     (folder / name).unlink(missing_ok=True)
             atomic_write_json(folder / "config.json", self.config())
             atomic_write_text(folder / "split.csv", pd.DataFrame(
@@ -242,6 +249,11 @@ class Trainer:
         if (self.folder / "metrics.csv").exists():
             self.rows = pd.read_csv(self.folder / "metrics.csv").to_dict(
                 "records")[:self.start_epoch]
+        if (self.folder / VAL_PREDICTIONS).exists():
+            from lncr.layout import read_table
+
+            kept = read_table(self.folder / VAL_PREDICTIONS)
+            self.val_rows = kept[kept.epoch < self.start_epoch].to_dict("records")
 
     def start_loaders(self) -> None:
         """DDP wrapper, device input, bag loaders and the TensorBoard writer."""
@@ -350,6 +362,9 @@ class Trainer:
                    evaluate(self.scorer, self.val_loader, self.inputs, self.ctx, self.amp)}
             p_val = np.array([res[i][0] for i in range(len(val))])
             l_val = np.array([res[i][1] for i in range(len(val))])
+            self.val_rows += [{"epoch": epoch, "patient_id": e.patient_id, "label": e.label,
+                               "probability": float(p), "loss": float(loss)}
+                              for e, p, loss in zip(val, p_val, l_val)]
             row.update(val_loss=float(l_val.mean()), val_auc=auc(labels_val, p_val),
                        val_accuracy=accuracy(labels_val, p_val, threshold))
         return row
@@ -377,6 +392,9 @@ class Trainer:
                 if k != "epoch":
                     self.writer.add_scalar(k.replace("_", "/", 1), v, epoch)
             atomic_write_text(folder / "metrics.csv", pd.DataFrame(self.rows).to_csv(index=False))
+            if self.val_rows:
+                atomic_write_text(folder / VAL_PREDICTIONS, pd.DataFrame(
+                    self.val_rows, columns=VAL_COLUMNS).to_csv(index=False))
             if improved:
                 atomic_save_torch({"model": self.model.state_dict(), "epoch": epoch, "metrics": row},
                                   folder / "best.pt")
