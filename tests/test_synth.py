@@ -218,3 +218,119 @@ class DescribeOptions:
     def it_rejects_an_unknown_stain(self):
         with pytest.raises(SynthError, match="IHC"):
             SynthSettings(stains=("HE", "IHC"))
+
+
+#: Needle cores of true width, shortened so that a test renders them in seconds.
+SHORT_CORES = dict(anatomy="biopsy", cores=(1, 2), core_length_mm=(1.2, 1.8),
+                   core_width_mm=(0.8, 1.2), stains=("HE",), external=0)
+
+
+@pytest.fixture(scope="module")
+def biopsies(tmp_path_factory):
+    out = tmp_path_factory.mktemp("biopsies")
+    synthesize(out, SynthSettings(patients=3, seed=5, **SHORT_CORES), workers=2)
+    return out
+
+
+def core_widths(mask: np.ndarray, ds: int, mpp: float) -> list[float]:
+    """The width (µm) of each core of a lesion mask, measured across its middle column."""
+    column = mask[:, mask.shape[1] // 2] > 0
+    runs, start = [], None
+    for i, inside in enumerate(np.append(column, False)):
+        if inside and start is None:
+            start = i
+        elif not inside and start is not None:
+            runs.append((i - start) * ds * mpp)
+            start = None
+    return runs
+
+
+class DescribeBiopsyAnatomy:
+    def it_lays_one_or_two_cores_of_true_width_on_glass(self, biopsies):
+        truth = json.loads((biopsies / "truth.json").read_text())
+        counts = []
+        for pid, rec in truth["patients"].items():
+            mask = np.asarray(Image.open(biopsies / rec["slides"]["HE"]["mask"]))
+            assert (mask[:4] == 0).all() and (mask[-4:] == 0).all()  # glass all round
+            assert (mask[:, :4] == 0).all() and (mask[:, -4:] == 0).all()
+            widths = core_widths(mask, 16, 0.25)
+            assert len(widths) == rec["cores"] and all(700 <= w <= 1300 for w in widths), widths
+            counts.append(rec["cores"])
+            width_um, height_um = rec["canvas_um"]
+            with openslide.OpenSlide(str(biopsies / rec["slides"]["HE"]["slide"])) as s:
+                assert s.dimensions == (round(width_um / 0.25), round(height_um / 0.25))
+                assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.25)
+                assert s.level_count >= 5  # pyramidal
+            # each core 1.2–1.8 mm long and about 1 mm wide
+            assert 0.8 * rec["cores"] <= rec["tissue_mm2"] <= 2.4 * rec["cores"]
+        assert set(counts) <= {1, 2}
+
+    def it_keeps_the_published_tiles_a_needle_core_gives(self, biopsies):
+        """512-px tiles: one 10x tile covers half a core's width, so a core keeps few."""
+        from conftest import validated_copy
+        from lncr.layout import Layout
+        from lncr.study.validate import Study
+        from lncr.tiling.run import tile_study
+
+        study = validated_copy(biopsies, biopsies.parent / "tiled")
+        tile_study(Study.load(study, ["tiling.encoding=jpeg", "tiling.normalisation={}",
+                                      "tiling.default_normalisation=none"]), workers=2)
+        index = Layout(study.parent / "lncr-output").read_tiles_index().set_index(
+            ["patient_id", "magnification"])
+        truth = json.loads((biopsies / "truth.json").read_text())["patients"]
+        for pid, rec in truth.items():
+            kept = {m: int(index.loc[(pid, m), "kept"]) for m in ("10x", "20x", "40x")}
+            assert kept["10x"] < kept["20x"] < kept["40x"]
+            full = rec["tissue_mm2"] / 0.512 ** 2  # 10x tiles the tissue would fill
+            assert kept["10x"] <= 1.5 * full + 1
+            assert kept["40x"] == pytest.approx(rec["tissue_mm2"] / 0.128 ** 2, rel=0.35)
+
+    def it_refuses_cores_out_of_range(self):
+        with pytest.raises(SynthError, match="core width"):
+            SynthSettings(anatomy="biopsy", core_width_mm=(2.0, 1.0))
+        with pytest.raises(SynthError, match="--anatomy"):
+            SynthSettings(anatomy="organ")
+
+
+class DescribeMissingStains:
+    def it_leaves_some_patients_without_some_stains_and_lists_only_what_exists(self, tmp_path):
+        settings = SynthSettings(patients=6, external=2, seed=1, size="1024x640",
+                                 stains=("HE", "PAS", "MASSON"), missing_stains=0.4)
+        truth = synthesize(tmp_path, settings, workers=2).truth["patients"]
+        slides = pd.read_csv(tmp_path / "slides.csv")
+        listed = slides.groupby("patient_id").stain.apply(set).to_dict()
+        missing = {pid: set(rec["missing_stains"]) for pid, rec in truth.items()}
+        assert any(missing.values()) and all(listed[p] for p in truth)  # one stain at least
+        for pid, rec in truth.items():
+            assert listed[pid] | missing[pid] == {"HE", "PAS", "MASSON"}
+            assert set(rec["slides"]) == listed[pid]
+        on_disk = {p.name for p in (tmp_path / "slides").glob("*.tiff")}
+        assert on_disk == {f"{r.patient_id}_{r.stain}.tiff" for r in slides.itertuples()}
+        assert [p.stains for p in plan_cohort(settings)] == [
+            tuple(s for s in ("HE", "PAS", "MASSON") if s in listed[pid]) for pid in
+            sorted(truth, key=lambda p: (p.startswith("EXT"), p))]
+
+
+class DescribeSynthOptions:
+    def it_takes_ranges_for_the_cores_and_refuses_a_reversed_one(self):
+        from lncr.synth.cohort import parse_range
+
+        assert parse_range("5-15", "--core-length") == (5.0, 15.0)
+        assert parse_range("2", "--cores") == (2.0, 2.0)
+        with pytest.raises(SynthError, match="--core-width '1.2-0.8'"):
+            parse_range("1.2-0.8", "--core-width")
+
+    def it_writes_a_biopsy_study_from_the_command_line(self, tmp_path):
+        from typer.testing import CliRunner
+
+        from lncr.cli import app
+
+        result = CliRunner().invoke(app, [
+            "synth", str(tmp_path / "b"), "--anatomy", "biopsy", "--cores", "1",
+            "--core-length", "0.6-0.8", "--patients", "2", "--external", "0", "--stains", "HE",
+            "--workers", "1"])
+        assert result.exit_code == 0, result.output
+        record = json.loads((tmp_path / "b" / "synth.json").read_text())
+        assert record["anatomy"] == "biopsy" and record["cores"] == [1, 1]
+        bad = CliRunner().invoke(app, ["synth", str(tmp_path / "c"), "--core-length", "x"])
+        assert bad.exit_code == 2 and "--core-length 'x'" in bad.output

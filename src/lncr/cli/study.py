@@ -48,15 +48,27 @@ def synth(
     permute_labels: Annotated[bool, typer.Option(
         "--permute-labels", help="Shuffle labels after rendering (a null cohort).")] = False,
     stains: Annotated[str, typer.Option(help="Comma-separated stains to render.")] = "HE,PAS,PASM,MASSON",
+    anatomy: Annotated[str, typer.Option(
+        help="band: one core filling a --size canvas; biopsy: needle cores of true size on glass.")] = "band",
+    cores: Annotated[str, typer.Option(help="biopsy: cores per slide, N or MIN-MAX.")] = "1-3",
+    core_length: Annotated[str, typer.Option(help="biopsy: core length in mm, MIN-MAX.")] = "5-15",
+    core_width: Annotated[str, typer.Option(help="biopsy: core width in mm, MIN-MAX.")] = "0.8-1.2",
+    missing_stains: Annotated[float, typer.Option(
+        help="Chance that a patient lacks a stain (one stain is always kept).")] = 0.0,
     workers: Annotated[int, typer.Option(min=0, help="Processes rendering patients in parallel.")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite a folder holding other content.")] = False,
 ) -> None:
     """Write a synthetic multi-stain phantom cohort whose ground truth is known."""
-    from lncr.synth.cohort import SynthSettings
+    from lncr.synth.cohort import SynthSettings, parse_range
 
     settings = SynthSettings(patients=patients, external=external, seed=seed, size=size,
                              signal=signal, permute_labels=permute_labels,
-                             stains=tuple(s.strip() for s in stains.split(",") if s.strip()))
+                             stains=tuple(s.strip() for s in stains.split(",") if s.strip()),
+                             anatomy=anatomy,
+                             cores=tuple(int(v) for v in parse_range(cores, "--cores")),
+                             core_length_mm=parse_range(core_length, "--core-length"),
+                             core_width_mm=parse_range(core_width, "--core-width"),
+                             missing_stains=missing_stains)
     result = run_synth(out, settings, workers or default_workers(), force)
     console.print(f"Phantom study written to {result.study} ({result.rendered} slides rendered, "
                   f"{result.reused} reused)")

@@ -12,6 +12,13 @@ Output folder::
       synth.json            the generator settings (written first: a re-run resumes)
       truth.json            every patient's lesion burden and label, per-slide lesion counts
 
+Two anatomies: ``band`` (default) fills most of a small canvas (``--size``) with one
+band-shaped core — cheap, for tests and the demo; ``biopsy`` lays 1–3 needle cores of
+true size (about 1 × 5–15 mm) on glass, the canvas sized to hold them
+(:mod:`lncr.synth.biopsy`), so that the published 512-px tiles give the tile counts of real
+renal biopsies. With ``missing_stains``, some patients lack some stains (their slides are
+neither rendered nor listed).
+
 The label is planted probabilistically: a latent lesion burden in [0, 1] is drawn from a Beta
 distribution whose mean is higher for patients without complete response (label 0) by
 ``0.25 * signal``. Burden sets the chance that a glomerulus carries a lesion (crescent,
@@ -35,6 +42,7 @@ from PIL import Image
 from lncr import __version__
 from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json, atomic_write_text, partial_path
+from lncr.synth.biopsy import BiopsyAnatomy, draw_cores
 from lncr.synth.geometry import GLOMERULAR_LESIONS, make_patient_geometry, section_of
 from lncr.synth.pyramid import downsample2, write_pyramid
 from lncr.synth.render import MASK_CODES, render_section
@@ -77,6 +85,18 @@ def parse_size(size: str, mpp: float = 0.25) -> tuple[float, float]:
     return w * mpp, h * mpp
 
 
+def parse_range(text: str, option: str) -> tuple[float, float]:
+    """``A`` or ``A-B`` (numbers) → (A, B)."""
+    parts = [p.strip() for p in str(text).split("-")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or (len(values) == 2 and values[0] > values[1]):
+        raise SynthError(f"{option} {text!r}: give a number or a range MIN-MAX, e.g. 5-15")
+    return values[0], values[-1]
+
+
 @dataclass(frozen=True)
 class SynthSettings:
     """Everything that determines the phantom; equal settings give byte-identical files."""
@@ -91,6 +111,11 @@ class SynthSettings:
     mpp: float = 0.25
     mask_downsample: int = 16
     thumbnail_downsample: int = 32
+    anatomy: str = "band"  # band: one core filling the canvas; biopsy: needle cores on glass
+    cores: tuple[int, int] = (1, 3)  # biopsy: cores per slide (a range)
+    core_length_mm: tuple[float, float] = (5.0, 15.0)  # biopsy: each core's length
+    core_width_mm: tuple[float, float] = (0.8, 1.2)  # biopsy: each core's width
+    missing_stains: float = 0.0  # chance that a patient lacks a stain (one stain always kept)
 
     def __post_init__(self) -> None:
         if self.patients < 2:
@@ -107,6 +132,19 @@ class SynthSettings:
             if d < 1 or d & (d - 1):
                 raise SynthError(f"downsample {d} must be a power of two")
         parse_size(self.size, self.mpp)
+        if self.anatomy not in ("band", "biopsy"):
+            raise SynthError(f"--anatomy {self.anatomy!r}: use band or biopsy")
+        if not 0.0 <= self.missing_stains < 1.0:
+            raise SynthError(f"--missing-stains {self.missing_stains} must be in [0, 1)")
+        try:
+            self.biopsy()
+        except ValueError as exc:
+            raise SynthError(f"biopsy anatomy: {exc}") from exc
+
+    def biopsy(self) -> BiopsyAnatomy:
+        """The needle cores of ``anatomy: biopsy``."""
+        return BiopsyAnatomy(tuple(self.cores), tuple(self.core_length_mm),
+                             tuple(self.core_width_mm))
 
 
 @dataclass(frozen=True)
@@ -116,6 +154,7 @@ class PatientPlan:
     cohort: str
     label: int  # the label the lesions were rendered for
     burden: float
+    stains: tuple[str, ...] = ()  # the stains the patient has (the others are missing)
 
 
 @dataclass
@@ -146,9 +185,21 @@ def plan_cohort(settings: SynthSettings) -> list[PatientPlan]:
             mean = 0.5 + (0.25 * settings.signal) * (-1 if label == 1 else 1)
             conc = 6.0
             burden = float(rng.beta(conc * mean, conc * (1 - mean)))
-            plans.append(PatientPlan(f"{prefix}-{k + 1:03d}", index, cohort, int(label), burden))
+            plans.append(PatientPlan(f"{prefix}-{k + 1:03d}", index, cohort, int(label), burden,
+                                     patient_stains(settings, index)))
             index += 1
     return plans
+
+
+def patient_stains(settings: SynthSettings, index: int) -> tuple[str, ...]:
+    """The stains patient ``index`` has: each missing with probability ``missing_stains``,
+    one (drawn at random) kept when all would be (its own seeded stream: the rest of the
+    phantom does not change with the rate)."""
+    if settings.missing_stains == 0:
+        return tuple(settings.stains)
+    rng = np.random.default_rng(np.random.SeedSequence([settings.seed, 4, index]))
+    kept = [s for s in settings.stains if rng.random() >= settings.missing_stains]
+    return tuple(kept) if kept else (settings.stains[int(rng.integers(len(settings.stains)))],)
 
 
 def _style(cohort: str) -> CohortStyle:
@@ -159,14 +210,25 @@ def _slide_name(patient_id: str, stain: str) -> str:
     return f"{patient_id}_{stain}"
 
 
+def patient_geometry(settings: SynthSettings, plan: PatientPlan):
+    """The patient's geometry: the canvas of ``--size`` (band), or one sized to its cores
+    (biopsy)."""
+    rng = np.random.default_rng(np.random.SeedSequence([settings.seed, 1, plan.index]))
+    if settings.anatomy == "biopsy":
+        cores, width, height = draw_cores(rng, settings.biopsy())
+        return make_patient_geometry(rng, width, height, plan.burden, cores)
+    width, height = parse_size(settings.size, settings.mpp)
+    return make_patient_geometry(rng, width, height, plan.burden)
+
+
 def render_patient(out: Path, settings: SynthSettings, plan: PatientPlan) -> dict:
     """Render (or reuse, when complete) every stain of one patient; return its truth record."""
-    width, height = parse_size(settings.size, settings.mpp)
-    geom_rng = np.random.default_rng(np.random.SeedSequence([settings.seed, 1, plan.index]))
-    geometry = make_patient_geometry(geom_rng, width, height, plan.burden)
+    geometry = patient_geometry(settings, plan)
     style = _style(plan.cohort)
     slides, rendered = {}, 0
     for k, stain in enumerate(settings.stains):
+        if stain not in plan.stains:
+            continue
         rng = np.random.default_rng(np.random.SeedSequence([settings.seed, 2, plan.index, k]))
         section = section_of(geometry, rng)
         od = compartment_od(stain, style, rng)
@@ -199,6 +261,10 @@ def render_patient(out: Path, settings: SynthSettings, plan: PatientPlan) -> dic
         "cohort": plan.cohort,
         "label_rendered": plan.label,
         "burden": round(plan.burden, 6),
+        "canvas_um": [round(geometry.width, 3), round(geometry.height, 3)],
+        "tissue_mm2": round(geometry.tissue_area_mm2(), 4),
+        "cores": len(getattr(geometry.core, "cores", (geometry.core,))),
+        "missing_stains": [s for s in settings.stains if s not in plan.stains],
         "glomeruli": len(geometry.glomeruli),
         "lesioned_glomeruli": lesions,
         "fibrosis_patches": len(geometry.patches),
@@ -212,6 +278,8 @@ def render_patient(out: Path, settings: SynthSettings, plan: PatientPlan) -> dic
 def _settings_record(settings: SynthSettings) -> dict:
     record = asdict(settings)
     record["stains"] = list(settings.stains)
+    for key in ("cores", "core_length_mm", "core_width_mm"):
+        record[key] = list(record[key])
     record["lncr_version"] = __version__
     return record
 
@@ -233,7 +301,7 @@ def synthesize(out: str | Path, settings: SynthSettings, workers: int = 1, force
 
     def done(rec: dict) -> None:
         result.rendered += rec["_rendered"]
-        result.reused += len(settings.stains) - rec["_rendered"]
+        result.reused += len(rec["slides"]) - rec["_rendered"]
         records[rec["patient_id"]] = {k: v for k, v in rec.items() if not k.startswith("_")}
         if progress:
             progress(rec["patient_id"])
@@ -299,7 +367,7 @@ def _write_tables(out: Path, plans: list, labels: dict[str, int],
         f"{p.patient_id},{p.cohort},{labels[p.patient_id]}\n" for p in plans))
     atomic_write_text(out / "slides.csv", "patient_id,stain,path\n" + "".join(
         f"{p.patient_id},{s},slides/{_slide_name(p.patient_id, s)}.tiff\n"
-        for p in plans for s in settings.stains))
+        for p in plans for s in settings.stains if s in p.stains))
     atomic_write_text(out / "study.yaml", (
         f"# Phantom lupus-nephritis cohort written by `lncr synth` (lncr {__version__}).\n"
         "# Ground truth (lesion burden per patient, generator settings) is in truth.json.\n"
@@ -312,11 +380,14 @@ def _write_tables(out: Path, plans: list, labels: dict[str, int],
 def _truth(record: dict, settings: SynthSettings, records: dict[str, dict]) -> dict:
     """``truth.json``: the generator's settings and model, and every patient's truth."""
     width, height = parse_size(settings.size, settings.mpp)
+    canvas = {"canvas_um": [width, height],
+              "canvas_px": [int(round(width / settings.mpp)), int(round(height / settings.mpp))]}
+    if settings.anatomy == "biopsy":  # sized to each patient's cores
+        canvas = {"canvas_um": "per patient (patients.<id>.canvas_um)", "canvas_px": None}
     return {
         "generator": {
             **record,
-            "canvas_um": [width, height],
-            "canvas_px": [int(round(width / settings.mpp)), int(round(height / settings.mpp))],
+            **canvas,
             "mask_codes": MASK_CODES,
             "compartments": list(COMPARTMENTS),
             "dyes": {k: list(v) for k, v in DYES.items()},

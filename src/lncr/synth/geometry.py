@@ -47,6 +47,10 @@ class Core:
                            self._edge(x, self.upper_edge).astype(np.float32),
                            self._edge(x, self.lower_edge).astype(np.float32))
 
+    def random_point(self, rng: np.random.Generator, height: float) -> tuple[float, float]:
+        """A point to try a structure at: along the core, anywhere across the canvas."""
+        return float(rng.uniform(self.x0, self.x1)), float(rng.uniform(0, height))
+
     def signed_distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Approximate distance (µm) inside the core: positive inside, negative outside."""
         x = np.asarray(x, dtype=np.float64)
@@ -124,7 +128,7 @@ class FibrosisPatch:
 class PatientGeometry:
     width: float  # canvas size (µm)
     height: float
-    core: Core
+    core: Core  # or a :class:`lncr.synth.biopsy.CoreSet` (the same interface)
     glomeruli: tuple[Glomerulus, ...]
     tubules: tuple[Tubule, ...]
     arterioles: tuple[Arteriole, ...]
@@ -189,7 +193,7 @@ class _Occupancy:
         self.grid[win] |= disc
 
 
-def _fourier(rng: np.random.Generator, n: int, amp: float, lo: float, hi: float
+def fourier_terms(rng: np.random.Generator, n: int, amp: float, lo: float, hi: float
              ) -> tuple[tuple[float, float, float], ...]:
     return tuple((float(rng.uniform(0.3, 1.0) * amp), float(rng.uniform(lo, hi)),
                   float(rng.uniform(0, 2 * np.pi))) for _ in range(n))
@@ -210,11 +214,12 @@ def radial_modulation(angle: np.ndarray, terms: tuple[tuple[float, int, float], 
 
 
 def make_patient_geometry(rng: np.random.Generator, width: float, height: float,
-                          burden: float) -> PatientGeometry:
-    """Draw one patient's biopsy: outline, glomeruli (lesioned with a probability that grows
-    with ``burden`` in [0, 1]), arterioles, fibrotic patches (more with burden) and tubules.
-    The draws happen in that order (the seed fixes the biopsy)."""
-    core = _draw_core(rng, width, height)
+                          burden: float, core=None) -> PatientGeometry:
+    """Draw one patient's biopsy: outline (one band-shaped core filling the canvas, unless
+    ``core`` gives the cores, :func:`lncr.synth.biopsy.draw_cores`), glomeruli (lesioned with
+    a probability that grows with ``burden`` in [0, 1]), arterioles, fibrotic patches (more
+    with burden) and tubules. The draws happen in that order (the seed fixes the biopsy)."""
+    core = _draw_core(rng, width, height) if core is None else core
     area_mm2 = max(PatientGeometry(width, height, core, (), (), (), ()).tissue_area_mm2(), 1e-3)
     d = _Drawer(rng, core, _Occupancy(width, height), height)
     glomeruli = d.glomeruli(max(2, int(rng.poisson(4.0 * area_mm2))), 0.05 + 0.8 * burden)
@@ -235,8 +240,8 @@ def _draw_core(rng: np.random.Generator, width: float, height: float) -> Core:
         period=rng.uniform(1.5, 3.0) * width,
         phase=rng.uniform(0, 2 * np.pi),
         half_width=0.36 * height,
-        upper_edge=_fourier(rng, 4, 0.012 * height, 2 * np.pi / 600, 2 * np.pi / 90),
-        lower_edge=_fourier(rng, 4, 0.012 * height, 2 * np.pi / 600, 2 * np.pi / 90),
+        upper_edge=fourier_terms(rng, 4, 0.012 * height, 2 * np.pi / 600, 2 * np.pi / 90),
+        lower_edge=fourier_terms(rng, 4, 0.012 * height, 2 * np.pi / 600, 2 * np.pi / 90),
         end_slant=(float(rng.uniform(-0.25, 0.25)), float(rng.uniform(-0.25, 0.25))),
     )
 
@@ -252,8 +257,7 @@ class _Drawer:
         return float(self.core.signed_distance(np.array([x]), np.array([y]))[0]) > r
 
     def random_point(self) -> tuple[float, float]:
-        return (float(self.rng.uniform(self.core.x0, self.core.x1)),
-                float(self.rng.uniform(0, self.height)))
+        return self.core.random_point(self.rng, self.height)
 
     def glomeruli(self, n_glom: int, p_lesion: float) -> list[Glomerulus]:
         rng, out = self.rng, []
