@@ -334,3 +334,31 @@ class DescribeSynthOptions:
         assert record["anatomy"] == "biopsy" and record["cores"] == [1, 1]
         bad = CliRunner().invoke(app, ["synth", str(tmp_path / "c"), "--core-length", "x"])
         assert bad.exit_code == 2 and "--core-length 'x'" in bad.output
+
+
+class DescribeRendering:
+    def it_paints_a_wide_strip_in_pieces_with_the_same_pixels(self):
+        from lncr.synth.cohort import patient_geometry
+        from lncr.synth.geometry import section_of
+        from lncr.synth.render import render_section
+        from lncr.synth.stains import DEVELOPMENT_STYLE, compartment_od
+
+        settings = SynthSettings(patients=2, external=0, seed=2, size="small")
+        geometry = patient_geometry(settings, plan_cohort(settings)[0])
+        rng = np.random.default_rng(0)
+        section, od = section_of(geometry, rng), compartment_od("PAS", DEVELOPMENT_STYLE, rng)
+        whole = render_section(section, od, 240.0, 0.25)
+        pieces = render_section(section, od, 240.0, 0.25, chunk=512)  # 3200 px: 7 pieces
+        assert np.array_equal(whole.rgb, pieces.rgb)
+        assert np.array_equal(whole.labels, pieces.labels)
+
+    def it_writes_the_same_pyramid_from_strips_without_holding_level_0(self, tmp_path):
+        from lncr.synth.pyramid import write_pyramid, write_pyramid_strips
+
+        image = np.random.default_rng(1).integers(0, 256, (1100, 700, 3), dtype=np.uint8)
+        whole = write_pyramid(tmp_path / "whole.tiff", image, 0.25, 85)
+        strips = (image[y:y + 512] for y in range(0, 1100, 512))
+        levels = write_pyramid_strips(tmp_path / "strips.tiff", strips, (1100, 700), 0.25, 85)
+        assert (tmp_path / "whole.tiff").read_bytes() == (tmp_path / "strips.tiff").read_bytes()
+        assert levels[0] is None and len(levels) == len(whole)
+        assert all(np.array_equal(a, b) for a, b in zip(levels[1:], whole[1:]))

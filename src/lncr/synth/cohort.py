@@ -44,8 +44,8 @@ from lncr.errors import BadInput
 from lncr.fileio import atomic_write_json, atomic_write_text, partial_path
 from lncr.synth.biopsy import BiopsyAnatomy, draw_cores
 from lncr.synth.geometry import GLOMERULAR_LESIONS, make_patient_geometry, section_of
-from lncr.synth.pyramid import downsample2, write_pyramid
-from lncr.synth.render import MASK_CODES, render_section
+from lncr.synth.pyramid import thumbnail, write_pyramid_strips
+from lncr.synth.render import MASK_CODES, SectionRenderer
 from lncr.synth.stains import (
     COMPARTMENTS,
     DEVELOPMENT_STYLE,
@@ -129,8 +129,8 @@ class SynthSettings:
         if unknown:
             raise SynthError(f"no phantom recipe for stain(s) {unknown}; known: {sorted(RECIPES)}")
         for d in (self.mask_downsample, self.thumbnail_downsample):
-            if d < 1 or d & (d - 1):
-                raise SynthError(f"downsample {d} must be a power of two")
+            if d < 2 or d & (d - 1):
+                raise SynthError(f"downsample {d} must be a power of two, at least 2")
         parse_size(self.size, self.mpp)
         if self.anatomy not in ("band", "biopsy"):
             raise SynthError(f"--anatomy {self.anatomy!r}: use band or biopsy")
@@ -236,15 +236,12 @@ def render_patient(out: Path, settings: SynthSettings, plan: PatientPlan) -> dic
         paths = {"slide": out / "slides" / f"{name}.tiff", "mask": out / "masks" / f"{name}.png",
                  "thumbnail": out / "thumbnails" / f"{name}.png"}
         if not all(p.exists() for p in paths.values()):
-            image = render_section(section, od, style.brightness, settings.mpp,
-                                   settings.mask_downsample)
-            levels = write_pyramid(paths["slide"], image.rgb, settings.mpp, style.jpeg_quality)
-            want = int(np.log2(settings.thumbnail_downsample))
-            thumb = levels[min(want, len(levels) - 1)]
-            for _ in range(want - (len(levels) - 1)):
-                thumb = downsample2(thumb)
-            _save_png(thumb, paths["thumbnail"])
-            _save_png(image.labels, paths["mask"])
+            renderer = SectionRenderer(section, od, style.brightness, settings.mpp,
+                                       settings.mask_downsample)
+            levels = write_pyramid_strips(paths["slide"], renderer.strips(), renderer.shape,
+                                          settings.mpp, style.jpeg_quality)
+            _save_png(thumbnail(levels, settings.thumbnail_downsample), paths["thumbnail"])
+            _save_png(renderer.labels, paths["mask"])
             rendered += 1
         slides[stain] = {
             "slide": f"slides/{name}.tiff",

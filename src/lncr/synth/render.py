@@ -8,6 +8,7 @@ fixed downsample is produced alongside, from the same geometry.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,9 @@ MASK_CODES: dict[str, int] = {
     "wire_loop": 5,
 }
 STRIP = 512  # rows per strip; a multiple of every mask downsample used
+#: Columns per piece of a strip (a multiple of every mask downsample): bounds the memory of a
+#: strip's compartment arrays on a slide many millimetres wide (a full-size biopsy).
+CHUNK = 8192
 GLASS = 256  # period (px) of the glass and sensor-noise fields; divides STRIP
 
 
@@ -246,39 +250,74 @@ def _scene(section: Section, compartment_od: np.ndarray, brightness: float,
                   height_px)
 
 
-def render_section(section: Section, compartment_od: np.ndarray, brightness: float,
-                   mpp: float, mask_downsample: int = 16) -> Rendered:
-    """Render one stain's section of a patient at ``mpp`` µm/px.
+class SectionRenderer:
+    """One stain's section of a patient at ``mpp`` µm/px, rendered strip by strip.
 
     ``compartment_od`` is the (compartments × RGB) optical density of one unit of each
     compartment on this slide (stain, cohort style and per-slide variation included);
-    ``brightness`` is the incident light of the scanner (0-255).
+    ``brightness`` is the incident light of the scanner (0-255). :meth:`strips` yields the RGB
+    rows of :data:`STRIP` rows at a time and fills :attr:`labels` (the lesion label map at
+    ``mask_downsample``) as it goes; strips are painted in pieces of at most ``chunk``
+    columns (the same pixels whatever the chunk).
     """
-    scene = _scene(section, compartment_od, brightness, mpp)
-    ds = mask_downsample
-    rgb = np.empty((scene.height_px, scene.width_px, 3), np.uint8)
-    labels = np.zeros((scene.height_px // ds, scene.width_px // ds), np.uint8)
-    profile = section.geometry.core.profile(0.5, section.geometry.width)
-    for y0 in range(0, scene.height_px, STRIP):
-        h = min(STRIP, scene.height_px - y0)
-        rgb[y0:y0 + h] = scene.empty[:h]
-        window = _tissue_window(scene, profile, y0, h, ds)
-        if window is None:
-            continue
-        s, sd, xs, ys = window
-        _paint_strip(scene, s, sd, xs, ys)
-        rgb[s.y0:s.y0 + s.h, s.x0:s.x0 + s.w] = _strip_rgb(scene, s)
-        # Mask: the label at the centre of each ds × ds cell (windows are cell-aligned).
-        sub = s.labels[ds // 2::ds, ds // 2::ds]
-        lab = labels[s.y0 // ds:s.y0 // ds + sub.shape[0], s.x0 // ds:s.x0 // ds + sub.shape[1]]
-        lab[...] = sub[:lab.shape[0], :lab.shape[1]]
-    return Rendered(rgb=rgb, labels=labels, mask_downsample=ds)
+
+    def __init__(self, section: Section, compartment_od: np.ndarray, brightness: float,
+                 mpp: float, mask_downsample: int = 16, chunk: int = CHUNK):
+        self.scene = _scene(section, compartment_od, brightness, mpp)
+        self.section, self.ds, self.chunk = section, mask_downsample, chunk
+        self.shape = (self.scene.height_px, self.scene.width_px)
+        self.labels = np.zeros((self.shape[0] // mask_downsample,
+                                self.shape[1] // mask_downsample), np.uint8)
+
+    def strips(self) -> Iterator[np.ndarray]:
+        scene, ds = self.scene, self.ds
+        profile = self.section.geometry.core.profile(0.5, self.section.geometry.width)
+        for y0 in range(0, scene.height_px, STRIP):
+            h = min(STRIP, scene.height_px - y0)
+            rgb = scene.empty[:h].copy()
+            window = _tissue_window(scene, profile, y0, h, ds)
+            for s, sd, xs, ys in (_pieces(*window, scene.mpp, self.chunk) if window else ()):
+                _paint_strip(scene, s, sd, xs, ys)
+                rgb[s.y0 - y0:s.y0 - y0 + s.h, s.x0:s.x0 + s.w] = _strip_rgb(scene, s)
+                # Mask: the label at the centre of each ds × ds cell (windows are aligned).
+                sub = s.labels[ds // 2::ds, ds // 2::ds]
+                lab = self.labels[s.y0 // ds:s.y0 // ds + sub.shape[0],
+                                  s.x0 // ds:s.x0 // ds + sub.shape[1]]
+                lab[...] = sub[:lab.shape[0], :lab.shape[1]]
+            yield rgb
+
+
+def render_section(section: Section, compartment_od: np.ndarray, brightness: float,
+                   mpp: float, mask_downsample: int = 16, chunk: int = CHUNK) -> Rendered:
+    """The whole section at once (:class:`SectionRenderer`, whose arguments these are)."""
+    renderer = SectionRenderer(section, compartment_od, brightness, mpp, mask_downsample,
+                               chunk)
+    rgb = np.empty((*renderer.shape, 3), np.uint8)
+    y0 = 0
+    for strip in renderer.strips():
+        rgb[y0:y0 + len(strip)] = strip
+        y0 += len(strip)
+    return Rendered(rgb=rgb, labels=renderer.labels, mask_downsample=mask_downsample)
+
+
+def _pieces(box: tuple[int, int, int, int], sd: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+            mpp: float, chunk: int = CHUNK):
+    """A strip's tissue window (``box``: y0, h, x0, w in pixels) cut along x into pieces of
+    at most ``chunk`` columns (aligned to the coarse grid and the mask cells), each a
+    :class:`_Strip`. Every structure is drawn into each piece it reaches, clipped, so the
+    pieces give the pixels of the whole window."""
+    y0, h, left, width = box
+    step = chunk // _Scene.COARSE
+    for c in range(0, len(xs), step):
+        x0 = left + c * _Scene.COARSE
+        yield (_Strip(y0, h, x0, min(chunk, left + width - x0), mpp), sd[:, c:c + step],
+               xs[c:c + step], ys)
 
 
 def _tissue_window(scene: _Scene, profile, y0: int, h: int, ds: int):
     """The tissue's bounding box in the strip of rows [y0, y0 + h) (plus a margin), aligned to
-    mask cells — everything else is bare glass: (strip, signed distance, xs, ys) on the coarse
-    grid, or None when the strip holds no tissue."""
+    mask cells — everything else is bare glass: ((y0, h, x0, w) in pixels, signed distance,
+    xs, ys) on the coarse grid, or None when the strip holds no tissue."""
     coarse, mpp = _Scene.COARSE, scene.mpp
     ys = (np.arange(y0, y0 + h, coarse, dtype=np.float64) + coarse / 2) * mpp
     xs = (np.arange(0, scene.width_px, coarse, dtype=np.float64) + coarse / 2) * mpp
@@ -293,7 +332,7 @@ def _tissue_window(scene: _Scene, profile, y0: int, h: int, ds: int):
     r0, r1 = (max(int(rows[0]) - 1, 0) // step) * step, min(int(rows[-1]) + 2, len(ys))
     x0, w = c0 * coarse, min(c1 * coarse, scene.width_px) - c0 * coarse
     ya, hh = y0 + r0 * coarse, min(r1 * coarse, h) - r0 * coarse
-    return _Strip(ya, hh, x0, w, mpp), sd[r0:r1, c0:c1], xs[c0:c1], ys[r0:r1]
+    return (ya, hh, x0, w), sd[r0:r1, c0:c1], xs[c0:c1], ys[r0:r1]
 
 
 def _paint_strip(scene: _Scene, s: _Strip, sd: np.ndarray, xs: np.ndarray,
@@ -331,7 +370,9 @@ def _paint_strip(scene: _Scene, s: _Strip, sd: np.ndarray, xs: np.ndarray,
     cells, bank = scene.cells, scene.bank
     reach = 12 / mpp  # stamps reach at most ~8 µm from their centre
     lo, hi = np.searchsorted(cells.y, [s.y0 - reach, s.y0 + h + reach])
-    for cx, cy, k in zip(cells.x[lo:hi], cells.y[lo:hi], cells.stamp[lo:hi]):
+    near = (cells.x[lo:hi] >= s.x0 - reach) & (cells.x[lo:hi] < s.x0 + w + reach)
+    for cx, cy, k in zip(cells.x[lo:hi][near], cells.y[lo:hi][near],
+                         cells.stamp[lo:hi][near]):
         _paste(s.comp[int(bank.channel[k])], bank.stamps[k], int(round(cy)) - s.y0,
                int(round(cx)) - s.x0)
 
