@@ -67,22 +67,26 @@ def sparse(tiled, tmp_path_factory):
     return study / "study.yaml"
 
 
-@pytest.fixture(scope="module")
-def swept(sparse, tmp_path_factory):
-    """The sparse study swept on its split, then predicted, evaluated and reported: the
-    command outputs."""
+def run_stages(sparse, folder, sets: list[str], evaluate: list[str], report: bool):
+    """A copy of the sparse study in ``folder`` swept, predicted, evaluated (with
+    ``evaluate``'s options) and, with ``report``, reported: (study file, command outputs)."""
     import shutil
 
-    study = tmp_path_factory.mktemp("sparse-split") / "study"
-    shutil.copytree(sparse.parent, study)
-    study = study / "study.yaml"
-    out = {}
-    for name, command in (("sweep", ["sweep", str(study), "--workers", "2", "--device", "cpu"]),
-                          ("predict", ["predict", str(study), "--device", "cpu"]),
-                          ("evaluate", ["evaluate", str(study), "--no-figures"]),
-                          ("report", ["report", str(study)])):
-        out[name] = CliRunner().invoke(app, command + args(SPARSE))
-    return study, out
+    shutil.copytree(sparse.parent, folder)
+    study = folder / "study.yaml"
+    stages = [("sweep", ["sweep", str(study), "--workers", "2", "--device", "cpu"]),
+              ("predict", ["predict", str(study), "--device", "cpu"]),
+              ("evaluate", ["evaluate", str(study), *evaluate])]
+    stages += [("report", ["report", str(study)])] if report else []
+    return study, {name: CliRunner().invoke(app, command + args(sets))
+                   for name, command in stages}
+
+
+@pytest.fixture(scope="module")
+def swept(sparse, tmp_path_factory):
+    """The sparse study swept on its split, then predicted, evaluated and reported."""
+    return run_stages(sparse, tmp_path_factory.mktemp("sparse-split") / "study", SPARSE,
+                      ["--no-figures"], report=True)
 
 
 @pytest.mark.slow  # trains sweep units
@@ -186,18 +190,11 @@ class DescribeFolds:
 @pytest.fixture(scope="module")
 def kfold(sparse, tmp_path_factory):
     """The sparse study swept with 3-fold cross-validation at 10x, then predicted and
-    evaluated."""
-    import shutil
-
-    study = tmp_path_factory.mktemp("sparse-kfold") / "study"
-    shutil.copytree(sparse.parent, study)
-    study = study / "study.yaml"
-    out = {}
-    for name, command in (("sweep", ["sweep", str(study), "--workers", "2", "--device", "cpu"]),
-                          ("predict", ["predict", str(study), "--device", "cpu"]),
-                          ("evaluate", ["evaluate", str(study), "--no-figures", "--baseline"])):
-        out[name] = CliRunner().invoke(app, command + args(KFOLD))
-        assert out[name].exit_code == 0, (name, out[name].output)
+    evaluated (with the control)."""
+    study, out = run_stages(sparse, tmp_path_factory.mktemp("sparse-kfold") / "study", KFOLD,
+                            ["--no-figures", "--baseline"], report=False)
+    for name, result in out.items():
+        assert result.exit_code == 0, (name, result.output)
     return study, out
 
 

@@ -245,6 +245,7 @@ def core_widths(mask: np.ndarray, ds: int, mpp: float) -> list[float]:
     return runs
 
 
+@pytest.mark.slow  # renders true-size needle cores and tiles them at 512 px
 class DescribeBiopsyAnatomy:
     def it_lays_one_or_two_cores_of_true_width_on_glass(self, biopsies):
         truth = json.loads((biopsies / "truth.json").read_text())
@@ -285,6 +286,8 @@ class DescribeBiopsyAnatomy:
             assert kept["10x"] <= 1.5 * full + 1
             assert kept["40x"] == pytest.approx(rec["tissue_mm2"] / 0.128 ** 2, rel=0.35)
 
+
+class DescribeBiopsySettings:
     def it_refuses_cores_out_of_range(self):
         with pytest.raises(SynthError, match="core width"):
             SynthSettings(anatomy="biopsy", core_width_mm=(2.0, 1.0))
