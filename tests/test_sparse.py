@@ -293,3 +293,37 @@ class DescribeKFoldSelection:
         again = json.loads((study / "lncr-output" / "sweep" / "selection.json").read_text())
         for key in ("architectures", "bag_size", "evidence", "stability", "left_out"):
             assert again[key] == first[key], key
+
+    def it_can_average_the_fold_models_as_the_final_model(self, kfold, tmp_path):
+        import shutil
+
+        from lncr.study.validate import Study
+        from lncr.training.predict import predict_run
+
+        done_study, _ = kfold
+        shutil.copytree(done_study.parent, tmp_path / "study")
+        study = tmp_path / "study" / "study.yaml"
+        sets = KFOLD + ["sweep.final_ensemble=folds"]
+        for command in (["sweep", str(study), "--workers", "2", "--device", "cpu"],
+                        ["predict", str(study), "--device", "cpu"]):
+            result = CliRunner().invoke(app, command + args(sets))
+            assert result.exit_code == 0, result.output
+        out = study.parent / "lncr-output"
+        models = read_table(out / "final" / "models.csv")
+        assert (models.status == "done").all() and (models.folder == "").all()
+        assert set(models.ensemble) == {"mean of 3 fold models"}
+        single = read_table(out / "predictions" / "single_models.csv")
+        folds = read_table(out / "final" / "folds.csv")
+        loaded = Study.load(study, sets)
+        for m in models.itertuples():
+            members = [predict_run(out / f, "external", study=loaded)
+                       for f in folds[(folds.stain == m.stain)
+                                      & (folds.magnification == m.magnification)].folder]
+            mean = sum(t.probability for t in members) / len(members)
+            mine = single[(single.stain == m.stain) & (single.magnification == m.magnification)
+                          & (single.cohort == "external")].sort_values("patient_id")
+            assert list(mine.patient_id) == list(members[0].patient_id)
+            assert mine.probability.to_numpy() == pytest.approx(mean.to_numpy(), abs=1e-12)
+        refused = CliRunner().invoke(app, ["export", str(study), str(tmp_path / "x.lncr")]
+                                     + args(sets))
+        assert refused.exit_code == 2 and "sweep.final_ensemble=refit" in refused.output

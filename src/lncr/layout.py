@@ -284,6 +284,19 @@ class Layout:
         table = read_table(self._needed(self.final_models, "lncr sweep"))
         return resolve_columns(table, ["folder"], self.root)
 
+    def read_single_final_models(self, purpose: str) -> pd.DataFrame:
+        """The finished final models, each one run folder; :class:`MissingOutput` naming
+        ``purpose`` when they are fold ensembles (``sweep.final_ensemble: folds``)."""
+        table = self.read_final_models()
+        table = table[table.status == "done"]
+        if (table.folder == "").any():
+            raise MissingOutput(
+                f"{self.final_models} holds fold ensembles (sweep.final_ensemble=folds): "
+                f"{purpose} needs one model per stain × magnification. Set "
+                "sweep.final_ensemble=refit and run `lncr sweep` again (the fold models are "
+                "kept), then this command")
+        return table
+
     def write_final_folds(self, table: pd.DataFrame) -> Path:
         """``final/folds.csv``: one row per stain × magnification × fold, run folder
         relative."""

@@ -184,7 +184,7 @@ def export_bundle(study: Study, out: Path) -> Path:
     cfg = study.config
     layout = Layout(cfg.output_dir)
     models = layout.read_final_models()
-    ready = models[models.status == "done"]
+    ready = layout.read_single_final_models("a bundle")
     if ready.empty:
         raise ExportError(f"no finished final model in {layout.final_models}: run `lncr sweep` "
                           "first")

@@ -157,9 +157,24 @@ def _model_slides(study: Study, m, folds: pd.DataFrame | None, device: str, work
     mine = folds[(folds.stain == m.stain) & (folds.magnification == m.magnification)
                  & (folds.status == "done")]
     parts = [_predict_model(study, m, f, "val", device, workers, reuse) for f in mine.folder]
-    parts.append(_predict_model(study, m, m.folder, "outside", device, workers, reuse))
+    if m.folder:
+        parts.append(_predict_model(study, m, m.folder, "outside", device, workers, reuse))
+    else:  # sweep.final_ensemble: folds — the mean of the fold models
+        parts.append(_fold_mean([_predict_model(study, m, f, "outside", device, workers,
+                                                reuse) for f in mine.folder]))
     parts = [p for p in parts if p is not None]
     return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def _fold_mean(members: list[pd.DataFrame | None]) -> pd.DataFrame | None:
+    """The fold models' predictions of the same slides, averaged slide by slide."""
+    members = [t for t in members if t is not None]
+    if not members:
+        return None
+    mean = members[0].copy()
+    mean["probability"] = sum(t.probability.to_numpy() for t in members) / len(members)
+    mean["run"] = f"mean of {len(members)} fold models"
+    return mean
 
 
 def _predict_all(study: Study, device: str, workers: int,

@@ -130,8 +130,7 @@ def final_models_for(study: Study, cohort: str = "all", patients: list[str] | No
     from lncr.training.predict import load_run, select
 
     cfg = study.config
-    models = Layout(cfg.output_dir).read_final_models()
-    models = models[models.status == "done"]
+    models = Layout(cfg.output_dir).read_single_final_models("explaining a prediction")
     if stains:
         models = models[models.stain.isin(stains)]
     if magnifications:

@@ -194,6 +194,9 @@ class SweepSettings(_Settings):
     validation: Literal["split", "kfold"] = "split"
     folds: int = Field(5, ge=2)  # kfold: patient-level folds, stratified by outcome
     fold_by_site: bool = False  # kfold: each development site's patients in one fold
+    # kfold: refit = one final model per stain × magnification trained on every development
+    # patient; folds = the mean of the selected configuration's fold models instead.
+    final_ensemble: Literal["refit", "folds"] = "refit"
     early_stopping: Literal["none", "halving"] = "none"  # halving: successive halving
     halving_rate: int = Field(3, ge=2)  # keep 1 in this many configurations per rung
     min_epochs: int = Field(10, ge=1)  # the first rung
@@ -220,6 +223,9 @@ class SweepSettings(_Settings):
             raise ValueError("sweep.resplit re-draws the validation split of each repeat; with "
                              "sweep.validation=kfold each repeat draws its own folds already: "
                              "drop sweep.resplit")
+        if self.final_ensemble == "folds" and self.validation != "kfold":
+            raise ValueError("sweep.final_ensemble=folds averages the fold models of k-fold "
+                             "selection: set sweep.validation=kfold, or final_ensemble=refit")
         return self
 
     @field_validator("bag_sizes")

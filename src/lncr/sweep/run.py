@@ -503,8 +503,10 @@ class Sweep:
         results.update(_run_units(todo, self.tasks(root, epochs), epochs, book, self.executor,
                                   self.progress))
         folds = self.fold_table(results)
-        table = pd.DataFrame([final_row(u, results[u.name]) for u in units if u.fold is None]
-                             + unselected_rows(cfg, selection))
+        rows = [final_row(u, results[u.name]) for u in units if u.fold is None]
+        if cfg.sweep.final_ensemble == "folds":
+            rows = ensemble_rows(folds)
+        table = pd.DataFrame(rows + unselected_rows(cfg, selection))
         if folds is not None:
             table = with_oof_auc(table, folds)
             self.layout.write_final_folds(folds)
@@ -515,6 +517,8 @@ class Sweep:
             "selection": stored(self.layout.selection, cfg.output_dir),
             "architectures": selection["architectures"], "bag_size": selection["bag_size"],
             "epochs": epochs, "seed": cfg.training.seed, "validation": self.protocol(),
+            "final_ensemble": cfg.sweep.final_ensemble if cfg.sweep.validation == "kfold"
+            else None,
             "runs_root": stored(root, cfg.output_dir), **self.study.source,
             "rule": selection["rule"], "versions": versions()})
         return table
@@ -543,6 +547,25 @@ def final_row(u: Unit, result: dict) -> dict:
             "folder": result.get("folder", ""), "error": result.get("error", "")}
 
 
+def ensemble_rows(folds: pd.DataFrame) -> list[dict]:
+    """``sweep.final_ensemble: folds``: one row per stain × magnification for the mean of its
+    fold models (``folder`` empty: the members are in ``final/folds.csv``); ``done`` when
+    every fold that was not skipped finished, and at least one did."""
+    rows = []
+    for (stain, mag), part in folds.groupby(["stain", "magnification"], sort=False):
+        active = part[part.status != "skipped"]
+        done = not active.empty and (active.status == "done").all()
+        errors = [e for e in part.error if isinstance(e, str) and e]
+        status = "done" if done else ("skipped" if active.empty else
+                                      active[active.status != "done"].status.iloc[0])
+        rows.append({**part.iloc[0][["stain", "magnification", "architecture", "bag_size",
+                                     "seed"]].to_dict(),
+                     "status": status, "val_auc": math.nan, "folder": "",
+                     "error": "" if done else (errors[0] if errors else ""),
+                     "ensemble": f"mean of {int((part.status == 'done').sum())} fold models"})
+    return rows
+
+
 def unselected_rows(cfg: StudyConfig, selection: dict) -> list[dict]:
     """A ``skipped`` row per magnification of each swept stain without an architecture."""
     return [{"stain": stain, "magnification": mag, "architecture": "", "bag_size": math.nan,
@@ -566,7 +589,10 @@ def with_oof_auc(models: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
 
 def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
     """The selected configuration for every stain (with a selection) × every magnification:
-    on the study's split, or with k-fold on every development patient."""
+    on the study's split, or with k-fold on every development patient (none with
+    ``sweep.final_ensemble: folds``: the fold models are the final model)."""
+    if cfg.sweep.validation == "kfold" and cfg.sweep.final_ensemble == "folds":
+        return []
     tag = ALL_DEVELOPMENT if cfg.sweep.validation == "kfold" else ""
     return [Unit.of(stain, mag, selection["architectures"][stain], selection["bag_size"], 0,
                     cfg.training.seed, tag)
@@ -579,6 +605,8 @@ def fold_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
     0 (its development patients' out-of-fold predictions); else none."""
     if cfg.sweep.validation != "kfold":
         return []
-    return [Unit.of(u.stain, u.magnification, u.architecture, u.bag_size, 0, u.seed,
-                    f"fold{f}")
-            for u in final_units(cfg, selection) for f in range(cfg.sweep.folds)]
+    configs = [(stain, mag, selection["architectures"][stain], selection["bag_size"])
+               for stain in sweep_stains(cfg) if stain in selection["architectures"]
+               for mag in cfg.magnification_labels()]
+    return [Unit.of(stain, mag, arch, bag, 0, cfg.training.seed, f"fold{f}")
+            for stain, mag, arch, bag in configs for f in range(cfg.sweep.folds)]
