@@ -123,6 +123,16 @@ class Layout:
         return self.sweep_dir / "summary.csv"
 
     @property
+    def sweep_criterion(self) -> Path:
+        """The scores the selection compares (:mod:`lncr.sweep.criterion`)."""
+        return self.sweep_dir / "criterion.csv"
+
+    @property
+    def sweep_oof_predictions(self) -> Path:
+        """k-fold: the pooled out-of-fold predictions behind ``criterion.csv``."""
+        return self.sweep_dir / "oof_predictions.csv"
+
+    @property
     def selection(self) -> Path:
         return self.sweep_dir / "selection.json"
 

@@ -35,7 +35,6 @@ interrupted ones continue from their last checkpoint, and failed ones are tried 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -50,18 +49,20 @@ from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
 from lncr.locks import locks_output
 from lncr.paths import store_columns, stored
-from lncr.study.config import StudyConfig
 from lncr.study.validate import Study
 from lncr.sweep.criterion import criterion_table, left_out, pooled_at, stability
 from lncr.sweep.executors import Executor
-from lncr.sweep.grid import (
-    ALL_DEVELOPMENT,
-    Unit,
-    build_grid,
-    sweep_stains,
-    unit_sides,
-    write_repeat_splits,
+from lncr.sweep.feasibility import Feasibility, remedy
+from lncr.sweep.final_models import (
+    ensemble_rows,
+    final_row,
+    final_units,
+    fold_table,
+    fold_units,
+    unselected_rows,
+    with_oof_auc,
 )
+from lncr.sweep.grid import Unit, build_grid, sweep_stains, write_repeat_splits
 from lncr.sweep.halving import halving_rungs, promote, score_at
 from lncr.sweep.selection import (
     complete_failures,
@@ -70,7 +71,7 @@ from lncr.sweep.selection import (
     select,
     summary_table,
 )
-from lncr.sweep.unit import UnitTask, result_row, with_sides
+from lncr.sweep.unit import UnitTask, result_row
 
 UNIT_COLUMNS = ["stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split",
                 "status", "epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss",
@@ -209,8 +210,7 @@ class Sweep:
                       if sw.early_stopping == "halving" else [self.epochs])
         self.timings = {"executor_start": 0.0}
         self._sizes: dict[str, int] = {}
-        self._entries: dict[tuple[str, str], list] = {}  # stain × magnification's slides
-        self._sides: dict[tuple[str, int], dict | None] = {}  # (split tag, repeat) → sides
+        self.feasible = Feasibility(study)
         self._owns_executor = self._executor is None
 
     def executor(self) -> Executor:
@@ -314,53 +314,11 @@ class Sweep:
                            lines, record["patients_without_tiles"])
 
     def write_criterion(self, criterion: pd.DataFrame, oof: pd.DataFrame | None) -> None:
-        write_table(self.folder / "criterion.csv", criterion)
+        write_table(self.layout.sweep_criterion, criterion)
         if oof is not None:
-            write_table(self.folder / "oof_predictions.csv", oof)
-
-    def entries(self, u: Unit) -> list:
-        """The unit's slides with tiles, on the sides of its split."""
-        from lncr.training.entries import study_entries
-
-        key = (u.stain, u.magnification)
-        if key not in self._entries:
-            self._entries[key] = study_entries(self.study, *key)
-        if (u.split, u.repeat) not in self._sides:
-            self._sides[u.split, u.repeat] = unit_sides(self.study.patients, self.cfg, u)
-        return with_sides(self._entries[key], self._sides[u.split, u.repeat])
-
-    def problem(self, u: Unit, final: bool = False) -> str:
-        """Why ``u`` cannot give what the sweep needs of it ("" when it can): a model of both
-        outcomes (every unit), a validation AUC (a unit of the split protocol), or its share
-        of the out-of-fold predictions (a fold: every fold of its repeat must train, and the
-        pooled patients hold both outcomes). A final model needs training data only."""
-        from lncr.training.entries import (
-            OUTCOME,
-            side_patients,
-            training_problem,
-            validation_problem,
-        )
-
-        minimum = self.cfg.training.min_patients_per_outcome
-        if u.fold is None:
-            entries = self.entries(u)
-            why = training_problem(entries, minimum)
-            return why or ("" if final or u.split == ALL_DEVELOPMENT
-                           else validation_problem(entries))
-        for f in range(self.cfg.sweep.folds):  # one fold that cannot train loses patients
-            why = training_problem(self.entries(dataclasses.replace(u, spec=dataclasses.replace(
-                u.spec, split=f"fold{f}"))), minimum)
-            if why:
-                return f"fold {f}: {why}"
-        entries = self.entries(u)
-        if not sum(side_patients(entries, "val").values()):
-            return f"fold {u.fold} holds no development patient with tiles here"
-        pool = {(e.patient_id, e.label) for e in entries if e.split in ("train", "val")}
-        labels = {label for _, label in pool}
-        if len(labels) < 2:
-            return (f"the {len(pool)} development patient(s) with tiles are all "
-                    f"{OUTCOME[labels.pop()] if labels else 'absent'}: no out-of-fold AUC")
-        return ""
+            write_table(self.layout.sweep_oof_predictions, oof)
+        else:  # a study that used k-fold before
+            self.layout.sweep_oof_predictions.unlink(missing_ok=True)
 
     def skip_infeasible(self, units: list[Unit], book: _Book, final: bool = False
                         ) -> list[Unit]:
@@ -368,7 +326,7 @@ class Sweep:
         reason; returns the others."""
         keep = []
         for u in units:
-            why = self.problem(u, final)
+            why = self.feasible.problem(u, final)
             if why:
                 folder = u.spec.folder(self.runs_root)
                 book.record(u.name, {**u.to_dict(), "status": "skipped", "error": why,
@@ -502,7 +460,7 @@ class Sweep:
         results = {u.name: book.rows[u.name] for u in units}
         results.update(_run_units(todo, self.tasks(root, epochs), epochs, book, self.executor,
                                   self.progress))
-        folds = self.fold_table(results)
+        folds = fold_table(results)
         rows = [final_row(u, results[u.name]) for u in units if u.fold is None]
         if cfg.sweep.final_ensemble == "folds":
             rows = ensemble_rows(folds)
@@ -522,91 +480,3 @@ class Sweep:
             "runs_root": stored(root, cfg.output_dir), **self.study.source,
             "rule": selection["rule"], "versions": versions()})
         return table
-
-    def fold_table(self, results: dict[str, dict]) -> pd.DataFrame | None:
-        """With k-fold, the final configurations' fold models (``final/folds.csv``) with each
-        fold's last-epoch validation predictions pooled per stain × magnification."""
-        rows = [{**final_row(Unit.from_row(r), r), "fold": Unit.from_row(r).fold}
-                for r in results.values() if Unit.from_row(r).fold is not None]
-        return pd.DataFrame(rows) if rows else None
-
-
-def remedy(validation: str) -> str:
-    """What to try when too few patients with tiles can train or validate a model."""
-    kfold = ("" if validation == "kfold" else
-             "use sweep.validation=kfold (every development patient validates once), ")
-    return (f"Fix: {kfold}tile at magnifications that keep tissue (a smaller tiling.tile_size "
-            "keeps more tiles of a needle core), or add patients")
-
-
-def final_row(u: Unit, result: dict) -> dict:
-    """A final model's row of ``final/models.csv`` (or ``folds.csv``)."""
-    return {"stain": u.stain, "magnification": u.magnification,
-            "architecture": u.architecture, "bag_size": u.bag_size, "seed": u.seed,
-            "status": result["status"], "val_auc": result.get("val_auc", math.nan),
-            "folder": result.get("folder", ""), "error": result.get("error", "")}
-
-
-def ensemble_rows(folds: pd.DataFrame) -> list[dict]:
-    """``sweep.final_ensemble: folds``: one row per stain × magnification for the mean of its
-    fold models (``folder`` empty: the members are in ``final/folds.csv``); ``done`` when
-    every fold that was not skipped finished, and at least one did."""
-    rows = []
-    for (stain, mag), part in folds.groupby(["stain", "magnification"], sort=False):
-        active = part[part.status != "skipped"]
-        done = not active.empty and (active.status == "done").all()
-        errors = [e for e in part.error if isinstance(e, str) and e]
-        status = "done" if done else ("skipped" if active.empty else
-                                      active[active.status != "done"].status.iloc[0])
-        rows.append({**part.iloc[0][["stain", "magnification", "architecture", "bag_size",
-                                     "seed"]].to_dict(),
-                     "status": status, "val_auc": math.nan, "folder": "",
-                     "error": "" if done else (errors[0] if errors else ""),
-                     "ensemble": f"mean of {int((part.status == 'done').sum())} fold models"})
-    return rows
-
-
-def unselected_rows(cfg: StudyConfig, selection: dict) -> list[dict]:
-    """A ``skipped`` row per magnification of each swept stain without an architecture."""
-    return [{"stain": stain, "magnification": mag, "architecture": "", "bag_size": math.nan,
-             "seed": cfg.training.seed, "status": "skipped", "val_auc": math.nan,
-             "folder": "", "error": why}
-            for stain, why in selection.get("unselected_stains", {}).items()
-            for mag in cfg.magnification_labels()]
-
-
-def with_oof_auc(models: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
-    """The final models' ``val_auc`` as the AUC of their fold models' pooled out-of-fold
-    predictions (a model trained on every development patient has no validation of its
-    own)."""
-    out = models.copy()
-    for i, m in out.iterrows():
-        mine = folds[(folds.stain == m.stain) & (folds.magnification == m.magnification)
-                     & (folds.status == "done")]
-        out.loc[i, "val_auc"] = pooled_at(list(mine.folder))[0] if len(mine) else math.nan
-    return out
-
-
-def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
-    """The selected configuration for every stain (with a selection) × every magnification:
-    on the study's split, or with k-fold on every development patient (none with
-    ``sweep.final_ensemble: folds``: the fold models are the final model)."""
-    if cfg.sweep.validation == "kfold" and cfg.sweep.final_ensemble == "folds":
-        return []
-    tag = ALL_DEVELOPMENT if cfg.sweep.validation == "kfold" else ""
-    return [Unit.of(stain, mag, selection["architectures"][stain], selection["bag_size"], 0,
-                    cfg.training.seed, tag)
-            for stain in sweep_stains(cfg) if stain in selection["architectures"]
-            for mag in cfg.magnification_labels()]
-
-
-def fold_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
-    """With k-fold, the selected configuration of every final model once per fold of repeat
-    0 (its development patients' out-of-fold predictions); else none."""
-    if cfg.sweep.validation != "kfold":
-        return []
-    configs = [(stain, mag, selection["architectures"][stain], selection["bag_size"])
-               for stain in sweep_stains(cfg) if stain in selection["architectures"]
-               for mag in cfg.magnification_labels()]
-    return [Unit.of(stain, mag, arch, bag, 0, cfg.training.seed, f"fold{f}")
-            for stain, mag, arch, bag in configs for f in range(cfg.sweep.folds)]
