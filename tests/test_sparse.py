@@ -145,6 +145,18 @@ class DescribeASparseStudyOnItsSplit:
         models = read_table(study.parent / "lncr-output" / "final" / "models.csv")
         masson = models[models.stain == "MASSON"]
         assert len(masson) == 2 and set(masson.status) == {"skipped"}
+        sets = args(SPARSE + ["sweep.stains=[HE, PAS, MASSON]"])
+        predicted = CliRunner().invoke(app, ["predict", str(study), "--device", "cpu"] + sets)
+        assert predicted.exit_code == 0, predicted.output
+        assert "WARNING no final model for MASSON 10x (too few training patients" in " ".join(
+            predicted.output.split())
+        record = json.loads((study.parent / "lncr-output" / "predictions" /
+                             "predictions.json").read_text())
+        assert [m["stain"] for m in record["missing_models"]] == ["MASSON", "MASSON"]
+        for command in (["evaluate", str(study), "--no-figures"], ["report", str(study)]):
+            assert CliRunner().invoke(app, command + sets).exit_code == 0
+        page = (study.parent / "lncr-output" / "report" / "report.html").read_text()
+        assert "Final models that do not exist" in page and "MASSON 10x" in page
 
 
 class DescribeFolds:

@@ -155,6 +155,10 @@ def _predict_study(study_yaml: Path, overrides: list[str] | None, device: str,
         result = predict_final(Study.load(study_yaml, overrides), device, workers, meter.update)
     for model, excluded in result.unusable.items():
         warn_unusable(excluded, model)
+    for m in result.missing:
+        err_console.print(f"[yellow]WARNING no final model for {escape(m['stain'])} "
+                          f"{escape(m['magnification'])} ({escape(m['error'] or 'not done')}): "
+                          "the ensembles use the others[/yellow]")
     rows = []
     for name, t in (("multi-stain", result.multi.assign(stain="multi-stain")),
                     ("", result.stains)):

@@ -48,6 +48,7 @@ class FinalPredictions:
     stains: pd.DataFrame
     multi: pd.DataFrame
     unusable: dict[str, list[dict]] = field(default_factory=dict)  # "HE 20x" → patients
+    missing: list[dict] = field(default_factory=list)  # final models that do not exist, why
 
 
 def final_models(output_dir: Path) -> pd.DataFrame:
@@ -229,6 +230,8 @@ def _write_predictions(study: Study, models: pd.DataFrame, slides: pd.DataFrame,
     for kind, table in (("single_models", single), ("stain_ensembles", per_stain),
                         ("multi_stain", multi)):
         write_table(layout.predictions(kind), table)
+    missing = (models[models.status != "done"][["stain", "magnification", "error"]]
+               .fillna("").to_dict("records"))
     atomic_write_json(layout.predictions_record, {
         "checkpoint": ev.checkpoint, "tiles": ev.tiles,
         "development_patients": ("out of fold: each by the fold model that held it out "
@@ -239,9 +242,8 @@ def _write_predictions(study: Study, models: pd.DataFrame, slides: pd.DataFrame,
         "across_stains": f"{cfg.ensemble.across_stains} over the single-stain ensembles present",
         "models": ready[["stain", "magnification", "architecture", "bag_size", "folder"]]
         .to_dict("records"),
-        "missing_models": models[models.status != "done"][["stain", "magnification", "error"]]
-        .fillna("").to_dict("records"),
+        "missing_models": missing,
         "models_without_slides": idle,
         "patients_without_tiles": unusable,
         **study.source, "versions": versions()})
-    return FinalPredictions(folder, single, per_stain, multi, unusable)
+    return FinalPredictions(folder, single, per_stain, multi, unusable, missing)

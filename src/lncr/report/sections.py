@@ -280,18 +280,31 @@ def protocol_note(out: Path) -> str:
             "and bag size may differ from it.</p></div>")
 
 
+def missing_models_box(record: dict) -> str:
+    """The final models that do not exist (not trained, failed) and why, from
+    ``predictions.json``."""
+    missing = record.get("missing_models") or []
+    if not missing:
+        return ""
+    items = "".join(f"<li>{esc(m['stain'])} {esc(m['magnification'])}: "
+                    f"{esc(m.get('error') or 'not finished')}</li>" for m in missing)
+    return ("<div class=missing><strong>Final models that do not exist.</strong> The "
+            "ensembles are taken over the models that do.<ul>" + items + "</ul></div>")
+
+
 def unusable_box(out: Path) -> str:
-    """A warning naming every patient a final model could not score (no tiles), from
-    ``predictions/predictions.json``."""
+    """A warning naming every final model that does not exist and every patient a final
+    model could not score (no tiles), from ``predictions/predictions.json``."""
     record = read_json(Layout(out).predictions_record) or {}
     lost = record.get("patients_without_tiles") or {}
     if not lost:
-        return ""
+        return missing_models_box(record)
     items = "".join(f"<li>{esc(model)}: {esc(u['patient_id'])} ({esc(u['cohort'])}) — "
                     f"{esc(u['reason'])}</li>" for model, rows in lost.items() for u in rows)
-    return ("<div class=failure><strong>Patients left out of some models.</strong> These "
-            "slides have no tiles at that magnification, so the model gave them no "
-            "probability; the ensembles use the models that did.<ul>" + items + "</ul></div>")
+    return missing_models_box(record) + (
+        "<div class=failure><strong>Patients left out of some models.</strong> These slides "
+        "have no tiles at that magnification, so the model gave them no probability; the "
+        "ensembles use the models that did.<ul>" + items + "</ul></div>")
 
 
 def final_section(out: Path) -> str:
