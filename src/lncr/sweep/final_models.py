@@ -75,26 +75,29 @@ def with_oof_auc(models: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
-    """The selected configuration for every stain (with a selection) × every magnification:
-    on the study's split, or with k-fold on every development patient (none with
-    ``sweep.final_ensemble: folds``: the fold models are the final model)."""
-    if cfg.sweep.validation == "kfold" and cfg.sweep.final_ensemble == "folds":
-        return []
-    tag = ALL_DEVELOPMENT if cfg.sweep.validation == "kfold" else ""
-    return [Unit.of(stain, mag, selection["architectures"][stain], selection["bag_size"], 0,
-                    cfg.training.seed, tag)
+def configurations(cfg: StudyConfig, selection: dict) -> list[tuple[str, str, str, int]]:
+    """(stain, magnification, architecture, bag size) of every final model: each swept stain
+    with an architecture × every magnification of the study."""
+    return [(stain, mag, selection["architectures"][stain], selection["bag_size"])
             for stain in sweep_stains(cfg) if stain in selection["architectures"]
             for mag in cfg.magnification_labels()]
 
 
+def final_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
+    """The final models: on the study's split, or with k-fold on every development patient
+    (none with ``sweep.final_ensemble: folds``: the fold models are the final model)."""
+    if cfg.sweep.validation == "kfold" and cfg.sweep.final_ensemble == "folds":
+        return []
+    tag = ALL_DEVELOPMENT if cfg.sweep.validation == "kfold" else ""
+    return [Unit.of(stain, mag, arch, bag, 0, cfg.training.seed, tag)
+            for stain, mag, arch, bag in configurations(cfg, selection)]
+
+
 def fold_units(cfg: StudyConfig, selection: dict) -> list[Unit]:
-    """With k-fold, the selected configuration of every final model once per fold of repeat
-    0 (its development patients' out-of-fold predictions); else none."""
+    """With k-fold, every final model's configuration once per fold of repeat 0 (its
+    development patients' out-of-fold predictions); else none."""
     if cfg.sweep.validation != "kfold":
         return []
-    configs = [(stain, mag, selection["architectures"][stain], selection["bag_size"])
-               for stain in sweep_stains(cfg) if stain in selection["architectures"]
-               for mag in cfg.magnification_labels()]
     return [Unit.of(stain, mag, arch, bag, 0, cfg.training.seed, f"fold{f}")
-            for stain, mag, arch, bag in configs for f in range(cfg.sweep.folds)]
+            for stain, mag, arch, bag in configurations(cfg, selection)
+            for f in range(cfg.sweep.folds)]

@@ -17,6 +17,7 @@ The rule (also in ``selection.json`` and docs/sweep.md):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -44,15 +45,23 @@ def rule_text(validation: str) -> str:
 def parameter_count(architecture: str, settings) -> int:
     """Parameters of the bag model with ``architecture`` (built on the meta device: no memory,
     no weights). Unknown or unbuildable models count as infinitely large."""
+    return _parameter_count(architecture, settings.embedding_dim, settings.transformer_layers,
+                            settings.transformer_heads, settings.feedforward_dim,
+                            settings.dropout)
+
+
+@functools.lru_cache(maxsize=64)
+def _parameter_count(architecture: str, embedding_dim: int, layers: int, heads: int,
+                     feedforward_dim: int, dropout: float) -> int:
+    """Counted once per model shape: the selection is applied once per repeat (stability)."""
     import torch
 
     from lncr.models.mil import build_mil
 
     try:
         with torch.device("meta"):
-            model = build_mil(architecture, settings.embedding_dim, settings.transformer_layers,
-                              settings.transformer_heads, None, settings.feedforward_dim,
-                              settings.dropout)
+            model = build_mil(architecture, embedding_dim, layers, heads, None, feedforward_dim,
+                              dropout)
         return int(sum(p.numel() for p in model.parameters()))
     except Exception:  # a name the registry cannot build: never preferred on a tie
         return 2 ** 62

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from lncr.sweep.grid import Unit, unit_sides
+from lncr.sweep.grid import ALL_DEVELOPMENT, Unit, unit_sides
 
 if TYPE_CHECKING:
     from lncr.study.validate import Study
@@ -67,6 +67,8 @@ def missing_auc_reason(folder: Path) -> str:
         return "no split.csv in the run folder"
     val = pd.read_csv(path)
     val = val[val.split == "val"]
+    if val.empty and folder.name.endswith(f"-{ALL_DEVELOPMENT}"):
+        return "trained on every development patient: validated out of fold by its fold models"
     if val.empty:
         return "no validation slide has tiles at this magnification"
     counts = val.label.value_counts()
