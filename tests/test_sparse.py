@@ -339,3 +339,19 @@ class DescribeKFoldSelection:
         refused = CliRunner().invoke(app, ["export", str(study), str(tmp_path / "x.lncr")]
                                      + args(sets))
         assert refused.exit_code == 2 and "sweep.final_ensemble=refit" in refused.output
+
+
+class DescribeDamagedValidationPredictions:
+    def it_names_the_file_and_the_fix(self, tmp_path):
+        from lncr.errors import WorkFailed
+        from lncr.sweep.criterion import val_predictions
+
+        run = tmp_path / "HE" / "10x" / "resnet18-b2-s0-fold1"
+        run.mkdir(parents=True)
+        (run / "val_predictions.csv").write_text('epoch,patient_id,label,probability\n0,"P1,1')
+        with pytest.raises(WorkFailed, match="val_predictions.csv is damaged .*delete the run "
+                                             "folder .*resnet18-b2-s0-fold1"):
+            val_predictions(run)
+        (run / "val_predictions.csv").write_text("")
+        with pytest.raises(WorkFailed, match="is damaged"):
+            val_predictions(run)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lncr.errors import WorkFailed
 from lncr.training.metrics import auc
 
 #: A configuration × magnification × repeat: one score of the criterion.
@@ -42,7 +43,14 @@ def val_predictions(folder: str | Path, epoch: int | None = None) -> pd.DataFram
     path = Path(folder) / VAL_PREDICTIONS
     if not path.exists():
         return pd.DataFrame(columns=VAL_COLUMNS)
-    table = read_table(path)
+    try:
+        table = read_table(path)
+        if not set(VAL_COLUMNS) <= set(table.columns):
+            raise ValueError(f"columns {sorted(set(VAL_COLUMNS) - set(table.columns))} missing")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+            ValueError) as exc:
+        raise WorkFailed(f"{path} is damaged ({exc}): delete the run folder {Path(folder)} and "
+                         "run `lncr sweep` again to retrain that unit") from exc
     if table.empty:
         return table
     return table[table.epoch == (table.epoch.max() if epoch is None else epoch)]
