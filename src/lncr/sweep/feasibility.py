@@ -14,7 +14,7 @@ import dataclasses
 
 from lncr.study.validate import Study
 from lncr.sweep.grid import ALL_DEVELOPMENT, Unit, unit_sides
-from lncr.sweep.unit import with_sides
+from lncr.training.entries import with_sides
 
 
 class Feasibility:
@@ -25,6 +25,7 @@ class Feasibility:
         self.study, self.cfg = study, study.config
         self._entries: dict[tuple[str, str], list] = {}  # stain × magnification's slides
         self._sides: dict[tuple[str, int], dict | None] = {}  # (split tag, repeat) → sides
+        self._folds: dict[tuple[str, str, int], str] = {}  # (stain, mag, repeat) → problem
 
     def entries(self, u: Unit) -> list:
         """The unit's slides with tiles, on the sides of its split."""
@@ -49,17 +50,14 @@ class Feasibility:
             validation_problem,
         )
 
-        minimum = self.cfg.training.min_patients_per_outcome
         if u.fold is None:
             entries = self.entries(u)
-            why = training_problem(entries, minimum)
+            why = training_problem(entries, self.cfg.training.min_patients_per_outcome)
             return why or ("" if final or u.split == ALL_DEVELOPMENT
                            else validation_problem(entries))
-        for f in range(self.cfg.sweep.folds):  # one fold that cannot train loses patients
-            why = training_problem(self.entries(dataclasses.replace(u, spec=dataclasses.replace(
-                u.spec, split=f"fold{f}"))), minimum)
-            if why:
-                return f"fold {f}: {why}"
+        why = self.folds_problem(u)
+        if why:
+            return why
         entries = self.entries(u)
         if not sum(side_patients(entries, "val").values()):
             return f"fold {u.fold} holds no development patient with tiles here"
@@ -70,6 +68,23 @@ class Feasibility:
                     f"{OUTCOME[labels.pop()] if labels else 'absent'}: no out-of-fold AUC")
         return ""
 
+    def folds_problem(self, u: Unit) -> str:
+        """Why one fold of ``u``'s repeat cannot train ("" when every fold can): one fold that
+        cannot train loses its patients from the pooled predictions. Checked once per stain ×
+        magnification × repeat."""
+        from lncr.training.entries import training_problem
+
+        key = (u.stain, u.magnification, u.repeat)
+        if key not in self._folds:
+            self._folds[key] = ""
+            for f in range(self.cfg.sweep.folds):
+                fold = dataclasses.replace(u, spec=dataclasses.replace(u.spec, split=f"fold{f}"))
+                why = training_problem(self.entries(fold),
+                                       self.cfg.training.min_patients_per_outcome)
+                if why:
+                    self._folds[key] = f"fold {f}: {why}"
+                    break
+        return self._folds[key]
 
 
 def remedy(validation: str) -> str:

@@ -8,7 +8,6 @@ a finished run is skipped and an interrupted one continues from ``last.pt``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import socket
@@ -93,7 +92,7 @@ _ENTRIES: dict[tuple, tuple] = {}
 def unit_entries(task: UnitTask):
     """The unit's study config, its slides (with the repeat's own split applied if it has
     one) and the patients without tiles there."""
-    from lncr.training.entries import study_entries, unusable_patients
+    from lncr.training.entries import study_entries, unusable_patients, with_sides
 
     u, study = task.unit, task.study
     key = (study.source["study"], study.overrides, u.stain, u.magnification)
@@ -102,16 +101,6 @@ def unit_entries(task: UnitTask):
                          unusable_patients(study, u.stain, u.magnification))
     cfg, entries, excluded = _ENTRIES[key]
     return cfg, with_sides(entries, unit_sides(study.patients, cfg, u)), excluded
-
-
-def with_sides(entries: list, sides: dict[str, str] | None) -> list:
-    """The development slides moved to ``sides`` (patient → train/val); None: unchanged."""
-    from lncr.study.tables import OUTSIDE_SPLIT
-
-    if sides is None:
-        return entries
-    return [e if e.split in OUTSIDE_SPLIT else dataclasses.replace(e, split=sides[e.patient_id])
-            for e in entries]
 
 
 def run_unit(task: UnitTask) -> dict:

@@ -43,6 +43,20 @@ def unusable_patients(study: Study, stain: str, magnification: str) -> list[dict
     return out
 
 
+def with_sides(entries: list[SlideEntry], sides: dict[str, str] | None) -> list[SlideEntry]:
+    """The development slides moved to ``sides`` (patient → train/val: a re-drawn split, a
+    fold, every development patient); patients ``sides`` does not name, and external and
+    prospective slides, keep theirs. None: unchanged."""
+    import dataclasses
+
+    from lncr.study.tables import OUTSIDE_SPLIT
+
+    if sides is None:
+        return entries
+    return [dataclasses.replace(e, split=sides[e.patient_id])
+            if e.split not in OUTSIDE_SPLIT and e.patient_id in sides else e for e in entries]
+
+
 def side_patients(entries: list[SlideEntry], side: str) -> dict[int, int]:
     """Patients with tiles on ``side`` (``train``/``val``) per label (0 and 1)."""
     seen = {(e.patient_id, e.label) for e in entries if e.split == side}

@@ -33,7 +33,7 @@ from lncr.study.tables import OUTSIDE_SPLIT
 from lncr.study.validate import Study
 from lncr.training.bags import BagDataset, SlideEntry, chunk_count
 from lncr.training.distributed import Context, resolve_device
-from lncr.training.entries import study_entries
+from lncr.training.entries import study_entries, with_sides
 from lncr.training.inputs import DeviceInput, InputGeometry
 from lncr.training.loop import build_model, evaluate, loader, versions
 
@@ -102,15 +102,11 @@ def run_sides(folder: Path, entries: list[SlideEntry]) -> list[SlideEntry]:
     """The development slides on the sides the run trained with (its ``split.csv``: a
     re-drawn split, a fold, or every development patient); slides it did not see keep the
     study's side."""
-    import dataclasses
-
     path = Path(folder) / "split.csv"
     if not path.exists():
         return entries
     table = read_table(path)
-    sides = dict(zip(table.patient_id, table.split))
-    return [dataclasses.replace(e, split=sides[e.patient_id])
-            if e.split not in OUTSIDE_SPLIT and e.patient_id in sides else e for e in entries]
+    return with_sides(entries, dict(zip(table.patient_id, table.split)))
 
 
 def inputs_fingerprint(entries: list[SlideEntry]) -> str:
