@@ -18,7 +18,8 @@ TORCHVISION = {
     "densenet121": ("densenet121", {}, "DenseNet121_Weights.IMAGENET1K_V1"),
     "inception_v3": ("inception_v3", {"aux_logits": True, "init_weights": False},
                      "Inception_V3_Weights.IMAGENET1K_V1"),
-    "resnet50": ("resnet50", {}, "ResNet50_Weights.IMAGENET1K_V2"),
+    "resnet50": ("resnet50", {}, "ResNet50_Weights.IMAGENET1K_V1"),  # the authors'
+    "resnet50.IMAGENET1K_V2": ("resnet50", {}, "ResNet50_Weights.IMAGENET1K_V2"),
     "vgg11": ("vgg11", {}, "VGG11_Weights.IMAGENET1K_V1"),
     "vit_b_16": ("vit_b_16", {"image_size": 384}, "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1"),
 }

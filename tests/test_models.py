@@ -35,6 +35,43 @@ class DescribeBackbones:
         enc = build_backbone("mobilenet_v3_small", 32)
         assert enc(torch.rand(2, 3, 64, 64)).shape == (2, 32)
 
+    @pytest.mark.parametrize("name,requested", [
+        ("alexnet", "AlexNet_Weights.IMAGENET1K_V1"),
+        ("densenet121", "DenseNet121_Weights.IMAGENET1K_V1"),
+        ("inception_v3", "Inception_V3_Weights.IMAGENET1K_V1"),
+        ("resnet50", "ResNet50_Weights.IMAGENET1K_V1"),  # pretrained=True's, not DEFAULT (V2)
+        ("vgg11", "VGG11_Weights.IMAGENET1K_V1"),
+        ("resnet50.IMAGENET1K_V2", "ResNet50_Weights.IMAGENET1K_V2")])
+    def it_requests_the_weights_the_authors_pretrained_true_meant(self, name, requested,
+                                                                   monkeypatch):
+        import torchvision
+
+        from lncr.models.backbones import backbone_spec
+
+        seen = []
+        base = name.partition(".")[0]
+        real = getattr(torchvision.models, base)
+        monkeypatch.setattr(torchvision.models, base,
+                            lambda weights=None, **kw: seen.append(weights) or real(**kw))
+        backbone_spec(name).builder("imagenet")
+        assert str(seen[0]) == requested and backbone_spec(name).weights == requested
+
+    def it_pins_the_vits_timm_tag(self, monkeypatch):
+        import timm
+
+        from lncr.models.backbones import backbone_spec
+
+        seen = []
+        monkeypatch.setattr(timm, "create_model", lambda name, **kw: seen.append(name))
+        backbone_spec("vit_base_patch16_384").builder("imagenet")
+        backbone_spec("vit_base_patch16_384.orig_in21k_ft_in1k").builder("imagenet")
+        assert seen == ["vit_base_patch16_384.augreg_in21k_ft_in1k",
+                        "vit_base_patch16_384.orig_in21k_ft_in1k"]
+
+    def it_names_the_tags_when_a_weights_tag_does_not_exist(self):
+        with pytest.raises(ValueError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
+            build_backbone("resnet50.IMAGENET1K_V9", 16)
+
     def it_rejects_an_unknown_architecture_with_the_choices(self):
         with pytest.raises(ValueError, match="resnet50"):
             build_backbone("resnet5O", 16)

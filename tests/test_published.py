@@ -19,19 +19,19 @@ from typer.testing import CliRunner
 import pretrained_cache
 from conftest import _shared_tmp, validated_copy
 from lncr.cli import app
-from lncr.models.backbones import BACKBONES, build_backbone
+from lncr.models.backbones import BACKBONES, backbone_spec, build_backbone
 from lncr.study.config import SweepSettings
 from lncr.study.validate import Study
 
 pytestmark = pytest.mark.slow  # trains real models
 
 PUBLISHED = list(SweepSettings().architectures)
-CACHED = PUBLISHED + ["vit_b_16"]
+CACHED = PUBLISHED + ["vit_b_16", "resnet50.IMAGENET1K_V2"]
 #: Parameters of the projection heads as the authors' ModelTrain.py builds them.
 HEADS = {"alexnet": 9216 * 512 + 512, "densenet121": 1024 * 512 + 512,
          "inception_v3": 2048 * 512 + 512, "resnet50": 2048 * 512 + 512,
          "vgg11": 25088 * 512 + 512, "vit_base_patch16_384": 1000 * 128 + 128,
-         "vit_b_16": 768 * 128 + 128}
+         "vit_b_16": 768 * 128 + 128, "resnet50.IMAGENET1K_V2": 2048 * 512 + 512}
 #: One epoch on four patients (one of each outcome trains: below the default minimum of two).
 QUICK = ["training.epochs=1", "training.warmup_epochs=0", "training.eval_tiles=2",
          "training.loader_workers=0", "training.min_patients_per_outcome=1"]
@@ -86,15 +86,25 @@ class DescribePretrainedBackbones:
             self, name, weights_cache, monkeypatch):
         root, probes = weights_cache
         pretrained_cache.use(root, monkeypatch)
-        dim = BACKBONES[name].embedding_dim or 512
+        dim = backbone_spec(name).embedding_dim or 512
         encoder = build_backbone(name, dim, "imagenet")
         state = encoder.model.state_dict()
         for key, value in probes[name].items():
             assert torch.equal(state[key], value), key  # the cached file was loaded
         assert sum(p.numel() for p in _head(encoder)) == HEADS[name]
-        size = BACKBONES[name].input_size
+        size = backbone_spec(name).input_size
         with torch.no_grad():
             assert encoder.eval()(torch.rand(2, 3, size, size)).shape == (2, dim)
+
+    def it_loads_resnet50s_v1_weights_unless_a_tag_names_v2(self, weights_cache, monkeypatch):
+        root, probes = weights_cache
+        pretrained_cache.use(root, monkeypatch)
+        v1 = build_backbone("resnet50", 512, "imagenet").model.state_dict()
+        v2 = build_backbone("resnet50.IMAGENET1K_V2", 512, "imagenet").model.state_dict()
+        key = next(iter(probes["resnet50"]))
+        assert torch.equal(v1[key], probes["resnet50"][key])
+        assert torch.equal(v2[key], probes["resnet50.IMAGENET1K_V2"][key])
+        assert not torch.equal(v1[key], v2[key])
 
     def it_replaces_alexnet_and_vgg_classifiers_by_one_xavier_linear(self):
         for name, features in (("alexnet", 9216), ("vgg11", 25088)):

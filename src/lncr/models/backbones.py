@@ -10,8 +10,9 @@ neolibin/LNCR-DL-model):
 - DenseNet-121, Inception-V3 and ResNet-50: ``classifier``/``fc`` → ``Linear(features → L)``;
 - every such projection has Xavier-normal weights (biases keep PyTorch's default);
 - ViT (``vit_base_patch16_384``, the default ViT): timm's ViT-B/16 at 384 px with the
-  ImageNet-21k → 1k "augreg" weights the authors loaded, **keeping** its 1000-way head and
-  adding ``Linear(1000 → 128)`` (PyTorch's default initialisation, as the authors left it);
+  ImageNet-21k → 1k "augreg" weights the authors loaded (the tag is pinned, not timm's
+  default of the day), **keeping** its 1000-way head and adding ``Linear(1000 → 128)``
+  (PyTorch's default initialisation, as the authors left it);
 - ``vit_b_16``: torchvision's ViT-B/16 at 384 px with its 384-px weights (SWAG, fine-tuned end
   to end on ImageNet-1k) and the head replaced by ``Linear(768 → L)`` — an alternative for
   users without timm's weights, not the published model.
@@ -23,6 +24,13 @@ Any other torchvision classification model is accepted by its torchvision name (
 layer becomes the projection) and any timm model by ``timm:<name>`` (pooled features →
 projection). ``list_backbones()`` names the registered ones; :func:`check_backbone` builds one on
 the meta device (no memory, no download) so a study can be checked before any unit runs.
+
+The torchvision backbones load the weights the authors' ``pretrained=True`` meant:
+``IMAGENET1K_V1`` for all five (ResNet-50's ``DEFAULT`` is ``IMAGENET1K_V2``, a later training
+recipe, which the authors did not use). Another tag of a registered architecture is named
+after a dot — ``resnet50.IMAGENET1K_V2`` (a torchvision enum member) or
+``vit_base_patch16_384.orig_in21k_ft_in1k`` (a timm tag) — and is its own architecture in a
+sweep, run names and feature caches.
 
 Weights: ``weights="imagenet"`` uses torchvision's weight enum or timm's pretrained tag,
 downloading through the library's cache when online (``TORCH_HOME``, ``HF_HOME``); a cached file
@@ -70,6 +78,7 @@ class BackboneSpec:
     weights: str = ""  # which pretrained weights "imagenet" means
     resize_to_native: bool = False  # the crop is resized to ``input_size`` (foundation models)
     stats: tuple | None = None  # the channel mean and s.d. the encoder requires, if any
+    tag: str | None = None  # the library's weight tag (enum member / timm tag), if pinned
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -143,16 +152,17 @@ def _vit_head(model: nn.Module, dim: int) -> nn.Module:
 
 def _torchvision(name: str, enum: str, member: str = "DEFAULT", pretrained_kwargs=None,
                  random_kwargs=None, after: Callable[[nn.Module], None] | None = None):
-    """A builder: ``"imagenet"`` → the weight enum's member (downloaded or cached),
-    ``"local"`` → the same construction without weights (a file is loaded next), None →
-    random initialisation."""
+    """A builder: ``"imagenet"`` → the weight enum's member (``tag``, else ``member``;
+    downloaded or cached), ``"local"`` → the same construction without weights (a file is
+    loaded next), None → random initialisation."""
 
-    def build(weights: str | None, file: str | None = None) -> nn.Module:
+    def build(weights: str | None, file: str | None = None, tag: str | None = None
+              ) -> nn.Module:
         import torchvision
 
         ctor = getattr(torchvision.models, name)
         if weights == "imagenet":
-            model = ctor(weights=getattr(getattr(torchvision.models, enum), member))
+            model = ctor(weights=getattr(getattr(torchvision.models, enum), tag or member))
         elif weights == "local":
             model = ctor(weights=None, **(pretrained_kwargs or {}))
         else:
@@ -171,15 +181,19 @@ def _drop_aux(model: nn.Module) -> None:
 
 
 def _timm(name: str):
-    def build(weights: str | None, file: str | None = None) -> nn.Module:
+    """A builder of timm's ``name`` (``model`` or ``model.tag``); ``tag`` replaces the tag."""
+
+    def build(weights: str | None, file: str | None = None, tag: str | None = None
+              ) -> nn.Module:
         try:
             import timm
         except ImportError as exc:
             raise ValueError(f"{name} needs the timm package: pip install timm") from exc
+        full = f"{name.partition('.')[0]}.{tag}" if tag else name
         if weights == "local":
-            return timm.create_model(name, pretrained=True,
+            return timm.create_model(full, pretrained=True,
                                      pretrained_cfg_overlay={"file": str(file)})
-        return timm.create_model(name, pretrained=weights == "imagenet")
+        return timm.create_model(full, pretrained=weights == "imagenet")
 
     return build
 
@@ -200,11 +214,14 @@ register(BackboneSpec(
                  random_kwargs={"aux_logits": False, "transform_input": True,
                                 "init_weights": True}, after=_drop_aux),
     replace_attribute("fc"), weights="Inception_V3_Weights.IMAGENET1K_V1"))
-register(BackboneSpec("resnet50", 224, _torchvision("resnet50", "ResNet50_Weights"),
-                      replace_attribute("fc"), weights="ResNet50_Weights.DEFAULT (IMAGENET1K_V2)"))
+# ``resnet50(pretrained=True)`` in the authors' code: IMAGENET1K_V1, not today's DEFAULT (V2).
+register(BackboneSpec("resnet50", 224,
+                      _torchvision("resnet50", "ResNet50_Weights", "IMAGENET1K_V1"),
+                      replace_attribute("fc"), weights="ResNet50_Weights.IMAGENET1K_V1"))
 register(BackboneSpec("vgg11", 224, _torchvision("vgg11", "VGG11_Weights"), replace_classifier,
                       weights="VGG11_Weights.IMAGENET1K_V1"))
-register(BackboneSpec("vit_base_patch16_384", 384, _timm("vit_base_patch16_384"),
+register(BackboneSpec("vit_base_patch16_384", 384,
+                      _timm("vit_base_patch16_384.augreg_in21k_ft_in1k"),
                       append_projection, package="timm", fixed_input=True, embedding_dim=128,
                       weights="timm vit_base_patch16_384.augreg_in21k_ft_in1k"))
 register(BackboneSpec(
@@ -233,6 +250,9 @@ def backbone_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     if name.startswith("timm:"):
         return _timm_spec(name[5:])
+    base, dot, tag = name.partition(".")
+    if dot and base in BACKBONES:
+        return _tagged(BACKBONES[base], name, tag)
     import torchvision
 
     if name in torchvision.models.list_models(module=torchvision.models):
@@ -252,6 +272,31 @@ def backbone_spec(name: str) -> BackboneSpec:
     raise ValueError(f"unknown architecture {name!r}: {hint}use one of "
                      f"{', '.join(list_backbones())}, another torchvision classification model, "
                      "or timm:<name> (with timm installed)")
+
+
+def _tagged(spec: BackboneSpec, name: str, tag: str) -> BackboneSpec:
+    """A registered architecture with another of its library's pretrained weight tags."""
+    import dataclasses
+    from functools import partial
+
+    if spec.package == "timm":
+        import timm
+
+        base = name.partition(".")[0]
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{base}.*")]
+        label = f"timm {base}.{tag}"
+    elif spec.package == "torchvision":
+        import torchvision
+
+        enum = torchvision.models.get_model_weights(spec.name)
+        tags, label = [m for m in enum.__members__ if m != "DEFAULT"], f"{enum.__name__}.{tag}"
+    else:
+        tags, label = [], ""
+    if tag not in tags:
+        raise ValueError(f"architecture {name!r}: {spec.name} has no weights tagged {tag!r}; "
+                         f"use one of {', '.join(tags) or '(none: it has no tags)'}")
+    return dataclasses.replace(spec, name=name, builder=partial(spec.builder, tag=tag),
+                               weights=label, tag=tag)
 
 
 def _timm_spec(name: str) -> BackboneSpec:
