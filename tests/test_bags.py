@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -31,6 +32,18 @@ class DescribeDraws:
     def it_repeats_tiles_to_fill_the_bag_of_a_small_slide(self):
         idx = train_indices(5, 16, seed=1, epoch=0, slide=3)
         assert len(idx) == 16 and set(idx.tolist()) == set(range(5))
+
+    @pytest.mark.parametrize("n,bag", [(3, 4), (30, 64), (5, 16), (7, 8), (8, 8), (1, 32)])
+    def it_fills_a_small_slides_bag_as_the_authors_sampler(self, n, bag):
+        # ModelTrain.py: every tile ⌊bag/n⌋ times, the remainder without replacement
+        counts = np.array([np.bincount(train_indices(n, bag, seed, 0, 0), minlength=n)
+                           for seed in range(400)])
+        assert (counts.sum(axis=1) == bag).all()
+        assert counts.min() == bag // n and counts.max() == -(-bag // n)
+        assert ((counts > bag // n).sum(axis=1) == bag % n).all()
+        if bag % n:  # which tiles get the extra copy: uniform, each with chance (bag mod n)/n
+            share = (counts > bag // n).mean(axis=0)
+            assert np.allclose(share, (bag % n) / n, atol=0.1)
 
     def it_depends_only_on_seed_epoch_and_slide(self):
         a = train_indices(50, 8, seed=1, epoch=2, slide=3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -136,6 +137,28 @@ class DescribeMetrics:
 
     def it_finds_the_youden_threshold(self):
         assert youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9]) == 0.6
+
+    def it_breaks_youden_ties_as_the_authors_do(self):
+        # J = 0.5 at 0.4 and at 0.8: the authors' loop keeps the first, highest, threshold
+        assert youden_threshold([0, 1, 0, 1], [0.2, 0.4, 0.6, 0.8]) == 0.8
+        # no threshold with J > 0: 0, every patient positive
+        assert youden_threshold([1, 0, 1, 0], [0.2, 0.4, 0.6, 0.8]) == 0.0
+
+    def it_matches_the_authors_threshold_search_on_sklearns_roc(self):
+        from sklearn.metrics import roc_curve
+
+        rng = np.random.default_rng(0)
+        for _ in range(200):
+            labels = rng.integers(0, 2, 12)
+            if len(set(labels)) < 2:
+                continue
+            scores = rng.integers(0, 6, 12) / 5  # many ties
+            fpr, tpr, thresholds = roc_curve(labels, scores)
+            m = t = 0  # ModelTrain.py get_cm_train, line for line
+            for i in range(len(thresholds)):
+                if tpr[i] - fpr[i] > m:
+                    m, t = abs(-fpr[i] + tpr[i]), thresholds[i]
+            assert youden_threshold(labels, scores) == t
 
 
 class DescribeTrainCommand:

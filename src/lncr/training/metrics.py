@@ -25,17 +25,21 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The score threshold maximising sensitivity + specificity − 1 (predict 1 when score ≥
-    threshold); 0.5 with one class only."""
+    threshold), by the authors' rule (``ModelTrain.py`` ``get_cm_train``, ``ModelTest.py``
+    ``get_cm``): among thresholds of equal J the highest, and 0 (everything positive) when no
+    threshold has J > 0; 0.5 with one class only.
+
+    >>> youden_threshold([0, 1, 0, 1], [0.2, 0.4, 0.6, 0.8])  # J = 0.5 at 0.8 and at 0.4
+    0.8
+    """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
     if len(set(labels.tolist())) < 2:
         return 0.5
-    best, best_j = 0.5, -np.inf
-    for t in np.unique(scores):
-        pred = scores >= t
-        j = pred[labels == 1].mean() - pred[labels == 0].mean()
-        if j > best_j:
-            best, best_j = float(t), j
-    return best
+    thresholds = np.unique(scores)[::-1]  # highest first, as sklearn's roc_curve
+    pred = scores[None, :] >= thresholds[:, None]
+    j = pred[:, labels == 1].mean(axis=1) - pred[:, labels == 0].mean(axis=1)
+    best = int(np.argmax(j))  # the first, i.e. highest, of equal maxima
+    return float(thresholds[best]) if j[best] > 0 else 0.0
 
 
 def accuracy(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
