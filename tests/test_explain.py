@@ -212,6 +212,19 @@ class DescribeGradCAMCommand:
         meta = json.loads((out / "explain" / "gradcam" / "gradcam.json").read_text())
         assert meta["models"][0]["layer"] == "layer4" and meta["models"][0]["method"] == "gradcam"
 
+    def it_explains_every_training_patient_with_the_authors_choice(self, final_study):
+        study, folder, entries, out = final_study
+        train = sorted(e.patient_id for e in entries if e.split == "train")
+        sets = [a for s in QUICK + ["explain.top_k=1", "explain.cam_patients=train"]
+                for a in ("--set", s)]
+        result = CliRunner().invoke(app, ["explain", "gradcam", str(study), "--device", "cpu"]
+                                    + sets)
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(out / "explain" / "gradcam" / "gradcam.csv", dtype={"patient_id": str})
+        assert sorted(table.patient_id.unique()) == train and (table.split == "train").all()
+        meta = json.loads((out / "explain" / "gradcam" / "gradcam.json").read_text())
+        assert meta["chosen"] is None and sorted(meta["patients"]) == train
+
     def it_recomputes_maps_for_another_method_or_a_retrained_model(self, final_study):
         study, folder, entries, out = final_study
         patient = sorted(e.patient_id for e in entries if e.split == "external")[0]

@@ -134,6 +134,22 @@ class DescribeFlatMaps:
         assert flat.dtype == np.uint8 and np.array_equal(flat, zero)
 
 
+class DescribeOverlay:
+    def it_blends_the_jet_map_and_the_tile_as_the_authors_without_rescaling(self):
+        import cv2
+
+        from lncr.explain.gradcam import overlay
+
+        rng = np.random.default_rng(0)
+        tile = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        cam = rng.random((16, 16)).astype(np.float32)
+        jet = cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)  # BGR, as gradCAM.py
+        expected = np.rint(jet * 0.6 + cv2.cvtColor(tile, cv2.COLOR_RGB2BGR) * 0.4)
+        assert np.array_equal(overlay(tile, cam, 0.6), expected[..., ::-1].astype(np.uint8))
+        dark = np.full((16, 16, 3), 10, np.uint8)  # no division by the blend's maximum
+        assert overlay(dark, np.zeros((16, 16), np.float32)).max() == round(0.6 * 128 + 4)
+
+
 class DescribeHungarianAccuracy:
     def it_is_one_for_a_relabelled_perfect_clustering(self):
         assert cluster_accuracy([0, 0, 1, 1, 2, 2], [2, 2, 0, 0, 1, 1]) == 1.0
@@ -210,6 +226,47 @@ class DescribeDCCS:
         assert isinstance(encoder, ResNetEncoder)
         widths = [b.body[-1].out_channels for b in encoder.features]
         assert widths == [64, 128, 256, 512]  # the authors' Encoder96: 224 px → 14 × 14
+
+    def it_jitters_colour_in_a_random_order_per_image_as_torchvisions_colorjitter(self):
+        from torchvision.transforms.v2 import functional as tvf
+
+        x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        # brightness then contrast differs from contrast then brightness once values clip
+        settings = {"crop_scale": (1.0, 1.0), "flips": False, "channel_shuffle": False,
+                    "brightness": 0.9, "contrast": 0.9, "jitter_order": "random"}
+        out = augment(x, settings, torch.Generator().manual_seed(3))
+        plain = {k: v for k, v in settings.items() if k not in ("brightness", "contrast")}
+        x = augment(x, plain, torch.Generator().manual_seed(3))  # the same crops, no jitter
+        g = torch.Generator().manual_seed(3)
+        torch.rand(6, generator=g), torch.rand(6, generator=g)  # the crop's draws
+        torch.rand(6, generator=g), torch.rand(6, generator=g)
+        factors = 1.0 + torch.tensor([0.9, 0.9, 0.0]) * (2 * torch.rand(6, 3, generator=g) - 1)
+        torch.rand(6, generator=g)  # the hue shifts (none here)
+        orders = set()
+        for i in range(6):
+            img = x[i]
+            order = torch.randperm(4, generator=g).tolist()
+            for k in order:
+                img = (tvf.adjust_brightness(img, float(factors[i, 0])) if k == 0 else
+                       tvf.adjust_contrast(img, float(factors[i, 1])) if k == 1 else
+                       tvf.adjust_saturation(img, float(factors[i, 2])) if k == 2 else img)
+            orders.add(tuple(k for k in order if k < 2))
+            assert torch.allclose(out[i], img, atol=1e-6)
+        assert len(orders) == 2  # both orders occur among six images
+
+    def it_builds_the_authors_encoder96_when_asked(self):
+        cfg = DCCSConfig(encoder="published")
+        encoder = DCCS(3, 224, cfg).encoder
+        convs = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(m.bias is None for m in convs if m.kernel_size == (3, 3))
+        assert all(m.bias is not None for m in convs if m.kernel_size == (1, 1))
+        pool, conv = encoder.last[-3], encoder.last[-2]
+        assert isinstance(pool, torch.nn.AvgPool2d) and pool.kernel_size == 6
+        assert conv.kernel_size == (2, 2) and (conv.in_channels, conv.out_channels) == (512, 56)
+        z, logits, features = DCCS(3, 224, cfg).eval().latent(torch.rand(2, 3, 224, 224))
+        assert z.shape == (2, 56) and features.shape == (2, 512 * 4 * 4)
+        with pytest.raises(ValueError, match="cluster_tile_size=224"):
+            DCCS(3, 48, cfg)
 
     def it_flips_only_horizontally_with_the_published_augmentation(self):
         # brightness grows down the rows: only a vertical flip can make it fall

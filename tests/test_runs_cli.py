@@ -100,7 +100,7 @@ class DescribePredictCommand:
 
     def it_names_an_unknown_cohort_or_tile_choice(self, run):
         bad_cohort = CliRunner().invoke(app, ["predict", str(run), "--cohort", "test"])
-        assert bad_cohort.exit_code == 2 and "development, val, external, prospective, outside, all" in bad_cohort.output
+        assert bad_cohort.exit_code == 2 and "development, train, val, external, prospective, outside, all" in bad_cohort.output
         bad_tiles = CliRunner().invoke(app, ["predict", str(run), "--tiles", "some"])
         assert bad_tiles.exit_code == 2 and "use eval or all" in bad_tiles.output
         bad_checkpoint = CliRunner().invoke(app, ["predict", str(run), "--checkpoint", "config"])

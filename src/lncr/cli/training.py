@@ -87,7 +87,7 @@ def train(
 
 def predict(
     target: Annotated[Path, typer.Argument(help="A study YAML (every final model, with the ensembles) or one run folder (<output_dir>/runs/<stain>/<mag>/<run>).")],
-    cohort: Annotated[Optional[str], typer.Option(help="Run folder only: development, val (the patients the run held out), external, prospective, outside (external and prospective) or all (default all).")] = None,
+    cohort: Annotated[Optional[str], typer.Option(help="Run folder only: development, train (the patients the run trained on), val (the patients the run held out), external, prospective, outside (external and prospective) or all (default all).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="Run folder only: best or last (default last, as a study's evaluation.checkpoint).")] = None,
     tiles: Annotated[Optional[str], typer.Option(help="Run folder only: eval (up to eval_tiles per slide, the default) or all (every tile, in chunks).")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(min=1, help="Run folder only: tiles per chunk with --tiles all (default: eval_tiles).")] = None,

@@ -212,7 +212,7 @@ def _association_figure(table: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def tsne(z: np.ndarray, seed: int) -> np.ndarray:
+def tsne(z: np.ndarray, seed: int, iterations: int = 1000) -> np.ndarray:
     """2-D t-SNE of the latent (scikit-learn; perplexity capped for small sets)."""
     from sklearn.manifold import TSNE
 
@@ -220,8 +220,8 @@ def tsne(z: np.ndarray, seed: int) -> np.ndarray:
     if n < 4:
         return np.zeros((n, 2))
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed
-                ).fit_transform(z)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                max_iter=iterations).fit_transform(z)
 
 
 def _phantom_scores(fm: FinalModel, tiles: pd.DataFrame, cluster: np.ndarray) -> dict:
@@ -275,7 +275,7 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
     z, cluster = assign(model, x)
     probability = z[:, ex.style_dim:]
     tiles = tiles.assign(cluster=cluster, cluster_probability=probability.max(axis=1))
-    xy = tsne(z, ex.seed)
+    xy = tsne(z, ex.seed, ex.tsne_iterations)
     tiles["tsne_x"], tiles["tsne_y"] = xy[:, 0], xy[:, 1]
     extra = _phantom_scores(fm, tiles, cluster)
     folder.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,10 @@ Encoder and discriminator share one Adam optimiser, the critic another; both use
 betas (0.5, 0.9). The encoder (``encoder``) is ``resnet`` by default, shaped like the authors'
 ``Encoder96``: an optimised residual down-block, three residual down-blocks (doubling the
 width from 64), one residual block, BatchNorm-ReLU, global pooling and a linear layer to
-``style_dim + clusters``; the MI discriminator sees the fourth block's map. ``plain`` is a
-small stack of strided convolutions for quick CPU runs. No pretrained weights are involved.
+``style_dim + clusters``; the MI discriminator sees the fourth block's map. ``published`` is
+``Encoder96`` itself (bias-free 3×3 convolutions, ``AvgPool2d(6)`` and a 2 × 2 convolution;
+224-px inputs). ``plain`` is a small stack of strided convolutions for quick CPU runs. No
+pretrained weights are involved.
 
 There is no maintained library for DCCS; this module is written from the paper and the recipe
 of the authors' code (loss weights, prior, critic schedule, optimiser), not copied from it.
@@ -62,7 +64,7 @@ class DCCSConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     batch_size: int = 64
     epochs: int = 3000
-    encoder: str = "resnet"  # "resnet" (the authors' shape) or "plain"
+    encoder: str = "resnet"  # "resnet" (the authors' shape), "published" (theirs) or "plain"
     width: int | None = None  # first layer's channels; None: 64 (resnet) or 32 (plain)
     # The MI discriminator sees the feature map pooled to pooled × pooled (the authors: the
     # whole 512 × 14 × 14 map, a 103-million-parameter first layer; 0 restores that).
@@ -75,8 +77,10 @@ class DCCSConfig:
 
 
 #: The authors' augmentation of DCCS inputs (``datasets.py``; brightness 0.1 for PAS).
+#: Its ``ColorJitter`` applies the four adjustments in a random order per image.
 PUBLISHED_AUGMENT = {"crop_scale": (0.4, 1.0), "flips": "horizontal", "channel_shuffle": True,
-                     "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.125}
+                     "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.125,
+                     "jitter_order": "random"}
 #: lncr's lighter recipe for small, low-resolution tile sets (the demo).
 LIGHT_AUGMENT = {"crop_scale": (0.6, 1.0), "flips": True, "channel_shuffle": True,
                  "jitter": 0.3}
@@ -89,13 +93,17 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 class ResBlock(nn.Module):
     """Pre-activation residual block (BN-ReLU-conv3×3 twice), optionally average-pooled by 2;
-    ``first`` is the optimised input block (no normalisation before the first conv)."""
+    ``first`` is the optimised input block (no normalisation before the first conv); ``bias``
+    False: the 3×3 convolutions without bias, as the authors' ``layers.py`` (the 1×1 skip keeps
+    its bias)."""
 
-    def __init__(self, c_in: int, c_out: int, down: bool, first: bool = False):
+    def __init__(self, c_in: int, c_out: int, down: bool, first: bool = False,
+                 bias: bool = True):
         super().__init__()
         pre = [] if first else [nn.BatchNorm2d(c_in), nn.ReLU()]
-        self.body = nn.Sequential(*pre, nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out),
-                                  nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1))
+        self.body = nn.Sequential(*pre, nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias),
+                                  nn.BatchNorm2d(c_out), nn.ReLU(),
+                                  nn.Conv2d(c_out, c_out, 3, 1, 1, bias=bias))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out or down else nn.Identity()
         self.down = nn.AvgPool2d(2) if down else nn.Identity()
 
@@ -105,20 +113,26 @@ class ResBlock(nn.Module):
 
 class ResNetEncoder(nn.Module):
     """The authors' DCCS encoder shape (``Encoder96``) for any input size: 4 residual
-    down-blocks (fewer for small images), one more block, BN-ReLU, global pooling, linear."""
+    down-blocks (fewer for small images), one more block, BN-ReLU, then global pooling and a
+    linear layer (``resnet``), or — ``published``, the authors' ``Encoder96`` exactly — 3×3
+    convolutions without bias and ``AvgPool2d(6)`` to a 2 × 2 map read by a 2 × 2 convolution
+    (which leaves out the last 2 rows and columns of a 224-px input's 14 × 14 map)."""
 
     def __init__(self, channels: int, size: int, config: DCCSConfig):
         super().__init__()
         w = config.width or 64
+        published = config.encoder == "published"
         downs = max(1, min(4, int(math.floor(math.log2(max(size, 4) / 2)))))
         widths = [w * 2 ** min(i, 3) for i in range(downs)]
-        blocks = [ResBlock(channels, widths[0], True, first=True)]
-        blocks += [ResBlock(widths[i - 1], widths[i], True) for i in range(1, downs)]
+        bias = not published
+        blocks = [ResBlock(channels, widths[0], True, first=True, bias=bias)]
+        blocks += [ResBlock(widths[i - 1], widths[i], True, bias=bias) for i in range(1, downs)]
         self.features = nn.Sequential(*blocks)
-        self.last = nn.Sequential(ResBlock(widths[-1], widths[-1], False),
-                                  nn.BatchNorm2d(widths[-1]), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(widths[-1], config.style_dim + config.clusters))
+        out = config.style_dim + config.clusters
+        head = (published_head(widths[-1], out, size // 2 ** downs) if published else
+                [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], out)])
+        self.last = nn.Sequential(ResBlock(widths[-1], widths[-1], False, bias=bias),
+                                  nn.BatchNorm2d(widths[-1]), nn.ReLU(), *head)
         self.pool = nn.AdaptiveAvgPool2d(config.pooled) if config.pooled else nn.Identity()
         side = config.pooled or max(1, size // 2 ** downs)
         self.feature_dim = widths[-1] * side * side
@@ -128,6 +142,16 @@ class ResNetEncoder(nn.Module):
         maps = self.features(x)
         out = self.last(maps)
         return out[:, :self.style_dim], out[:, self.style_dim:], self.pool(maps).flatten(1)
+
+
+def published_head(channels: int, out: int, side: int) -> list[nn.Module]:
+    """``Encoder96``'s head: ``AvgPool2d(6)`` → 2 × 2 map → ``Conv2d(kernel 2)``; it fits maps
+    of 12–17 px only (192–287-px inputs), as the authors' code."""
+    if not 12 <= side <= 17:
+        raise ValueError(f"explain.cluster_encoder=published needs a 192–287-px input (the "
+                         f"authors': 224); this one gives a {side}-px map: set "
+                         "explain.cluster_tile_size=224 or use cluster_encoder=resnet")
+    return [nn.AvgPool2d(6), nn.Conv2d(channels, out, 2), nn.Flatten()]
 
 
 class DCCSEncoder(nn.Module):
@@ -167,9 +191,9 @@ class DCCS(nn.Module):
     def __init__(self, channels: int, size: int, config: DCCSConfig):
         super().__init__()
         self.config = config
-        if config.encoder not in ("resnet", "plain"):
-            raise ValueError(f"DCCS encoder {config.encoder!r}: use resnet or plain")
-        self.encoder = (ResNetEncoder if config.encoder == "resnet" else DCCSEncoder)(
+        if config.encoder not in ("resnet", "published", "plain"):
+            raise ValueError(f"DCCS encoder {config.encoder!r}: use resnet, published or plain")
+        self.encoder = (DCCSEncoder if config.encoder == "plain" else ResNetEncoder)(
             channels, size, config)
         latent = config.style_dim + config.clusters
         self.critic = _mlp(latent)
@@ -226,7 +250,10 @@ def augment(x: torch.Tensor, settings: dict, generator: torch.Generator) -> torc
                             for k in ("brightness", "contrast", "saturation")], device=dev)
     if bool((amounts > 0).any()):
         factors = 1.0 + amounts * (2 * uniform(b, 3) - 1)
-        if c == 3:
+        if c == 3 and settings.get("jitter_order") == "random":
+            out = _jitter_in_random_order(out, factors, float(settings.get("hue", 0.0)),
+                                          uniform, generator)
+        elif c == 3:
             out = colour_jitter(out, factors)
             out = _hue(out, float(settings.get("hue", 0.0)), uniform)
         else:  # brightness and contrast of grey images
@@ -234,6 +261,25 @@ def augment(x: torch.Tensor, settings: dict, generator: torch.Generator) -> torc
             mean = out.mean(dim=(1, 2, 3), keepdim=True)
             out = ((out - mean) * factors[:, 1].view(b, 1, 1, 1) + mean).clamp(0, 1)
     return out
+
+
+def _jitter_in_random_order(x: torch.Tensor, factors: torch.Tensor, hue: float, uniform,
+                            generator: torch.Generator) -> torch.Tensor:
+    """torchvision's ``ColorJitter`` per image: brightness, contrast, saturation (``factors``)
+    and a hue shift in [−hue, hue], in an order drawn per image (torchvision's functional
+    adjustments, each clamped to [0, 1] as ``ColorJitter`` does)."""
+    from torchvision.transforms.v2 import functional as tvf
+
+    shifts = hue * (2 * uniform(x.shape[0]) - 1)
+    out = []
+    for img, f, shift in zip(x, factors.tolist(), shifts.tolist()):
+        ops = (lambda t: tvf.adjust_brightness(t, f[0]), lambda t: tvf.adjust_contrast(t, f[1]),
+               lambda t: tvf.adjust_saturation(t, f[2]),
+               lambda t: tvf.adjust_hue(t, shift) if hue else t)
+        for k in torch.randperm(4, generator=generator).tolist():
+            img = ops[k](img)
+        out.append(img)
+    return torch.stack(out)
 
 
 def _hue(x: torch.Tensor, amount: float, uniform) -> torch.Tensor:

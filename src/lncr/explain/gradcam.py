@@ -222,15 +222,18 @@ def flat_safe(maps: np.ndarray) -> np.ndarray:
 
 
 def overlay(tile: np.ndarray, cam: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """The tile (H, W, 3 uint8) with the map (h, w in [0, 1]) in the JET colour map over it,
-    ``alpha`` × map + (1 − ``alpha``) × tile (the authors: 0.6)."""
+    """The tile (H, W, 3 uint8) with the map (h, w in [0, 1]) in OpenCV's JET colour map over
+    it: ``alpha`` × map + (1 − ``alpha``) × tile, rounded to uint8 — the authors' blend
+    (``gradCAM.py``: ``cam*0.6 + img*0.4`` written by ``cv2.imwrite``). pytorch-grad-cam's
+    ``show_cam_on_image`` would divide the blend by its maximum, which brightens every overlay
+    whose maximum is below 255, so the blend is written here."""
     import cv2
-    from pytorch_grad_cam.utils.image import show_cam_on_image
 
     h, w = tile.shape[:2]
     cam = cv2.resize(flat_safe(cam.astype(np.float32)), (w, h), interpolation=cv2.INTER_LINEAR)
-    return show_cam_on_image(tile.astype(np.float32) / 255.0, cam, use_rgb=True,
-                             image_weight=1.0 - alpha)
+    heat = cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)[..., ::-1]  # BGR → RGB
+    blend = alpha * heat.astype(np.float64) + (1.0 - alpha) * tile.astype(np.float64)
+    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
 
 
 def peak(cam: np.ndarray, size0: float, x: float, y: float, crop_fraction: float = 1.0

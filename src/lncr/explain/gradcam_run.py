@@ -16,10 +16,12 @@ Writes ``<output_dir>/explain/gradcam/``:
 - ``gradcam.csv`` — every explained tile of every slide; ``gradcam.json`` — method, layer and
   target per model, threshold, patients and why they were chosen, versions.
 
-Default patients (``--patient`` overrides): per cohort (validation and external), the most
-confident correct and the most confident incorrect multi-stain prediction at the threshold
-that ``lncr evaluate`` fixed on the validation patients (0.5 before evaluation) — the
-predictions a reader most needs to see explained.
+Patients (``--patient`` overrides): with ``explain.cam_patients: chosen`` (the default), per
+cohort (validation and external), the most confident correct and the most confident incorrect
+multi-stain prediction at the threshold that ``lncr evaluate`` fixed on the validation
+patients (0.5 before evaluation) — the predictions a reader most needs to see explained;
+otherwise every patient of a side or cohort (``train``, the authors' choice, ``val``,
+``development``, ``external`` or ``all``).
 """
 
 from __future__ import annotations
@@ -187,11 +189,13 @@ def explain_gradcam(study: Study, patients: list[str] | None = None, method: str
     from lncr.provenance import package_versions
 
     out = study.config.output_dir
-    chosen = None
-    if not patients:
+    chosen, cohort = None, "all"
+    if not patients and study.config.explain.cam_patients == "chosen":
         patients, chosen = default_patients(out)
+    elif not patients:
+        cohort = study.config.explain.cam_patients
     rows, used, cfg = [], [], None
-    for fm in final_models_for(study, "all", patients, device):
+    for fm in final_models_for(study, cohort, patients, device):
         cfg = fm.cfg
         ex = cfg.explain
         name = method or ex.cam_method
@@ -232,7 +236,8 @@ def explain_gradcam(study: Study, patients: list[str] | None = None, method: str
     atomic_write_json(Layout(out).gradcam_record, {
         "models": used, "target": target, "top_k": cfg.explain.top_k,
         "influence": cfg.explain.influence,
-        "checkpoint": cfg.evaluation.checkpoint, "patients": patients,
+        "checkpoint": cfg.evaluation.checkpoint,
+        "patients": patients or sorted(table.patient_id.unique()), "cohort": cohort,
         "chosen": None if chosen is None else chosen.to_dict("records"),
         **study.source,
         "versions": package_versions("torch", "torchvision", "grad-cam", "numpy")})

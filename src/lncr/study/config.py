@@ -292,9 +292,15 @@ class ExplainSettings(_Settings):
     target: Literal["predicted", "cr", "noncr"] = "predicted"
     cam_relu: bool = True  # False: the authors' raw map (no ReLU) rescaled to [0, 1]
     cam_overlay_alpha: float = Field(0.6, ge=0, le=1)  # map weight in the overlay (authors 0.6)
+    # Whose slides `lncr explain gradcam` explains without --patient: "chosen" (the most
+    # confident correct and incorrect prediction per cohort), or a whole side or cohort —
+    # train (the authors': the training group), val, development, external or all.
+    cam_patients: Literal["chosen", "train", "val", "development", "external", "all"] = "chosen"
     clusters: int = Field(6, ge=2)
     style_dim: int = Field(50, ge=1)
-    cluster_encoder: Literal["resnet", "plain"] = "resnet"
+    # resnet: Encoder96's shape with global pooling (any tile size); published: the authors'
+    # Encoder96 (bias-free convolutions, AvgPool2d(6) → 2 × 2 convolution; 224-px tiles)
+    cluster_encoder: Literal["resnet", "published", "plain"] = "resnet"
     cluster_augment: Literal["published", "light"] = "published"
     # DCCS input: the centred ``cluster_crop`` (px of a 512-px tile, scaled with the tile size)
     # resized to ``cluster_tile_size`` — the authors' CenterCrop(384) → Resize(224).
@@ -302,7 +308,8 @@ class ExplainSettings(_Settings):
     cluster_tile_size: int = Field(224, ge=16)
     cluster_epochs: int = Field(3000, ge=1)
     cluster_lr: float = Field(1e-4, gt=0)  # the paper's; small tile sets need more (1e-3)
-    cluster_batch_size: int = Field(64, ge=4)
+    cluster_batch_size: int = Field(64, ge=4)  # the argparse default; their launch script 128
+    tsne_iterations: int = Field(1000, ge=250)  # the authors' figure script: 20000
     seed: int = 0
 
     @field_validator("cam_method")

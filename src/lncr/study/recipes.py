@@ -25,10 +25,19 @@ PUBLISHED: dict[str, Any] = {
     "training.bag_size": 32,
     # ModelTest.py: the Youden threshold of the test cohort's own predictions (optimistic).
     "evaluation.threshold": "cohort_youden",
-    # gradCAM.py: the last Conv2d, the probability of CR, no ReLU before rescaling.
+    # ModelTrain.py's default architecture (--mod inceptionV3) for a lone `lncr train`.
+    "training.architecture": "inception_v3",
+    # gradCAM.py: the last Conv2d, the probability of CR, no ReLU before rescaling, over the
+    # training group's patients.
     "explain.cam_layer": "last_conv",
     "explain.target": "cr",
     "explain.cam_relu": False,
+    "explain.cam_patients": "train",
+    # Tiles_cluster: Encoder96 as written, the launch script's batch (Cluster.sh, 8 GPUs),
+    # and ClusterTest.py's 20,000 t-SNE iterations.
+    "explain.cluster_encoder": "published",
+    "explain.cluster_batch_size": 128,
+    "explain.tsne_iterations": 20000,
 }
 
 RECIPES: dict[str, dict[str, Any]] = {"lncr": {}, "published": PUBLISHED}

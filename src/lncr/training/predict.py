@@ -39,7 +39,7 @@ from lncr.training.loop import build_model, evaluate, loader, versions
 
 #: development: every development patient; val: those the run held out (its split.csv);
 #: outside: external and prospective patients.
-COHORTS = ("development", "val", "external", "prospective", "outside", "all")
+COHORTS = ("development", "train", "val", "external", "prospective", "outside", "all")
 CHECKPOINTS = ("best", "last")
 TILE_CHOICES = ("eval", "all")
 
@@ -89,8 +89,8 @@ def select(entries: list[SlideEntry], cohort: str) -> list[SlideEntry]:
         raise ValueError(f"--cohort {cohort!r}: use one of {', '.join(COHORTS)}")
     if cohort == "development":
         return [e for e in entries if e.split in ("train", "val")]
-    if cohort == "val":
-        return [e for e in entries if e.split == "val"]
+    if cohort in ("train", "val"):
+        return [e for e in entries if e.split == cohort]
     if cohort == "outside":
         return [e for e in entries if e.split in OUTSIDE_SPLIT]
     if cohort in OUTSIDE_SPLIT:
