@@ -15,20 +15,30 @@ from lncr.study.recipes import PUBLISHED, recipe_deviations
 SETTING = re.compile(r"`([a-z_]+(?:\.[a-z_]+)+)=([^`]+)`")
 
 
-def switch_column() -> list[tuple[str, object]]:
-    """Every `key=value` of the table's "Published switch" column."""
+#: A citation of the authors' repository: `file:line` (optionally `file@commit:line`).
+SOURCE = re.compile(r"`[\w./]+\.(?:py|sh|md)(?:@[0-9a-f]{7})?:\d+`")
+
+
+def table_column(name: str) -> list[str]:
+    """The cells of one column of the ledger's table, row by row."""
     lines = (REPO / "docs" / "fidelity.md").read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| Stage |"))
     columns = [c.strip() for c in lines[header].strip("|").split("|")]
-    where = columns.index("Published switch")
-    pairs = []
+    where = columns.index(name)
+    cells = []
     for line in lines[header + 2:]:
         if not line.startswith("|"):
             break
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        assert len(cells) == len(columns), line
-        pairs += [(k, yaml.safe_load(v)) for k, v in SETTING.findall(cells[where])]
-    return pairs
+        row = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert len(row) == len(columns), line
+        cells.append(row[where])
+    return cells
+
+
+def switch_column() -> list[tuple[str, object]]:
+    """Every `key=value` of the table's "Published switch" column."""
+    return [(k, yaml.safe_load(v)) for cell in table_column("Published switch")
+            for k, v in SETTING.findall(cell)]
 
 
 def value_at(config: StudyConfig, key: str):
@@ -48,6 +58,10 @@ class DescribePublishedRecipe:
     def it_lists_every_setting_of_the_recipe_in_the_table(self):
         listed = {key for key, _ in switch_column()}
         assert set(PUBLISHED) <= listed
+
+    def it_cites_the_authors_file_and_line_in_every_row(self):
+        for cell in table_column("Authors' source"):
+            assert SOURCE.search(cell) or cell == "— (not in the authors' code)", cell
 
     def it_lets_an_explicit_setting_win_and_names_it(self):
         config = StudyConfig(patients="p.csv", slides="s.csv", recipe="published",
