@@ -19,6 +19,7 @@ from lncr.bundle.apply import apply_bundle
 from lncr.bundle.archive import BundleError, open_bundle
 from lncr.bundle.export import export_bundle
 from lncr.cli import app
+from lncr.errors import BadInput
 from lncr.layout import read_table
 from lncr.models.backbones import build_backbone
 from lncr.study.validate import Study
@@ -228,6 +229,35 @@ class DescribeBundleFile:
                 dst.writestr(item, data)
         with pytest.raises(BundleError, match="lncr 9.0 in bundle format 99.*format 1 only"):
             open_bundle(newer)
+
+    def it_refuses_weights_of_another_architecture_before_reading_a_slide(self, exported,
+                                                                         tmp_path):
+        from safetensors.torch import load, save
+
+        from lncr.bundle.archive import sha256_bytes
+
+        study_yaml, bundle, patients, _, _ = exported
+        swapped = tmp_path / "swapped.lncr"
+        with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(swapped, "w") as dst:
+            manifest = json.loads(src.read("manifest.json"))
+            target = next(n for n in src.namelist() if n.endswith("model.safetensors"))
+            state = load(src.read(target))
+            state = {k: torch.zeros(tuple(d + 1 for d in v.shape)) for k, v in state.items()}
+            data = save(state)  # another width: the head of another architecture
+            manifest["parts"][target] = {"bytes": len(data), "sha256": sha256_bytes(data)}
+            for item in src.infolist():
+                if item.filename == "manifest.json":
+                    continue
+                dst.writestr(item, data if item.filename == target else src.read(item))
+            dst.writestr("manifest.json", json.dumps(manifest))
+        out = tmp_path / "scores"
+        with pytest.raises(BundleError, match=f"model {target.split('/')[1]}.*do not fit"):
+            apply_bundle(swapped, external_slides(study_yaml, patients), out, device="cpu")
+        assert not list(out.rglob("*.tiles.zip"))  # no slide was touched
+        with pytest.raises(BadInput, match="--device cuda:7"):
+            apply_bundle(bundle, external_slides(study_yaml, patients), tmp_path / "d",
+                         device="cuda:7")
+        assert not list((tmp_path / "d").rglob("*.tiles.zip"))
 
     def it_holds_no_patient_identifier_or_study_path(self, exported):
         study_yaml, bundle, patients, _, _ = exported

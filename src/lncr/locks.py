@@ -26,6 +26,7 @@ from typing import TypeVar
 from filelock import FileLock, Timeout
 
 from lncr.errors import WorkFailed
+from lncr.fileio import atomic_write_text
 
 F = TypeVar("F", bound=Callable)
 _LOCKS: dict[Path, FileLock] = {}  # one per folder and process: nested use is re-entrant
@@ -44,12 +45,24 @@ def _holder(info: Path) -> str:
             f"{h.get('host')}, since {h.get('started')})")
 
 
+def _own_lock_file(path: Path) -> None:
+    """A lock file shared with another folder through a hard link (a study copied with
+    ``cp -al``) would make the copy and the original one lock: give this folder its own,
+    replaced by a rename (the other folder keeps the old file)."""
+    try:
+        if path.stat().st_nlink > 1:
+            atomic_write_text(path, "")
+    except FileNotFoundError:
+        pass
+
+
 @contextmanager
 def output_lock(output_dir: Path, stage: str = "", wait: float = 0.0) -> Iterator[None]:
     """Hold the output folder's lock; raise :class:`OutputBusy` if another process holds it
     (at once, or after ``wait`` seconds)."""
     folder = Path(os.path.abspath(output_dir))
     folder.mkdir(parents=True, exist_ok=True)
+    _own_lock_file(folder / ".lncr.lock")
     lock = _LOCKS.setdefault(folder, FileLock(folder / ".lncr.lock"))
     info = folder / ".lncr.lock.json"
     try:
@@ -59,7 +72,7 @@ def output_lock(output_dir: Path, stage: str = "", wait: float = 0.0) -> Iterato
                          "stop it (a killed process releases the folder at once)") from None
     try:
         if lock.lock_counter == 1:
-            info.write_text(json.dumps({
+            atomic_write_text(info, json.dumps({
                 "stage": stage, "argv": sys.argv, "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}))

@@ -17,15 +17,16 @@ development threshold turns each probability into a predicted class. Written to 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from lncr.bundle.archive import Bundle, open_bundle
+from lncr.bundle.archive import Bundle, BundleError, open_bundle, safe_part
 from lncr.bundle.scoring_study import SLIDE_COLUMNS, build_scoring_study
-from lncr.errors import BadInput
+from lncr.errors import BadInput, LncrError
 from lncr.evaluation.evaluate import MULTI
 from lncr.fileio import atomic_write_json
 from lncr.layout import Layout, write_table
@@ -52,7 +53,7 @@ def slides_from_pairs(patient_id: str, pairs: list[str]) -> pd.DataFrame:
         if not sep or not stain.strip() or not path.strip():
             raise BadInput(f"--slide {pair!r}: write STAIN=PATH, e.g. --slide HE=biopsy-he.svs")
         rows.append({"patient_id": patient_id, "stain": stain.strip(),
-                     "path": str(Path(path.strip()).expanduser().resolve()), "mpp": ""})
+                     "path": os.path.abspath(Path(path.strip()).expanduser()), "mpp": ""})
     return pd.DataFrame(rows, columns=list(SLIDE_COLUMNS))
 
 
@@ -74,7 +75,9 @@ def read_slide_table(path: Path) -> pd.DataFrame:
     base = path.resolve().parent
     for col in ("path", "annotations"):
         if col in table:
-            table[col] = [str((base / p).resolve()) if p else "" for p in table[col]]
+            # absolute, not resolved: a link that cannot be followed is refused with its
+            # reason by the slide checks, with the other slides still scored
+            table[col] = [os.path.abspath(base / p) if p else "" for p in table[col]]
     return table.reindex(columns=list(SLIDE_COLUMNS), fill_value="")
 
 
@@ -185,6 +188,7 @@ def apply_bundle(bundle_path: str | Path, slides: pd.DataFrame, out: Path,
     steps.stage("open bundle")
     bundle = open_bundle(bundle_path)
     study_yaml = build_scoring_study(Path(out), bundle, slides)
+    check_models(Path(out), bundle, device)
     steps.stage("check slides")
     study, refused = _checked_study(study_yaml, workers)
     steps.stage("tile")
@@ -207,6 +211,34 @@ def apply_bundle(bundle_path: str | Path, slides: pd.DataFrame, out: Path,
     _write_scores(result, thresholds)
     result.reports = write_patient_reports(result, study, thresholds, influential)
     return result
+
+
+def check_models(out: Path, bundle: Bundle, device: str) -> None:
+    """Before any slide is read: the device exists, and every bundled model is the
+    architecture its manifest names and loads into it (weights, backbone file) — a bundle
+    altered or built wrongly is refused naming the model."""
+    from lncr.training.distributed import resolve_device
+    from lncr.training.predict import load_run
+
+    resolve_device(device)
+    runs = Layout((out / "lncr-output").resolve()).final_runs
+    for m in bundle.manifest["models"]:
+        folder = runs / safe_part(m["key"])
+        recorded = json.loads((folder / "config.json").read_text())["settings"]["architecture"]
+        if recorded != m["architecture"]:
+            raise BundleError(f"{bundle.path}: model {m['key']} is {recorded!r} in its config "
+                              f"but {m['architecture']!r} in the manifest: the bundle was "
+                              "altered; export it again from its study")
+        try:
+            load_run(folder, m["checkpoint"], "cpu")
+        except LncrError:
+            raise  # names its file already (a backbone file that does not fit, …)
+        except (RuntimeError, KeyError, TypeError) as exc:  # load_state_dict's mismatch
+            first = str(exc).strip().splitlines()[:2]
+            raise BundleError(f"{bundle.path}: the weights of model {m['key']} do not fit its "
+                              f"architecture {recorded!r} ({' '.join(first)[:200]}): the bundle "
+                              "was altered or built wrongly; export it again from its study"
+                              ) from exc
 
 
 def _write_scores(result: Scored, thresholds: dict) -> None:

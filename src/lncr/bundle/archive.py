@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lncr import __version__
 from lncr.errors import BadInput
-from lncr.fileio import file_sha256, partial_path
+from lncr.fileio import atomic_write_bytes, file_sha256, partial_path
 
 FORMAT = "lncr-bundle"
 #: The bundle layout this lncr writes and reads; a bundle of another version is refused.
@@ -102,10 +102,7 @@ class Bundle:
     def extract(self, name: str, target: Path) -> Path:
         """Write part ``name`` to ``target`` (atomically) and return it."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_path(target)
-        tmp.write_bytes(self.read(name))
-        os.replace(tmp, target)
-        return target
+        return atomic_write_bytes(target, self.read(name))
 
 
 def open_bundle(path: str | Path) -> Bundle:
@@ -125,6 +122,8 @@ def open_bundle(path: str | Path) -> Bundle:
             manifest = json.loads(zf.read(MANIFEST)) if MANIFEST in members else None
             _check_manifest(path, manifest)
             _check_parts(path, zf, members, manifest["parts"])
+    except BundleError:
+        raise  # already says why (a newer format, an altered part)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
         raise BundleError(f"{path} is not a readable lncr bundle ({exc}): it is truncated, "
                           "damaged or another kind of file; copy it again from its source"

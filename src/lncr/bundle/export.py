@@ -30,12 +30,13 @@ import pandas as pd
 
 from lncr.bundle.archive import write_bundle
 from lncr.errors import BadInput
-from lncr.fileio import file_sha256
+from lncr.fileio import file_sha256, read_torch
 from lncr.identifiers import file_name
 from lncr.layout import Layout
 from lncr.locks import locks_output
 from lncr.study.config import config_to_dict
 from lncr.study.validate import Study
+from lncr.training.predict import retrain_fix
 
 #: Operating characteristics carried per model and cohort (``lncr evaluate``'s metrics).
 OPERATING = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
@@ -60,7 +61,6 @@ def _safetensors(state: dict) -> bytes:
 
 def _model_parts(row, checkpoint: str, parts: dict[str, bytes]) -> dict:
     """Add one final model's record and weights to ``parts``; its manifest entry."""
-    import torch
 
     from lncr.features.spec import spec_from_config
     from lncr.training.predict import load_run
@@ -68,7 +68,7 @@ def _model_parts(row, checkpoint: str, parts: dict[str, bytes]) -> dict:
     folder = Path(row.folder)
     config = json.loads((folder / "config.json").read_text())
     spec = spec_from_config(config)  # refuses missing or changed backbone weights
-    state = torch.load(folder / f"{checkpoint}.pt", map_location="cpu", weights_only=True)
+    state = read_torch(folder / f"{checkpoint}.pt", fix=retrain_fix(folder))
     key = model_key(row.stain, row.magnification)
     entry = {"key": key, "stain": row.stain, "magnification": row.magnification,
              "architecture": row.architecture, "bag_size": int(row.bag_size),

@@ -58,7 +58,15 @@ _BAD_PATH = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 def describe_error(exc: BaseException, argv: list[str] | None = None) -> tuple[int, str]:
     """The exit code and the one-line explanation of an error reaching the command line
-    (``argv``: the command's arguments, for the ``--debug`` hint)."""
+    (``argv``: the command's arguments, for the ``--debug`` hint), with control characters
+    escaped and its length bounded (an echoed value never floods the terminal)."""
+    from lncr.identifiers import shown
+
+    code, message = _describe(exc, argv)
+    return code, shown(message, 2000)
+
+
+def _describe(exc: BaseException, argv: list[str] | None) -> tuple[int, str]:
     if isinstance(exc, LncrError):
         return exc.exit_code, str(exc)
     if isinstance(exc, KeyboardInterrupt):

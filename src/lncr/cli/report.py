@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
-from lncr.cli.common import console, section_line
+from lncr.cli.common import console, err_console, section_line
 from lncr.study.validate import Study
 
 
@@ -21,5 +22,6 @@ def report(
     appendix written from the settings that ran. Sections whose stage has not run say so."""
     from lncr.report.build import build_report
 
-    path = build_report(Study.load(study_yaml, set_), out, progress=section_line)
+    path = build_report(Study.load(study_yaml, set_), out, progress=section_line,
+                        warn=lambda m: err_console.print(f"[yellow]WARNING {escape(m)}[/yellow]"))
     console.print(f"Report: {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")

@@ -75,6 +75,10 @@ def _summary(index, seconds: float, where: Path) -> None:
                   + f"; {seconds:.1f} s. Index: {where}")
 
 
+#: The share of a slide's tiles left unnormalised above which `lncr tile` warns.
+FALLBACK_WARNING = 0.1
+
+
 def _problems(report) -> None:
     for r in report.results:
         if r.status in ("failed", "skipped-resolution"):
@@ -83,6 +87,13 @@ def _problems(report) -> None:
                           f"{escape(r.unit.stain)} {r.unit.magnification} "
                           f"({escape(r.unit.slide)}): {escape(r.error)}[/{style}]")
     for r in report.results:
+        share = r.normaliser_fallbacks / r.kept if r.kept else 0.0
+        if r.status != "reused" and share >= FALLBACK_WARNING:
+            console.print(f"[yellow]WARNING {escape(r.unit.patient_id)} {escape(r.unit.stain)} "
+                          f"{r.unit.magnification}: {r.normaliser_fallbacks} of {r.kept} tiles "
+                          f"({share:.0%}) kept their own colours: the stain normaliser could "
+                          "not estimate their stains (nearly blank, or one dye); check the QC "
+                          "thumbnail, or set tiling.normalisation for this stain[/yellow]")
         if "damaged_store" in r.extra:
             console.print(f"[yellow]re-tiled {escape(r.unit.patient_id)} {escape(r.unit.stain)} "
                           f"{r.unit.magnification}: its store was damaged "

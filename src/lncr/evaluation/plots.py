@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from lncr.figures import pyplot
+from lncr.fileio import atomic_save_figure
 
 
 def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -25,8 +26,8 @@ def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 
 def _save(fig, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    atomic_save_figure(fig, paths[0], dpi=150, bbox_inches="tight")
+    atomic_save_figure(fig, paths[1], bbox_inches="tight")
     return paths
 
 

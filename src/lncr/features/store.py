@@ -19,6 +19,7 @@ identity), ``feature_id``, ``patient_id``, ``stain``, ``magnification``, ``versi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -27,6 +28,7 @@ import h5py
 import numpy as np
 
 from lncr.errors import WorkFailed
+from lncr.fileio import write_error, writing
 
 CHUNK_TILES = 256
 
@@ -63,19 +65,24 @@ class FeatureWriter:
             self.file.attrs[key] = value if isinstance(value, str) else json.dumps(value)
 
     def write(self, view: int, start: int, values: np.ndarray) -> None:
-        self.features[view, start:start + len(values)] = values
+        try:
+            self.features[view, start:start + len(values)] = values
+        except OSError as exc:  # h5py: a full disk; the caller discards the file
+            raise write_error(self.path, exc) from exc
 
     def finish(self, coords: np.ndarray, tile_index: np.ndarray) -> Path:
-        self.file.create_dataset("coords", data=np.asarray(coords, dtype=np.int64))
-        self.file.create_dataset("tile_index", data=np.asarray(tile_index, dtype=np.int64))
-        self.file.close()
-        self.file = None
-        os.replace(self.tmp, self.path)
+        with writing(self.path, self.tmp):
+            self.file.create_dataset("coords", data=np.asarray(coords, dtype=np.int64))
+            self.file.create_dataset("tile_index", data=np.asarray(tile_index, dtype=np.int64))
+            self.file.close()
+            self.file = None
         return self.path
 
     def discard(self) -> None:
         """Drop the unfinished file (after an error or an interruption)."""
-        self.file.close()
+        if self.file is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.file.close()
         self.tmp.unlink(missing_ok=True)
 
 

@@ -15,12 +15,64 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lncr.fileio import DamagedFile
 
-def read_json(path: Path) -> dict | None:
-    """The JSON record at ``path``, or None when the stage that writes it has not run."""
+#: The command that rebuilds the outputs under each folder of ``output_dir``.
+REBUILD = (("explain/gradcam", "lncr explain gradcam STUDY.yaml"),
+           ("explain/clusters", "lncr explain cluster STUDY.yaml"),
+           ("explain/pointing", "python bench/explain_checks.py phantom"),
+           ("explain", "lncr explain heatmap STUDY.yaml"),
+           ("evaluation", "lncr evaluate STUDY.yaml"), ("predictions", "lncr predict STUDY.yaml"),
+           ("sweep", "lncr sweep STUDY.yaml"), ("final", "lncr sweep STUDY.yaml"),
+           ("tiles", "lncr tile STUDY.yaml --force"), ("study", "lncr validate STUDY.yaml"))
+
+
+def damaged(path: Path, reason: str) -> DamagedFile:
+    """The error for an output the report cannot read: the file, why, and the command that
+    writes it again (after deleting it)."""
+    parts = Path(path).as_posix()
+    command = next((c for folder, c in REBUILD if f"/{folder}/" in parts), None)
+    fix = (f"delete it and run `{command}` to write it again" if command else
+           "delete it and run the stage that writes it again")
+    return DamagedFile(f"{path} cannot be read ({reason[:160]}): {fix}")
+
+
+def read_json(path: Path, needed: tuple[str, ...] = ()) -> dict | None:
+    """The JSON record at ``path``, or None when the stage that writes it has not run; a
+    damaged one (not JSON, not a record, without the ``needed`` keys) raises
+    :class:`DamagedFile` with the command that rebuilds it."""
     import json
 
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise damaged(path, f"not JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise damaged(path, f"a JSON {type(record).__name__}, not a record")
+    missing = [k for k in needed if k not in record]
+    if missing:
+        raise damaged(path, f"no {', '.join(missing)}")
+    return record
+
+
+def read_output_table(path: Path, needed: tuple[str, ...] = ()) -> pd.DataFrame | None:
+    """An output table, or None when its stage has not run; a damaged one (not CSV, empty,
+    without the ``needed`` columns) raises :class:`DamagedFile`."""
+    from lncr.layout import read_table
+
+    if not path.exists():
+        return None
+    try:
+        frame = read_table(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        raise damaged(path, str(exc).splitlines()[0] if str(exc) else "not a table") from exc
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise damaged(path, f"no column {', '.join(missing)}")
+    return frame
 
 
 def esc(text: object) -> str:
@@ -31,19 +83,29 @@ def image_uri(path: str | Path, max_side: int = 1000, jpeg: bool = False) -> str
     """A ``data:`` URI of the image at ``path``, at most ``max_side`` pixels on its long side."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if max(im.size) > max_side:
-            scale = max_side / max(im.size)
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                           Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        if jpeg:
-            im.save(buf, format="JPEG", quality=85)
-            mime = "image/jpeg"
-        else:
-            im.save(buf, format="PNG", optimize=True)
-            mime = "image/png"
+    try:
+        with Image.open(path) as im:
+            return _encoded(im, max_side, jpeg)
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow: truncated or not an image
+        raise damaged(Path(path), str(exc)) from exc
+
+
+def _encoded(im, max_side: int, jpeg: bool) -> str:
+    """An open image as a ``data:`` URI (RGB, at most ``max_side`` on its long side)."""
+    from PIL import Image
+
+    im = im.convert("RGB")
+    if max(im.size) > max_side:
+        scale = max_side / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                       Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if jpeg:
+        im.save(buf, format="JPEG", quality=85)
+        mime = "image/jpeg"
+    else:
+        im.save(buf, format="PNG", optimize=True)
+        mime = "image/png"
     return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 

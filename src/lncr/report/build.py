@@ -68,10 +68,21 @@ SECTIONS = [("study", "Study"), ("tiling", "Tiling"), ("sweep", "Selection"),
             ("methods", "Methods")]
 
 
+def _left_out(name: str, exc: Exception) -> str:
+    """In place of a section whose files cannot be read: which file, and how to rebuild it."""
+    title = dict(SECTIONS)[name]
+    return (f'<section id="{name}"><h2>{esc(title)}</h2><p class="failure">This section is left '
+            f"out: {esc(exc)}</p></section>")
+
+
 @locks_output
 def build_report(study: Study, out: str | Path | None = None,
-                 progress: Callable[[str], None] | None = None) -> Path:
-    """Write the study's HTML report; returns its path."""
+                 progress: Callable[[str], None] | None = None,
+                 warn: Callable[[str], None] | None = None) -> Path:
+    """Write the study's HTML report; returns its path. A section whose output files are
+    damaged is left out with a warning naming the file and the command that rebuilds it
+    (``warn``, and a box in the report), so one broken file never costs the whole report."""
+    from lncr.fileio import DamagedFile
     from lncr.report.methods import methods_section
     from lncr.report.sections import (
         explain_section,
@@ -88,7 +99,15 @@ def build_report(study: Study, out: str | Path | None = None,
                      ("sweep", sweep_section), ("final", final_section),
                      ("results", results_section), ("explain", explain_section),
                      ("methods", methods_section)):
-        parts.append(fn(folder))
+        try:
+            parts.append(fn(folder))
+        except (DamagedFile, KeyError, IndexError, TypeError, AttributeError) as exc:
+            if not isinstance(exc, DamagedFile):  # an output without what lncr writes in it
+                exc = DamagedFile(f"a file it reads lacks what lncr writes there "
+                                  f"({type(exc).__name__}: {exc}): run the stage again")
+            parts.append(_left_out(name, exc))
+            if warn:
+                warn(f"the report's {dict(SECTIONS)[name]} section is left out: {exc}")
         if progress:
             progress(name)
     from lncr import __version__

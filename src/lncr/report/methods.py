@@ -116,7 +116,7 @@ def _explain(out: Path) -> str | None:
         parts.append(f"Tile attention and leave-one-out effects were computed for every tile; "
                      f"the {heat['top_k']} tiles with the highest relative attention per slide "
                      f"are its influential tiles.")
-    cam = read_json(Layout(out).gradcam_record)
+    cam = read_json(Layout(out).gradcam_record, ("models",))
     if cam is not None:
         m = cam["models"][0] if cam["models"] else {}
         parts.append(f"Grad-CAM ({m.get('method')}, layer {m.get('layer')} of the backbone, "

@@ -15,7 +15,7 @@ import pandas as pd
 from lncr.display import fmt
 from lncr.figures import pyplot
 from lncr.identifiers import identifier
-from lncr.layout import Layout, read_table
+from lncr.layout import Layout
 from lncr.report.assets import (
     array_uri,
     esc,
@@ -24,6 +24,7 @@ from lncr.report.assets import (
     img,
     missing,
     read_json,
+    read_output_table,
     section,
     table,
 )
@@ -31,8 +32,8 @@ from lncr.report.assets import (
 MAX_CAM_PATIENTS = 4
 
 
-def _csv(path: Path) -> pd.DataFrame | None:
-    return read_table(path) if path.exists() else None
+def _csv(path: Path, needed: tuple[str, ...] = ()) -> pd.DataFrame | None:
+    return read_output_table(path, needed)
 
 
 def study_section(out: Path) -> str:
@@ -468,9 +469,9 @@ def explain_section(out: Path) -> str:
                                    jpeg=True) for p in heatmaps[:6]) + "</div>"
     else:
         body += missing("attention heatmaps", "lncr explain heatmap STUDY.yaml")
-    cams = _csv(Layout(out).gradcam_table)
+    cams = _csv(Layout(out).gradcam_table, ("patient_id", "stain", "magnification"))
     if cams is not None:
-        meta = read_json(Layout(out).gradcam_record) or {}
+        meta = read_json(Layout(out).gradcam_record, ("models",)) or {}
         why = {c["patient_id"]: f"{c['cohort']}: {c['why']}" for c in meta.get("chosen") or []}
         body += ("<h3>Grad-CAM</h3><p>Influential tiles (top row) and the Grad-CAM of the bag's "
                  f"evidence for the target outcome ({esc(meta.get('target', 'predicted'))}) "

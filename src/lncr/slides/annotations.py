@@ -103,7 +103,10 @@ class Regions:
                 # the holes' edge pixels as inside.
                 inside = np.zeros_like(out)
                 for k, ring in enumerate(poly):
-                    pts = np.round(((ring - (x0, y0)) / scale - 0.5) * (1 << _SHIFT))
+                    local = clip_ring((ring - (x0, y0)) / scale - 0.5, width, height)
+                    if len(local) < 3:
+                        continue
+                    pts = np.round(local * (1 << _SHIFT))
                     cv2.fillPoly(inside, [pts.astype(np.int32)], 0 if k else 1,
                                  lineType=cv2.LINE_8, shift=_SHIFT)
                 out[inside.astype(bool)] = value
@@ -127,6 +130,34 @@ class Regions:
         return {"file": self.source, "sha256": self.sha256, "include": len(self.include),
                 "exclude": len(self.exclude), "skipped": dict(self.skipped),
                 "offset": list(self.offset)}
+
+
+def clip_ring(ring: np.ndarray, width: int, height: int, pad: float = 4.0) -> np.ndarray:
+    """A ring in map pixels clipped to the map plus ``pad`` pixels (Sutherland–Hodgman
+    against that box): what lies on the map is unchanged, and no coordinate is large enough
+    to overflow OpenCV's fixed-point integers (a polygon drawn at ±3e9 px covers the map
+    instead of vanishing). Written here because no dependency clips polygons; a ring already
+    inside the box is returned as it is."""
+    lo, hi = np.array([-pad, -pad]), np.array([width + pad, height + pad])
+    if len(ring) == 0 or ((ring >= lo).all() and (ring <= hi).all()):
+        return ring
+    points = ring
+    for axis, bound, keep_above in ((0, lo[0], True), (0, hi[0], False),
+                                    (1, lo[1], True), (1, hi[1], False)):
+        if len(points) == 0:
+            break
+        inside = points[:, axis] >= bound if keep_above else points[:, axis] <= bound
+        out = []
+        for i in range(len(points)):
+            p, q = points[i - 1], points[i]
+            p_in, q_in = inside[i - 1], inside[i]
+            if p_in != q_in:  # the edge crosses the bound: add the crossing
+                t = (bound - p[axis]) / (q[axis] - p[axis])
+                out.append(p + t * (q - p))
+            if q_in:
+                out.append(q)
+        points = np.array(out, float).reshape(-1, 2)
+    return points
 
 
 def _box(poly: Polygon) -> list[float]:

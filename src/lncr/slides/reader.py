@@ -104,6 +104,31 @@ def _probe_decode(slide, level_dimensions) -> None:
     np.asarray(region)
 
 
+def file_ends_sha256(path: Path, span: int = 1 << 20) -> str:
+    """SHA-256 of a file's size and its first and last ``span`` bytes (cheap for any size)."""
+    import hashlib
+
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(span))
+        if size > span:
+            fh.seek(max(span, size - span))
+            digest.update(fh.read(span))
+    return digest.hexdigest()
+
+
+def _check_companions(path: Path) -> None:
+    """Formats whose image lives beside the named file: say what is missing, not that the
+    file is unreadable."""
+    if path.suffix.lower() == ".mrxs":
+        folder = path.with_suffix("")
+        if not (folder / "Slidedat.ini").is_file():
+            raise SlideReadError(f"{path}: the MIRAX data folder {folder.name}/ (Slidedat.ini "
+                                 "and the Data*.dat files) is missing beside it: copy the "
+                                 "folder with the .mrxs file")
+
+
 def probe_slide(path: str | Path, decode: bool = True) -> SlideInfo:
     """Open ``path`` with the first backend that can, read its metadata and (optionally) decode
     a window of its smallest level.
@@ -116,9 +141,13 @@ def probe_slide(path: str | Path, decode: bool = True) -> SlideInfo:
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise SlideReadError(f"{path}: a symbolic link that leads nowhere (broken, or a "
+                                 "loop): point it at the slide")
         raise SlideReadError(f"{path}: file not found")
     if not path.is_file():
         raise SlideReadError(f"{path}: not a file")
+    _check_companions(path)
     errors: list[str] = []
 
     # OpenSlide first; tiffslide for what it does not recognise. A file OpenSlide recognises
@@ -279,6 +308,14 @@ class Slide:
             rgb = cv2.resize(rgb, (max(1, round(tw * f)), max(1, round(th * f))),
                              interpolation=cv2.INTER_AREA)
         return rgb, w / rgb.shape[1]
+
+    def content_id(self) -> str:
+        """The slide's identity by its content, not its name or date: OpenSlide's
+        ``openslide.quickhash-1`` (a hash of the smallest level and the properties) when the
+        backend gives one, and a SHA-256 of the file's size and its first and last MiB — so a
+        different slide copied over this one's name (same size, ``cp -p``) is told apart."""
+        properties = getattr(self._handle, "properties", None) or {}
+        return f"{properties.get('openslide.quickhash-1', '')}:{file_ends_sha256(self.path)}"
 
     def close(self) -> None:
         self._handle.close()

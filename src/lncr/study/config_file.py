@@ -12,7 +12,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from lncr.identifiers import shown
 from lncr.study.config import StudyConfig, StudyConfigError
+
+#: The most values a study YAML (or one ``--set`` value) may hold once its aliases (``&a`` …
+#: ``*a``) are expanded: a few nested aliases can stand for billions of values.
+MAX_VALUES = 100_000
 
 
 def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
@@ -88,21 +93,63 @@ def _describe(errors: list[dict], lines: dict[tuple[str, ...], int], source: str
     return out
 
 
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` stands for with every alias expanded (an alias is the same
+    node object as its anchor, so each is counted once per use)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a node that contains itself (a recursive alias) counts once
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
+
+
+def safe_yaml(text: str, where: Path | None, what: str = "") -> Any:
+    """YAML ``text`` through the safe loader (every key unique), refused as a
+    :class:`StudyConfigError` — never a library error — when it is not YAML, is nested
+    beyond Python's stack, or expands beyond :data:`MAX_VALUES` values through aliases.
+    ``what`` prefixes the messages (``override 'x=…'``)."""
+    prefix = f"{what}: " if what else ""
+    try:
+        root = yaml.compose(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
+        if root is not None and _expanded_size(root, {}) > MAX_VALUES:
+            raise StudyConfigError(where, [
+                f"{prefix}its aliases (&name … *name) expand to more than {MAX_VALUES:,} "
+                "values: write the settings out instead"])
+        return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise StudyConfigError(where, [f"{prefix}not valid YAML: {shown(str(exc), 300)}"]
+                               ) from exc
+    except RecursionError as exc:
+        raise StudyConfigError(where, [f"{prefix}nested too deeply to read"]) from exc
+
+
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """``'tiling.tile_size=256'`` → (('tiling', 'tile_size'), 256). Values are YAML scalars or
-    flow lists (``stains=[HE, PAS]``)."""
+    """``'tiling.tile_size=256'`` → (('tiling', 'tile_size'), 256). Values are YAML scalars,
+    flow lists (``stains=[HE, PAS]``) or flow mappings (merged into the section)."""
     if "=" not in text:
-        raise StudyConfigError(None, [f"override '{text}' must look like section.key=value"])
+        raise StudyConfigError(None, [f"override '{shown(text, 80)}' must look like "
+                                      "section.key=value"])
     key, _, value = text.partition("=")
     path = tuple(p.strip() for p in key.strip().split("."))
     if not all(path):
-        raise StudyConfigError(None, [f"override '{text}' has an empty key"])
-    return path, yaml.safe_load(value) if value.strip() else ""
+        raise StudyConfigError(None, [f"override '{shown(text, 80)}' has an empty key"])
+    return path, (safe_yaml(value, None, f"override '{shown(key, 80)}'") if value.strip()
+                  else "")
 
 
 def apply_overrides(data: dict, overrides: list[str] | dict | None) -> dict:
-    """Deep-merge dotted-key overrides into a raw settings mapping (returns a new dict)."""
+    """Deep-merge dotted-key overrides into a raw settings mapping (returns a new dict): a
+    mapping value (``training={epochs: 9}``) is merged into the section, not put in its
+    place."""
     import copy
+
+    from lncr.study.recipes import merge_under
 
     out = copy.deepcopy(data)
     if not overrides:
@@ -116,6 +163,8 @@ def apply_overrides(data: dict, overrides: list[str] | dict | None) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise StudyConfigError(None, [f"override {'.'.join(path)}: '{part}' is not a section"])
+        if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+            value = merge_under(node[path[-1]], value)
         node[path[-1]] = value
     return out
 
@@ -150,10 +199,7 @@ def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> 
     except UnicodeDecodeError as exc:
         raise StudyConfigError(path, [f"not UTF-8 text (byte {exc.start}): save it as UTF-8"]
                                ) from exc
-    try:
-        data = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise StudyConfigError(path, [f"not valid YAML: {exc}"]) from exc
+    data = safe_yaml(text, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

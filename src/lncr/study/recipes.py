@@ -54,12 +54,12 @@ def _nested(flat: dict[str, Any]) -> dict:
     return out
 
 
-def _merge_under(base: dict, top: dict) -> dict:
+def merge_under(base: dict, top: dict) -> dict:
     """``base`` overlaid by ``top`` (``top`` wins), recursively; returns a new dict."""
     out = copy.deepcopy(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge_under(out[key], value)
+            out[key] = merge_under(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -72,7 +72,7 @@ def apply_recipe(data: Any) -> Any:
     preset = RECIPES.get(str(data.get("recipe", "lncr")))
     if not preset:
         return data  # "lncr", or an unknown name the field's validation will refuse
-    return _merge_under(_nested(preset), data)
+    return merge_under(_nested(preset), data)
 
 
 def _lookup(settings: Any, key: str) -> Any:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lncr.identifiers import shown
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -30,11 +32,13 @@ class Problems:
 
     def error(self, file: str | Path, line: int | None, message: str, fix: str = "",
               code: str = "") -> None:
-        self.items.append(Problem("error", Path(file).name, line, message, fix, code))
+        self.items.append(Problem("error", Path(file).name, line, shown(message), shown(fix),
+                                  code))
 
     def warning(self, file: str | Path, line: int | None, message: str, fix: str = "",
                 code: str = "") -> None:
-        self.items.append(Problem("warning", Path(file).name, line, message, fix, code))
+        self.items.append(Problem("warning", Path(file).name, line, shown(message),
+                                  shown(fix), code))
 
     @property
     def errors(self) -> list[Problem]:

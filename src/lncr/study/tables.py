@@ -2,7 +2,8 @@
 
 Both tables are read as text so that a bad value is reported as written, with its line number
 (the header is line 1, the first data row line 2). Column names are matched without regard to
-case or surrounding spaces.
+case or surrounding spaces (two columns that then read alike are an error), and every name and
+value is read in Unicode's composed form (NFC).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from lncr.identifiers import ALLOWED, FORMULA_START, identifier_problem
+from lncr.identifiers import (
+    ALLOWED,
+    FORMULA_START,
+    identifier_problem,
+    joined_name_problem,
+    nfc,
+    shown,
+)
 from lncr.slides.reader import PLAUSIBLE_MPP
 from lncr.study.report import Problems
 
@@ -48,6 +56,33 @@ def _closest(value: str, options: list[str] | tuple[str, ...]) -> str | None:
     return match[0] if match else None
 
 
+def _write(close: str, value: str) -> str:
+    """"write 'PAS'", spelling out both names when they look alike but differ in characters
+    (a Cyrillic 'А' for a Latin 'A', an invisible space)."""
+    if close.casefold() != value.casefold() and not (close.isascii() and value.isascii()) \
+            and ascii(close) != ascii(value):
+        return f"write '{close}' (you wrote {ascii(value)}, not {ascii(close)})"
+    return f"write '{close}'"
+
+
+def _header_problem(path: Path, problems: Problems) -> bool:
+    """An error for two header columns that read alike once case and surrounding spaces are
+    ignored (``Label`` and ``label ``, or ``path`` twice): which one lncr would use is not
+    something to guess."""
+    header = pd.read_csv(path, dtype=str, header=None, nrows=1, keep_default_na=False,
+                         encoding="utf-8-sig", skipinitialspace=True).iloc[0].tolist()
+    seen: dict[str, str] = {}
+    for raw in header:
+        key = nfc(str(raw)).strip().lower()
+        if key in seen:
+            problems.error(path, 1, f"columns {seen[key]!r} and {raw!r} are the same column "
+                           "once case and spaces are ignored", "keep one of them",
+                           code="duplicate-column")
+            return True
+        seen[key] = str(raw)
+    return False
+
+
 def _read_csv(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
               problems: Problems) -> pd.DataFrame | None:
     if not path.exists():
@@ -60,14 +95,16 @@ def _read_csv(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
                        "point study.yaml at the table file inside it", code="missing-table")
         return None
     try:
+        if _header_problem(path, problems):
+            return None
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
                          skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        problems.error(path, None, f"cannot be read as CSV ({exc})",
+        problems.error(path, None, f"cannot be read as CSV ({shown(str(exc), 200)})",
                        "save it as comma-separated UTF-8 text with a header row",
                        code="unreadable-table")
         return None
-    df.columns = [str(c).strip().lower() for c in df.columns]
+    df.columns = [nfc(str(c)).strip().lower() for c in df.columns]
     for col in df.columns:
         if col not in required + optional:
             close = _closest(col, required + optional)
@@ -80,7 +117,7 @@ def _read_csv(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
         problems.error(path, 1, f"missing required column(s): {', '.join(missing)}",
                        f"the header must contain {', '.join(required)}", code="missing-column")
         return None
-    df = df.apply(lambda s: s.str.strip())
+    df = df.apply(lambda s: s.str.strip().map(nfc))
     df["line"] = range(2, len(df) + 2)
     df["ok"] = True
     if df.empty:
@@ -149,7 +186,7 @@ def _label(row, path: Path, problems: Problems) -> tuple[int | None, bool]:
         if not row.label:
             return None, False
         problems.error(path, row.line, f"prospective patient '{row.patient_id}' has label "
-                       f"'{row.label}'", "leave the label of a patient to be scored empty, or "
+                       f"'{shown(row.label, 40)}'", "leave the label of a patient to be scored empty, or "
                        "make the patient 'external' to evaluate the models on it",
                        code="label-on-prospective")
         return None, True
@@ -162,8 +199,8 @@ def _label(row, path: Path, problems: Problems) -> tuple[int | None, bool]:
                        "'prospective' (scored, never trained or evaluated on)",
                        code="bad-label")
         return None, True
-    problems.error(path, row.line, f"label '{row.label}' of patient '{row.patient_id}' is not "
-                   "0 or 1", "write 1 for complete response at 12 months, 0 otherwise",
+    problems.error(path, row.line, f"label '{shown(row.label, 40)}' of patient "
+                   f"'{row.patient_id}' is not 0 or 1", "write 1 for complete response at 12 months, 0 otherwise",
                    code="bad-label")
     return None, True
 
@@ -269,10 +306,16 @@ class _SlideRows:
             bad = True
         if stain and stain not in self.stains:
             close = _closest(stain, self.stains)
-            problems.error(path, row.line, f"unknown stain '{stain}'",
-                           f"write '{close}'" if close else
+            problems.error(path, row.line, f"unknown stain '{stain}'" + (
+                           "" if stain.isascii() else f" (written {ascii(stain)})"),
+                           _write(close, stain) if close else
                            f"use one of {', '.join(self.stains)} or add the stain to 'stains:' "
                            "in study.yaml", code="unknown-stain")
+            bad = True
+        joined = joined_name_problem(pid, stain) if pid and stain else None
+        if joined:
+            problems.error(path, row.line, f"patient_id and stain together {joined}",
+                           "shorten the patient ID or the stain name", code="name-too-long")
             bad = True
         if pid and stain:
             bad |= self._repeated(self.pairs, (pid, stain), row.line,
@@ -330,6 +373,24 @@ def _annotations(row, full: Path | None, base: Path, use: str, path: Path,
     return (str(found[0]) if found else ""), False
 
 
+def _slide_path(base: Path, row, path: Path, problems: Problems) -> tuple[Path | None, bool]:
+    """The slide's absolute path, or an error for a path that cannot be one (a NUL
+    character, a symbolic link loop)."""
+    if not row.path:
+        return None, False
+    if "\x00" in row.path:
+        problems.error(path, row.line, f"path {shown(row.path, 120)} holds a NUL character",
+                       "retype the path", code="bad-path")
+        return None, True
+    try:
+        return (base / row.path).resolve(), False
+    except (RuntimeError, OSError) as exc:  # "Symlink loop" (RuntimeError on Python 3.11)
+        problems.error(path, row.line, f"path {row.path} cannot be resolved ({exc})",
+                       "a symbolic link on it points back to itself: fix the link",
+                       code="bad-path")
+        return None, True
+
+
 def read_slides(path: Path, stains: tuple[str, ...], patient_ids: set[str] | None,
                 problems: Problems, annotations: str = "auto") -> pd.DataFrame | None:
     """Check ``slides.csv`` row by row (file contents are checked separately); find each
@@ -344,9 +405,9 @@ def read_slides(path: Path, stains: tuple[str, ...], patient_ids: set[str] | Non
     rows = _SlideRows(path, stains, patient_ids, problems)
     absolute, mpps, regions = [], [], []
     for row in df.itertuples():
-        full = (base / row.path).resolve() if row.path else None
+        full, bad_path = _slide_path(base, row, path, problems)
         absolute.append(str(full) if full else "")
-        bad = rows.check(row, full)
+        bad = rows.check(row, full) or bad_path
         mpp, bad_mpp = _slide_mpp(row, path, problems)
         mpps.append(mpp if mpp is not None else float("nan"))
         found, bad_regions = _annotations(row, full, base, annotations, path, problems)

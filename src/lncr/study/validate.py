@@ -175,6 +175,12 @@ def _check_coverage(study: Study) -> None:
     patients, slides, problems = study.patients, study.slides, study.problems
     cfg = study.config
     have = slides.groupby("patient_id").stain.apply(set).to_dict()
+    absent = [s for s in cfg.stains if s not in set(slides.stain)]
+    if absent:  # said once, not once per patient
+        problems.warning(cfg.slides, None, f"no slide of stain(s) {', '.join(absent)}, which "
+                         "study.yaml lists under stains: they get no tiles and no model (the "
+                         "sweep says so and exits 1)", "remove them from stains: or add their "
+                         "slides", code="stain-without-slides")
     for row in patients.itertuples():
         if not row.patient_id:
             continue
@@ -185,7 +191,7 @@ def _check_coverage(study: Study) -> None:
                            code="patient-without-slides")
             patients.loc[row.Index, "ok"] = False
         else:
-            missing = [s for s in cfg.stains if s not in stains]
+            missing = [s for s in cfg.stains if s not in stains and s not in absent]
             if missing:
                 problems.warning(cfg.patients, row.line, f"patient '{row.patient_id}' lacks "
                                  f"stain(s) {', '.join(missing)}", "ensembles use the stains "

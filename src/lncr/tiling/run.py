@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from lncr import __version__
 from lncr.errors import BadInput
-from lncr.fileio import atomic_write_json
+from lncr.fileio import atomic_save_image, atomic_write_bytes, atomic_write_json
 from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
 from lncr.locks import locks_output, output_lock
@@ -252,8 +251,8 @@ def export_tiles(study: Study, out: Path) -> int:
             for i, c in enumerate(store.coords.itertuples()):
                 path = target / f"{c.x}_{c.y}.png"
                 if store.meta.get("encoding") == "png":
-                    path.write_bytes(store.raw(i))
+                    atomic_write_bytes(path, store.raw(i))
                 else:
-                    Image.fromarray(store[i]).save(path)
+                    atomic_save_image(store[i], path)
                 written += 1
     return written

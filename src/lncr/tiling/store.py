@@ -15,9 +15,9 @@ is a finished store.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from lncr.errors import WorkFailed
-from lncr.fileio import partial_path
+from lncr.fileio import partial_path, write_error, writing
 
 COLUMNS = ["index", "x", "y", "size0", "background_fraction"]
 
@@ -97,16 +97,19 @@ class TileStoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         zf, self._zip = self._zip, None
         if exc_type is not None:
-            zf.close()
+            with contextlib.suppress(OSError):
+                zf.close()
             self._tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # a full disk while adding tiles: name the store
+                raise write_error(self.path, exc) from exc
             return
-        table = pd.DataFrame(self.rows, columns=COLUMNS).to_csv(index=False)
-        zf.writestr(zipfile.ZipInfo("tiles.csv", date_time=(2000, 1, 1, 0, 0, 0)), table)
-        meta = {**self.meta, "encoding": self.encoding, "tiles": len(self.rows)}
-        zf.writestr(zipfile.ZipInfo("meta.json", date_time=(2000, 1, 1, 0, 0, 0)),
-                    json.dumps(meta, indent=2, sort_keys=True))
-        zf.close()
-        os.replace(self._tmp, self.path)
+        with writing(self.path, self._tmp):
+            table = pd.DataFrame(self.rows, columns=COLUMNS).to_csv(index=False)
+            zf.writestr(zipfile.ZipInfo("tiles.csv", date_time=(2000, 1, 1, 0, 0, 0)), table)
+            meta = {**self.meta, "encoding": self.encoding, "tiles": len(self.rows)}
+            zf.writestr(zipfile.ZipInfo("meta.json", date_time=(2000, 1, 1, 0, 0, 0)),
+                        json.dumps(meta, indent=2, sort_keys=True))
+            zf.close()
 
 
 class CorruptTileStore(WorkFailed):

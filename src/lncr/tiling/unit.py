@@ -97,16 +97,17 @@ class UnitResult:
 
 
 def settings_digest(unit: TileUnit, params: TileParams, reference: dict | None,
-                    slide_mpp: float, regions: Regions | None = None) -> str:
-    """Hash of everything that determines the store's content (the annotations by their
-    content, rules and offset, not their path)."""
+                    slide_mpp: float, regions: Regions | None = None,
+                    content: str = "") -> str:
+    """Hash of everything that determines the store's content (the slide by ``content``,
+    :meth:`lncr.slides.reader.Slide.content_id`; the annotations by their content, rules and
+    offset, not their path)."""
     path = Path(unit.slide)
-    stat = path.stat()
     record = {"format": STORE_FORMAT, "params": asdict(params), "reference": reference,
               "target_mpp": unit.target_mpp, "slide_mpp": slide_mpp,
-              # The slide's name, size and modification time, not its folder: a study moved
-              # elsewhere keeps its tiles.
-              "slide": [path.name, stat.st_size, int(stat.st_mtime)]}
+              # The slide by its name and content, not its folder or date: a study moved
+              # elsewhere keeps its tiles; another slide copied over the file does not.
+              "slide": [path.name, content]}
     if regions is not None:
         record["regions"] = {"sha256": regions.sha256, "rules": asdict(unit.rules),
                              "offset": list(regions.offset)}
@@ -203,7 +204,8 @@ def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
             result.slide_mpp = slide.mpp
             regions = (slide_regions(unit.annotations, slide.info.bounds_offset, unit.rules)
                        if unit.annotations else None)
-            digest = settings_digest(unit, params, reference, slide.mpp, regions)
+            digest = settings_digest(unit, params, reference, slide.mpp, regions,
+                                     slide.content_id())
             meta = read_meta(unit.store)
             if (not force and meta is not None and meta.get("settings_digest") == digest
                     and intact(unit.store, result)):

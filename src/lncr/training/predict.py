@@ -25,7 +25,7 @@ import torch
 
 from lncr.errors import BadInput
 from lncr.features.spec import spec_from_config
-from lncr.fileio import atomic_write_json, atomic_write_text
+from lncr.fileio import atomic_write_json, atomic_write_text, read_torch
 from lncr.layout import read_table
 from lncr.models.mil import load_head_state, with_backbone_keys
 from lncr.study.config import TrainingSettings
@@ -64,11 +64,11 @@ def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu",
     if not path.exists():
         raise ValueError(f"{path} does not exist: the run has not finished an epoch yet "
                          "(train it first, or use --checkpoint last)")
+    dev = resolve_device(device)
+    state = read_torch(path, dev, retrain_fix(folder))
     config = json.loads((folder / "config.json").read_text())
     settings = TrainingSettings(**config["settings"])
-    dev = resolve_device(device)
     spec = spec_from_config(config)  # cached features: the backbone from its weights
-    state = torch.load(path, map_location=dev, weights_only=True)
     if spec is not None and not backbone:  # the head alone, as trained
         model = build_model(settings, features=int(config["features"]["dim"])).to(dev)
         model.load_state_dict(state["model"])
@@ -82,6 +82,12 @@ def load_run(folder: str | Path, checkpoint: str = "best", device: str = "cpu",
     inputs = DeviceInput(InputGeometry(**config["geometry"]), config["channel_mean"],
                          config["channel_std"], dev)
     return model, config, inputs, int(state["epoch"])
+
+
+def retrain_fix(folder: Path) -> str:
+    """How to rebuild a run whose checkpoint is damaged."""
+    return (f"delete the run folder {folder} and run `lncr sweep STUDY.yaml` again (it trains "
+            "that unit or final model anew), or `lncr train … --force` for a run of your own")
 
 
 def select(entries: list[SlideEntry], cohort: str) -> list[SlideEntry]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +27,13 @@ import torch.nn.functional as F
 from torch.distributed.algorithms.join import Join
 
 from lncr.errors import BadInput
-from lncr.fileio import atomic_save_torch, atomic_write_json, atomic_write_text
+from lncr.fileio import (
+    DamagedFile,
+    atomic_save_torch,
+    atomic_write_json,
+    atomic_write_text,
+    read_torch,
+)
 from lncr.models.mil import FeatureModel, freeze_batch_norm
 from lncr.study.config import TrainingSettings
 from lncr.training.bags import BagDataset, EpochSampler, SlideEntry
@@ -102,6 +110,7 @@ class Trainer:
         self.rng = None
         self.writer = None
         self.on_epoch: Callable[[dict], None] | None = None  # the metrics row of each epoch
+        self.resume_state: dict | None = None  # last.pt, read once by set_aside_damaged
         self.on_step: Callable[[int, int, int], None] | None = None  # (epoch, step, steps)
 
     @property
@@ -163,10 +172,28 @@ class Trainer:
                     f"tiling.tile_size={self.tile_size}: drop the --set, or re-tile with "
                     f"`lncr tile --set tiling.tile_size={self.tile_size}` first")
 
+    def set_aside_damaged(self) -> None:
+        """An unfinished run whose ``last.pt`` cannot be read back (a copy cut short, a disk
+        that failed) would fail on every resume: it is set aside as ``last.pt.damaged`` with
+        the attempt's metrics, and the run starts again from epoch 0, with a warning."""
+        if not (self.ctx.main and self.last.exists() and not self.force):
+            return
+        try:
+            self.resume_state = read_torch(self.last, self.dev)
+        except DamagedFile as exc:
+            damaged = self.last.with_name("last.pt.damaged")
+            os.replace(self.last, damaged)
+            for name in ("best.pt", "metrics.csv", VAL_PREDICTIONS):
+                (self.folder / name).unlink(missing_ok=True)
+            warnings.warn(f"{exc}; set aside as {damaged}: {self.folder.name} trains again "
+                          "from epoch 0", RuntimeWarning, stacklevel=2)
+
     def prepare(self) -> None:
         """The channel statistics; a resumed run must have been started with the same
         settings, and keeps the statistics it started with."""
         folder = self.folder
+        self.set_aside_damaged()
+        self.ctx.barrier()
         resuming = self.last.exists() and not self.force
         old = json.loads((folder / "config.json").read_text()) if resuming else None
         if old is not None:
@@ -237,7 +264,8 @@ class Trainer:
         """Continue from ``last.pt`` when there is one (mid-epoch: with the RNG state)."""
         if not self.last.exists():
             return
-        state = torch.load(self.last, map_location=self.dev, weights_only=True)
+        state = self.resume_state or read_torch(self.last, self.dev)
+        self.resume_state = None
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -415,8 +443,7 @@ class Trainer:
             best = self.best_key
             atomic_write_json(self.folder / "done.json", {
                 "epochs": self.settings.epochs, "best_val_auc": best[0] if best else None,
-                "best_epoch": int(torch.load(self.folder / "best.pt",
-                                             weights_only=True)["epoch"])})
+                "best_epoch": int(read_torch(self.folder / "best.pt")["epoch"])})
             # A finished run needs no optimiser state: keep the final weights only (a third
             # of the size with Adam). After done.json, so a kill in between loses nothing.
             atomic_save_torch({"model": self.model.state_dict(), "epoch": self.settings.epochs,
