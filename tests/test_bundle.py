@@ -254,6 +254,18 @@ class DescribeBundleFile:
         with pytest.raises(BundleError, match=f"model {target.split('/')[1]}.*do not fit"):
             apply_bundle(swapped, external_slides(study_yaml, patients), out, device="cpu")
         assert not list(out.rglob("*.tiles.zip"))  # no slide was touched
+        renamed = tmp_path / "renamed.lncr"
+        with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(renamed, "w") as dst:
+            for item in src.infolist():
+                data = src.read(item)
+                if item.filename == "manifest.json":
+                    manifest = json.loads(data)
+                    manifest["models"][0]["architecture"] = "vgg11"
+                    data = json.dumps(manifest).encode()
+                dst.writestr(item, data)
+        with pytest.raises(BundleError, match="'vgg11' in the manifest"):
+            apply_bundle(renamed, external_slides(study_yaml, patients), tmp_path / "r",
+                         device="cpu")
         with pytest.raises(BadInput, match="--device cuda:7"):
             apply_bundle(bundle, external_slides(study_yaml, patients), tmp_path / "d",
                          device="cuda:7")

@@ -105,6 +105,15 @@ class DescribeTables:
         assert result.exit_code == 2 and "internal error" not in text
         assert "loop.svs" in text and "unknown stain 'XX'" in text
 
+    def it_hands_a_symlink_loop_to_the_slide_checks_when_scoring(self, tmp_path):
+        from lncr.bundle.apply import read_slide_table, slides_from_pairs
+
+        loop = tmp_path / "loop.svs"
+        os.symlink(loop, loop)
+        assert slides_from_pairs("P1", [f"HE={loop}"]).path[0] == str(loop)
+        (tmp_path / "slides.csv").write_text("patient_id,stain,path\nP1,HE,loop.svs\n")
+        assert read_slide_table(tmp_path / "slides.csv").path[0] == str(loop)
+
     def it_says_once_that_a_listed_stain_has_no_slide(self, make_study):
         study = make_study(stains=("HE",))
         study.write_text(study.read_text().replace("stains: [HE]", "stains: [HE, PASM]"))
