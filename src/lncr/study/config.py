@@ -352,7 +352,9 @@ class StudyConfig(_Settings):
     @field_validator("stains")
     @classmethod
     def _stain_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        names = [s.strip() for s in v]
+        from lncr.identifiers import nfc
+
+        names = [nfc(s.strip()) for s in v]  # as the tables are read
         if not names or any(not s for s in names) or len(set(names)) != len(names):
             raise ValueError("must be a non-empty list of distinct stain names")
         from lncr.identifiers import ALLOWED, identifier_problem
