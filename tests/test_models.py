@@ -181,3 +181,41 @@ class DescribeBackboneLearningRate:
         frozen = parameter_groups(model, TrainingSettings(backbone_lr_factor=0))
         assert len(frozen) == 1 and all(not p.requires_grad for p in backbone)
         assert head <= {id(p) for p in frozen[0]["params"]}
+
+
+def it_lists_every_registered_architecture_without_importing_torch():
+    from lncr.models.backbones import list_backbones
+    from lncr.models.names import REGISTERED
+
+    assert set(list_backbones()) == REGISTERED
+
+
+def it_validates_a_study_of_registered_architectures_without_importing_torch(make_study):
+    """Commands that build no model start quickly: `lncr validate` neither imports PyTorch
+    nor builds the study's architectures (bench/startup.py measures the time)."""
+    import subprocess
+    import sys
+
+    study = make_study()
+    code = ("import sys; from typer.testing import CliRunner; from lncr.cli import app; "
+            f"r = CliRunner().invoke(app, ['validate', {str(study)!r}, '--no-files']); "
+            "print(r.exit_code, 'torch' in sys.modules, 'timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["0", "False", "False"]
+
+
+def it_checks_an_unregistered_architecture_once_and_remembers_it(make_study):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lncr.cli import app
+
+    study = make_study(yaml_extra="sweep:\n  architectures: [mobilenet_v3_small, nonet]\n")
+    result = CliRunner().invoke(app, ["validate", str(study), "--no-files"])
+    assert result.exit_code == 2 and "unknown architecture 'nonet'" in result.output
+    cache = study.parent / "lncr-output" / "study" / "architectures.json"
+    verdicts = json.loads(cache.read_text())
+    assert {k.split("|")[0]: bool(v) for k, v in verdicts.items()} == {
+        "mobilenet_v3_small": False, "nonet": True}

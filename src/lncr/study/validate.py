@@ -9,6 +9,7 @@ missing from a cohort) do not.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -20,7 +21,7 @@ import pandas as pd
 import yaml
 
 from lncr import __version__
-from lncr.errors import BadInput
+from lncr.errors import BadInput, LncrError
 from lncr.fileio import atomic_write_json, atomic_write_text
 from lncr.slides.reader import PLAUSIBLE_MPP, SlideInfo, SlideReadError, probe_slide
 from lncr.study.config import StudyConfig, StudyConfigError, config_to_dict
@@ -217,13 +218,17 @@ def _check_coverage(study: Study) -> None:
 
 
 def _check_models(cfg: StudyConfig, path: Path, problems: Problems) -> None:
-    """Every architecture the study trains exists and builds (on the meta device: no memory,
-    no download); settings that leave the study's recipe are named."""
+    """Every architecture the study trains exists and builds; settings that leave the study's
+    recipe are named. A registered name needs no check (no PyTorch import: commands that build
+    no model start quickly); any other is built on the meta device (no memory, no download)
+    once, and the verdict kept in ``<output_dir>/study/architectures.json`` per library
+    versions."""
     from lncr.study.recipes import recipe_deviations
 
     names = dict.fromkeys([*cfg.sweep.architectures, cfg.training.architecture])
+    cache = _ModelChecks(cfg.output_dir / "study" / "architectures.json")
     for name in names:
-        problem = _model_problem(name, cfg.training.embedding_dim)
+        problem = cache.problem(name, cfg.training.embedding_dim)
         if problem:
             where = ("sweep.architectures" if name in cfg.sweep.architectures
                      else "training.architecture")
@@ -234,6 +239,32 @@ def _check_models(cfg: StudyConfig, path: Path, problems: Problems) -> None:
         problems.warning(path, None, f"{key} = {mine!r} leaves recipe '{cfg.recipe}' "
                          f"({recipe!r})", f"remove {key} from the study to follow the recipe",
                          code="leaves-recipe")
+
+
+class _ModelChecks:
+    """Verdicts of architecture checks, remembered in a small JSON file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+        if not isinstance(self.known, dict):
+            self.known = {}
+
+    def problem(self, name: str, embedding_dim: int) -> str:
+        from lncr.models.names import REGISTERED, check_key
+
+        if name in REGISTERED:
+            return ""
+        key = check_key(name, embedding_dim)
+        if not isinstance(self.known.get(key), str):
+            self.known[key] = _model_problem(name, embedding_dim)
+            with contextlib.suppress(OSError, LncrError):  # a read-only folder: not kept
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(self.path, self.known)
+        return self.known[key]
 
 
 @functools.lru_cache(maxsize=64)
