@@ -154,6 +154,9 @@ def print_study(study: "Study") -> None:
                 + (" …" if len(missing) > 20 else ""))
         else:
             console.print("Every patient has every stain.")
+        if summary.get("readers"):
+            console.print("Readers: " + ", ".join(f"{name} {n} slide(s)" for name, n in
+                                                  summary["readers"].items()))
         if summary.get("annotated_slides"):
             console.print(f"{summary['annotated_slides']} slide(s) have QuPath annotations: "
                           "only their regions are tiled.")

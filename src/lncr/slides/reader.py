@@ -52,23 +52,6 @@ def _float_or_none(value: object) -> float | None:
     return out if np.isfinite(out) and out > 0 else None
 
 
-def _open_openslide(path: Path):
-    import openslide
-
-    if openslide.OpenSlide.detect_format(str(path)) is None:
-        return None
-    return openslide.OpenSlide(str(path))
-
-
-def _open_tiffslide(path: Path):
-    import tiffslide
-
-    try:
-        return tiffslide.TiffSlide(str(path))
-    except Exception:  # tiffslide raises many types for non-TIFF input
-        return None
-
-
 def _info_from_slide(path: Path, slide, backend: str, mpp_key: str, vendor_key: str,
                      power_key: str) -> SlideInfo:
     props = slide.properties
@@ -150,28 +133,36 @@ def probe_slide(path: str | Path, decode: bool = True) -> SlideInfo:
     _check_companions(path)
     errors: list[str] = []
 
-    # OpenSlide first; tiffslide for what it does not recognise. A file OpenSlide recognises
-    # but cannot decode is broken: no other backend is tried.
-    for backend, opener, fatal in (("openslide", _open_openslide, True),
-                                   ("tiffslide", _open_tiffslide, False)):
+    # The registered readers in turn (lncr.slides.backends). A file OpenSlide recognises but
+    # cannot decode is broken: no other reader is tried.
+    from lncr.slides.backends import BACKENDS, missing_extra
+
+    needed = missing_extra(path)
+    if needed is not None:
+        raise SlideReadError(f"{path}: a {needed.formats} slide needs the {needed.name} reader: "
+                             f"pip install 'lncr[{needed.extra}]'")
+    for reader in BACKENDS:
+        if not (reader.claims(path) and reader.available()):
+            continue
         try:
-            slide = opener(path)
-        except Exception as exc:  # OpenSlide raises OpenSlideError subclasses and OSError
-            errors.append(f"{backend}: {exc}")
+            slide = reader.open(path)
+        except Exception as exc:  # each library raises its own types for a foreign file
+            errors.append(f"{reader.name}: {exc}")
             continue
         if slide is None:
             continue
+        prefix = reader.properties_prefix
         try:
-            info = _info_from_slide(path, slide, backend, f"{backend}.mpp", f"{backend}.vendor",
-                                    f"{backend}.objective-power")
+            info = _info_from_slide(path, slide, reader.name, f"{prefix}.mpp",
+                                    f"{prefix}.vendor", f"{prefix}.objective-power")
             if decode:
                 _probe_decode(slide, info.level_dimensions)
             return info
         except Exception as exc:
-            if fatal:
+            if reader.name == "openslide":
                 raise SlideReadError(f"{path}: OpenSlide opened the file but could not decode "
                                      f"it ({exc})") from exc
-            errors.append(f"{backend}: {exc}")
+            errors.append(f"{reader.name}: {exc}")
         finally:
             slide.close()
 
@@ -187,6 +178,21 @@ def probe_slide(path: str | Path, decode: bool = True) -> SlideInfo:
         errors.append(f"Pillow: {exc}")
     detail = "; ".join(errors) if errors else "no backend recognises the format"
     raise SlideReadError(f"{path}: not a readable slide ({detail})")
+
+
+def _blocks(size: int, block: int, out: int) -> list[tuple[int, int, int]]:
+    """(start, length, output length) of the blocks a side of ``size`` level pixels is read
+    in, the output lengths summing to ``out``: an overview is read block by block in both
+    directions, so its memory does not grow with the slide's width."""
+    found, done = [], 0
+    for start in range(0, size, block):
+        length = min(block, size - start)
+        share = (max(1, int(round(length / size * out))) if start + length < size
+                 else out - done)
+        if share > 0:
+            found.append((start, length, share))
+            done += share
+    return found
 
 
 def _over_white(region: np.ndarray) -> np.ndarray:
@@ -259,7 +265,8 @@ class Slide:
     def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
         """An overview of about ``max_side`` pixels on its longer side (never more than the
         slide) and its downsample from level 0. Read from the coarsest level that is at least
-        that large, in blocks of rows, so memory stays bounded."""
+        that large, in blocks of at most about 8192 × 8192 level pixels, so memory stays
+        bounded whatever the slide's size."""
         import cv2
 
         level = 0
@@ -274,18 +281,16 @@ class Slide:
                 return stored
         nw, nh = max(1, int(round(w / scale))), max(1, int(round(h / scale)))
         ds = self.level_downsamples[level]
-        block = max(1, int(4096 // scale)) * int(np.ceil(scale))  # level rows per block
-        parts = []
-        for y in range(0, h, block):
-            rows = min(block, h - y)
-            part = self.read(level, 0, int(round(y * ds)), w, rows)
-            out_rows = max(1, int(round(rows / h * nh))) if y + rows < h else nh - sum(
-                p.shape[0] for p in parts)
-            if out_rows <= 0:
-                continue
-            parts.append(cv2.resize(part, (nw, out_rows), interpolation=cv2.INTER_AREA)
-                         if scale > 1 else part)
-        image = np.concatenate(parts, axis=0)
+        block = max(1, int(4096 // scale)) * int(np.ceil(scale))  # level pixels per block
+        rows = []
+        for y, height, out_h in _blocks(h, block, nh):
+            parts = []
+            for x, width, out_w in _blocks(w, block, nw):
+                part = self.read(level, int(round(x * ds)), int(round(y * ds)), width, height)
+                parts.append(cv2.resize(part, (out_w, out_h), interpolation=cv2.INTER_AREA)
+                             if scale > 1 else part)
+            rows.append(np.concatenate(parts, axis=1))
+        image = np.concatenate(rows, axis=0)
         return image, ds * w / image.shape[1]
 
     def _stored_thumbnail(self, max_side: int) -> tuple[np.ndarray, float] | None:
@@ -343,14 +348,10 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     if not lo <= resolution <= hi:
         raise SlideReadError(f"{path}: {resolution:g} µm/px is implausible (expected {lo}-{hi}); "
                              "correct it in the 'mpp' column of slides.csv")
-    if info.backend == "openslide":
-        import openslide
+    if info.backend != "pillow":
+        from lncr.slides.backends import backend
 
-        handle = openslide.OpenSlide(str(path))
-    elif info.backend == "tiffslide":
-        import tiffslide
-
-        handle = tiffslide.TiffSlide(str(path))
+        handle = backend(info.backend).open(path)
     else:
         from PIL import Image
 

@@ -89,6 +89,9 @@ class Study:
                                      for c in COHORTS}
                              for stain in self.config.stains}
             have = s.groupby("patient_id").stain.apply(set).to_dict()
+            if "reader" in s:
+                out["readers"] = {k: int(v) for k, v in s.reader.dropna().value_counts()
+                                  .sort_index().items()}
             out["annotated_slides"] = int((s.annotations != "").sum())
             out["missing_stains"] = {
                 pid: [st for st in self.config.stains if st not in have.get(pid, set())]
@@ -126,6 +129,7 @@ def _check_files(study: Study, workers: int) -> None:
                 code="missing-file" if missing else "unreadable-file")
             slides.loc[row.Index, "ok"] = False
             continue
+        slides.loc[row.Index, "reader"] = info.backend
         if row.annotations and not _check_annotations(study, row, info):
             slides.loc[row.Index, "ok"] = False
         column_mpp = row.mpp if pd.notna(row.mpp) else None
