@@ -38,10 +38,13 @@ def encode(tile: np.ndarray, encoding: str, jpeg_quality: int = 90,
     """Encode an RGB uint8 tile as PNG (lossless) or JPEG."""
     bgr = np.ascontiguousarray(tile[..., ::-1])
     if encoding == "png":
-        # zlib's run-length strategy: on tissue tiles about 15 % faster than the default and
-        # no larger; still lossless.
-        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, png_compression,
-                                             cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+        # The Paeth filter on every row and zlib's Huffman-only strategy: measured on tissue
+        # tiles, 8.2 ms a tile instead of 12.3 ms for libpng's adaptive filters with the
+        # run-length strategy, and 1.4 % larger; still lossless (the same pixels decode).
+        ok, buf = cv2.imencode(".png", bgr, [
+            cv2.IMWRITE_PNG_COMPRESSION, png_compression,
+            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+            cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH])
     elif encoding == "jpeg":
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
     else:
@@ -87,8 +90,16 @@ class TileStoreWriter:
         return self
 
     def add(self, tile: np.ndarray, x: int, y: int, size0: float, background_fraction: float) -> int:
+        return self.add_encoded(self.encode(tile), x, y, size0, background_fraction)
+
+    def encode(self, tile: np.ndarray) -> bytes:
+        """A tile encoded as this store keeps it (thread-safe: no state is touched)."""
+        return encode(tile, self.encoding, self.jpeg_quality, self.png_compression)
+
+    def add_encoded(self, data: bytes, x: int, y: int, size0: float,
+                    background_fraction: float) -> int:
+        """Add a tile already encoded by :meth:`encode`; returns its index."""
         i = len(self.rows)
-        data = encode(tile, self.encoding, self.jpeg_quality, self.png_compression)
         info = zipfile.ZipInfo(f"tiles/{i:06d}{self.suffix}", date_time=(2000, 1, 1, 0, 0, 0))
         self._zip.writestr(info, data)
         self.rows.append((i, int(x), int(y), float(size0), round(float(background_fraction), 6)))

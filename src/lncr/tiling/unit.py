@@ -257,6 +257,52 @@ def candidate_cells(slide: Slide, reader: CellReader, thumb: np.ndarray, thumb_d
     return Candidates(cells, mask, total, outside, prefiltered)
 
 
+#: Threads that normalise and encode the kept tiles while the next cells are read (OpenCV,
+#: NumPy and OpenSlide release the GIL), and the most tiles in flight at once.
+ENCODE_THREADS = 2
+IN_FLIGHT = 8
+
+
+def write_tiles(store: TileStoreWriter, reader: CellReader, candidates: list[tuple[int, int]],
+                lum, normaliser: StainNormaliser | None, params: TileParams,
+                regions: Regions | None, result: UnitResult) -> int:
+    """Read each candidate cell, apply the tissue rule, and hand the kept tiles to threads
+    that normalise and encode them; tiles enter the store in grid order, so the store is
+    the same whatever the threads. Returns how many tiles the normaliser left unchanged."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def finish(tile: np.ndarray) -> tuple[bytes, bool]:
+        fell_back = False
+        if normaliser is not None:
+            tile, fell_back = normaliser.apply(tile)
+        return store.encode(tile), fell_back
+
+    fallbacks, pending = 0, deque()
+
+    def drain(limit: int) -> None:
+        nonlocal fallbacks
+        while len(pending) > limit:
+            future, x, y, bg = pending.popleft()
+            data, fell_back = future.result()
+            fallbacks += fell_back
+            store.add_encoded(data, x, y, reader.cell0, bg)
+
+    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
+        for x, y in candidates:
+            tile = reader.read(x, y)
+            if lum is not None:
+                tile = lum.transform(tile)
+            bg = non_tissue(tile, x, y, reader, params, regions)
+            if bg > params.max_background_fraction:
+                result.rejected += 1
+                continue
+            pending.append((pool.submit(finish, tile), x, y, bg))
+            drain(IN_FLIGHT)
+        drain(0)
+    return fallbacks
+
+
 def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | None,
           digest: str, result: UnitResult, regions: Regions | None) -> None:
     if unit.target_mpp < slide.mpp * 0.99:
@@ -287,19 +333,9 @@ def _tile(slide: Slide, unit: TileUnit, params: TileParams, reference: dict | No
             np.concatenate([tile for _, tile in sample], axis=0))
     with TileStoreWriter(unit.store, params.encoding, params.jpeg_quality,
                          params.png_compression) as store:
-        for x, y in candidates:
-            tile = reader.read(x, y)
-            if lum is not None:
-                tile = lum.transform(tile)
-            bg = non_tissue(tile, x, y, reader, params, regions)
-            if bg > params.max_background_fraction:
-                result.rejected += 1
-                continue
-            if normaliser is not None:
-                tile = normaliser.transform(tile)
-            store.add(tile, x, y, reader.cell0, bg)
+        result.normaliser_fallbacks = write_tiles(store, reader, candidates, lum, normaliser,
+                                                  params, regions, result)
         result.kept = len(store.rows)
-        result.normaliser_fallbacks = normaliser.fallbacks if normaliser else 0
         result.status = "ok" if result.kept else "skipped-no-tissue"
         store.meta = {
             "patient_id": unit.patient_id, "cohort": unit.cohort, "stain": unit.stain,

@@ -98,13 +98,18 @@ class StainNormaliser(ABC):
         return self.source is not None
 
     def transform(self, image: np.ndarray) -> np.ndarray:
+        out, fell_back = self.apply(image)
+        self.fallbacks += fell_back
+        return out
+
+    def apply(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
+        """``transform`` without touching the normaliser: (the tile, whether it fell back to
+        the unchanged tile). Safe to call from several threads at once."""
         try:
             source = self.source if self.source is not None else self._estimate(image)
-            out = self._apply(image, source)
+            return self._apply(image, source), False
         except (NotEnoughTissue, np.linalg.LinAlgError, FloatingPointError):
-            self.fallbacks += 1
-            return image
-        return out
+            return image, True
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
