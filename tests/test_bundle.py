@@ -61,6 +61,20 @@ def exported(tiled, tmp_path_factory):
     return study_yaml, bundle, patients, sets, weights
 
 
+def with_manifest(bundle: Path, out: Path, change) -> Path:
+    """A copy of ``bundle`` whose manifest ``change(manifest)`` edited in place (the manifest
+    itself is not checksummed: the parts are)."""
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "manifest.json":
+                manifest = json.loads(data)
+                change(manifest)
+                data = json.dumps(manifest).encode()
+            dst.writestr(item, data)
+    return out
+
+
 def external_slides(study_yaml, patients, stains=("HE", "PAS")) -> pd.DataFrame:
     slides = pd.read_csv(study_yaml.parent / "slides.csv", dtype=str)
     ext = set(patients[patients.cohort == "external"].patient_id)
@@ -218,15 +232,8 @@ class DescribeBundleFile:
         cut.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
         with pytest.raises(BundleError, match="truncated|damaged"):
             open_bundle(cut)
-        newer = tmp_path / "newer.lncr"
-        with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(newer, "w") as dst:
-            for item in src.infolist():
-                data = src.read(item)
-                if item.filename == "manifest.json":
-                    manifest = json.loads(data)
-                    manifest.update(format_version=99, lncr_version="9.0")
-                    data = json.dumps(manifest).encode()
-                dst.writestr(item, data)
+        newer = with_manifest(bundle, tmp_path / "newer.lncr",
+                              lambda m: m.update(format_version=99, lncr_version="9.0"))
         with pytest.raises(BundleError, match="lncr 9.0 in bundle format 99.*format 1 only"):
             open_bundle(newer)
 
@@ -254,15 +261,8 @@ class DescribeBundleFile:
         with pytest.raises(BundleError, match=f"model {target.split('/')[1]}.*do not fit"):
             apply_bundle(swapped, external_slides(study_yaml, patients), out, device="cpu")
         assert not list(out.rglob("*.tiles.zip"))  # no slide was touched
-        renamed = tmp_path / "renamed.lncr"
-        with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(renamed, "w") as dst:
-            for item in src.infolist():
-                data = src.read(item)
-                if item.filename == "manifest.json":
-                    manifest = json.loads(data)
-                    manifest["models"][0]["architecture"] = "vgg11"
-                    data = json.dumps(manifest).encode()
-                dst.writestr(item, data)
+        renamed = with_manifest(bundle, tmp_path / "renamed.lncr",
+                                lambda m: m["models"][0].update(architecture="vgg11"))
         with pytest.raises(BundleError, match="'vgg11' in the manifest"):
             apply_bundle(renamed, external_slides(study_yaml, patients), tmp_path / "r",
                          device="cpu")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -42,16 +43,21 @@ def table_bytes(draw) -> bytes:
     return csv_text(draw).encode(encoding, errors="replace")
 
 
+def written(factory, name: str, data: bytes) -> Path:
+    """``data`` in a fresh folder under ``name``."""
+    path = factory.mktemp("p") / name
+    path.write_bytes(data)
+    return path
+
+
 class DescribeTables:
     @PROPERTY
     @given(data=table_bytes())
     def it_reads_any_patients_table_into_problems(self, tmp_path_factory, data):
         from lncr.study.tables import read_patients
 
-        path = tmp_path_factory.mktemp("t") / "patients.csv"
-        path.write_bytes(data)
         problems = Problems()
-        table = read_patients(path, problems)  # must not raise
+        table = read_patients(written(tmp_path_factory, "patients.csv", data), problems)  # must not raise
         assert table is not None or problems.errors
 
     @PROPERTY
@@ -59,10 +65,10 @@ class DescribeTables:
     def it_reads_any_slides_table_into_problems(self, tmp_path_factory, data):
         from lncr.study.tables import read_slides
 
-        path = tmp_path_factory.mktemp("t") / "slides.csv"
-        path.write_bytes(data.replace(b"patient_id,cohort,label", b"patient_id,stain,path"))
+        data = data.replace(b"patient_id,cohort,label", b"patient_id,stain,path")
         problems = Problems()
-        table = read_slides(path, ("HE", "PAS"), None, problems)
+        table = read_slides(written(tmp_path_factory, "slides.csv", data), ("HE", "PAS"), None,
+                            problems)
         assert table is not None or problems.errors
 
 
@@ -153,8 +159,7 @@ class DescribeGeoJSON:
 
         from lncr.slides.annotations import AnnotationError, read_regions
 
-        path = tmp_path_factory.mktemp("g") / "a.geojson"
-        path.write_bytes(data)
+        path = written(tmp_path_factory, "a.geojson", data)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             try:
