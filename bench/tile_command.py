@@ -1,7 +1,7 @@
 """The whole `lncr tile` command against the decode floor, in one run (docs/tiling.md).
 
-Two phantom H&E slides of 16384 × 8192 pixels (pyramidal TIFF, 0.25 µm/px) and the
-default study settings (10x, 20x, 40x; 512-px tiles; luminosity standardisation, Vahadane
+Two phantom H&E slides (pyramidal TIFF, 0.25 µm/px: 16384 × 8192 of cortex, or with
+``--anatomy biopsy`` one 5-mm needle core on glass each) and the default study settings (10x, 20x, 40x; 512-px tiles; luminosity standardisation, Vahadane
 normalisation, the lossless PNG store), tiled by ``lncr tile --workers 1`` in a fresh process
 (start-up, reference fitting, QC thumbnails and the index included). The floor, timed in the
 same run: OpenSlide ``read_region`` of every grid cell at the matching level for the three
@@ -27,13 +27,16 @@ from tiling import floor_rate
 WIDTH, HEIGHT = 16384, 8192
 
 
-def make_study(root: Path) -> Path:
-    """A phantom H&E study of two patients (a study needs both outcomes), one slide each."""
-    study = root / "study"
+def make_study(root: Path, anatomy: str) -> Path:
+    """A phantom H&E study of two patients (a study needs both outcomes), one slide each:
+    the band of cortex at 16384 × 8192, or needle biopsies at their true size."""
+    study = root / f"study-{anatomy}"
     if not (study / "study.yaml").exists():
+        shape = (["--size", f"{WIDTH}x{HEIGHT}"] if anatomy == "band" else
+                 ["--anatomy", "biopsy", "--cores", "1", "--core-length", "5-5"])
         subprocess.run([sys.executable, "-m", "lncr", "synth", str(study), "--patients", "2",
-                        "--external", "0", "--stains", "HE", "--size",
-                        f"{WIDTH}x{HEIGHT}"], check=True, capture_output=True)
+                        "--external", "0", "--stains", "HE", *shape], check=True,
+                       capture_output=True)
     return study / "study.yaml"
 
 
@@ -51,11 +54,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", type=Path)
+    parser.add_argument("--anatomy", choices=["band", "biopsy"], default="band",
+                        help="band: 16384 x 8192 of cortex (much tissue); biopsy: one 5-mm "
+                             "needle core on glass per slide")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="lncr-tile-command-"))
     import pandas as pd
 
-    study_yaml = make_study(root)
+    study_yaml = make_study(root, args.anatomy)
     slides = [(study_yaml.parent / p).resolve()
               for p in pd.read_csv(study_yaml.parent / "slides.csv").path]
     n_slides = len(slides)
@@ -67,7 +73,7 @@ def main() -> None:
         floors.append(floor)
         commands.append(seconds)
         ratios.append(floor / seconds)
-    print(f"{n_slides} slide(s) of {WIDTH} x {HEIGHT}: floor {statistics.median(floors):.1f} s "
+    print(f"{n_slides} {args.anatomy} slide(s): floor {statistics.median(floors):.1f} s "
           f"({min(floors):.1f}-{max(floors):.1f}), lncr tile {statistics.median(commands):.1f} s"
           f" ({min(commands):.1f}-{max(commands):.1f}): ratio {statistics.median(ratios):.2f}x "
           f"({min(ratios):.2f}-{max(ratios):.2f})")
