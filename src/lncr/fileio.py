@@ -50,6 +50,22 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def file_ends_sha256(path: str | Path, span: int = 1 << 20) -> str:
+    """SHA-256 of a file's size and its first and last ``span`` bytes: a content identity
+    that costs two reads whatever the file's size."""
+    import hashlib
+
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(span))
+        if size > span:
+            fh.seek(max(span, size - span))
+            digest.update(fh.read(span))
+    return digest.hexdigest()
+
+
 def partial_path(path: Path) -> Path:
     """The temporary name this process writes ``path`` under before renaming it into place:
     hidden, and this process's own (``.NAME.<pid>.partial``), so that two processes writing
@@ -186,16 +202,6 @@ def atomic_save_torch(obj: Any, path: str | Path) -> Path:
     with writing(path, tmp):
         torch.save(obj, tmp)
     return path
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """A file object to write ``path`` through: written under a temporary name, renamed into
-    place when the block ends without error (for writers that want a file handle)."""
-    path = Path(path)
-    tmp = partial_path(path)
-    with writing(path, tmp), open(tmp, mode) as fh:
-        yield fh
 
 
 def read_torch(path: str | Path, map_location: Any = "cpu", fix: str = "") -> Any:

@@ -78,7 +78,6 @@ class BackboneSpec:
     weights: str = ""  # which pretrained weights "imagenet" means
     resize_to_native: bool = False  # the crop is resized to ``input_size`` (foundation models)
     stats: tuple | None = None  # the channel mean and s.d. the encoder requires, if any
-    tag: str | None = None  # the library's weight tag (enum member / timm tag), if pinned
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -296,7 +295,7 @@ def _tagged(spec: BackboneSpec, name: str, tag: str) -> BackboneSpec:
         raise ValueError(f"architecture {name!r}: {spec.name} has no weights tagged {tag!r}; "
                          f"use one of {', '.join(tags) or '(none: it has no tags)'}")
     return dataclasses.replace(spec, name=name, builder=partial(spec.builder, tag=tag),
-                               weights=label, tag=tag)
+                               weights=label)
 
 
 def _timm_spec(name: str) -> BackboneSpec:

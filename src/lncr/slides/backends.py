@@ -4,7 +4,9 @@ library for a format is missing.
 Each :class:`Backend` opens a file into a handle with OpenSlide's interface
 (``dimensions``, ``level_dimensions``, ``level_downsamples``, ``properties`` with
 ``<name>.mpp-x``/``-y``, ``read_region((x0, y0), level, (w, h))`` in level-0 coordinates,
-``associated_images``, ``close()``). :func:`open_handle` tries them in :data:`BACKENDS` order:
+``associated_images``, ``close()``). :func:`lncr.slides.reader.probe_slide` tries them in
+:data:`BACKENDS` order, and :func:`lncr.slides.reader.open_slide` reopens a slide with the
+one that recognised it:
 
 - ``openslide`` (openslide-python + openslide-bin): Aperio, Hamamatsu, Leica, MIRAX, Philips
   TIFF, Sakura, Ventana, generic tiled TIFF and — OpenSlide 4 — DICOM WSI;
@@ -24,6 +26,7 @@ A file whose suffix belongs to an optional backend that is not installed is refu
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +115,6 @@ class RawTiff:
 
     def __init__(self, path: Path, offset: int, width: int, height: int, samples: int,
                  mpp: tuple[float | None, float | None]):
-        import os
-
         self._fd = os.open(path, os.O_RDONLY)
         self._offset, self._samples = int(offset), int(samples)
         self.dimensions = (int(width), int(height))
@@ -125,8 +126,6 @@ class RawTiff:
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]
                     ) -> np.ndarray:
-        import os
-
         (x, y), (w, h) = location, size
         width, height = self.dimensions
         out = np.full((h, w, 4), 255, np.uint8)
@@ -141,8 +140,6 @@ class RawTiff:
         return out
 
     def close(self) -> None:
-        import os
-
         os.close(self._fd)
 
 

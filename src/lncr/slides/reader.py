@@ -87,20 +87,6 @@ def _probe_decode(slide, level_dimensions) -> None:
     np.asarray(region)
 
 
-def file_ends_sha256(path: Path, span: int = 1 << 20) -> str:
-    """SHA-256 of a file's size and its first and last ``span`` bytes (cheap for any size)."""
-    import hashlib
-
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        digest.update(fh.read(span))
-        if size > span:
-            fh.seek(max(span, size - span))
-            digest.update(fh.read(span))
-    return digest.hexdigest()
-
-
 def _check_companions(path: Path) -> None:
     """Formats whose image lives beside the named file: say what is missing, not that the
     file is unreadable."""
@@ -319,6 +305,8 @@ class Slide:
         ``openslide.quickhash-1`` (a hash of the smallest level and the properties) when the
         backend gives one, and a SHA-256 of the file's size and its first and last MiB — so a
         different slide copied over this one's name (same size, ``cp -p``) is told apart."""
+        from lncr.fileio import file_ends_sha256
+
         properties = getattr(self._handle, "properties", None) or {}
         return f"{properties.get('openslide.quickhash-1', '')}:{file_ends_sha256(self.path)}"
 

@@ -75,7 +75,7 @@ def _sample_tiles(slide_path: str, mpp_override: float | None, target_mpp: float
 def _slide_key(path: str, annotations: str) -> list:
     """What identifies one slide's part in a reference: its name and content (size, first
     and last MiB), and its annotations' content (when it has some)."""
-    from lncr.slides.reader import file_ends_sha256
+    from lncr.fileio import file_ends_sha256
 
     key: list = [Path(path).name, file_ends_sha256(Path(path))]
     if annotations and Path(annotations).is_file():
