@@ -138,3 +138,29 @@ def it_validates_and_tiles_every_real_format_naming_its_reader(real_data, tmp_pa
     assert kept[("P2", "10x")] == kept[("P1", "10x")] > 0
     assert kept[("P2", "20x")] == kept[("P1", "20x")] > 0
     assert kept[("P3", "20x")] > 0 and kept[("P4", "20x")] == 0  # almost empty: glass
+
+
+class DescribeReadingInThreads:
+    def it_reads_thread_safe_handles_at_once_and_others_one_region_at_a_time(self):
+        from lncr.slides.backends import thread_safe
+
+        assert thread_safe("openslide") and thread_safe("tiff-raw")
+        assert not any(thread_safe(b) for b in ("tiffslide", "kfb", "isyntax", "pillow"))
+
+    @pytest.mark.parametrize("mode", ["RGBA", "RGB", "L", "P"])
+    def it_turns_any_pillow_region_into_the_rgba_array_pillow_gives(self, mode):
+        import numpy as np
+        from PIL import Image
+
+        from lncr.slides.reader import rgba_array
+
+        pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 4), dtype=np.uint8)
+        image = Image.fromarray(pixels, "RGBA").convert(mode)
+        assert np.array_equal(rgba_array(image), np.asarray(image.convert("RGBA")))
+
+    def it_keeps_freed_tile_buffers_in_the_heap_under_glibc(self):
+        import platform
+
+        from lncr.allocator import keep_freed_memory
+
+        assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

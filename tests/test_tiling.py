@@ -158,6 +158,28 @@ class DescribeStore:
             assert store.meta["settings"]["tile_size"] == 128
             assert store.meta["versions"]["lncr"]
 
+    @pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "OS-1-detail.ome.tif"])
+    def it_writes_the_same_store_whatever_the_threads(self, real_data, tmp_path, monkeypatch,
+                                                       name):
+        """Cells are read, normalised and encoded in threads (thread-safe readers at once,
+        the others one region at a time); the store is the same, tile for tile."""
+        from lncr.tiling import unit as tiling_unit
+        from lncr.tiling.normalisers import make_normaliser
+
+        slide = real_data / name
+        with open_slide(slide) as s:
+            reference = make_normaliser("vahadane").fit(s.read(0, 0, 0, 512, 512)).to_dict()
+        stores = {}
+        for threads in (1, 3):
+            monkeypatch.setattr(tiling_unit, "TILE_THREADS", threads)
+            u = unit(slide, mpp_target=0.5,
+                     tmp=tmp_path / str(threads))
+            assert tile_unit(u, TileParams(tile_size=128), reference).status == "ok"
+            with TileStore(u.store) as store:
+                stores[threads] = (store.coords.values.tolist(),
+                                   [store.raw(i) for i in range(len(store))])
+        assert len(stores[1][1]) > 10 and stores[1] == stores[3]
+
     def it_leaves_nothing_behind_when_writing_fails(self, tmp_path):
         path = tmp_path / "s.tiles.zip"
         with pytest.raises(RuntimeError):

@@ -171,14 +171,17 @@ def atomic_save_figure(fig, path: str | Path, **kwargs: Any) -> Path:
 
 
 def atomic_save_image(image, path: str | Path) -> Path:
-    """An RGB uint8 array (H, W, 3) as an image file (format from the suffix), atomically."""
+    """An RGB uint8 array (H, W, 3) as an image file (format from the suffix), atomically.
+    PNG at zlib level 1: a 2048-px overview in a third of the time of the default, barely
+    larger."""
     from PIL import Image
 
     path = Path(path)
     tmp = partial_path(path)
+    kind = path.suffix.lstrip(".").upper().replace("JPG", "JPEG")
     with writing(path, tmp):
-        Image.fromarray(image).save(tmp, format=path.suffix.lstrip(".").upper().replace("JPG",
-                                                                                       "JPEG"))
+        Image.fromarray(image).save(tmp, format=kind, **({"compress_level": 1}
+                                                         if kind == "PNG" else {}))
     return path
 
 

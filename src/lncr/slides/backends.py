@@ -47,6 +47,10 @@ class Backend:
     suffixes: tuple[str, ...] = ()  # () : tried on every file
     formats: str = ""  # what it reads, for docs and messages
     prefix: str = ""  # of its µm/px properties (``<prefix>.mpp-x``); "" : its name
+    #: Whether one handle may read regions from several threads at once (OpenSlide is
+    #: documented thread-safe; ``RawTiff`` only calls ``os.pread``). Other handles are read
+    #: one region at a time.
+    thread_safe: bool = False
 
     @property
     def properties_prefix(self) -> str:
@@ -184,9 +188,10 @@ class ISyntaxHandle:
 BACKENDS: tuple[Backend, ...] = (
     Backend("openslide", _openslide, "openslide",
             formats="Aperio .svs/.tif, Hamamatsu .ndpi/.vms, Leica .scn, MIRAX .mrxs, Philips "
-                    "TIFF, Sakura .svslide, Ventana .bif, generic tiled TIFF, DICOM WSI .dcm"),
+                    "TIFF, Sakura .svslide, Ventana .bif, generic tiled TIFF, DICOM WSI .dcm",
+            thread_safe=True),
     Backend("tiff-raw", _raw_tiff, "tifffile", suffixes=(".tif", ".tiff"),
-            formats="uncompressed single-level TIFF"),
+            formats="uncompressed single-level TIFF", thread_safe=True),
     Backend("tiffslide", _tiffslide, "tiffslide", formats="OME-TIFF, other TIFF"),
     Backend("kfb", _kfb, "kfbslide", "kfb", (".kfb",), "KFBIO .kfb", prefix="openslide"),
     Backend("isyntax", _isyntax, "isyntax", "isyntax", (".isyntax",), "Philips .isyntax"),
@@ -202,3 +207,9 @@ def missing_extra(path: Path) -> Backend | None:
 def backend(name: str) -> Backend:
     """The registered backend called ``name``."""
     return next(b for b in BACKENDS if b.name == name)
+
+
+def thread_safe(name: str) -> bool:
+    """Whether a handle of backend ``name`` may be read from several threads at once
+    (False for Pillow, which is not a registered backend)."""
+    return any(b.thread_safe for b in BACKENDS if b.name == name)

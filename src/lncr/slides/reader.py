@@ -7,6 +7,8 @@ plain single-level image as a last resort. The backend that opened a file is alw
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,11 +183,27 @@ def _blocks(size: int, block: int, out: int) -> list[tuple[int, int, int]]:
     return found
 
 
+def rgba_array(region) -> np.ndarray:
+    """A reader's region (a PIL image or an array) as an (h, w, 3 or 4) uint8 array. A PIL
+    RGBA image is copied through ``tobytes`` — a twentieth of the time of ``np.asarray`` on
+    it (0.05 ms against 0.8 ms a 512-px tile)."""
+    if isinstance(region, np.ndarray):
+        return region
+    if region.mode != "RGBA":
+        region = region.convert("RGBA")
+    w, h = region.size
+    return np.frombuffer(region.tobytes(), np.uint8).reshape(h, w, 4)
+
+
 def _over_white(region: np.ndarray) -> np.ndarray:
     """RGB of an RGB(A) array, composited over white: transparent means no tissue scanned.
-    Opaque regions (the usual case) skip the arithmetic."""
-    if region.shape[2] == 3 or region[..., 3].min() == 255:
-        return region[..., :3]
+    Opaque regions (the usual case) skip the arithmetic; the result is C-contiguous."""
+    if region.shape[2] == 3:
+        return np.ascontiguousarray(region)
+    if region[..., 3].min() == 255:
+        import cv2
+
+        return cv2.cvtColor(np.ascontiguousarray(region), cv2.COLOR_RGBA2RGB)
     a = region[..., 3:4].astype(np.uint16)
     return ((region[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
 
@@ -205,7 +223,12 @@ class Slide:
     """
 
     def __init__(self, path: Path, handle, backend: str, info: SlideInfo, mpp: float):
+        from lncr.slides.backends import thread_safe
+
         self.path, self._handle, self.backend, self.info, self.mpp = path, handle, backend, info, mpp
+        # ``read`` may be called from several threads; handles that are not thread-safe are
+        # read one region at a time.
+        self._lock = contextlib.nullcontext() if thread_safe(backend) else threading.Lock()
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -231,20 +254,23 @@ class Slide:
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         ds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
-        out = np.full((h, w, 3), 255, np.uint8)
         # The part of the request inside the level, in level pixels.
         lx, ly = int(np.floor(x / ds)), int(np.floor(y / ds))
         a0, b0 = max(0, -ly), max(0, -lx)
         a1, b1 = min(h, lh - ly), min(w, lw - lx)
         if a0 >= a1 or b0 >= b1:
-            return out
+            return np.full((h, w, 3), 255, np.uint8)
         rx, ry = lx + b0, ly + a0
         size = (b1 - b0, a1 - a0)
-        if self.backend == "pillow":
-            region = np.asarray(self._handle.crop((rx, ry, rx + size[0], ry + size[1])).convert("RGBA"))
-        else:
-            region = np.asarray(self._handle.read_region((int(round(rx * ds)), int(round(ry * ds))),
-                                                         level, size))
+        with self._lock:
+            if self.backend == "pillow":
+                region = rgba_array(self._handle.crop((rx, ry, rx + size[0], ry + size[1])))
+            else:
+                region = rgba_array(self._handle.read_region(
+                    (int(round(rx * ds)), int(round(ry * ds))), level, size))
+        if (a0, b0, a1, b1) == (0, 0, h, w):  # all inside the level: no white margin
+            return _over_white(region)
+        out = np.full((h, w, 3), 255, np.uint8)
         out[a0:a1, b0:b1] = _over_white(region)
         return out
 
@@ -293,7 +319,7 @@ class Slide:
         w, h = self.dimensions
         if abs(tw / th - w / h) > 0.02 * (w / h) or max(tw, th) < max_side / 2:
             return None
-        rgb = _over_white(np.asarray(image.convert("RGBA")))
+        rgb = _over_white(rgba_array(image))
         if max(tw, th) > max_side:
             f = max_side / max(tw, th)
             rgb = cv2.resize(rgb, (max(1, round(tw * f)), max(1, round(th * f))),

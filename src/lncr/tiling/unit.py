@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lncr.allocator import keep_freed_memory
 from lncr.fileio import partial_path
 from lncr.provenance import tiling_versions
 from lncr.slides.annotations import RegionRules, Regions, slide_regions
@@ -198,6 +199,7 @@ def tile_unit(unit: TileUnit, params: TileParams, reference: dict | None,
     """Tile one slide at one magnification into ``unit.store``. Never raises: a failure is a
     result with ``status='failed'`` and the error message."""
     t0 = time.perf_counter()
+    keep_freed_memory()
     result = UnitResult(unit, "failed")
     try:
         with open_slide(unit.slide, unit.mpp_override) as slide:
@@ -257,47 +259,60 @@ def candidate_cells(slide: Slide, reader: CellReader, thumb: np.ndarray, thumb_d
     return Candidates(cells, mask, total, outside, prefiltered)
 
 
-#: Threads that normalise and encode the kept tiles while the next cells are read (OpenCV,
-#: NumPy and OpenSlide release the GIL), and the most tiles in flight at once.
-ENCODE_THREADS = 2
+#: Threads that read, judge, normalise and encode grid cells (OpenSlide, OpenCV, NumPy and
+#: ISA-L release the GIL), and the most cells in flight at once. Tiles still enter the store
+#: in grid order.
+TILE_THREADS = 2
 IN_FLIGHT = 8
+
+#: What a worker thread makes of one cell: (encoded tile or None when rejected, background
+#: fraction, whether the normaliser fell back).
+CellOutcome = tuple[bytes | None, float, bool]
+
+
+def cell_outcome(x: int, y: int, store: TileStoreWriter, reader: CellReader, lum,
+                 normaliser: StainNormaliser | None, params: TileParams,
+                 regions: Regions | None) -> CellOutcome:
+    """Read one grid cell, apply the luminosity step and the tissue rule, and normalise and
+    encode it if kept. Touches no shared state, so cells run in threads."""
+    tile = reader.read(x, y)
+    if lum is not None:
+        tile = lum.transform(tile)
+    bg = non_tissue(tile, x, y, reader, params, regions)
+    if bg > params.max_background_fraction:
+        return None, bg, False
+    fell_back = False
+    if normaliser is not None:
+        tile, fell_back = normaliser.apply(tile)
+    return store.encode(tile), bg, fell_back
 
 
 def write_tiles(store: TileStoreWriter, reader: CellReader, candidates: list[tuple[int, int]],
                 lum, normaliser: StainNormaliser | None, params: TileParams,
                 regions: Regions | None, result: UnitResult) -> int:
-    """Read each candidate cell, apply the tissue rule, and hand the kept tiles to threads
-    that normalise and encode them; tiles enter the store in grid order, so the store is
-    the same whatever the threads. Returns how many tiles the normaliser left unchanged."""
+    """Read each candidate cell, apply the tissue rule, normalise and encode the kept tiles,
+    :data:`TILE_THREADS` cells at a time; tiles enter the store in grid order, so the store
+    is the same whatever the threads. Returns how many tiles the normaliser left unchanged."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
-
-    def finish(tile: np.ndarray) -> tuple[bytes, bool]:
-        fell_back = False
-        if normaliser is not None:
-            tile, fell_back = normaliser.apply(tile)
-        return store.encode(tile), fell_back
 
     fallbacks, pending = 0, deque()
 
     def drain(limit: int) -> None:
         nonlocal fallbacks
         while len(pending) > limit:
-            future, x, y, bg = pending.popleft()
-            data, fell_back = future.result()
+            future, x, y = pending.popleft()
+            data, bg, fell_back = future.result()
+            if data is None:
+                result.rejected += 1
+                continue
             fallbacks += fell_back
             store.add_encoded(data, x, y, reader.cell0, bg)
 
-    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
+    with ThreadPoolExecutor(TILE_THREADS) as pool:
         for x, y in candidates:
-            tile = reader.read(x, y)
-            if lum is not None:
-                tile = lum.transform(tile)
-            bg = non_tissue(tile, x, y, reader, params, regions)
-            if bg > params.max_background_fraction:
-                result.rejected += 1
-                continue
-            pending.append((pool.submit(finish, tile), x, y, bg))
+            pending.append((pool.submit(cell_outcome, x, y, store, reader, lum, normaliser,
+                                        params, regions), x, y))
             drain(IN_FLIGHT)
         drain(0)
     return fallbacks
