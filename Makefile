@@ -37,6 +37,7 @@ browser:
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 # --dist loadfile: one file's tests on one worker, so a module's fixtures (a trained study) are
 # built once. (pytest-xdist's xdist_group marks have no effect under pytest 9: xdist sets a

@@ -55,15 +55,15 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(2)
+    from lncr.data.bags import BagDataset
+    from lncr.data.entries import study_entries
+    from lncr.data.inputs import DeviceInput, InputGeometry
     from lncr.explain.gradcam import BagCAM
     from lncr.explain.scores import influential, slide_scores
     from lncr.models.mil import build_mil
     from lncr.study.validate import load_study, save_study_record
     from lncr.synth.cohort import SynthSettings, synthesize
     from lncr.tiling.run import tile_study
-    from lncr.training.bags import BagDataset
-    from lncr.training.entries import study_entries
-    from lncr.training.inputs import DeviceInput, InputGeometry
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "phantom"

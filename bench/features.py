@@ -57,12 +57,13 @@ def phantom(root: Path, patients: int):
 
 def unit_costs(study, weights: Path, device: str, bag_sizes: list[int]) -> dict:
     """Embed once, then per bag size one unit on cached features and one end to end."""
+    from lncr.data.entries import study_entries
+    from lncr.data.inputs import IMAGENET_STATS, input_geometry
     from lncr.features.embed import FeatureCache, embed_entries
     from lncr.features.spec import run_features
     from lncr.layout import Layout
-    from lncr.training.entries import study_entries
-    from lncr.training.inputs import IMAGENET_STATS, input_geometry
-    from lncr.training.loop import RunSpec, train_run
+    from lncr.training.loop import RunSpec
+    from lncr.training.trainer import train_run
 
     cfg = study.config
     entries = study_entries(study, "HE", "10x")
@@ -155,9 +156,9 @@ def loader_rate(study, workers: int, size: int, seconds: float = 6.0) -> float:
     """Tiles/s the embedding's data loader delivers (decode + crop in workers)."""
     from torch.utils.data import DataLoader
 
+    from lncr.data.entries import study_entries
     from lncr.features.embed import TileViews, batches
     from lncr.features.spec import FeatureSpec
-    from lncr.training.entries import study_entries
 
     entries = study_entries(study, "HE", "10x")
     spec = FeatureSpec("resnet50", "", "", 96, size, (0.5,) * 3, (0.5,) * 3)

@@ -28,9 +28,10 @@ from lncr.study.validate import Study
 
 
 def amp_runs(study: Path, sets: list[str], out: Path) -> dict:
-    from lncr.training.entries import study_entries
-    from lncr.training.loop import RunSpec, train_run
+    from lncr.data.entries import study_entries
+    from lncr.training.loop import RunSpec
     from lncr.training.predict import predict_run
+    from lncr.training.trainer import train_run
 
     loaded = Study.load(study, sets)
     cfg, entries = loaded.config, study_entries(loaded, "HE", "10x")
@@ -62,9 +63,10 @@ def amp_runs(study: Path, sets: list[str], out: Path) -> dict:
 def step_throughput(architecture: str, crop: int, size: int, precision: str,
                     bag: int = 16, steps: int = 30, channels_last: bool = True) -> float:
     """Tiles/s through resize + forward + backward + step at the published geometry."""
+    from lncr.data.inputs import DeviceInput, InputGeometry
+    from lncr.data.precision import autocast_dtype
     from lncr.study.config import TrainingSettings
-    from lncr.training.inputs import DeviceInput, InputGeometry
-    from lncr.training.loop import autocast_dtype, build_model, make_optimiser
+    from lncr.training.loop import build_model, make_optimiser
 
     dev = torch.device("cuda")
     settings = TrainingSettings(architecture=architecture, precision=precision,

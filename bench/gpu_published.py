@@ -28,11 +28,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from lncr.data.inputs import DeviceInput, input_geometry
+from lncr.data.precision import autocast_dtype
 from lncr.models.backbones import backbone_spec
 from lncr.models.mil import freeze_batch_norm
 from lncr.study.config import SweepSettings, TrainingSettings
-from lncr.training.inputs import DeviceInput, input_geometry
-from lncr.training.loop import autocast_dtype, build_model, make_optimiser
+from lncr.training.loop import build_model, make_optimiser
 
 STEPS = {"published": (4, "train"), "lncr": (1, "frozen")}
 

@@ -3,7 +3,7 @@
 The authors resize the 384-px crop of a 512-px tile to 299 px with PIL on the CPU
 (``transforms.Resize(299)`` on a PIL image: PIL's bilinear filter, which widens its support
 when it shrinks, and rounds to uint8); lncr resizes the uint8 crop on the device as a float
-tensor (``F.interpolate(bilinear, antialias=True)``, :class:`lncr.training.inputs.DeviceInput`).
+tensor (``F.interpolate(bilinear, antialias=True)``, :class:`lncr.data.inputs.DeviceInput`).
 On real tissue tiles of the test slides (every 512-px tile with less than half glass, by the
 published rule) this prints:
 
@@ -28,7 +28,7 @@ import openslide
 import torch
 from PIL import Image
 
-from lncr.training.inputs import DeviceInput, InputGeometry
+from lncr.data.inputs import DeviceInput, InputGeometry
 
 REPO = Path(__file__).resolve().parents[1]
 SLIDES = ("CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs")

@@ -25,19 +25,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lncr.data.bags import BagDataset, EpochSampler
+from lncr.data.distributed import resolve_device
+from lncr.data.inputs import DeviceInput, input_geometry
+from lncr.data.precision import autocast_dtype
 from lncr.study.config import TrainingSettings
 from lncr.study.validate import Study
-from lncr.training.bags import BagDataset, EpochSampler
-from lncr.training.distributed import resolve_device
-from lncr.training.inputs import DeviceInput, input_geometry
-from lncr.training.loop import autocast_dtype, build_model, loader, make_optimiser
+from lncr.training.loop import build_model, loader, make_optimiser
 
 
 def phantom_entries(tile_size: int, root: Path):
+    from lncr.data.entries import study_entries
     from lncr.study.validate import load_study, save_study_record
     from lncr.synth.cohort import SynthSettings, synthesize
     from lncr.tiling.run import tile_study
-    from lncr.training.entries import study_entries
 
     synthesize(root, SynthSettings(patients=8, external=0, seed=1, size="small",
                                    stains=("HE",)), workers=2)
@@ -121,7 +122,7 @@ def main() -> None:
                                 crop_size=args.crop_size, input_size=args.input_size)
     with tempfile.TemporaryDirectory() as tmp:
         if args.study:
-            from lncr.training.entries import study_entries
+            from lncr.data.entries import study_entries
 
             loaded = Study.load(args.study)
             cfg, entries = loaded.config, study_entries(loaded, args.stain, args.magnification)

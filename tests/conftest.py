@@ -90,9 +90,9 @@ def tiled_entries(tiled: Path, stain: str, magnification: str) -> list:
     leaves both labels on both sides."""
     import pandas as pd
 
+    from lncr.data.bags import slide_entries
     from lncr.layout import Layout
     from lncr.study.split import stratified_split
-    from lncr.training.bags import slide_entries
 
     patients = pd.read_csv(tiled / "patients.csv", dtype={"patient_id": str})
     patients["split"] = ""

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import tiled_entries
-from lncr.training.bags import BagDataset, EpochSampler, collate_bags, eval_indices, train_indices
+from lncr.data.bags import BagDataset, EpochSampler, collate_bags, eval_indices, train_indices
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from scipy.stats import rankdata
 from typer.testing import CliRunner
 
 from lncr.cli import app
-from lncr.evaluation.evaluate import evaluate_predictions
+from lncr.evaluation.cohort_metrics import evaluate_predictions
 from lncr.evaluation.plots import roc_points
 from lncr.evaluation.stats import bootstrap_auc_ci, delong_auc
 from lncr.study.config import EvaluationSettings
@@ -200,7 +200,7 @@ class DescribeSites:
     def it_evaluates_each_external_site_at_the_validation_threshold(self, rows):
         from sklearn.metrics import roc_auc_score
 
-        from lncr.evaluation.evaluate import site_tables
+        from lncr.evaluation.cohort_metrics import site_tables
 
         sites = two_sites(rows)
         pooled = evaluate_predictions(rows, SETTINGS)[0]

@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 
 from conftest import FAST, validated_copy
 from lncr.cli import app
+from lncr.data.entries import study_entries
 from lncr.explain.heatmap import geojson
 from lncr.explain.scores import influential, leave_one_out, slide_scores
 from lncr.models.mil import build_mil
 from lncr.study.validate import Study
-from lncr.training.entries import study_entries
-from lncr.training.loop import RunSpec, train_run
+from lncr.training.loop import RunSpec
 from lncr.training.predict import load_run, predict_run
+from lncr.training.trainer import train_run
 
 QUICK = FAST + ["training.pretrained=false", "training.epochs=1", "training.warmup_epochs=0",
                 "training.input_size=256", "training.embedding_dim=16",

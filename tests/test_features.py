@@ -13,6 +13,9 @@ from typer.testing import CliRunner
 
 from conftest import FAST, validated_copy
 from lncr.cli import app
+from lncr.data.bags import BagDataset
+from lncr.data.entries import study_entries
+from lncr.data.inputs import DeviceInput, InputGeometry
 from lncr.features.bags import FeatureBagDataset
 from lncr.features.embed import FeatureCache, embed_entries
 from lncr.features.spec import feature_spec, spec_from_config
@@ -22,9 +25,6 @@ from lncr.models.backbones import build_backbone
 from lncr.models.mil import backbone_keys, build_mil, with_backbone_keys
 from lncr.paths import resolved
 from lncr.study.validate import Study
-from lncr.training.bags import BagDataset
-from lncr.training.entries import study_entries
-from lncr.training.inputs import DeviceInput, InputGeometry
 
 FROZEN = FAST + ["training.architecture=resnet18", "training.backbone_lr_factor=0",
                  "training.channel_stats=imagenet", "training.embedding_dim=32",
@@ -53,7 +53,8 @@ def _load(study_yaml, *extra):
 @pytest.fixture(scope="module")
 def cached_run(frozen_study):
     """One run trained on cached features: (study, run folder, weights)."""
-    from lncr.training.loop import RunSpec, train_run
+    from lncr.training.loop import RunSpec
+    from lncr.training.trainer import train_run
 
     study_yaml, weights = frozen_study
     study = _load(study_yaml)
@@ -119,7 +120,8 @@ class DescribeTrainingOnCachedFeatures:
         assert np.abs(a.effect - b.effect).max() <= 1e-5
 
     def it_trains_reproducibly_and_resumes_to_the_same_weights(self, cached_run, tmp_path):
-        from lncr.training.loop import RunSpec, train_run
+        from lncr.training.loop import RunSpec
+        from lncr.training.trainer import train_run
 
         study, folder, weights = cached_run
         cfg = study.config

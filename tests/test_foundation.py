@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lncr.data.inputs import input_geometry, run_stats
 from lncr.models.backbones import WeightsUnavailable, backbone_spec, build_backbone
 from lncr.models.foundation import FOUNDATION_MODELS, build_foundation
 from lncr.study.config import TrainingSettings
-from lncr.training.inputs import input_geometry
-from lncr.training.loop import run_stats
 
 NAMES = sorted(FOUNDATION_MODELS)
 

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from conftest import FAST, validated_copy
 from lncr.cli import app
+from lncr.data.entries import study_entries, unusable_patients
 from lncr.layout import Layout
 from lncr.study.validate import Study
-from lncr.training.entries import study_entries, unusable_patients
 
 QUICK = FAST + ["training.epochs=1", "training.embedding_dim=16", "training.transformer_heads=2",
                 "training.feedforward_dim=32", "training.eval_tiles=8",

@@ -249,7 +249,8 @@ class DescribeCheckpoints:
                                                                            tmp_path):
         from conftest import tiled_entries
         from lncr.study.config import TrainingSettings
-        from lncr.training.loop import RunSpec, train_run
+        from lncr.training.loop import RunSpec
+        from lncr.training.trainer import train_run
 
         entries = tiled_entries(tiled, "HE", "10x")
         settings = TrainingSettings(pretrained=False, architecture="resnet18", epochs=1,

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lncr.study.config import TrainingSettings
-from lncr.training.inputs import (
+from lncr.data.inputs import (
     DeviceInput,
     InputGeometry,
     colour_jitter,
@@ -16,7 +15,9 @@ from lncr.training.inputs import (
     preset_stats,
     tile_channel_stats,
 )
-from lncr.training.loop import autocast_dtype, make_optimiser
+from lncr.data.precision import autocast_dtype
+from lncr.study.config import TrainingSettings
+from lncr.training.loop import make_optimiser
 
 
 class DescribeGeometry:

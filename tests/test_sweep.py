@@ -256,7 +256,7 @@ class DescribeFinalPredictions:
     def it_fingerprints_the_slides_labels_sides_and_tile_stores(self, tmp_path):
         import time
 
-        from lncr.training.bags import SlideEntry
+        from lncr.data.bags import SlideEntry
         from lncr.training.predict import inputs_fingerprint
 
         store = tmp_path / "P1.tiles.zip"

@@ -12,8 +12,9 @@ import torch
 
 from conftest import tiled_entries
 from lncr.study.config import TrainingSettings
-from lncr.training.loop import RunSpec, lr_lambda, train_run
+from lncr.training.loop import RunSpec, lr_lambda
 from lncr.training.metrics import auc, youden_threshold
+from lncr.training.trainer import train_run
 
 SMALL = TrainingSettings(pretrained=False, embedding_dim=32, transformer_heads=4, epochs=3,
                          warmup_epochs=1, eval_tiles=4, learning_rate=1e-3, feedforward_dim=64,

@@ -27,7 +27,7 @@ import pandas as pd
 from lncr.bundle.archive import Bundle, BundleError, open_bundle, safe_part
 from lncr.bundle.scoring_study import SLIDE_COLUMNS, build_scoring_study
 from lncr.errors import BadInput, LncrError
-from lncr.evaluation.evaluate import MULTI
+from lncr.evaluation.cohort_metrics import MULTI
 from lncr.fileio import atomic_write_json
 from lncr.layout import Layout, write_table
 
@@ -217,7 +217,7 @@ def check_models(out: Path, bundle: Bundle, device: str) -> None:
     """Before any slide is read: the device exists, and every bundled model is the
     architecture its manifest names and loads into it (weights, backbone file) — a bundle
     altered or built wrongly is refused naming the model."""
-    from lncr.training.distributed import resolve_device
+    from lncr.data.distributed import resolve_device
     from lncr.training.predict import load_run
 
     resolve_device(device)

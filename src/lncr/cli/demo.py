@@ -92,7 +92,7 @@ def stage_progress(pipeline: DemoPipeline, key: str, patients: int):
 
 
 def _tiles(report) -> None:
-    from lncr.tiling.run import summarise
+    from lncr.tiling.index import summarise
 
     summary = summarise(report.index())
     console.print(f"Tiles: {int(summary.tiles.sum())} kept over {len(report.results)} slide × "

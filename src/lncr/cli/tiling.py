@@ -65,7 +65,7 @@ def tile(
 
 
 def _summary(index, seconds: float, where: Path) -> None:
-    from lncr.tiling.run import summarise
+    from lncr.tiling.index import summarise
 
     console.print(table("Tiles per stain and magnification",
                          ["stain", "magnification", "cohort", "slides", "tiles", "tiles_per_slide"],

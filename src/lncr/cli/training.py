@@ -38,12 +38,13 @@ def train(
     """
     import pandas as pd
 
+    from lncr.data.distributed import setup, teardown
+    from lncr.data.entries import study_entries, unusable_patients, validation_problem
     from lncr.features.embed import FeatureCache
     from lncr.layout import Layout
     from lncr.study.validate import Study
-    from lncr.training.distributed import setup, teardown
-    from lncr.training.entries import study_entries, unusable_patients, validation_problem
-    from lncr.training.loop import RunSpec, train_run
+    from lncr.training.loop import RunSpec
+    from lncr.training.trainer import train_run
 
     ctx = None
     try:

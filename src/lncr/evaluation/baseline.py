@@ -47,8 +47,8 @@ def colour_features(tiles: np.ndarray) -> np.ndarray:
 
 def slide_features(layout: Layout) -> pd.DataFrame:
     """One row per tiled slide × magnification: ``patient_id, stain, magnification, f0…``."""
+    from lncr.data.bags import eval_indices
     from lncr.tiling.store import TileStore
-    from lncr.training.bags import eval_indices
 
     index = layout.read_tiles_index()
     rows = []
@@ -112,7 +112,7 @@ def beside(metrics: pd.DataFrame, control: pd.DataFrame) -> pd.DataFrame:
 
 def run_baseline(study) -> Path:
     """Features, predictions and the evaluation of the baseline; its folder."""
-    from lncr.evaluation.evaluate import evaluate_predictions, long_predictions
+    from lncr.evaluation.cohort_metrics import evaluate_predictions, long_predictions
     from lncr.evaluation.final_predictions import ensemble_tables, patient_sides
 
     cfg = study.config

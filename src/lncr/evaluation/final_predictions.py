@@ -134,7 +134,7 @@ def _predict_model(study: Study, m, folder: str, cohort: str, device: str, worke
                    reuse: bool | str) -> pd.DataFrame | None:
     """The slide predictions of the run in ``folder`` (final model ``m``'s configuration) for
     ``cohort`` (None when no slide of that cohort has its stain's tiles)."""
-    from lncr.training.entries import study_entries
+    from lncr.data.entries import study_entries
     from lncr.training.predict import predict_run, run_sides, select
 
     entries = run_sides(Path(folder), study_entries(study, m.stain, m.magnification))
@@ -181,7 +181,7 @@ def _fold_mean(members: list[pd.DataFrame | None]) -> pd.DataFrame | None:
 def _predict_all(study: Study, device: str, workers: int,
                  progress: Callable[[str, int, int], None] | None,
                  reuse: bool | str = True) -> FinalPredictions:
-    from lncr.training.entries import unusable_patients
+    from lncr.data.entries import unusable_patients
 
     models = final_models(study.config.output_dir)
     ready = ready_models(study, models)

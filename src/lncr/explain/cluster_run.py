@@ -249,9 +249,9 @@ def cluster_model(fm: FinalModel, device: str, log: Callable[[str], None] | None
     ``progress(what, epoch, epochs)`` after each DCCS epoch."""
     import torch
 
+    from lncr.data.distributed import resolve_device
     from lncr.explain.dccs import assign, fit_dccs
     from lncr.provenance import package_versions
-    from lncr.training.distributed import resolve_device
 
     cfg = fm.cfg
     ex = cfg.explain

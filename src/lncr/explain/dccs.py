@@ -216,7 +216,7 @@ def augment(x: torch.Tensor, settings: dict, generator: torch.Generator) -> torc
     """Random resized crop, flips, channel shuffle and colour jitter, per image, batched."""
     from torchvision.ops import roi_align
 
-    from lncr.training.inputs import colour_jitter
+    from lncr.data.inputs import colour_jitter
 
     b, c, h, w = x.shape
     dev = x.device

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lncr.explain.cam_methods import CAM_METHODS
 from lncr.models.backbones import TileEncoder
 from lncr.models.mil import AttentionMIL
+from lncr.registries import CAM_METHODS
 
 TARGETS = ("predicted", "cr", "noncr")
 

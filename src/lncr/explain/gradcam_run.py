@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lncr.evaluation.evaluate import MULTI
+from lncr.evaluation.cohort_metrics import MULTI
 from lncr.explain.models import (
     FinalModel,
     cached_scores,
@@ -105,7 +105,7 @@ def bag_maps(fm: FinalModel, cam, entry, top: pd.DataFrame, outcome: int
              ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray, float]], float]:
     """Each tile of ``top``: (the crop the model saw, its map, its bag's probability), from
     one pass per chunk holding one of them; and the crop's fraction of the tile's side."""
-    from lncr.training.bags import BagDataset, chunk_count, chunk_members
+    from lncr.data.bags import BagDataset, chunk_count, chunk_members
 
     dataset = BagDataset([entry], 1, train=False, crop=fm.crop)
     n = entry.n_tiles

@@ -126,7 +126,7 @@ def final_models_for(study: Study, cohort: str = "all", patients: list[str] | No
     checkpoint ``evaluation.checkpoint``, with the slides of ``cohort``/``patients``.
     ``thresholds`` (model → threshold) replaces those of the study's own evaluation (a
     bundle's, in ``lncr apply``)."""
-    from lncr.training.entries import study_entries
+    from lncr.data.entries import study_entries
     from lncr.training.predict import load_run, select
 
     cfg = study.config

@@ -39,11 +39,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lncr.data.bags import BagDataset, SlideEntry, chunk_count, chunk_members
+from lncr.data.inputs import DeviceInput
 from lncr.features.store import FeatureFile
 from lncr.models.mil import AttentionMIL
 from lncr.tiling.store import TileStore
-from lncr.training.bags import BagDataset, SlideEntry, chunk_count, chunk_members
-from lncr.training.inputs import DeviceInput
 
 SCORE_COLUMNS = ["index", "x", "y", "size0", "chunk", "attention", "relative_attention",
                  "effect", "chunk_probability"]

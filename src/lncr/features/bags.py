@@ -1,4 +1,4 @@
-"""Bags of cached features: what :class:`lncr.training.bags.BagDataset` gives, with the
+"""Bags of cached features: what :class:`lncr.data.bags.BagDataset` gives, with the
 backbone already applied.
 
 The keys, the tiles of each bag (training draws, evaluation's spread, prediction's chunks) and
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lncr.data.bags import BagDataset, SlideEntry, label_tensor
 from lncr.features.store import FeatureFile
-from lncr.training.bags import BagDataset, SlideEntry, label_tensor
 
 
 class FeatureBagDataset(BagDataset):
@@ -67,7 +67,7 @@ class FeatureBagDataset(BagDataset):
 
 class FeatureInput:
     """The device half of the input pipeline for features: only the move to the device (the
-    pixel pipeline's :class:`lncr.training.inputs.DeviceInput` counterpart)."""
+    pixel pipeline's :class:`lncr.data.inputs.DeviceInput` counterpart)."""
 
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)

@@ -2,7 +2,7 @@
 features file (:mod:`lncr.features.store`).
 
 Tiles are decoded, cropped and (for augmented views) rotated and flipped in DataLoader worker
-processes, exactly as training's bags are (:func:`lncr.training.bags.view_tile`); scaling,
+processes, exactly as training's bags are (:func:`lncr.data.bags.view_tile`); scaling,
 resizing, colour jitter and normalisation run on the device (:class:`DeviceInput`). View 0
 is the centred crop evaluation uses, so features of view 0 give the predictions the
 end-to-end model gives (tested to 1e-5). Augmented view ``v`` of tile ``k`` draws its crop,
@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lncr.data.bags import SlideEntry, view_tile
+from lncr.data.inputs import DeviceInput, InputGeometry
 from lncr.features.spec import FeatureSpec, store_identity
 from lncr.features.store import FeatureWriter, fingerprint_of
 from lncr.layout import Layout
 from lncr.study.config import EmbeddingSettings
 from lncr.tiling.store import TileStore
-from lncr.training.bags import SlideEntry, view_tile
-from lncr.training.inputs import DeviceInput, InputGeometry
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def embed_slides(cache: FeatureCache, spec: FeatureSpec, entries: list[SlideEntr
                  ) -> list[Path]:
     """Compute and write the features files of ``entries`` (one loader for them all, so
     its worker processes start once); returns their paths."""
-    from lncr.training.loop import autocast_dtype
+    from lncr.data.precision import autocast_dtype
 
     s = cache.settings
     inputs = DeviceInput(InputGeometry(spec.crop, spec.size), spec.mean, spec.std, device)
@@ -169,7 +169,7 @@ def embed_entries(cache: FeatureCache, spec: FeatureSpec, entries: list[SlideEnt
     embedded now. The encoder is built only when there is work."""
     from filelock import FileLock
 
-    from lncr.training.distributed import resolve_device
+    from lncr.data.distributed import resolve_device
 
     todo = cache.missing(spec, entries)
     if not todo:

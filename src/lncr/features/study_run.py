@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from lncr.data.bags import SlideEntry
 from lncr.errors import BadInput
 from lncr.features.embed import FeatureCache, build_encoder, embed_slides
 from lncr.features.spec import FeatureSpec, run_features
@@ -24,7 +25,6 @@ from lncr.fileio import atomic_write_json
 from lncr.layout import Layout
 from lncr.locks import locks_output
 from lncr.study.validate import Study
-from lncr.training.bags import SlideEntry
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,8 @@ def default_encoders(study: Study) -> list[str]:
 def job_spec(study: Study, architecture: str, stain: str, entries: list[SlideEntry],
              device: torch.device) -> FeatureSpec:
     """The features a run of ``architecture`` on these slides will ask for."""
-    from lncr.training.inputs import input_geometry
-    from lncr.training.loop import autocast_dtype, run_stats
-    from lncr.training.run_state import precision_name
+    from lncr.data.inputs import input_geometry, run_stats
+    from lncr.data.precision import autocast_dtype, precision_name
 
     cfg = study.config
     weights = cfg.backbone_weights(architecture)
@@ -80,8 +79,8 @@ def plan(study: Study, encoders: list[str], cache: FeatureCache, device: torch.d
     """Every encoder × stain × magnification with its slides (this shard's share of those
     still to embed): the sweep's magnifications, and every magnification when the final
     models freeze their backbone too."""
-    from lncr.sweep.grid import sweep_magnifications, sweep_stains
-    from lncr.training.entries import study_entries
+    from lncr.data.entries import study_entries
+    from lncr.study.config import sweep_magnifications, sweep_stains
 
     index, count = shard
     cfg, jobs = study.config, []
@@ -116,7 +115,7 @@ def embed_study(study: Study, encoders: list[str] | None = None, device: str = "
     if executor == "ray":
         from lncr.features.ray_shards import embed_on_ray
 
-        return embed_on_ray(study, encoders, workers, address, progress)
+        return embed_on_ray(study, encoders, embed_shard, workers, address, progress)
     if executor != "local":
         raise BadInput(f"--executor {executor!r}: use local or ray")
     return embed_shard(study, encoders, device, shard, progress)
@@ -127,7 +126,7 @@ def embed_shard(study: Study, encoders: list[str], device: str = "auto",
                 progress: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
     """:func:`embed_study`'s work on one shard, without the output folder's lock (a Ray task
     runs it while the command that started it holds the lock)."""
-    from lncr.training.distributed import resolve_device
+    from lncr.data.distributed import resolve_device
 
     dev = resolve_device(device)
     cache = FeatureCache(Layout(study.config.output_dir), study.config.embedding)

@@ -125,7 +125,7 @@ def foundation_projection(model: nn.Module, dim: int) -> nn.Module:
 
 def register_foundation_models() -> None:
     """Add every entry to the backbone registry (architecture names as the keys here)."""
-    from lncr.models.backbones import BackboneSpec, register
+    from lncr.models.spec import BackboneSpec, register
 
     for m in FOUNDATION_MODELS.values():
         def build(weights, file=None, _m=m):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lncr.models.backbones import BackboneSpec, WeightsUnavailable
+from lncr.models.spec import BackboneSpec, WeightsUnavailable
 
 #: Parameter-name prefixes of the classification heads a local weights file may carry and the
 #: projection replaces (or, for Inception-V3, the dropped auxiliary classifier).

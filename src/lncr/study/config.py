@@ -31,7 +31,7 @@ def registered(value: str, names: list[str], what: str) -> str:
 
 
 def _normalisers() -> list[str]:
-    from lncr.tiling.normalisers import list_normalisers
+    from lncr.registries import list_normalisers
 
     return list_normalisers()
 
@@ -213,7 +213,7 @@ class SweepSettings(_Settings):
     @field_validator("executor")
     @classmethod
     def _registered_executor(cls, v: str) -> str:
-        from lncr.sweep.executor_registry import list_executors
+        from lncr.registries import list_executors
 
         return registered(v, list_executors(), "executor")
 
@@ -315,7 +315,7 @@ class ExplainSettings(_Settings):
     @field_validator("cam_method")
     @classmethod
     def _registered_cam(cls, v: str) -> str:
-        from lncr.explain.cam_methods import list_cam_methods
+        from lncr.registries import list_cam_methods
 
         return registered(v, list_cam_methods(), "CAM method")
 
@@ -403,3 +403,13 @@ class StudyConfig(_Settings):
 def config_to_dict(config: StudyConfig) -> dict:
     """Plain, YAML-safe mapping of the effective settings."""
     return config.model_dump(mode="json")
+
+
+def sweep_stains(config: StudyConfig) -> tuple[str, ...]:
+    """The stains the sweep compares (``sweep.stains``, else every stain)."""
+    return tuple(config.sweep.stains or config.stains)
+
+
+def sweep_magnifications(config: StudyConfig) -> tuple[str, ...]:
+    """The magnifications the sweep compares (``sweep.magnifications``, else every one)."""
+    return tuple(config.sweep.magnifications or config.magnification_labels())

@@ -190,9 +190,9 @@ def ray_executor(workers: int, unit_cpus: int, unit_gpus: float, address: str | 
 def make_executor(kind: str, workers: int = 0, unit_cpus: int = 1, unit_gpus: float = 1.0,
                   address: str | None = None, device: str = "auto", retries: int = 2
                   ) -> Executor:
-    """The executor a sweep asked for (registered in :mod:`lncr.sweep.executor_registry`)."""
+    """The executor a sweep asked for (registered in :mod:`lncr.registries`)."""
+    from lncr.registries import EXECUTORS
     from lncr.study.config import registered
-    from lncr.sweep.executor_registry import EXECUTORS
 
     factory = globals()[EXECUTORS[registered(kind, list(EXECUTORS), "executor")]]
     return factory(workers, unit_cpus, unit_gpus, address, device, retries)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from lncr.data.entries import with_sides
 from lncr.study.validate import Study
 from lncr.sweep.grid import ALL_DEVELOPMENT, Unit, unit_sides
-from lncr.training.entries import with_sides
 
 
 class Feasibility:
@@ -29,7 +29,7 @@ class Feasibility:
 
     def entries(self, u: Unit) -> list:
         """The unit's slides with tiles, on the sides of its split."""
-        from lncr.training.entries import study_entries
+        from lncr.data.entries import study_entries
 
         key = (u.stain, u.magnification)
         if key not in self._entries:
@@ -43,7 +43,7 @@ class Feasibility:
         outcomes (every unit), a validation AUC (a unit of the split protocol), or its share
         of the out-of-fold predictions (a fold: every fold of its repeat must train, and the
         pooled patients hold both outcomes). A final model needs training data only."""
-        from lncr.training.entries import (
+        from lncr.data.entries import (
             OUTCOME,
             side_patients,
             training_problem,
@@ -72,7 +72,7 @@ class Feasibility:
         """Why one fold of ``u``'s repeat cannot train ("" when every fold can): one fold that
         cannot train loses its patients from the pooled predictions. Checked once per stain ×
         magnification × repeat."""
-        from lncr.training.entries import training_problem
+        from lncr.data.entries import training_problem
 
         key = (u.stain, u.magnification, u.repeat)
         if key not in self._folds:

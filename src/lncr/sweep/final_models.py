@@ -14,9 +14,9 @@ import math
 
 import pandas as pd
 
-from lncr.study.config import StudyConfig
+from lncr.study.config import StudyConfig, sweep_stains
 from lncr.sweep.criterion import pooled_at
-from lncr.sweep.grid import ALL_DEVELOPMENT, Unit, sweep_stains
+from lncr.sweep.grid import ALL_DEVELOPMENT, Unit
 
 
 def fold_table(results: dict[str, dict]) -> pd.DataFrame | None:

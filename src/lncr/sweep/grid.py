@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lncr.study.config import StudyConfig
+from lncr.study.config import StudyConfig, sweep_magnifications, sweep_stains
 from lncr.study.folds import fold_sides, study_folds
 from lncr.study.split import stratified_split
 from lncr.training.loop import RunSpec
@@ -74,14 +74,6 @@ class Unit:
 
 #: A unit's columns in the sweep's tables, in order.
 UNIT_KEYS = ("stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split")
-
-
-def sweep_stains(config: StudyConfig) -> tuple[str, ...]:
-    return tuple(config.sweep.stains or config.stains)
-
-
-def sweep_magnifications(config: StudyConfig) -> tuple[str, ...]:
-    return tuple(config.sweep.magnifications or config.magnification_labels())
 
 
 #: The split tag of a model trained on every development patient (k-fold's final models).

@@ -49,6 +49,7 @@ from lncr.identifiers import file_name
 from lncr.layout import Layout, write_table
 from lncr.locks import locks_output
 from lncr.paths import store_columns, stored
+from lncr.study.config import sweep_stains
 from lncr.study.validate import Study
 from lncr.sweep.criterion import criterion_table, left_out, pooled_at, stability
 from lncr.sweep.executors import Executor
@@ -62,7 +63,7 @@ from lncr.sweep.final_models import (
     unselected_rows,
     with_oof_auc,
 )
-from lncr.sweep.grid import Unit, build_grid, sweep_stains, write_repeat_splits
+from lncr.sweep.grid import Unit, build_grid, write_repeat_splits
 from lncr.sweep.halving import halving_rungs, promote, score_at
 from lncr.sweep.selection import (
     complete_failures,
@@ -195,8 +196,8 @@ class Sweep:
         self.kind = executor.name if hasattr(executor, "map") else (executor or sw.executor)
         self._executor = executor if hasattr(executor, "map") else None
         if self._executor is None:  # an unknown name is refused before any work
+            from lncr.registries import EXECUTORS
             from lncr.study.config import registered
-            from lncr.sweep.executor_registry import EXECUTORS
 
             registered(self.kind, list(EXECUTORS), "executor")
         self.workers = sw.workers if workers is None else workers
@@ -276,7 +277,7 @@ class Sweep:
     def unusable(self) -> dict[str, list[dict]]:
         """Per stain × magnification of the grid, the patients without tiles there (the
         units leave them out; each run records them too)."""
-        from lncr.training.entries import unusable_patients
+        from lncr.data.entries import unusable_patients
 
         out = {}
         for stain in sweep_stains(self.cfg):

@@ -2,7 +2,7 @@
 
 :func:`run_unit` never raises: a failing unit returns ``status="failed"`` with the error and
 its traceback, so one bad configuration cannot stop the sweep. Everything a unit produces is
-in its run folder (:func:`lncr.training.loop.train_run`), which also makes a unit resumable:
+in its run folder (:func:`lncr.training.trainer.train_run`), which also makes a unit resumable:
 a finished run is skipped and an interrupted one continues from ``last.pt``.
 """
 
@@ -92,7 +92,7 @@ _ENTRIES: dict[tuple, tuple] = {}
 def unit_entries(task: UnitTask):
     """The unit's study config, its slides (with the repeat's own split applied if it has
     one) and the patients without tiles there."""
-    from lncr.training.entries import study_entries, unusable_patients, with_sides
+    from lncr.data.entries import study_entries, unusable_patients, with_sides
 
     u, study = task.unit, task.study
     key = (study.source["study"], study.overrides, u.stain, u.magnification)
@@ -109,7 +109,7 @@ def run_unit(task: UnitTask) -> dict:
 
     from lncr.features.embed import FeatureCache
     from lncr.layout import Layout
-    from lncr.training.loop import train_run
+    from lncr.training.trainer import train_run
 
     t0 = time.perf_counter()
     torch.set_num_threads(task.threads)

@@ -22,31 +22,25 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from lncr import __version__
 from lncr.errors import BadInput
-from lncr.fileio import atomic_save_image, atomic_write_bytes, atomic_write_json
+from lncr.fileio import atomic_save_image, atomic_write_bytes
 from lncr.identifiers import file_name
-from lncr.layout import Layout, write_table
+from lncr.layout import Layout
 from lncr.locks import locks_output, output_lock
 from lncr.sharding import Shard
-from lncr.study.config import MagnificationSettings, StudyConfig
 from lncr.study.validate import Study
+from lncr.tiling.index import INDEX_COLUMNS, plan_units, tile_params, write_index
 from lncr.tiling.qc import qc_thumbnails
 from lncr.tiling.reference import NormalisationReferenceError, fit_reference
 from lncr.tiling.shards import clear_parts, try_merge, write_part
 from lncr.tiling.store import TileStore
 from lncr.tiling.unit import TileParams, TileUnit, UnitResult, tile_unit
 from lncr.workers import process_pool
-
-INDEX_COLUMNS = ["patient_id", "cohort", "stain", "magnification", "target_mpp", "slide_mpp",
-                 "status", "grid_cells", "outside_regions", "prefiltered", "rejected", "kept",
-                 "normaliser_fallbacks", "seconds", "slide", "store", "annotations", "error"]
-
 
 
 class TilingError(BadInput):
@@ -82,35 +76,6 @@ class TilingReport:
         return pd.DataFrame(rows, columns=INDEX_COLUMNS)
 
 
-def tile_params(config: StudyConfig) -> TileParams:
-    t = config.tiling
-    return TileParams(tile_size=t.tile_size, background_threshold=t.background_threshold,
-                      max_background_fraction=t.max_background_fraction,
-                      luminosity_standardise=t.luminosity_standardise,
-                      luminosity_percentile=t.luminosity_percentile, encoding=t.encoding,
-                      jpeg_quality=t.jpeg_quality, png_compression=t.png_compression,
-                      stain_estimate=t.stain_estimate, prefilter=t.prefilter)
-
-
-def plan_units(study: Study, layout: Layout) -> list[TileUnit]:
-    """One unit per usable slide × magnification, in a stable order."""
-    cfg = study.config
-    cohort = dict(zip(study.patients.patient_id, study.patients.cohort))
-    units = []
-    for row in study.slides[study.slides.ok].sort_values(["patient_id", "stain"]).itertuples():
-        if row.patient_id not in cohort:
-            continue
-        for power in cfg.magnification.powers:
-            mag = MagnificationSettings.label(power)
-            units.append(TileUnit(
-                patient_id=row.patient_id, cohort=cohort[row.patient_id], stain=row.stain,
-                slide=row.path, mpp_override=None if pd.isna(row.mpp) else float(row.mpp),
-                magnification=mag, target_mpp=cfg.magnification.mpp(power),
-                store=str(layout.tile_store(row.stain, mag, row.patient_id)),
-                annotations=row.annotations, rules=cfg.annotations.rules()))
-    return units
-
-
 def _references(study: Study, layout: Layout, params: TileParams
                 ) -> tuple[dict[str, dict | None], dict[str, str]]:
     """Fit (or reuse) each stain's reference on development slides; errors per stain."""
@@ -133,16 +98,6 @@ def _references(study: Study, layout: Layout, params: TileParams
         except NormalisationReferenceError as exc:
             errors[stain] = str(exc)
     return refs, errors
-
-
-def summarise(index: pd.DataFrame) -> pd.DataFrame:
-    """Slides and tiles per stain × magnification × cohort."""
-    ok = index[index.status == "ok"]
-    out = ok.groupby(["stain", "magnification", "cohort"]).agg(
-        slides=("patient_id", "nunique"), tiles=("kept", "sum"),
-        tiles_per_slide=("kept", "mean")).reset_index()
-    out["tiles_per_slide"] = out["tiles_per_slide"].round(1)
-    return out
 
 
 def tile_study(study: Study, workers: int | None = None, force: bool = False,
@@ -216,26 +171,6 @@ def _run_units(study: Study, layout: Layout, units: list[TileUnit], workers: int
     report.results.sort(key=lambda r: order[(r.unit.patient_id, r.unit.stain, r.unit.magnification)])
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def write_index(study: Study, layout: Layout, index: pd.DataFrame, seconds: float,
-                workers: int | None, reference_errors: dict[str, str],
-                shards: int | None = None) -> None:
-    """``index.csv``, ``summary.csv`` and ``run.json`` of the whole study."""
-    cfg = study.config
-    layout.write_tiles_index(index)
-    write_table(layout.tiles_summary, summarise(index))
-    statuses = index.status.value_counts().to_dict()
-    atomic_write_json(layout.tiles_record, {
-        "lncr_version": __version__, "settings": asdict(tile_params(cfg)),
-        "normalisation": {s: cfg.tiling.method_for(s) for s in cfg.stains},
-        "magnifications": {MagnificationSettings.label(p): cfg.magnification.mpp(p)
-                           for p in cfg.magnification.powers},
-        "units": len(index), "statuses": {k: int(v) for k, v in statuses.items()},
-        "tiles": int(index.kept.sum()), "seconds": round(seconds, 2),
-        "annotated_slides": int(index[index.annotations.fillna("") != ""].groupby(
-            ["patient_id", "stain"]).ngroups),
-        "workers": workers, "shards": shards, "reference_errors": reference_errors})
 
 
 @locks_output

@@ -101,7 +101,7 @@ def merge_shards(study, units: list | None = None, wait: float = 0.0) -> pd.Data
     """Merge the shards' parts into the study's index (``lncr tile --merge``), waiting up to
     ``wait`` seconds for the output folder."""
     from lncr.locks import output_lock
-    from lncr.tiling.run import INDEX_COLUMNS, plan_units, write_index
+    from lncr.tiling.index import INDEX_COLUMNS, plan_units, write_index
 
     layout = Layout(study.config.output_dir)
     with output_lock(study.config.output_dir, "lncr tile --merge", wait):

@@ -1,4 +1,6 @@
-"""One training run: (stain, magnification, architecture, bag size, seed) → a run folder.
+"""The parts of one training run — (stain, magnification, architecture, bag size, seed) → a
+run folder — that :func:`lncr.training.trainer.train_run` puts together: the run's name and
+folder, the model, optimiser, schedule, loaders and validation pass.
 
 Folder ``<output_dir>/runs/<stain>/<mag>/<arch>-b<bag>-s<seed>/`` holds ``config.json`` (the
 effective settings, input geometry, channel statistics, precision, package versions),
@@ -18,7 +20,7 @@ epoch's order on ``(seed, epoch)``; dropout's RNG state is checkpointed. A run r
 uninterrupted run on the CPU (tested), whatever the number of loader workers.
 
 Under ``torchrun`` each rank trains on a disjoint share of the epoch's slides
-(:func:`lncr.training.bags.rank_share`) in DistributedDataParallel; uneven shares are handled
+(:func:`lncr.data.bags.rank_share`) in DistributedDataParallel; uneven shares are handled
 by DDP's join; outputs and validation predictions are gathered on every rank, and rank 0
 writes the files.
 """
@@ -34,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from lncr.data.bags import BagDataset, collate_bags
+from lncr.data.distributed import Context
+from lncr.data.inputs import DeviceInput
 from lncr.errors import WorkFailed
 from lncr.identifiers import file_name
 from lncr.models.mil import AttentionMIL, build_mil
 from lncr.study.config import TrainingSettings
-from lncr.training.bags import BagDataset, SlideEntry, collate_bags, eval_indices
-from lncr.training.distributed import Context
-from lncr.training.inputs import DeviceInput, tile_channel_stats
 
 
 @dataclass(frozen=True)
@@ -65,27 +67,6 @@ def versions() -> dict[str, str]:
     return training_versions()
 
 
-def channel_stats(entries: list[SlideEntry], tiles_per_slide: int = 16) -> tuple[list, list]:
-    """Per-channel mean and s.d. (0–1 scale) of training tiles, spread over each slide."""
-    ds = BagDataset(entries, bag_size=1, train=False)
-    return tile_channel_stats([t for i, e in enumerate(entries)
-                               for t in ds.tiles(i, eval_indices(e.n_tiles, tiles_per_slide))])
-
-
-def run_stats(settings: TrainingSettings, stain: str, train: list[SlideEntry]
-              ) -> tuple[list, list]:
-    """A run's channel statistics: the encoder's own when it requires them (foundation
-    models), else ``training.channel_stats``'s preset, else computed from the training
-    slides."""
-    from lncr.models.backbones import backbone_spec
-    from lncr.training.inputs import preset_stats
-
-    required = backbone_spec(settings.architecture).stats
-    if required is not None:
-        return list(required[0]), list(required[1])
-    return preset_stats(settings.channel_stats, stain) or channel_stats(train)
-
-
 def lr_lambda(settings: TrainingSettings) -> Callable[[int], float]:
     """Linear warm-up for ``warmup_epochs``, then cosine annealing to ``min_learning_rate``."""
     floor = settings.min_learning_rate / settings.learning_rate
@@ -98,16 +79,6 @@ def lr_lambda(settings: TrainingSettings) -> Callable[[int], float]:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Mixed-precision type on CUDA (``auto``: bf16 where supported, else fp16); None = fp32.
-    The CPU always trains in fp32."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
 def make_optimiser(model: torch.nn.Module, architecture: str, settings: TrainingSettings):
@@ -189,33 +160,3 @@ def evaluate(model: torch.nn.Module, batches, inputs: DeviceInput, ctx: Context,
 
 class TrainingDiverged(WorkFailed):
     """The training loss became NaN or infinite: the run stops unfinished (no ``done.json``)."""
-
-
-def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettings,
-              runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
-              force: bool = False, stop_after: Callable[[int, int | None], bool] | None = None,
-              source: dict | None = None, excluded: list[dict] | None = None,
-              features=None, on_epoch: Callable[[dict], None] | None = None,
-              on_step: Callable[[int, int, int], None] | None = None) -> Path:
-    """Train (or resume, or skip when finished) one run; returns its folder.
-
-    ``entries`` are the stain × magnification's slides with their sides (``train``/``val``);
-    external slides are ignored. ``device`` is a device name or a :class:`Context` from
-    :func:`lncr.training.distributed.setup`. ``stop_after(epoch, step)`` is asked after every
-    checkpoint (``step`` is None at the end of an epoch); True ends the call there, as an
-    interruption would. ``source`` (the study file and overrides) is recorded for
-    ``lncr predict``; ``excluded`` (the patients without tiles here,
-    :func:`lncr.training.entries.unusable_patients`) is recorded, and named when the training
-    or validation slides lose a label. ``features`` (a
-    :class:`lncr.features.embed.FeatureCache`) trains a frozen pretrained backbone from cached
-    features, embedding the slides first when needed. ``on_epoch`` gets each epoch's metrics
-    row (with ``epochs`` and ``seconds``) on the main process, ``on_step(epoch, step, steps)``
-    each optimiser step there. The work is
-    :class:`lncr.training.trainer.Trainer`'s.
-    """
-    from lncr.training.trainer import Trainer
-
-    trainer = Trainer(spec, entries, settings, runs_root, tile_size, weights, device, force,
-                      source, excluded, features)
-    trainer.on_epoch, trainer.on_step = on_epoch, on_step
-    return trainer.run(stop_after)

@@ -23,6 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lncr.data.bags import BagDataset, SlideEntry, chunk_count
+from lncr.data.distributed import Context, resolve_device
+from lncr.data.entries import study_entries, with_sides
+from lncr.data.inputs import DeviceInput, InputGeometry
 from lncr.errors import BadInput
 from lncr.features.spec import spec_from_config
 from lncr.fileio import atomic_write_json, atomic_write_text, read_torch
@@ -31,10 +35,6 @@ from lncr.models.mil import load_head_state, with_backbone_keys
 from lncr.study.config import TrainingSettings
 from lncr.study.tables import OUTSIDE_SPLIT
 from lncr.study.validate import Study
-from lncr.training.bags import BagDataset, SlideEntry, chunk_count
-from lncr.training.distributed import Context, resolve_device
-from lncr.training.entries import study_entries, with_sides
-from lncr.training.inputs import DeviceInput, InputGeometry
 from lncr.training.loop import build_model, evaluate, loader, versions
 
 #: development: every development patient; val: those the run held out (its split.csv);

@@ -31,10 +31,6 @@ def best_key(row: dict) -> tuple[float, float]:
             -(row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]))
 
 
-def precision_name(amp: torch.dtype | None) -> str:
-    return str(amp).replace("torch.", "") if amp else "fp32"
-
-
 def rng_state(device: torch.device) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":

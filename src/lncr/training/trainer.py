@@ -1,6 +1,6 @@
 """The training of one run, step by step: prepare the folder, build, restore, train an epoch,
-validate, record, checkpoint, finish. :func:`lncr.training.loop.train_run` drives it; the
-module docstring there describes the run folder, resumption and distributed training.
+validate, record, checkpoint, finish. :func:`train_run` drives it; the docstring of
+:mod:`lncr.training.loop` describes the run folder, resumption and distributed training.
 
 The order of every random draw is part of the contract (a resumed run reaches the weights of
 an uninterrupted one exactly): the model is built right after ``torch.manual_seed(seed)``,
@@ -26,6 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch.distributed.algorithms.join import Join
 
+from lncr.data.bags import BagDataset, EpochSampler, SlideEntry
+from lncr.data.distributed import Context, resolve_device
+from lncr.data.inputs import DeviceInput, input_geometry, run_stats
+from lncr.data.precision import autocast_dtype, precision_name
 from lncr.errors import BadInput
 from lncr.fileio import (
     DamagedFile,
@@ -36,19 +40,14 @@ from lncr.fileio import (
 )
 from lncr.models.mil import FeatureModel, freeze_batch_norm
 from lncr.study.config import TrainingSettings
-from lncr.training.bags import BagDataset, EpochSampler, SlideEntry
-from lncr.training.distributed import Context, resolve_device
-from lncr.training.inputs import DeviceInput, input_geometry
 from lncr.training.loop import (
     RunSpec,
     TrainingDiverged,
-    autocast_dtype,
     build_model,
     evaluate,
     loader,
     lr_lambda,
     make_optimiser,
-    run_stats,
     versions,
 )
 from lncr.training.metrics import accuracy, auc, youden_threshold
@@ -56,7 +55,6 @@ from lncr.training.run_state import (
     best_key,
     epoch_seed,
     portable_source,
-    precision_name,
     resume_key,
     rng_state,
     set_rng_state,
@@ -121,8 +119,8 @@ class Trainer:
         """Train to the last epoch (or until ``stop_after`` says so); the run folder."""
         if self.finished and not self.force:
             return self.folder
+        from lncr.data.entries import check_sides
         from lncr.locks import output_lock
-        from lncr.training.entries import check_sides
 
         check_sides(self.train + self.val, self.excluded,
                     f"{self.spec.stain} {self.spec.magnification}",
@@ -449,3 +447,31 @@ class Trainer:
             atomic_save_torch({"model": self.model.state_dict(), "epoch": self.settings.epochs,
                                "step": 0, "complete": True}, self.last)
         self.ctx.barrier()
+
+
+def train_run(spec: RunSpec, entries: list[SlideEntry], settings: TrainingSettings,
+              runs_root: Path, tile_size: int, weights=None, device: str | Context = "cpu",
+              force: bool = False, stop_after: Callable[[int, int | None], bool] | None = None,
+              source: dict | None = None, excluded: list[dict] | None = None,
+              features=None, on_epoch: Callable[[dict], None] | None = None,
+              on_step: Callable[[int, int, int], None] | None = None) -> Path:
+    """Train (or resume, or skip when finished) one run; returns its folder.
+
+    ``entries`` are the stain × magnification's slides with their sides (``train``/``val``);
+    external slides are ignored. ``device`` is a device name or a :class:`Context` from
+    :func:`lncr.data.distributed.setup`. ``stop_after(epoch, step)`` is asked after every
+    checkpoint (``step`` is None at the end of an epoch); True ends the call there, as an
+    interruption would. ``source`` (the study file and overrides) is recorded for
+    ``lncr predict``; ``excluded`` (the patients without tiles here,
+    :func:`lncr.data.entries.unusable_patients`) is recorded, and named when the training
+    or validation slides lose a label. ``features`` (a
+    :class:`lncr.features.embed.FeatureCache`) trains a frozen pretrained backbone from cached
+    features, embedding the slides first when needed. ``on_epoch`` gets each epoch's metrics
+    row (with ``epochs`` and ``seconds``) on the main process, ``on_step(epoch, step, steps)``
+    each optimiser step there. The work is
+    :class:`Trainer`'s.
+    """
+    trainer = Trainer(spec, entries, settings, runs_root, tile_size, weights, device, force,
+                      source, excluded, features)
+    trainer.on_epoch, trainer.on_step = on_epoch, on_step
+    return trainer.run(stop_after)

@@ -1,29 +1,24 @@
 """Stain normalisers by name: ``macenko``, ``vahadane``, ``reinhard``, ``none``.
 
 Adding a method is one class with ``fit``/``_estimate``/``_apply``/``to_dict``/``from_dict``
-and one entry in :data:`NORMALISERS`.
+and one entry in :data:`lncr.registries.NORMALISERS` (name -> class name), from which
+:data:`NORMALISERS` is built.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from lncr import registries
+from lncr.registries import list_normalisers
 from lncr.tiling.normalisers.base import Identity, NotEnoughTissue, StainNormaliser
 from lncr.tiling.normalisers.macenko import Macenko
 from lncr.tiling.normalisers.reinhard import Reinhard
 from lncr.tiling.normalisers.vahadane import Vahadane
 
 NORMALISERS: dict[str, type[StainNormaliser]] = {
-    "macenko": Macenko,
-    "vahadane": Vahadane,
-    "reinhard": Reinhard,
-    "none": Identity,
-}
-
-
-def list_normalisers() -> list[str]:
-    """The registered normaliser names (what ``tiling.normalisation`` accepts)."""
-    return list(NORMALISERS)
+    name: {c.__name__: c for c in (Macenko, Vahadane, Reinhard, Identity)}[cls]
+    for name, cls in registries.NORMALISERS.items()}
 
 
 def make_normaliser(name: str) -> StainNormaliser:

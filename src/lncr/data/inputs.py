@@ -7,7 +7,7 @@ Sizes are given for 512-px tiles and scale with the tile size, so small test til
 proportionally small inputs.
 
 Work is split in two: DataLoader workers decode, crop, flip and rotate tiles as uint8
-(:mod:`lncr.training.bags`), and :class:`DeviceInput` converts to float, resizes, applies the
+(:mod:`lncr.data.bags`), and :class:`DeviceInput` converts to float, resizes, applies the
 colour jitter factors drawn in the worker, and normalises with the channel statistics on the
 device. Channel statistics come from the training tiles (``computed``, stored with the run),
 from the constants of the authors' training script (``published``, per stain), or ImageNet's.
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lncr.data.bags import BagDataset, SlideEntry, eval_indices
 from lncr.models.backbones import backbone_spec
 from lncr.study.config import TrainingSettings
 
@@ -128,3 +129,21 @@ def colour_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     grey = (x * weights).sum(1, keepdim=True)
     x = (x - grey) * factors[:, 2].view(-1, 1, 1, 1) + grey
     return x.clamp_(0.0, 1.0)
+
+
+def channel_stats(entries: list[SlideEntry], tiles_per_slide: int = 16) -> tuple[list, list]:
+    """Per-channel mean and s.d. (0–1 scale) of training tiles, spread over each slide."""
+    ds = BagDataset(entries, bag_size=1, train=False)
+    return tile_channel_stats([t for i, e in enumerate(entries)
+                               for t in ds.tiles(i, eval_indices(e.n_tiles, tiles_per_slide))])
+
+
+def run_stats(settings: TrainingSettings, stain: str, train: list[SlideEntry]
+              ) -> tuple[list, list]:
+    """A run's channel statistics: the encoder's own when it requires them (foundation
+    models), else ``training.channel_stats``'s preset, else computed from the training
+    slides."""
+    required = backbone_spec(settings.architecture).stats
+    if required is not None:
+        return list(required[0]), list(required[1])
+    return preset_stats(settings.channel_stats, stain) or channel_stats(train)

@@ -11,7 +11,7 @@ evenly spaced over the store (which is in grid order, so they spread over the sl
 
 Tiles are decoded, cropped, flipped and rotated in DataLoader workers and returned as uint8
 (N, 3, crop, crop) tensors; scaling, resizing, colour jitter and normalisation happen on the
-device (:mod:`lncr.training.inputs`), which keeps workers cheap and transfers small.
+device (:mod:`lncr.data.inputs`), which keeps workers cheap and transfers small.
 """
 
 from __future__ import annotations

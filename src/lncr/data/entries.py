@@ -5,10 +5,10 @@ it)."""
 
 from __future__ import annotations
 
+from lncr.data.bags import SlideEntry, slide_entries
 from lncr.errors import BadInput
 from lncr.layout import Layout
 from lncr.study.validate import Study
-from lncr.training.bags import SlideEntry, slide_entries
 
 OUTCOME = {1: "CR", 0: "non-CR"}
 
