@@ -1,0 +1,128 @@
+"""Describe training runs together as one stacked model: each run gets what it gets alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import FAST, validated_copy
+from lncr.data.entries import study_entries
+from lncr.features.embed import FeatureCache
+from lncr.layout import Layout
+from lncr.models.backbones import build_backbone
+from lncr.study.validate import Study
+from lncr.training.group import train_group
+from lncr.training.loop import RunSpec
+from lncr.training.trainer import Trainer, train_run
+
+FROZEN = FAST + ["training.architecture=resnet18", "training.backbone_lr_factor=0",
+                 "training.channel_stats=imagenet", "training.embedding_dim=32",
+                 "training.transformer_heads=4", "training.feedforward_dim=64",
+                 "training.epochs=3", "training.warmup_epochs=1", "training.eval_tiles=8",
+                 "training.input_size=256", "training.loader_workers=0",
+                 "training.learning_rate=0.001"]
+
+
+@pytest.fixture(scope="module")
+def frozen(tiled, tmp_path_factory):
+    """(study, weights file, the HE 10x slides) of a validated copy of the tiled phantom."""
+    folder = tmp_path_factory.mktemp("group")
+    study_yaml = validated_copy(tiled, folder / "study")
+    weights = folder / "resnet18.pth"
+    torch.manual_seed(5)
+    torch.save(build_backbone("resnet18", 8).model.state_dict(), weights)
+    study = Study.load(study_yaml, FROZEN)
+    return study, str(weights), study_entries(study, "HE", "10x")
+
+
+def other_split(entries):
+    """The same slides with one training and one validation slide of one label swapped."""
+    train = next(e for e in entries if e.split == "train")
+    val = next(e for e in entries if e.split == "val" and e.label == train.label)
+    swap = {train.patient_id: "val", val.patient_id: "train"}
+    return [dataclasses.replace(e, split=swap.get(e.patient_id, e.split)) for e in entries]
+
+
+def runs(frozen):
+    """Four runs of one bag size: two seeds × two splits, and a fifth of another bag size."""
+    _, _, entries = frozen
+    split1 = other_split(entries)
+    return [(RunSpec("HE", "10x", "resnet18", 4, 0), entries),
+            (RunSpec("HE", "10x", "resnet18", 4, 1), entries),
+            (RunSpec("HE", "10x", "resnet18", 4, 0, "split1"), split1),
+            (RunSpec("HE", "10x", "resnet18", 4, 2, "split1"), split1),
+            (RunSpec("HE", "10x", "resnet18", 8, 0), entries)]
+
+
+def trainer(frozen, spec, entries, root, **settings):
+    study, weights, _ = frozen
+    cfg = study.config
+    return Trainer(spec, entries, cfg.training.model_copy(update=settings), root,
+                   cfg.tiling.tile_size, weights, features=FeatureCache(
+                       Layout(cfg.output_dir), cfg.embedding))
+
+
+def alone(frozen, spec, entries, root, **settings):
+    study, weights, _ = frozen
+    cfg = study.config
+    return train_run(spec, entries, cfg.training.model_copy(update=settings), root,
+                     cfg.tiling.tile_size, weights=weights,
+                     features=FeatureCache(Layout(cfg.output_dir), cfg.embedding))
+
+
+def assert_same_run(a, b, tolerance=1e-5):
+    """Metrics, every epoch's validation predictions and the weights agree."""
+    ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
+    assert list(ma.columns) == list(mb.columns) and len(ma) == len(mb)
+    assert np.allclose(ma.to_numpy(float), mb.to_numpy(float), atol=tolerance, equal_nan=True)
+    va, vb = pd.read_csv(a / "val_predictions.csv"), pd.read_csv(b / "val_predictions.csv")
+    assert (va.patient_id == vb.patient_id).all()
+    assert np.abs(va.probability - vb.probability).max() <= tolerance
+    for name in ("best.pt", "last.pt"):
+        sa = torch.load(a / name, weights_only=True)["model"]
+        sb = torch.load(b / name, weights_only=True)["model"]
+        assert sa.keys() == sb.keys()
+        assert max((sa[k] - sb[k]).abs().max().item() for k in sa) <= tolerance
+
+
+@pytest.mark.slow  # trains runs
+class DescribeGroupTraining:
+    def it_gives_each_run_what_it_gets_alone(self, frozen, tmp_path):
+        together = [trainer(frozen, s, e, tmp_path / "group") for s, e in runs(frozen)]
+        results = train_group(together)
+        assert [error for _, error in results] == [None] * 5
+        for (spec, entries), (folder, _) in zip(runs(frozen), results):
+            assert (folder / "done.json").exists()
+            assert_same_run(alone(frozen, spec, entries, tmp_path / "alone"), folder)
+
+    def it_stops_runs_at_their_own_epoch_and_resumes_them(self, frozen, tmp_path):
+        """Successive halving's rung: two runs stop after epoch 0 mid-group, the others go
+        on; the stopped ones, resumed in a group of their own, finish as alone."""
+        chosen = runs(frozen)[:4]
+
+        def stop(index: int, epoch: int, step: int | None) -> bool:
+            return index in (1, 3) and step is None and epoch == 0
+
+        first = train_group([trainer(frozen, s, e, tmp_path / "g") for s, e in chosen], stop)
+        assert [(f / "done.json").exists() for f, _ in first] == [True, False, True, False]
+        assert len(pd.read_csv(first[1][0] / "metrics.csv")) == 1
+        train_group([trainer(frozen, s, e, tmp_path / "g") for s, e in chosen])
+        for spec, entries in chosen:
+            assert_same_run(alone(frozen, spec, entries, tmp_path / "alone"),
+                            spec.folder(tmp_path / "g"))
+
+    def it_resumes_a_group_cut_mid_epoch_to_the_same_results(self, frozen, tmp_path):
+        chosen = runs(frozen)[:3]
+        every = {"checkpoint_every": 2}
+        cut = train_group([trainer(frozen, s, e, tmp_path / "g", **every) for s, e in chosen],
+                          lambda index, epoch, step: epoch == 1 and step == 2)
+        assert all(error is None and not (f / "done.json").exists() for f, error in cut)
+        assert torch.load(cut[0][0] / "last.pt", weights_only=False)["step"] == 2
+        train_group([trainer(frozen, s, e, tmp_path / "g", **every) for s, e in chosen])
+        for spec, entries in chosen:
+            assert_same_run(alone(frozen, spec, entries, tmp_path / "alone", **every),
+                            spec.folder(tmp_path / "g"))
