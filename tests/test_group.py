@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -126,3 +127,87 @@ class DescribeGroupTraining:
         for spec, entries in chosen:
             assert_same_run(alone(frozen, spec, entries, tmp_path / "alone", **every),
                             spec.folder(tmp_path / "g"))
+
+    def it_splits_a_group_that_does_not_fit_and_gets_the_same_results(self, frozen, tmp_path,
+                                                                     monkeypatch):
+        from lncr.training import group_memory
+        from lncr.training.group import GroupTrainer
+
+        monkeypatch.setattr(group_memory, "run_bytes", lambda *args: 1000)
+        monkeypatch.setattr(group_memory, "free_bytes", lambda device: 4000)  # 2 runs fit
+        chosen = runs(frozen)[:4]
+        split = GroupTrainer([trainer(frozen, s, e, tmp_path / "g") for s, e in chosen])
+        assert [m.error for m in split.run()] == [None] * 4 and split.chunk_size == 2
+        for spec, entries in chosen:
+            assert_same_run(alone(frozen, spec, entries, tmp_path / "alone"),
+                            spec.folder(tmp_path / "g"))
+
+
+@pytest.mark.slow  # trains two sweeps
+def it_selects_in_groups_what_it_selects_one_unit_at_a_time(frozen, tmp_path):
+    """A frozen grid with re-drawn splits and successive halving, swept with groups
+    (automatic) and one unit at a time: the same figures for every unit, the same choice."""
+    import shutil
+
+    from lncr.sweep.run import run_sweep
+
+    study, weights, _ = frozen
+    folder = study.source["study"]
+    reports = {}
+    for size in (1, 0):
+        copy = tmp_path / f"size{size}"
+        shutil.copytree(Path(folder).parent, copy, ignore=shutil.ignore_patterns("runs*"))
+        sets = FROZEN + ["sweep.backbone=frozen", "sweep.architectures=[resnet18]",
+                         "sweep.bag_sizes=[2, 4]", "sweep.repeats=3", "sweep.resplit=true",
+                         "sweep.stains=[HE]", "sweep.magnifications=[10x]",
+                         "magnification.powers=[10]", "sweep.early_stopping=halving",
+                         "sweep.halving_rate=2", "sweep.min_epochs=2", "training.epochs=4",
+                         f"sweep.weights={{resnet18: '{weights}'}}", f"sweep.group_size={size}"]
+        reports[size] = run_sweep(Study.load(copy / "study.yaml", sets), executor="local",
+                                  workers=1, device="cpu", final=False)
+    a, b = (reports[s].units.sort_values(["bag_size", "repeat"]).reset_index(drop=True)
+            for s in (1, 0))
+    assert list(a.status) == list(b.status) and "stopped" in set(a.status)
+    assert set(a.group) == {1} and set(b.group) == {3}  # 3 repeats of each bag size together
+    for column in ("epochs_trained", "val_auc", "val_loss", "train_loss", "best_val_auc"):
+        assert np.allclose(a[column], b[column], atol=1e-5, equal_nan=True), column
+    chosen = [{k: reports[s].selection[k] for k in ("architectures", "bag_size", "decided_by")}
+              for s in (1, 0)]
+    assert chosen[0] == chosen[1]
+
+
+class DescribeGrouping:
+    @staticmethod
+    def tasks(frozen: bool = True, stop: int = 10):
+        from lncr.sweep.grid import Unit
+        from lncr.sweep.unit import UnitTask
+
+        units = [Unit.of(stain, "10x", "resnet18", bag, r, r, f"split{r}" if r else "")
+                 for stain in ("HE", "PAS") for bag in (8, 16) for r in range(5)]
+        return [UnitTask(u, None, "runs", 10, stop, "cpu", 1, "w.pth", frozen) for u in units]
+
+    def it_groups_the_units_of_a_stain_magnification_architecture_and_bag_size(self):
+        from lncr.sweep.groups import group_tasks
+        from lncr.sweep.unit import GroupTask
+
+        groups = group_tasks(self.tasks(), 0, workers=2)  # 20 units, 2 workers: up to 10
+        assert all(isinstance(g, GroupTask) for g in groups) and len(groups) == 4
+        for g in groups:
+            assert len({(u.stain, u.bag_size) for u in g.units}) == 1 and len(g.units) == 5
+            assert [u.repeat for u in g.units] == list(range(5))
+
+    def it_caps_groups_evenly_and_keeps_one_unit_alone(self):
+        from lncr.sweep.groups import group_tasks
+        from lncr.sweep.unit import GroupTask, UnitTask, task_units
+
+        sizes = sorted(len(task_units(g)) for g in group_tasks(self.tasks(), 2, workers=2))
+        assert sizes == sorted([2, 2, 1] * 4)  # 5 units of a key, at most 2: 2 + 2 + 1
+        lone = group_tasks(self.tasks()[:1] + self.tasks()[5:6], 0, workers=1)
+        assert all(isinstance(t, UnitTask) for t in lone)  # two bag sizes: no group
+        assert not any(isinstance(t, GroupTask) for t in group_tasks(self.tasks(), 1, 2))
+
+    def it_leaves_fine_tuned_units_alone(self):
+        from lncr.sweep.groups import group_tasks
+
+        tasks = self.tasks(frozen=False)
+        assert group_tasks(tasks, 0, workers=1) == tasks

@@ -362,13 +362,13 @@ class DescribeRayExecutor:
 
 
 def running_ray_unit() -> int | None:
-    """The process id of a Ray worker running a sweep unit (Ray titles it ``ray::run_unit``
+    """The process id of a Ray worker running a sweep unit (Ray titles it ``ray::run_task``
     while the task runs), from the Linux process table."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read(13) == b"ray::run_unit":
+                    if f.read(13) == b"ray::run_task":
                         return int(entry)
             except OSError:
                 continue

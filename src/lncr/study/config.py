@@ -209,6 +209,11 @@ class SweepSettings(_Settings):
     # "frozen": the grid trains on cached features of frozen pretrained backbones, then only
     # the selected configurations are trained with the training settings (docs/embeddings.md).
     backbone: Literal["finetune", "frozen"] = "finetune"
+    # With backbone: frozen, the units of one stain × magnification × architecture × bag size
+    # train together as one stacked model (lncr.training.group), each with exactly its lone
+    # results: 0 = as many per group as keep every worker busy and fit the device's memory;
+    # 1 = one unit at a time; n = at most n per group.
+    group_size: int = Field(0, ge=0)
 
     @field_validator("executor")
     @classmethod

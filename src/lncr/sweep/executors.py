@@ -25,25 +25,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from lncr.sweep.unit import UnitTask, result_row, run_unit
+from lncr.sweep.unit import Task, result_row, run_task, task_units
 from lncr.workers import process_pool
 
 
 @runtime_checkable
 class Executor(Protocol):
-    """Where sweep units run. ``map`` yields one result row per task (a row of
-    :func:`lncr.sweep.unit.result_row`, with ``status="failed"`` for a unit that could not
-    run) in completion order; ``close`` releases what the executor started."""
+    """Where sweep units run. ``map`` yields one result row per unit of its tasks (a
+    :class:`~lncr.sweep.unit.UnitTask` or a :class:`~lncr.sweep.unit.GroupTask` of units
+    trained together; a row of :func:`lncr.sweep.unit.result_row`, with ``status="failed"``
+    for a unit that could not run) in completion order; ``close`` releases what the executor
+    started."""
 
     name: str
 
-    def map(self, tasks: list[UnitTask]) -> Iterator[dict]: ...
+    def map(self, tasks: list[Task]) -> Iterator[dict]: ...
 
     def close(self) -> None: ...
 
 
-def _failed(task: UnitTask, error: str) -> dict:
-    return result_row(task.unit, task.unit.spec.folder(Path(task.runs_root)), "failed", error)
+def _failed(task: Task, error: str) -> list[dict]:
+    """A failed row for each unit of ``task``."""
+    return [result_row(u, u.spec.folder(Path(task.runs_root)), "failed", error)
+            for u in task_units(task)]
 
 
 def cuda_devices() -> list[str]:
@@ -80,14 +84,14 @@ class LocalExecutor:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def map(self, tasks: list[UnitTask]) -> Iterator[dict]:
-        """Run ``tasks``; yield result rows in completion order."""
+    def map(self, tasks: list[Task]) -> Iterator[dict]:
+        """Run ``tasks``; yield each unit's result row in completion order."""
         pending = list(tasks)
         if not pending:
             return
         if self._pool is None:  # processes start on demand, up to the pool's size
             self._pool = process_pool(self.workers)
-        running: dict[Future, tuple[UnitTask, int]] = {}
+        running: dict[Future, tuple[Task, int]] = {}
         free = list(range(self.workers))
         finished = False
         try:
@@ -96,22 +100,23 @@ class LocalExecutor:
                     slot = free.pop(0)
                     task = replace(pending.pop(0), device=self._device(slot),
                                    threads=self.unit_cpus)
-                    running[self._pool.submit(run_unit, task)] = (task, slot)
+                    running[self._pool.submit(run_task, task)] = (task, slot)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 broken = False
                 for fut in done:
                     task, slot = running.pop(fut)
                     free.append(slot)
                     try:
-                        yield fut.result()
+                        rows = fut.result()
                     except BrokenProcessPool:
                         broken = True
-                        yield _failed(task, "the worker process died while training this unit "
-                                            "(out of memory? a crash in native code?)")
+                        rows = _failed(task, "the worker process died while training this "
+                                             "unit (out of memory? a crash in native code?)")
+                    yield from rows
                 if broken:  # the pool is unusable: fail what it held, start a new one
                     for fut, (task, slot) in list(running.items()):
                         free.append(slot)
-                        yield _failed(task, "the worker pool broke while this unit ran")
+                        yield from _failed(task, "the worker pool broke while this unit ran")
                     running.clear()
                     self.close()
                     self._pool = process_pool(self.workers)
@@ -148,9 +153,9 @@ class RayExecutor:
         # ``retries`` times; it resumes from its run folder's last checkpoint.
         gpus = unit_gpus if has_gpus and self.device != "cpu" else 0  # --device cpu: none
         self.remote = ray.remote(num_cpus=unit_cpus, num_gpus=gpus,
-                                 max_retries=retries)(run_unit)
+                                 max_retries=retries)(run_task)
 
-    def map(self, tasks: list[UnitTask]) -> Iterator[dict]:
+    def map(self, tasks: list[Task]) -> Iterator[dict]:
         ray = self.ray
         refs = {self.remote.remote(replace(t, device=self.device, threads=self.unit_cpus)): t
                 for t in tasks}
@@ -159,9 +164,10 @@ class RayExecutor:
             for ref in done:
                 task = refs.pop(ref)
                 try:
-                    yield ray.get(ref)
+                    rows = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    yield _failed(task, f"Ray could not run this unit: {exc}")
+                    rows = _failed(task, f"Ray could not run this unit: {exc}")
+                yield from rows
 
     def close(self) -> None:
         if self.started:

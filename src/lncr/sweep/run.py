@@ -36,6 +36,7 @@ interrupted ones continue from their last checkpoint, and failed ones are tried 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ from lncr.sweep.unit import UnitTask, result_row
 
 UNIT_COLUMNS = ["stain", "magnification", "architecture", "bag_size", "repeat", "seed", "split",
                 "status", "epochs_trained", "val_auc", "val_loss", "train_auc", "train_loss",
-                "best_val_auc", "seconds", "folder", "error", "val_auc_note"]
+                "best_val_auc", "seconds", "group", "folder", "error", "val_auc_note"]
 
 
 @dataclass
@@ -121,7 +122,7 @@ class _Book:
             u.name: {**u.to_dict(), "status": "pending", "epochs_trained": 0,
                      "val_auc": math.nan, "val_loss": math.nan, "train_auc": math.nan,
                      "train_loss": math.nan, "best_val_auc": math.nan, "seconds": 0.0,
-                     "folder": "", "error": ""} for u in units}
+                     "group": 1, "folder": "", "error": ""} for u in units}
         self.seconds = 0.0
 
     def record(self, name: str, row: dict, write: bool = True) -> None:
@@ -145,7 +146,8 @@ class _Book:
 
 
 def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], stop_epoch: int,
-               book: _Book, executor_factory, progress) -> dict[str, dict]:
+               book: _Book, executor_factory, progress,
+               grouping: Callable[[list[UnitTask]], list] = list) -> dict[str, dict]:
     """Run ``units`` to ``stop_epoch``; finished runs are read, not dispatched. ``progress``
     gets each finished unit's row with ``done`` and ``total`` (units of this dispatch) and
     ``eta_s`` (the seconds left at the mean pace so far)."""
@@ -162,14 +164,16 @@ def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], st
     book.write()  # once for every unit read from disk
     if tasks:
         started = time.perf_counter()
+        total = len(tasks)
+        tasks = grouping(tasks)  # units that train together (sweep.group_size)
         for done, row in enumerate(executor_factory().map(tasks), start=1):
             name = Unit.from_row(row).name
             results[name] = row
             book.record(name, row)
             if progress:
                 pace = (time.perf_counter() - started) / done
-                progress({**row, "done": done, "total": len(tasks),
-                          "eta_s": pace * (len(tasks) - done)})
+                progress({**row, "done": done, "total": total,
+                          "eta_s": pace * (total - done)})
     return results
 
 
@@ -239,6 +243,14 @@ class Sweep:
             return UnitTask(u, self.study, str(root), epochs, stop, self.device,
                             self.cfg.sweep.unit_cpus, self.weights(u.architecture), frozen)
         return make
+
+    def group(self, tasks: list[UnitTask]) -> list:
+        """The grid's tasks with the units that train together merged
+        (:func:`lncr.sweep.groups.group_tasks`, ``sweep.group_size``)."""
+        from lncr.sweep.groups import group_tasks
+
+        workers = getattr(self.executor(), "workers", 0) or self.workers or os.cpu_count() or 1
+        return group_tasks(tasks, self.cfg.sweep.group_size, workers)
 
     @property
     def frozen(self) -> bool:
@@ -344,7 +356,7 @@ class Sweep:
         alive = self.skip_infeasible(units, book)
         for i, rung in enumerate(self.rungs):
             results = _run_units(alive, self.tasks(self.runs_root, self.epochs, self.frozen),
-                                 rung, book, self.executor, self.progress)
+                                 rung, book, self.executor, self.progress, self.group)
             if i < len(self.rungs) - 1:
                 alive, stopped = promote(alive, results, rung, self.cfg.sweep.halving_rate,
                                          self.size, self.rung_scores)

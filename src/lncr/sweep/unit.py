@@ -1,7 +1,10 @@
-"""Run one sweep unit in a worker process (local pool or Ray) and report what happened.
+"""Run one sweep unit — or a group of units trained together — in a worker process (local
+pool or Ray) and report what happened.
 
-:func:`run_unit` never raises: a failing unit returns ``status="failed"`` with the error and
-its traceback, so one bad configuration cannot stop the sweep. Everything a unit produces is
+:func:`run_unit` and :func:`run_group` never raise: a failing unit returns
+``status="failed"`` with the error and its traceback, so one bad configuration cannot stop the
+sweep. A :class:`GroupTask` trains its units as one stacked model
+(:mod:`lncr.training.group`), each with exactly its lone results. Everything a unit produces is
 in its run folder (:func:`lncr.training.trainer.train_run`), which also makes a unit resumable:
 a finished run is skipped and an interrupted one continues from ``last.pt``.
 """
@@ -38,6 +41,38 @@ class UnitTask:
     threads: int = 1
     weights: str | None = None  # "imagenet", a local file, or None (random initialisation)
     frozen: bool = False  # train with the backbone frozen (sweep.backbone: frozen's grid)
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """Units of one stain × magnification × architecture × bag size on cached features,
+    trained together (``sweep.group_size``); otherwise as :class:`UnitTask`."""
+
+    units: tuple[Unit, ...]
+    study: Study
+    runs_root: str
+    epochs: int
+    stop_epoch: int
+    device: str = "auto"
+    threads: int = 1
+    weights: str | None = None
+    frozen: bool = True
+
+    def unit_task(self, unit: Unit) -> UnitTask:
+        return UnitTask(unit, self.study, self.runs_root, self.epochs, self.stop_epoch,
+                        self.device, self.threads, self.weights, self.frozen)
+
+
+Task = UnitTask | GroupTask
+
+
+def task_units(task: Task) -> tuple[Unit, ...]:
+    return task.units if isinstance(task, GroupTask) else (task.unit,)
+
+
+def run_task(task: Task) -> list[dict]:
+    """What a worker runs: a unit's row, or each row of a group."""
+    return run_group(task) if isinstance(task, GroupTask) else [run_unit(task)]
 
 
 def unit_metrics(folder: Path) -> dict:
@@ -121,9 +156,7 @@ def run_unit(task: UnitTask) -> dict:
         return result_row(u, folder, "paused", **where)  # already at this rung (a resume)
     try:
         cfg, entries, excluded = unit_entries(task)
-        settings = cfg.training.model_copy(update={"epochs": task.epochs})
-        if task.frozen:
-            settings = settings.model_copy(update={"backbone_lr_factor": 0.0})
+        settings = _unit_settings(task, cfg)
         stop = None
         if task.stop_epoch < task.epochs:
             def stop(epoch: int, step: int | None) -> bool:
@@ -139,3 +172,60 @@ def run_unit(task: UnitTask) -> dict:
         row["traceback"] = traceback.format_exc()
     row["seconds"] = time.perf_counter() - t0
     return row
+
+
+def _unit_settings(task: UnitTask, cfg):
+    settings = cfg.training.model_copy(update={"epochs": task.epochs})
+    if task.frozen:
+        settings = settings.model_copy(update={"backbone_lr_factor": 0.0})
+    return settings
+
+
+def run_group(task: GroupTask) -> list[dict]:
+    """Train ``task.units`` together up to ``task.stop_epoch``; a row per unit (its share of
+    the group's seconds), never an exception."""
+    import torch
+
+    from lncr.features.embed import FeatureCache
+    from lncr.layout import Layout
+    from lncr.training.group import GroupTrainer
+    from lncr.training.trainer import Trainer
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(task.threads)
+    root = Path(task.runs_root)
+    where = {"host": socket.gethostname(), "pid": os.getpid()}
+    rows: dict[str, dict] = {}
+    members: list[tuple[Unit, Trainer]] = []
+    for u in task.units:
+        folder = u.spec.folder(root)
+        if (task.stop_epoch < task.epochs
+                and unit_metrics(folder)["epochs_trained"] >= task.stop_epoch):
+            rows[u.name] = result_row(u, folder, "paused", **where)
+            continue
+        try:
+            cfg, entries, excluded = unit_entries(task.unit_task(u))
+            members.append((u, Trainer(
+                u.spec, entries, _unit_settings(task.unit_task(u), cfg), root,
+                cfg.tiling.tile_size, task.weights, task.device, source=task.study.source,
+                excluded=excluded, features=FeatureCache(Layout(cfg.output_dir),
+                                                         cfg.embedding))))
+        except Exception as exc:  # recorded, and the group goes on
+            rows[u.name] = result_row(u, folder, "failed", f"{type(exc).__name__}: {exc}",
+                                      traceback=traceback.format_exc(), **where)
+    stop = None
+    if task.stop_epoch < task.epochs:
+        def stop(index: int, epoch: int, step: int | None) -> bool:
+            return step is None and epoch + 1 >= task.stop_epoch
+    trainer = GroupTrainer([t for _, t in members], stop)
+    for (u, _), m in zip(members, trainer.run()):
+        folder = m.trainer.folder
+        if m.error is not None:
+            rows[u.name] = result_row(u, folder, "failed",
+                                      f"{type(m.error).__name__}: {m.error}", **where)
+        else:
+            status = "done" if (folder / "done.json").exists() else "paused"
+            rows[u.name] = result_row(u, folder, status, **where)
+    share = (time.perf_counter() - t0) / max(1, len(task.units))
+    return [{**rows[u.name], "seconds": share, "group": len(task.units),
+             "stacked": trainer.chunk_size} for u in task.units]

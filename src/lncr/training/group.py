@@ -103,6 +103,7 @@ class GroupTrainer:
         self.members = [Member(i, t) for i, t in enumerate(trainers)]
         self.stop_after = stop_after
         self.device = trainers[0].dev if trainers else torch.device("cpu")
+        self.chunk_size = len(trainers)  # after run(): the most runs that trained together
 
     def run(self) -> list[Member]:
         """Train every member to its last epoch or stopping point; the members, each with
@@ -110,12 +111,28 @@ class GroupTrainer:
         with contextlib.ExitStack() as stack:
             ready = [m for m in self.members if self._start(m, stack)]
             try:
-                self._train(ready)
+                for chunk in self._chunks(ready):
+                    self._train(chunk)
             finally:
                 for m in ready:
                     if m.trainer.writer is not None:
                         m.trainer.writer.close()
         return self.members
+
+    def _chunks(self, members: list[Member]) -> list[list[Member]]:
+        """The members in groups that fit the device's free memory
+        (:mod:`lncr.training.group_memory`), trained one after another."""
+        from lncr.training.group_memory import fitting_size, free_bytes, run_bytes
+
+        if not members:
+            return []
+        t = members[0].trainer
+        per_run = run_bytes(t.feature_dim, HeadShape.of(t.model),
+                            max(m.trainer.settings.bag_size for m in members),
+                            t.settings.bags_per_step)
+        size = fitting_size(len(members), per_run, free_bytes(self.device))
+        self.chunk_size = size
+        return [members[i:i + size] for i in range(0, len(members), size)]
 
     def _start(self, m: Member, stack: contextlib.ExitStack) -> bool:
         """Prepare one run as a lone run does (finished runs are left alone)."""
