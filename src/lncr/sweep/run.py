@@ -130,7 +130,7 @@ class _Book:
         self.rows[name].update({k: row[k] for k in UNIT_COLUMNS if k in row})
         if row.get("status") == "failed":
             failures = self.folder / "failures"
-            failures.mkdir(exist_ok=True)
+            failures.mkdir(parents=True, exist_ok=True)
             atomic_write_text(failures / (file_name(name.replace("/", "_")) + ".txt"),
                               f"{name}\n{row.get('error', '')}\n\n{row.get('traceback', '')}")
         if write:

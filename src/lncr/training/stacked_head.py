@@ -97,8 +97,14 @@ def draw_masks(shape: HeadShape, generators: list[torch.Generator], bags: int, t
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x (G, …, in) with per-unit weight (G, out, in) and bias (G, out)."""
+    """x (G, …, in) with per-unit weight (G, out, in) and bias (G, out): a batched matrix
+    product, which rounds as ``nn.Linear`` does — except for a single output, where
+    ``nn.Linear`` takes a matrix-vector kernel that the batched product does not reproduce
+    bit for bit, so each unit gets its own ``F.linear`` (two such layers: the attention score
+    and the classifier)."""
     g = x.shape[0]
+    if weight.shape[1] == 1:
+        return torch.stack([F.linear(x[i], weight[i], bias[i]) for i in range(g)])
     flat = x.reshape(g, -1, x.shape[-1])
     out = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
     return out.reshape(*x.shape[:-1], weight.shape[1])
@@ -106,26 +112,46 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
 
 def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
                 ) -> torch.Tensor:
-    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-    return torch.addcmul(bias.view(shape), F.layer_norm(x, x.shape[-1:], eps=eps),
-                         weight.view(shape))
+    """``nn.LayerNorm`` of every unit with its own weight and bias. One fused call per unit:
+    the fused kernel's backward rounds differently from any batched decomposition, and a lone
+    run uses the fused kernel."""
+    return torch.stack([F.layer_norm(x[i], x.shape[-1:], weight[i], bias[i], eps)
+                        for i in range(x.shape[0])])
+
+
+def _self_attention(h: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, shape: HeadShape,
+                    masks: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """``nn.MultiheadAttention`` (batch first, no mask) of every unit. The scores are computed
+    in the memory layout that module gives them — sequence first — and as PyTorch's
+    ``scaled_dot_product_attention`` computes them in training (its math kernel: query and key
+    each scaled by the square root of 1/√dh), so every unit's numbers are rounded exactly as
+    in its lone run, whatever the group."""
+    g, b, n, d = h.shape
+    heads, dh = shape.heads, d // shape.heads
+    # The projection of the tiles in the module's order (sequence first): the weights'
+    # gradient sums over the rows in that order.
+    qkv = _linear(h.transpose(1, 2), p[prefix + "self_attn.in_proj_weight"],
+                  p[prefix + "self_attn.in_proj_bias"])
+    # (G, N, B, 3, D) → (3, N, G·B, D): each of q, k, v sequence-first, as the module has them
+    packed = qkv.view(g, n, b, 3, d).permute(3, 1, 0, 2, 4).reshape(3, n, g * b, d).contiguous()
+    q, k, v = (t.view(n, g * b * heads, dh).transpose(0, 1).view(g * b, heads, n, dh)
+               for t in packed)
+    root = math.sqrt(1.0 / math.sqrt(dh))
+    weights = torch.softmax(torch.matmul(q * root, k.transpose(-2, -1) * root), dim=-1)
+    if masks is not None:
+        weights = weights * masks["attention"].reshape(g * b, heads, n, n)
+    attended = torch.matmul(weights, v)  # (G·B, H, N, dh)
+    rows = attended.permute(2, 0, 1, 3).reshape(n, g, b, d).permute(1, 0, 2, 3)
+    out = _linear(rows, p[prefix + "self_attn.out_proj.weight"],
+                  p[prefix + "self_attn.out_proj.bias"]).transpose(1, 2)  # (G, B, N, D)
+    if masks is not None:
+        out = out * masks["attention_out"]
+    return out
 
 
 def _encoder_layer(h: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, shape: HeadShape,
                    masks: dict[str, torch.Tensor] | None) -> torch.Tensor:
-    g, b, n, d = h.shape
-    heads, dh = shape.heads, d // shape.heads
-    qkv = _linear(h, p[prefix + "self_attn.in_proj_weight"], p[prefix + "self_attn.in_proj_bias"])
-    q, k, v = (t.reshape(g, b, n, heads, dh).transpose(2, 3) for t in qkv.split(d, -1))
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dh)
-    weights = torch.softmax(scores, dim=-1)
-    if masks is not None:
-        weights = weights * masks["attention"]
-    attended = torch.matmul(weights, v).transpose(2, 3).reshape(g, b, n, d)
-    attended = _linear(attended, p[prefix + "self_attn.out_proj.weight"],
-                       p[prefix + "self_attn.out_proj.bias"])
-    if masks is not None:
-        attended = attended * masks["attention_out"]
+    attended = _self_attention(h, p, prefix, shape, masks)
     h = _layer_norm(h + attended, p[prefix + "norm1.weight"], p[prefix + "norm1.bias"], 1e-5)
     inner = F.gelu(_linear(h, p[prefix + "linear1.weight"], p[prefix + "linear1.bias"]))
     if masks is not None:
