@@ -38,7 +38,11 @@ FROZEN = FAST + ["training.architecture=resnet18", "training.backbone_lr_factor=
 def frozen_study(tiled, tmp_path_factory):
     """A validated copy of the tiled phantom with a local ResNet-18 weights file (random
     weights stand in for ImageNet's: the loading path is the same)."""
-    folder = tmp_path_factory.mktemp("features")
+    return frozen_copy(tiled, tmp_path_factory.mktemp("features"))
+
+
+def frozen_copy(tiled, folder):
+    """(study.yaml, weights file) of a validated copy of the tiled phantom in ``folder``."""
     study_yaml = validated_copy(tiled, folder / "study")
     weights = folder / "resnet18.pth"
     torch.manual_seed(5)

@@ -10,32 +10,23 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST, validated_copy
 from lncr.data.entries import study_entries
 from lncr.features.embed import FeatureCache
 from lncr.layout import Layout
-from lncr.models.backbones import build_backbone
 from lncr.study.validate import Study
 from lncr.training.group import train_group
 from lncr.training.loop import RunSpec
 from lncr.training.trainer import Trainer, train_run
+from test_features import FROZEN as FEATURES
+from test_features import frozen_copy
 
-FROZEN = FAST + ["training.architecture=resnet18", "training.backbone_lr_factor=0",
-                 "training.channel_stats=imagenet", "training.embedding_dim=32",
-                 "training.transformer_heads=4", "training.feedforward_dim=64",
-                 "training.epochs=3", "training.warmup_epochs=1", "training.eval_tiles=8",
-                 "training.input_size=256", "training.loader_workers=0",
-                 "training.learning_rate=0.001"]
+FROZEN = FEATURES + ["training.epochs=3"]
 
 
 @pytest.fixture(scope="module")
 def frozen(tiled, tmp_path_factory):
     """(study, weights file, the HE 10x slides) of a validated copy of the tiled phantom."""
-    folder = tmp_path_factory.mktemp("group")
-    study_yaml = validated_copy(tiled, folder / "study")
-    weights = folder / "resnet18.pth"
-    torch.manual_seed(5)
-    torch.save(build_backbone("resnet18", 8).model.state_dict(), weights)
+    study_yaml, weights = frozen_copy(tiled, tmp_path_factory.mktemp("group"))
     study = Study.load(study_yaml, FROZEN)
     return study, str(weights), study_entries(study, "HE", "10x")
 
