@@ -237,6 +237,29 @@ def it_gives_training_bags_the_pixel_datasets_tiles(frozen_study):
         assert np.array_equal(evaluation[0][0].numpy(), f.read(idx))
 
 
+def it_holds_each_features_file_once_for_every_dataset_of_the_process(frozen_study,
+                                                                       monkeypatch):
+    """The runs of a group read the same slides: one copy in memory, read-only, within the
+    process's budget; beyond it, bags are read from the file."""
+    from lncr.features import bags
+
+    study_yaml, weights = frozen_study
+    study = _load(study_yaml)
+    entries = study_entries(study, "PAS", "10x")[:2]
+    cache = FeatureCache(Layout(study.config.output_dir))
+    spec = _spec(weights)
+    embed_entries(cache, spec, entries)
+    paths = [cache.path(spec, e) for e in entries]
+    monkeypatch.setattr(bags, "LOADED", bags.LoadedFeatures())
+    a, b = (FeatureBagDataset(entries, paths, 4, train=True, seed=s) for s in (0, 1))
+    a[(0, 0)], b[(0, 0)]
+    assert a._arrays[0] is b._arrays[0] and not a._arrays[0].flags.writeable
+    assert bags.LOADED.used == a._arrays[0].nbytes
+    monkeypatch.setattr(bags, "LOADED", bags.LoadedFeatures(budget=0))
+    tight = FeatureBagDataset(entries, paths, 4, train=True, seed=0)
+    assert np.array_equal(tight[(0, 0)][0], a[(0, 0)][0]) and not tight._arrays
+
+
 def it_embeds_from_the_command_line_with_plain_progress_lines(frozen_study):
     study_yaml, weights = frozen_study
     sets = sum((["--set", s] for s in FROZEN + ["sweep.stains=[HE]",

@@ -177,22 +177,22 @@ class DescribeGrouping:
                  for stain in ("HE", "PAS") for bag in (8, 16) for r in range(5)]
         return [UnitTask(u, None, "runs", 10, stop, "cpu", 1, "w.pth", frozen) for u in units]
 
-    def it_groups_the_units_of_a_stain_magnification_architecture_and_bag_size(self):
+    def it_groups_the_units_of_an_architecture_and_bag_size(self):
         from lncr.sweep.groups import group_tasks
         from lncr.sweep.unit import GroupTask
 
         groups = group_tasks(self.tasks(), 0, workers=2)  # 20 units, 2 workers: up to 10
-        assert all(isinstance(g, GroupTask) for g in groups) and len(groups) == 4
-        for g in groups:
-            assert len({(u.stain, u.bag_size) for u in g.units}) == 1 and len(g.units) == 5
-            assert [u.repeat for u in g.units] == list(range(5))
+        assert all(isinstance(g, GroupTask) for g in groups) and len(groups) == 2
+        for g in groups:  # both stains' 5 repeats of one bag size
+            assert len({u.bag_size for u in g.units}) == 1 and len(g.units) == 10
+            assert {u.stain for u in g.units} == {"HE", "PAS"}
 
     def it_caps_groups_evenly_and_keeps_one_unit_alone(self):
         from lncr.sweep.groups import group_tasks
         from lncr.sweep.unit import GroupTask, UnitTask, task_units
 
-        sizes = sorted(len(task_units(g)) for g in group_tasks(self.tasks(), 2, workers=2))
-        assert sizes == sorted([2, 2, 1] * 4)  # 5 units of a key, at most 2: 2 + 2 + 1
+        sizes = sorted(len(task_units(g)) for g in group_tasks(self.tasks(), 3, workers=2))
+        assert sizes == [2, 2, 2, 2, 3, 3, 3, 3]  # 10 units a bag size, at most 3: 3+3+2+2
         lone = group_tasks(self.tasks()[:1] + self.tasks()[5:6], 0, workers=1)
         assert all(isinstance(t, UnitTask) for t in lone)  # two bag sizes: no group
         assert not any(isinstance(t, GroupTask) for t in group_tasks(self.tasks(), 1, 2))

@@ -1,8 +1,8 @@
 """Which sweep units train together (``sweep.group_size``).
 
-Units on cached features (``sweep.backbone: frozen``) of one stain × magnification ×
-architecture × bag size, with the same schedule and stopping point, differ only in seed and
-split: they become one :class:`~lncr.sweep.unit.GroupTask`, trained as one stacked model
+Units on cached features (``sweep.backbone: frozen``) of one architecture and bag size, with
+the same schedule and stopping point — whatever their stain, magnification, seed and split —
+become one :class:`~lncr.sweep.unit.GroupTask`, trained as one stacked model
 (:mod:`lncr.training.group`) with each unit's lone results. Bag sizes are never mixed in a
 group: padding a bag of 8 tiles to 64 would multiply its attention work by 64 and its other
 work by 8, for nothing. The worker splits a group further when its memory estimate does not
@@ -21,9 +21,12 @@ from lncr.sweep.unit import GroupTask, Task, UnitTask
 
 
 def _key(task: UnitTask) -> tuple:
+    """What units of one group share: the encoder (so the features' width and the head's
+    shape), the bag size, the schedule and the stopping point. Stain and magnification may
+    differ — each unit reads its own features."""
     u = task.unit
-    return (u.stain, u.magnification, u.architecture, u.bag_size, task.epochs,
-            task.stop_epoch, task.weights, task.device, task.threads)
+    return (u.architecture, u.bag_size, task.epochs, task.stop_epoch, task.weights,
+            task.device, task.threads)
 
 
 def _even_chunks(items: list, cap: int) -> list[list]:

@@ -45,8 +45,8 @@ class UnitTask:
 
 @dataclass(frozen=True)
 class GroupTask:
-    """Units of one stain × magnification × architecture × bag size on cached features,
-    trained together (``sweep.group_size``); otherwise as :class:`UnitTask`."""
+    """Units of one architecture and bag size on cached features, trained together
+    (``sweep.group_size``, :mod:`lncr.sweep.groups`); otherwise as :class:`UnitTask`."""
 
     units: tuple[Unit, ...]
     study: Study
