@@ -134,10 +134,11 @@ class DescribeGroupTraining:
                             spec.folder(tmp_path / "g"))
 
 
-@pytest.mark.slow  # trains two sweeps
+@pytest.mark.slow  # trains three sweeps, one on a local Ray instance
 def it_selects_in_groups_what_it_selects_one_unit_at_a_time(frozen, tmp_path):
-    """A frozen grid with re-drawn splits and successive halving, swept with groups
-    (automatic) and one unit at a time: the same figures for every unit, the same choice."""
+    """A frozen grid with re-drawn splits and successive halving, swept one unit at a time
+    and with groups (automatic) on the local pool and on Ray: the same figures for every unit,
+    the same choice."""
     import shutil
 
     from lncr.sweep.run import run_sweep
@@ -145,8 +146,8 @@ def it_selects_in_groups_what_it_selects_one_unit_at_a_time(frozen, tmp_path):
     study, weights, _ = frozen
     folder = study.source["study"]
     reports = {}
-    for size in (1, 0):
-        copy = tmp_path / f"size{size}"
+    for size, executor in ((1, "local"), (0, "local"), (0, "ray")):
+        copy = tmp_path / f"size{size}-{executor}"
         shutil.copytree(Path(folder).parent, copy, ignore=shutil.ignore_patterns("runs*"))
         sets = FROZEN + ["sweep.backbone=frozen", "sweep.architectures=[resnet18]",
                          "sweep.bag_sizes=[2, 4]", "sweep.repeats=3", "sweep.resplit=true",
@@ -154,17 +155,21 @@ def it_selects_in_groups_what_it_selects_one_unit_at_a_time(frozen, tmp_path):
                          "magnification.powers=[10]", "sweep.early_stopping=halving",
                          "sweep.halving_rate=2", "sweep.min_epochs=2", "training.epochs=4",
                          f"sweep.weights={{resnet18: '{weights}'}}", f"sweep.group_size={size}"]
-        reports[size] = run_sweep(Study.load(copy / "study.yaml", sets), executor="local",
-                                  workers=1, device="cpu", final=False)
-    a, b = (reports[s].units.sort_values(["bag_size", "repeat"]).reset_index(drop=True)
-            for s in (1, 0))
-    assert list(a.status) == list(b.status) and "stopped" in set(a.status)
-    assert set(a.group) == {1} and set(b.group) == {3}  # 3 repeats of each bag size together
-    for column in ("epochs_trained", "val_auc", "val_loss", "train_loss", "best_val_auc"):
-        assert np.allclose(a[column], b[column], atol=1e-5, equal_nan=True), column
-    chosen = [{k: reports[s].selection[k] for k in ("architectures", "bag_size", "decided_by")}
-              for s in (1, 0)]
-    assert chosen[0] == chosen[1]
+        reports[size, executor] = run_sweep(Study.load(copy / "study.yaml", sets),
+                                            executor=executor, workers=1, device="cpu",
+                                            final=False)
+    tables = {k: r.units.sort_values(["bag_size", "repeat"]).reset_index(drop=True)
+              for k, r in reports.items()}
+    a = tables[1, "local"]
+    assert set(a.group) == {1} and "stopped" in set(a.status)
+    for key in ((0, "local"), (0, "ray")):  # 3 repeats of each bag size together
+        b = tables[key]
+        assert list(a.status) == list(b.status) and set(b.group) == {3}
+        for column in ("epochs_trained", "val_auc", "val_loss", "train_loss", "best_val_auc"):
+            assert np.allclose(a[column], b[column], atol=1e-5, equal_nan=True), column
+    chosen = {k: {f: r.selection[f] for f in ("architectures", "bag_size", "decided_by")}
+              for k, r in reports.items()}
+    assert chosen[1, "local"] == chosen[0, "local"] == chosen[0, "ray"]
 
 
 class DescribeGrouping:
