@@ -133,6 +133,26 @@ class DescribeGroupTraining:
             assert_same_run(alone(frozen, spec, entries, tmp_path / "alone"),
                             spec.folder(tmp_path / "g"))
 
+    def it_fails_the_runs_of_a_step_that_fails_and_finishes_the_others(self, frozen, tmp_path,
+                                                                        monkeypatch):
+        """A step that raises (a features file damaged mid-run) fails the runs stepping
+        together in it, with the error; a run of another bag size finishes as alone."""
+        from lncr.training.group import GroupTrainer
+
+        original = GroupTrainer._step
+
+        def step(self, members, *args):
+            if members[0].trainer.settings.bag_size == 4:
+                raise OSError("features file damaged")
+            return original(self, members, *args)
+
+        monkeypatch.setattr(GroupTrainer, "_step", step)
+        chosen = [runs(frozen)[0], runs(frozen)[4]]  # bag 4, bag 8
+        results = train_group([trainer(frozen, s, e, tmp_path / "g") for s, e in chosen])
+        assert isinstance(results[0][1], OSError) and results[1][1] is None
+        assert not (results[0][0] / "done.json").exists()
+        assert_same_run(alone(frozen, *chosen[1], tmp_path / "alone"), results[1][0])
+
 
 @pytest.mark.slow  # trains three sweeps, one on a local Ray instance
 def it_selects_in_groups_what_it_selects_one_unit_at_a_time(frozen, tmp_path):

@@ -218,7 +218,13 @@ def run_group(task: GroupTask) -> list[dict]:
         def stop(index: int, epoch: int, step: int | None) -> bool:
             return step is None and epoch + 1 >= task.stop_epoch
     trainer = GroupTrainer([t for _, t in members], stop)
-    for (u, _), m in zip(members, trainer.run()):
+    try:
+        finished = trainer.run()
+    except Exception as exc:  # the group could not run at all: each unit says why
+        for m in trainer.members:
+            m.error = m.error or exc
+        finished = trainer.members
+    for (u, _), m in zip(members, finished):
         folder = m.trainer.folder
         if m.error is not None:
             rows[u.name] = result_row(u, folder, "failed",

@@ -170,13 +170,16 @@ class GroupTrainer:
             steppers = [m for m in now if not m.step]
             for m in [m for m in now if m.step]:  # resumed mid-epoch: finish it alone
                 self._guard(m, lambda m=m: self._lone_epoch(m, epoch))
-            try:
-                for subset in self._lockstep_sets(steppers):
+            for subset in self._lockstep_sets(steppers):
+                try:
                     self._stacked_epoch(subset, epoch)
-            except Stopped:  # asked to end the call mid-epoch (an interruption on purpose)
-                return
+                except Stopped:  # asked to end the call mid-epoch (an interruption on purpose)
+                    return
+                except Exception as exc:  # a step failed (a damaged features file): these
+                    for m in subset:      # runs fail, the others go on
+                        m.error = exc
             for m in now:
-                if m.error is None:
+                if m.error is None and not m.done:
                     self._guard(m, lambda m=m: self._end_epoch(m, epoch))
             live = [m for m in live if m.error is None and not m.done]
 
