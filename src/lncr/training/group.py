@@ -70,6 +70,10 @@ def _stack_state(optimisers: list[torch.optim.Optimizer], names: list[list[str]]
             states = [o.state.get(o.param_groups[gi]["params"][pi], {}) for o in optimisers]
             if not states[0]:
                 continue
+            steps = {float(s["step"]) for s in states if "step" in s}
+            if len(steps) > 1 or any(not s for s in states):
+                raise RuntimeError(f"runs stepping together have taken different numbers of "
+                                   f"optimiser steps ({sorted(steps)}): they cannot share one")
             optimiser.state[stacked[name]] = {
                 k: (v.clone() if k == "step" else torch.stack([s[k] for s in states]))
                 if isinstance(v, torch.Tensor) else v for k, v in states[0].items()}
