@@ -227,3 +227,33 @@ class DescribeGrouping:
 
         tasks = self.tasks(frozen=False)
         assert group_tasks(tasks, 0, workers=1) == tasks
+
+    def it_paces_the_progress_by_whole_groups(self, tmp_path, monkeypatch):
+        """The rows of a group arrive together: the pace counts the group as finished, so the
+        first row of a group does not promise hours."""
+        import lncr.sweep.run as sweep_run
+        from lncr.sweep.groups import group_tasks
+        from lncr.sweep.run import _Book, _run_units
+        from lncr.sweep.unit import result_row, task_units
+
+        tasks = self.tasks()[:8]  # bag 8: 5 units, bag 16: 3 units
+        clock = [0.0]
+        monkeypatch.setattr(sweep_run.time, "perf_counter", lambda: clock[0])
+
+        class TenSecondsAGroup:
+            def map(self, tasks):
+                for task in tasks:
+                    clock[0] += 10.0
+                    for u in task_units(task):
+                        yield {**result_row(u, u.spec.folder(tmp_path), "done"),
+                               "group": len(task_units(task))}
+
+        seen = []
+        book = _Book(tmp_path / "units.csv", [t.unit for t in tasks], tmp_path)
+        _run_units([t.unit for t in tasks], lambda u, stop: next(
+            t for t in tasks if t.unit == u), 10, book, TenSecondsAGroup, seen.append,
+            lambda ts: group_tasks(ts, 4, 1))
+        assert [r["group"] for r in seen] == [3, 3, 3, 2, 2, 3, 3, 3]
+        # after the first group: 3 units in 10 s, 5 to go
+        assert [round(r["eta_s"], 2) for r in seen[:3]] == [round(50 / 3, 2)] * 3
+        assert seen[-1]["eta_s"] == 0

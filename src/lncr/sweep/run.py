@@ -166,14 +166,16 @@ def _run_units(units: list[Unit], make_task: Callable[[Unit, int], UnitTask], st
         started = time.perf_counter()
         total = len(tasks)
         tasks = grouping(tasks)  # units that train together (sweep.group_size)
+        group_left = 0  # rows of the current group still to come (they finished with it)
         for done, row in enumerate(executor_factory().map(tasks), start=1):
             name = Unit.from_row(row).name
             results[name] = row
             book.record(name, row)
+            group_left = (group_left or int(row.get("group", 1))) - 1
             if progress:
-                pace = (time.perf_counter() - started) / done
+                pace = (time.perf_counter() - started) / (done + group_left)
                 progress({**row, "done": done, "total": total,
-                          "eta_s": pace * (total - done)})
+                          "eta_s": pace * (total - done - group_left)})
     return results
 
 
