@@ -116,7 +116,8 @@ class GroupTrainer:
             ready = [m for m in self.members if self._start(m, stack)]
             try:
                 for chunk in self._chunks(ready):
-                    self._train(chunk)
+                    if self._train(chunk):
+                        break  # stopped on purpose: the call ends here, for every chunk
             finally:
                 for m in ready:
                     if m.trainer.writer is not None:
@@ -166,7 +167,8 @@ class GroupTrainer:
         m.epoch, m.step = t.start_epoch, t.start_step
         return True
 
-    def _train(self, members: list[Member]) -> None:
+    def _train(self, members: list[Member]) -> bool:
+        """Train ``members`` epoch by epoch; True when ``stop_after`` ended the call."""
         live = list(members)
         while live:
             epoch = min(m.epoch for m in live)
@@ -178,7 +180,7 @@ class GroupTrainer:
                 try:
                     self._stacked_epoch(subset, epoch)
                 except Stopped:  # asked to end the call mid-epoch (an interruption on purpose)
-                    return
+                    return True
                 except Exception as exc:  # a step failed (a damaged features file): these
                     for m in subset:      # runs fail, the others go on
                         m.error = exc
@@ -186,6 +188,7 @@ class GroupTrainer:
                 if m.error is None and not m.done:
                     self._guard(m, lambda m=m: self._end_epoch(m, epoch))
             live = [m for m in live if m.error is None and not m.done]
+        return False
 
     @staticmethod
     def _lockstep_sets(members: list[Member]) -> list[list[Member]]:
