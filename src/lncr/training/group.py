@@ -52,6 +52,7 @@ class Member:
     done: bool = False
     error: Exception | None = None
     generator: torch.Generator | None = None
+    began: float = 0.0  # when the member's current epoch began (its progress's seconds)
     outputs: list = field(default_factory=list)
 
 
@@ -141,30 +142,22 @@ class GroupTrainer:
 
     def _start(self, m: Member, stack: contextlib.ExitStack) -> bool:
         """Prepare one run as a lone run does (finished runs are left alone)."""
-        from lncr.data.entries import check_sides
-        from lncr.locks import output_lock
-
         t = m.trainer
         if t.finished and not t.force:
             m.done = True
             return False
         try:
-            check_sides(t.train + t.val, t.excluded, f"{t.spec.stain} {t.spec.magnification}",
-                        t.settings.min_patients_per_outcome)
-            stack.enter_context(output_lock(t.folder, "training run"))
-            t.preflight()
-            t.prepare()
+            t.check_sides()
+            stack.enter_context(t.lock())
             if t.cache is None or t.ctx.distributed:
                 raise ValueError("only runs on cached features, in one process, train in a "
                                  "group")
-            t.build()
-            t.write_folder()
-            t.restore()
-            t.start_loaders()
+            t.setup()
         except Exception as exc:  # recorded for this run; the group goes on
             m.error = exc
             return False
         m.epoch, m.step = t.start_epoch, t.start_step
+        m.began = time.perf_counter()
         return True
 
     def _train(self, members: list[Member]) -> bool:
@@ -219,14 +212,8 @@ class GroupTrainer:
     def _end_epoch(self, m: Member, epoch: int) -> None:
         """Validate, record, checkpoint; stop at the member's stopping point or last epoch."""
         t = m.trainer
-        began = time.perf_counter()
-        row = t.validate(epoch, m.outputs)
-        t.record(epoch, row)
-        if t.on_epoch is not None:
-            t.on_epoch({**row, "epochs": t.settings.epochs,
-                        "seconds": time.perf_counter() - began})
-        t.checkpoint(epoch + 1, 0, [])
-        m.epoch, m.outputs = epoch + 1, []
+        t.end_epoch(epoch, m.outputs, m.began)
+        m.epoch, m.outputs, m.began = epoch + 1, [], time.perf_counter()
         if self.stop_after is not None and self.stop_after(m.index, epoch, None):
             m.done = True
         elif m.epoch >= t.settings.epochs:

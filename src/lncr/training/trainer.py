@@ -119,33 +119,50 @@ class Trainer:
         """Train to the last epoch (or until ``stop_after`` says so); the run folder."""
         if self.finished and not self.force:
             return self.folder
+        self.check_sides()
+        with self.lock():
+            return self._train(stop_after)
+
+    def check_sides(self) -> None:
+        """Both outcomes on the training side (and named patients without tiles)."""
         from lncr.data.entries import check_sides
-        from lncr.locks import output_lock
 
         check_sides(self.train + self.val, self.excluded,
                     f"{self.spec.stain} {self.spec.magnification}",
                     self.settings.min_patients_per_outcome)
-        with output_lock(self.folder, "training run") if self.ctx.main else \
-                contextlib.nullcontext():
-            return self._train(stop_after)
 
-    def _train(self, stop_after) -> Path:
+    def lock(self):
+        """The run folder's lock (held by the main process only)."""
+        from lncr.locks import output_lock
+
+        return (output_lock(self.folder, "training run") if self.ctx.main
+                else contextlib.nullcontext())
+
+    def setup(self) -> None:
+        """Everything before the first epoch: checks, statistics, model, folder, resume,
+        loaders."""
         self.preflight()
         self.prepare()
         self.build()  # loads the weights: a --force run fails here before replacing anything
         self.write_folder()
         self.restore()
         self.start_loaders()
+
+    def end_epoch(self, epoch: int, outputs: list[tuple], began: float) -> None:
+        """Validate, record and checkpoint an epoch trained from ``began``."""
+        row = self.validate(epoch, outputs)
+        self.record(epoch, row)
+        if self.on_epoch is not None and self.ctx.main:
+            self.on_epoch({**row, "epochs": self.settings.epochs,
+                           "seconds": time.perf_counter() - began})
+        self.checkpoint(epoch + 1, 0, [])
+
+    def _train(self, stop_after) -> Path:
+        self.setup()
         try:
             for epoch in range(self.start_epoch, self.settings.epochs):
                 began = time.perf_counter()
-                outputs = self.train_epoch(epoch, stop_after)
-                row = self.validate(epoch, outputs)
-                self.record(epoch, row)
-                if self.on_epoch is not None and self.ctx.main:
-                    self.on_epoch({**row, "epochs": self.settings.epochs,
-                                   "seconds": time.perf_counter() - began})
-                self.checkpoint(epoch + 1, 0, [])
+                self.end_epoch(epoch, self.train_epoch(epoch, stop_after), began)
                 if stop_after is not None and stop_after(epoch, None):
                     return self.folder
             self.finish()
